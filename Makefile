@@ -1,0 +1,37 @@
+# afterwork — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install check test demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make check: formatting, lint and strict typing
+check: install
+	$(VENV)/bin/ruff format --check src tests examples bench
+	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/mypy
+
+## make test: the whole suite (installs the servers and browser it needs first)
+test: install
+	bash scripts/install-system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make demo: the example app on the embedded default store
+demo: install
+	bash scripts/demo
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,701 @@
+"""``Afterwork``: configuration, the task registry, client calls and the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+import anyio
+
+from ._signature import encode_payload
+from .backends import from_url
+from .backends.base import Clock, Inspector, JobFilter, NewJob, QueueStats, Store
+from .context import JobContext
+from .exceptions import ConfigurationError, EnqueueError
+from .job import Job, JobEvent, JobStatus, new_job_id
+from .retry import Backoff, ExponentialBackoff
+from .task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .runner import JobRun
+    from .worker import Worker
+
+__all__ = ("Afterwork", "Settings")
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///./afterwork.db"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How an :class:`Afterwork` instance behaves. Pass any of these to the constructor."""
+
+    lease_ttl: float = 30.0
+    """Seconds a claimed job stays leased without a heartbeat before it is recovered."""
+    heartbeat_interval: float | None = None
+    """Seconds between lease renewals; ``None``: a third of ``lease_ttl``."""
+    reaper_interval: float = 5.0
+    """Seconds between passes that recover expired leases and purge old results."""
+    poll_interval: float = 1.0
+    """Longest an idle worker waits before asking the store again."""
+    grace: float = 30.0
+    """Seconds running jobs get to finish on a graceful stop before they are released."""
+    concurrency: int = 10
+    """Jobs one worker runs at once, unless the worker says otherwise."""
+    max_recoveries: int = 3
+    """How many times a job may be recovered from a dead worker before it is failed."""
+    max_payload: int = 1024 * 1024
+    """Largest encoded arguments, in bytes."""
+    max_result: int = 1024 * 1024
+    """Largest encoded result, in bytes."""
+    sync_timeout: float = 30.0
+    """How long ``enqueue_sync`` and the other sync calls wait for the store."""
+
+    def __post_init__(self) -> None:
+        positive = ("lease_ttl", "reaper_interval", "poll_interval", "sync_timeout")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive")
+        if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.lease_ttl:
+            raise ConfigurationError("heartbeat_interval must be positive and below lease_ttl")
+        if self.grace < 0:
+            raise ConfigurationError("grace must not be negative")
+        if self.concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        if self.max_recoveries < 0:
+            raise ConfigurationError("max_recoveries must not be negative")
+
+
+class _Portal:
+    """An event loop in a daemon thread, for sync callers when no app loop is running."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="afterwork-portal", daemon=True
+        )
+        self._thread.start()
+
+    def call(self, coro: Awaitable[T], timeout: float | None) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class Afterwork:
+    """Background work for a FastAPI app: tasks, a store, workers.
+
+    Args:
+        url: where jobs are stored: ``sqlite:///./afterwork.db`` (the default),
+            ``memory://``, ``redis://host:6379/0``, ``postgresql://…``. ``None`` reads the
+            ``AFTERWORK_URL`` environment variable, then falls back to the default.
+        backend: a backend object to use instead of ``url``.
+        clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
+        seed: seeds the random source of backoff jitter (for reproducible tests).
+        **settings: any field of :class:`Settings`.
+
+    Example:
+        ```python
+        aw = Afterwork("sqlite:///./afterwork.db")
+
+        @aw.task(retries=3)
+        async def send_email(to: str) -> None: ...
+
+        app = FastAPI(lifespan=aw.lifespan)
+        ```
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        backend: Store | None = None,
+        clock: Clock | None = None,
+        seed: int | None = None,
+        **settings: Any,
+    ) -> None:
+        unknown = set(settings) - set(Settings.__dataclass_fields__)
+        if unknown:
+            raise ConfigurationError(f"unknown Afterwork options: {', '.join(sorted(unknown))}")
+        self.config = Settings(**settings)
+        if backend is not None and url is not None:
+            raise ConfigurationError("pass a url or a backend, not both")
+        self.url = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
+        self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
+        self.rng = random.Random(seed)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._workers: set[Worker] = set()
+        self._open = False
+        self._open_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._portal: _Portal | None = None
+        self._inline_id: str | None = None
+        self._inline_runs: dict[str, JobRun] = {}
+        self._inline_limiter = anyio.CapacityLimiter(40)
+        self._injectors: list[
+            Callable[
+                [Task[Any, Any], JobContext, contextlib.AsyncExitStack], Awaitable[dict[str, Any]]
+            ]
+        ] = []
+
+    def __repr__(self) -> str:
+        return f"Afterwork({self.url!r}, tasks={len(self.tasks)})"
+
+    # -- registering tasks ---------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        result_ttl: float | None = 86_400.0,
+        dont_retry: Iterable[type[BaseException]] = (),
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        result_ttl: float | None = 86_400.0,
+        dont_retry: Iterable[type[BaseException]] = (),
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task (bare ``@aw.task`` or ``@aw.task(...)``).
+
+        Args:
+            name: the name jobs refer to; default ``module:qualname``.
+            queue: the queue its jobs go to.
+            priority: higher runs first.
+            retries: how many times a failed attempt is retried.
+            backoff: delay between retries; default ``Retry.exponential()``.
+            timeout: seconds an attempt may run before it is cancelled and counted failed.
+            concurrency: most jobs of this task running at once in one worker process.
+            result_ttl: seconds a finished job and its result are kept (``None``: forever).
+            dont_retry: exception types that fail the job at once.
+        """
+        options = TaskOptions(
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            backoff=backoff if backoff is not None else ExponentialBackoff(),
+            timeout=timeout,
+            concurrency=concurrency,
+            result_ttl=result_ttl,
+            dont_retry=tuple(dont_retry),
+        )
+
+        def decorate(fn: Callable[P, R]) -> Task[P, R]:
+            return self.register(fn, name=name, options=options)
+
+        return decorate if func is None else decorate(func)
+
+    def register(
+        self, func: Callable[P, R], *, name: str | None = None, options: TaskOptions | None = None
+    ) -> Task[P, R]:
+        """Register ``func`` as a task (what ``@aw.task`` does)."""
+        if isinstance(func, Task):
+            raise TypeError(f"{func!r} is already a task")
+        if not callable(func):
+            raise TypeError(f"a task must be a function, not {type(func).__name__}")
+        task_name = name or f"{func.__module__}:{func.__qualname__}"
+        if task_name in self.tasks:
+            raise ValueError(f"a task named {task_name!r} is already registered")
+        task = Task(self, func, name=task_name, options=options or TaskOptions())
+        self.tasks[task_name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The task registered as ``name``."""
+        from .exceptions import TaskNotFound
+
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise TaskNotFound(name) from None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    async def open(self) -> None:
+        """Connect to the store. Idempotent; every client call opens on first use."""
+        if self._open:
+            return
+        loop = asyncio.get_running_loop()
+        if self._portal is not None and loop is not self._portal.loop:
+            # Opened earlier for sync callers; move to the app's loop.
+            portal, self._portal = self._portal, None
+            with contextlib.suppress(Exception):
+                portal.call(self.backend.aclose(), timeout=5)
+            portal.close()
+        await self.backend.open()
+        self._loop = loop
+        self._open = True
+
+    async def aclose(self) -> None:
+        """Stop local workers and disconnect from the store."""
+        for worker in list(self._workers):
+            worker.stop(now=True)
+        if self._open:
+            self._open = False
+            self._loop = None
+            await self.backend.aclose()
+
+    async def __aenter__(self) -> Afterwork:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if not self._open:
+            await self.open()
+
+    # -- sync bridging -------------------------------------------------------------------
+
+    def run_sync(self, func: Callable[[], Awaitable[T]]) -> T:
+        """Run ``func()`` on the right event loop from sync code and return its result.
+
+        * called from another thread while the app runs: on the app's loop;
+        * called with no loop at all (a script): on a private loop in a daemon thread;
+        * called on a thread whose event loop is running: a ``RuntimeError``, since
+          blocking there would freeze the loop; ``await`` the async version instead.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "enqueue_sync() was called from async code, on the event loop's own thread; "
+                "blocking there would freeze every request. Use `await task.enqueue(...)` "
+                "instead."
+            )
+        timeout = self.config.sync_timeout
+        loop = self._loop
+        if self._open and loop is not None and loop.is_running() and not loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(self._as_coroutine(func), loop)
+            return future.result(timeout)
+        if self._portal is None:
+            self._portal = _Portal()
+            atexit.register(self._close_portal)
+        return self._portal.call(self._as_coroutine(func), timeout)
+
+    @staticmethod
+    async def _as_coroutine(func: Callable[[], Awaitable[T]]) -> T:
+        return await func()
+
+    def _close_portal(self) -> None:
+        portal, self._portal = self._portal, None
+        if portal is None:
+            return
+        if self._open and self._loop is portal.loop:
+            with contextlib.suppress(Exception):
+                portal.call(self.aclose(), timeout=5)
+        portal.close()
+
+    # -- client calls --------------------------------------------------------------------
+
+    async def enqueue_task(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> Job:
+        """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
+        new = self.build_job(task, args, kwargs, options)
+        await self._ensure_open()
+        (job,) = await self.backend.enqueue([new])
+        return job.bind(self)
+
+    def build_job(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> NewJob:
+        """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
+        if task.owner is not self:
+            raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
+        json_args, json_kwargs = task.codec.encode(args, kwargs)
+        encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
+        opts = task.opts
+        return NewJob(
+            id=new_job_id(),
+            task=task.name,
+            queue=options.get("queue", opts.queue),
+            args=json_args,
+            kwargs=json_kwargs,
+            priority=options.get("priority", opts.priority),
+            max_attempts=opts.retries + 1,
+            key=options.get("key"),
+            delay=float(options.get("delay", 0.0)),
+            timeout=opts.timeout,
+            result_ttl=opts.result_ttl,
+        )
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Store several jobs in one round trip (build them with :meth:`build_job`)."""
+        await self._ensure_open()
+        return [job.bind(self) for job in await self.backend.enqueue(jobs)]
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with ``job_id``, or ``None``."""
+        await self._ensure_open()
+        job = await self.backend.get(job_id)
+        return None if job is None else job.bind(self)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a waiting one at once, a running one within a heartbeat.
+
+        Returns the job as it is after the request (``None`` if there is no such job).
+        """
+        await self._ensure_open()
+        job = await self.backend.cancel(job_id)
+        if job is not None and job.status is JobStatus.RUNNING:
+            for worker in list(self._workers):
+                worker.cancel_local(job_id)
+            inline = self._inline_runs.get(job_id)
+            if inline is not None:
+                from .runner import CANCEL
+
+                inline.stop(CANCEL)
+        return None if job is None else job.bind(self)
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Run a failed or cancelled job again, with a fresh attempt budget."""
+        await self._ensure_open()
+        job = await self._inspector().retry(job_id)
+        return None if job is None else job.bind(self)
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | Iterable[JobStatus] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs, newest first. ``before`` is the id of the last job of the previous page."""
+        await self._ensure_open()
+        statuses: tuple[JobStatus, ...]
+        if status is None:
+            statuses = ()
+        elif isinstance(status, JobStatus):
+            statuses = (status,)
+        else:
+            statuses = tuple(status)
+        query = JobFilter(
+            statuses=statuses, queue=queue, task=task, before=before, limit=max(1, min(limit, 1000))
+        )
+        return [job.bind(self) for job in await self._inspector().list_jobs(query)]
+
+    async def stats(self) -> list[QueueStats]:
+        """Per-queue job counts per status."""
+        await self._ensure_open()
+        return await self._inspector().stats()
+
+    async def purge(self, *, older_than: float | None = None) -> int:
+        """Delete finished jobs past their ``result_ttl`` (or finished ``older_than`` s ago)."""
+        await self._ensure_open()
+        return await self._inspector().purge(older_than=older_than)
+
+    def _inspector(self) -> Inspector:
+        if not isinstance(self.backend, Inspector):
+            raise TypeError(f"{type(self.backend).__name__} does not support inspection")
+        return self.backend
+
+    async def wait_for_job(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """Wait until the job is finished; return it.
+
+        Raises:
+            TimeoutError: it did not finish in time.
+            JobNotFound: there is no such job.
+        """
+        from .exceptions import JobNotFound
+
+        await self._ensure_open()
+        with anyio.fail_after(timeout):
+            async with contextlib.aclosing(self.backend.events()) as events:
+                iterator = aiter(events)
+                exhausted = False
+                while True:
+                    job = await self.backend.get(job_id)
+                    if job is None:
+                        raise JobNotFound(job_id)
+                    if job.is_finished:
+                        return job.bind(self)
+                    # Wake on an event about the job, or poll: events may be lossy.
+                    with anyio.move_on_after(self.config.poll_interval):
+                        if exhausted:
+                            await anyio.sleep(self.config.poll_interval)
+                        while not exhausted:
+                            try:
+                                event = await anext(iterator)
+                            except StopAsyncIteration:
+                                exhausted = True
+                                break
+                            if event.job_id == job_id:
+                                break
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        """Every job's state changes from now on (in-process subscribers, SSE)."""
+        await self._ensure_open()
+        async with contextlib.aclosing(self.backend.events()) as events:
+            async for event in events:
+                yield event
+
+    # -- running work --------------------------------------------------------------------
+
+    def worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        grace: float | None = None,
+        name: str | None = None,
+    ) -> AbstractAsyncContextManager[Worker]:
+        """An in-process worker that runs for the ``async with`` block.
+
+        It starts before the block's body and stops gracefully when the block exits.
+        """
+        return self._worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
+
+    @asynccontextmanager
+    async def _worker(
+        self,
+        *,
+        concurrency: int | None,
+        queues: Sequence[str] | None,
+        grace: float | None,
+        name: str | None,
+    ) -> AsyncIterator[Worker]:
+        from .worker import Worker
+
+        await self._ensure_open()
+        worker = Worker(
+            self,
+            concurrency=concurrency or self.config.concurrency,
+            queues=queues,
+            grace=self.config.grace if grace is None else grace,
+            name=name,
+        )
+        async with anyio.create_task_group() as group:
+            await group.start(worker.run)
+            try:
+                yield worker
+            finally:
+                worker.stop()
+
+    async def drain(
+        self, *, queues: Sequence[str] | None = None, concurrency: int | None = None
+    ) -> int:
+        """Run jobs until none is due, then return how many ran (tests, scripts)."""
+        from .worker import Worker
+
+        await self._ensure_open()
+        worker = Worker(
+            self,
+            concurrency=concurrency or self.config.concurrency,
+            queues=queues,
+            grace=self.config.grace,
+            burst=True,
+        )
+        return await worker.run()
+
+    async def run_inline(
+        self,
+        job_id: str,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        display_args: list[Any],
+        display_kwargs: dict[str, Any],
+        name: str,
+        options: TaskOptions,
+        is_async: bool,
+    ) -> Job | None:
+        """Run a plain callable in this process now, tracked as a job (``Jobs.add_task``).
+
+        The job is created already claimed by this process and kept leased while it runs;
+        if the process dies, recovery fails it (nobody else can run a plain callable).
+        """
+        from .runner import CANCEL, LOST, JobRun, Runner
+        from .worker import worker_id
+
+        await self._ensure_open()
+        if self._inline_id is None:
+            self._inline_id = worker_id("inline")
+        new = NewJob(
+            id=job_id,
+            task=name,
+            queue=options.queue,
+            args=display_args,
+            kwargs=display_kwargs,
+            max_attempts=0,  # in-process only: never requeued by recovery
+            timeout=options.timeout,
+            result_ttl=options.result_ttl,
+        )
+        claim = await self.backend.start(new, self._inline_id, lease_ttl=self.config.lease_ttl)
+        run = JobRun(claim)
+        self._inline_runs[job_id] = run
+        runner = Runner(self, worker_id=self._inline_id, limiter=self._inline_limiter, rng=self.rng)
+        interval = self.config.heartbeat_interval or self.config.lease_ttl / 3
+
+        async def keep_alive() -> None:
+            while True:
+                await anyio.sleep(interval)
+                try:
+                    reply = await self.backend.heartbeat(
+                        [claim.lease], lease_ttl=self.config.lease_ttl
+                    )
+                except Exception:
+                    logger.warning("could not renew the lease of job %s", job_id, exc_info=True)
+                    continue
+                if job_id in reply.lost:
+                    run.stop(LOST)
+                elif job_id in reply.cancel:
+                    run.stop(CANCEL)
+
+        finished: Job | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(keep_alive)
+                try:
+                    finished = await runner.execute(
+                        run, func, args, kwargs, options, is_async=is_async
+                    )
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            del self._inline_runs[job_id]
+        return None if finished is None else finished.bind(self)
+
+    async def resolve_injected(
+        self, task: Task[Any, Any], context: JobContext, stack: contextlib.AsyncExitStack
+    ) -> dict[str, Any]:
+        """Values for the parameters afterwork injects into ``task`` (context, dependencies)."""
+        values: dict[str, Any] = {}
+        for injected in task.codec.injected:
+            if injected.kind == "context":
+                values[injected.name] = context
+        for injector in self._injectors:
+            values.update(await injector(task, context, stack))
+        return values
+
+    # -- FastAPI -------------------------------------------------------------------------
+
+    @overload
+    def lifespan(self, app: Any, /) -> AbstractAsyncContextManager[None]: ...
+
+    @overload
+    def lifespan(
+        self,
+        app: None = None,
+        /,
+        *,
+        worker: bool = True,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> Callable[[Any], AbstractAsyncContextManager[None]]: ...
+
+    def lifespan(
+        self,
+        app: Any = None,
+        /,
+        *,
+        worker: bool = True,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> AbstractAsyncContextManager[None] | Callable[[Any], AbstractAsyncContextManager[None]]:
+        """A FastAPI/Starlette lifespan: ``FastAPI(lifespan=aw.lifespan)``.
+
+        It opens the store, runs an in-process worker (``worker=False`` for a web-only
+        process: ``FastAPI(lifespan=aw.lifespan(worker=False))``) and stops it gracefully.
+
+        Compose it with the app's own lifespan by entering it inside yours::
+
+            @asynccontextmanager
+            async def lifespan(app: FastAPI):
+                async with aw.lifespan(app):
+                    ...  # your own startup
+                    yield
+                    ...  # your own shutdown, before afterwork's
+        """
+        if app is None:
+
+            def factory(app: Any) -> AbstractAsyncContextManager[None]:
+                return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
+
+            return factory
+        return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
+
+    @asynccontextmanager
+    async def _lifespan(
+        self,
+        app: Any,
+        *,
+        worker: bool,
+        concurrency: int | None,
+        queues: Sequence[str] | None,
+    ) -> AsyncIterator[None]:
+        state = getattr(app, "state", None)
+        if state is not None:
+            state.afterwork = self
+        async with self:
+            if worker:
+                async with self.worker(concurrency=concurrency, queues=queues):
+                    yield
+            else:
+                yield

@@ -1,0 +1,267 @@
+"""The storage contract every backend implements.
+
+The protocol is small and storage-shaped: it moves jobs between states atomically and
+answers questions about them. Everything above it (retries, backoff, timeouts,
+concurrency limits, dependencies, scheduling) is written once, in the worker and the
+runner, and is the same on every backend.
+
+Contract (what must hold even on failure):
+
+* Every method that changes a job does it atomically: a crash in the middle leaves the
+  job as it was before the call, or as it is after it, never half-written.
+* ``claim`` hands a job to at most one worker at a time: while a lease is valid nobody
+  else can claim the job. A lease is identified by a token that is new for each claim.
+* ``finish`` and ``heartbeat`` are *fenced*: they change a job only while the caller's
+  token is the job's current token and the lease has not been recovered. A stale worker
+  whose lease was taken over gets ``None`` / its job back in ``lost`` and changes nothing.
+* ``recover_expired`` takes back jobs whose lease expired (their worker died or froze):
+  they are queued again, or failed once ``max_recoveries`` is spent.
+* Time is the store's clock (:meth:`now`), so all processes agree on when a lease expires
+  and when a delayed job is due.
+* Backends never unpickle anything. Arguments and results are JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..job import Job, JobError, JobEvent, JobStatus
+
+__all__ = (
+    "Backend",
+    "Claim",
+    "Clock",
+    "EventStream",
+    "HeartbeatReply",
+    "Inspector",
+    "JobFilter",
+    "Lease",
+    "NewJob",
+    "Outcome",
+    "QueueStats",
+    "Store",
+)
+
+
+class EventStream(Protocol):
+    """An async iterator of events that is subscribed from its creation; ``aclose()`` ends it."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> JobEvent: ...
+
+    async def aclose(self) -> None: ...
+
+
+#: Seconds since the epoch. Backends take one to make tests independent of real time.
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to create. Arguments are already validated and JSON-ready."""
+
+    id: str
+    task: str
+    queue: str = "default"
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 1
+    """``retries + 1``. 0 marks a job run in-process only: recovery fails it, never requeues it."""
+    key: str | None = None
+    delay: float = 0.0
+    """Seconds from the store's now until the job is due (0: queued at once)."""
+    timeout: float | None = None
+    result_ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a running job."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed job and the token that proves the claim."""
+
+    job: Job
+    token: str
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.job.id, self.token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How an attempt ended. Build one with the class methods."""
+
+    status: JobStatus
+    result: Any = None
+    error: JobError | None = None
+    delay: float = 0.0
+    """For a retry: seconds from the store's now until the next attempt is due."""
+
+    @classmethod
+    def succeeded(cls, result: Any = None) -> Outcome:
+        return cls(status=JobStatus.SUCCEEDED, result=result)
+
+    @classmethod
+    def failed(cls, error: JobError) -> Outcome:
+        return cls(status=JobStatus.FAILED, error=error)
+
+    @classmethod
+    def retry(cls, error: JobError, delay: float) -> Outcome:
+        return cls(status=JobStatus.SCHEDULED, error=error, delay=max(delay, 0.0))
+
+    @classmethod
+    def cancelled(cls, error: JobError | None = None) -> Outcome:
+        return cls(status=JobStatus.CANCELLED, error=error)
+
+    @classmethod
+    def released(cls) -> Outcome:
+        """Back to the queue without spending an attempt (graceful stop)."""
+        return cls(status=JobStatus.QUEUED)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """What a heartbeat learned about the leases it renewed."""
+
+    lost: frozenset[str] = frozenset()
+    """Jobs whose lease is no longer the caller's: stop them and write nothing."""
+    cancel: frozenset[str] = frozenset()
+    """Jobs someone asked to cancel."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Which jobs to list, newest first. ``before`` is a cursor: a job id to list after."""
+
+    statuses: Collection[JobStatus] = ()
+    queue: str | None = None
+    task: str | None = None
+    before: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """Counts of a queue's jobs per status."""
+
+    queue: str
+    counts: dict[JobStatus, int]
+    oldest_waiting_at: float | None = None
+    """``run_at`` of the job that has waited longest among the due ones."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a worker and a client need from a store."""
+
+    def now(self) -> float:
+        """The store's clock, in seconds since the epoch."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and prepare the store (create or migrate the schema). Idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Safe to call twice, and after a failed ``open``."""
+        ...
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Create ``jobs`` in one atomic step and return them in the same order.
+
+        A job whose ``key`` is held by an unfinished job is not created: the existing
+        job is returned in its place.
+        """
+        ...
+
+    async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
+        """Create ``job`` already claimed by ``worker`` (work run in-process at once)."""
+        ...
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str] = (),
+    ) -> list[Claim]:
+        """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
+
+        ``queues`` ``None`` means every queue. Jobs of ``exclude_tasks`` are left alone.
+        """
+        ...
+
+    async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
+        """Extend the leases that are still the caller's; report lost and cancelled ones."""
+        ...
+
+    async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
+        """Record how an attempt ended, if ``lease`` still holds. ``None`` if it does not."""
+        ...
+
+    async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
+        """Record a running job's progress, if ``lease`` still holds."""
+        ...
+
+    async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
+        """Take back jobs whose lease expired; return them as they are now."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job with that id, or ``None``."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a waiting job at once; ask the owner of a running one to stop it."""
+        ...
+
+    async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
+        """Return when a job may be due in ``queues``, or after ``timeout`` seconds."""
+        ...
+
+    def events(self) -> EventStream:
+        """Every job's state changes from this call on, until the backend closes.
+
+        The subscription starts when ``events()`` is called, not at the first ``anext``,
+        so nothing published in between is missed. Delivery may be lossy for a subscriber
+        that falls far behind.
+        """
+        ...
+
+
+@runtime_checkable
+class Inspector(Protocol):
+    """What the CLI, the REST API and the dashboard need beyond :class:`Backend`."""
+
+    async def list_jobs(self, filter: JobFilter) -> list[Job]:
+        """Jobs matching ``filter``, newest first."""
+        ...
+
+    async def stats(self) -> list[QueueStats]:
+        """Per-queue counts per status."""
+        ...
+
+    async def retry(self, job_id: str) -> Job | None:
+        """Queue a failed or cancelled job again, with a fresh attempt budget."""
+        ...
+
+    async def purge(self, *, older_than: float | None = None) -> int:
+        """Delete finished jobs: past their ``result_ttl``, or finished ``older_than`` s ago."""
+        ...
+
+
+class Store(Backend, Inspector, Protocol):
+    """A backend that is also an inspector (all of afterwork's own backends)."""

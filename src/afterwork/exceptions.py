@@ -1,0 +1,129 @@
+"""afterwork's exceptions.
+
+Every exception afterwork raises on purpose derives from :class:`AfterworkError`::
+
+    AfterworkError
+    ├── ConfigurationError            bad URL, bad option, unknown scheme
+    │   └── MissingDependencyError    a backend's extra is not installed
+    ├── EnqueueError (ValueError)     arguments or options rejected; nothing was stored
+    │   └── PayloadTooLarge           the encoded arguments exceed the size limit
+    ├── TaskNotFound (LookupError)    no task registered under that name
+    ├── JobNotFound (LookupError)     no job with that id
+    ├── InvalidTransition             a state change the job model forbids
+    ├── BackendError                  the store failed; ``__cause__`` holds the driver's error
+    │   ├── BackendUnavailable (ConnectionError)  the store cannot be reached
+    │   └── SchemaVersionError        the store was written by a newer afterwork
+    └── JobFailed                     raised by ``Job.result_or_raise()`` for a failed job
+
+Control flow raised from job code (:class:`afterwork.Retry`) lives in ``afterwork.retry``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = (
+    "AfterworkError",
+    "BackendError",
+    "BackendUnavailable",
+    "ConfigurationError",
+    "EnqueueError",
+    "InvalidTransition",
+    "JobFailed",
+    "JobNotFound",
+    "MissingDependencyError",
+    "PayloadTooLarge",
+    "SchemaVersionError",
+    "TaskNotFound",
+)
+
+
+class AfterworkError(Exception):
+    """Base class of every error afterwork raises."""
+
+    def __init__(self, message: str | None = None, **attributes: Any) -> None:
+        # The class docstring is the default message (as in procrastinate).
+        if message is None:
+            message = (self.__class__.__doc__ or self.__class__.__name__).strip().splitlines()[0]
+        super().__init__(message)
+        self.message = message
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.message!r})"
+
+
+class ConfigurationError(AfterworkError):
+    """afterwork is configured wrongly."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """A backend needs an optional dependency that is not installed."""
+
+    extra: str
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"this backend needs the {module!r} package: pip install 'afterwork[{extra}]'",
+            extra=extra,
+        )
+
+
+class EnqueueError(AfterworkError, ValueError):
+    """The job's arguments or options were rejected; nothing was stored."""
+
+    param: str | None
+    task: str | None
+
+    def __init__(
+        self, message: str | None = None, *, param: str | None = None, task: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, task=task)
+
+
+class PayloadTooLarge(EnqueueError):
+    """The job's encoded arguments are larger than the configured limit."""
+
+
+class TaskNotFound(AfterworkError, LookupError):
+    """No task is registered under that name."""
+
+    name: str
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no task is registered under the name {name!r}", name=name)
+
+
+class JobNotFound(AfterworkError, LookupError):
+    """No job has that id."""
+
+    job_id: str
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}", job_id=job_id)
+
+
+class InvalidTransition(AfterworkError):
+    """The job model does not allow this state change."""
+
+
+class BackendError(AfterworkError):
+    """The store failed. The driver's own exception is kept as ``__cause__``."""
+
+
+class BackendUnavailable(BackendError, ConnectionError):
+    """The store cannot be reached."""
+
+
+class SchemaVersionError(BackendError):
+    """The store's schema was written by a newer version of afterwork."""
+
+
+class JobFailed(AfterworkError):
+    """The job ended without a result."""
+
+    job_id: str
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message, job_id=job_id)

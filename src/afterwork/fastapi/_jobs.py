@@ -1,0 +1,160 @@
+"""``Jobs``: a ``BackgroundTasks``-compatible dependency whose tasks are tracked jobs."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
+
+from fastapi import BackgroundTasks, Depends, Request
+
+from ..job import Job, new_job_id
+from ..task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from ..app import Afterwork
+
+__all__ = ("Jobs", "JobsManager", "PendingJob", "get_afterwork")
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+
+INLINE_QUEUE = "inline"
+
+
+def get_afterwork(request: Request) -> Afterwork:
+    """The :class:`Afterwork` instance serving this app (set by ``aw.lifespan``)."""
+    aw = getattr(request.app.state, "afterwork", None)
+    if aw is None:
+        raise RuntimeError(
+            "no Afterwork instance is attached to this app: create it with "
+            "FastAPI(lifespan=aw.lifespan), or enter aw.lifespan(app) in your own lifespan"
+        )
+    return aw  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """What ``jobs.add_task`` returns: the id the job will have once it is stored."""
+
+    id: str
+    task: str
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    if isinstance(func, functools.partial):
+        return _describe(func.func)
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}:{name}"
+
+
+def _is_async_callable(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or (
+        not inspect.isfunction(func) and inspect.iscoroutinefunction(type(func).__call__)
+    )
+
+
+def _safe_repr(value: Any, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class JobsManager:
+    """Tasks to run after the response is sent, each tracked as a job.
+
+    Prefer the ``Jobs`` annotation in a route's parameters.
+
+    * A registered task (``@aw.task``) is enqueued after the response, with its own retry
+      and timeout policy; any worker may run it.
+    * Any other callable, sync or async, runs in this process after the response, as a
+      job with a status, a timing, and its error and traceback recorded and logged. Its
+      arguments stay in memory (they need not be JSON), so it is not retried and does not
+      survive a restart: register it as a task for that.
+
+    One task failing never skips the others.
+    """
+
+    def __init__(self, aw: Afterwork, background: BackgroundTasks) -> None:
+        self.aw = aw
+        self._pending: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        background.add_task(self._run_all)
+
+    @overload
+    def add_task(self, func: Task[Any, Any], /, *args: Any, **kwargs: Any) -> PendingJob: ...
+
+    @overload
+    def add_task(
+        self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> PendingJob: ...
+
+    def add_task(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> PendingJob:
+        """Run ``func(*args, **kwargs)`` after the response is sent, as a tracked job."""
+        if not callable(func):
+            raise TypeError(f"add_task() needs a callable, not {type(func).__name__}")
+        job_id = new_job_id()
+        if isinstance(func, Task):
+            # Validate now, in the route, so bad arguments fail the request, not silently.
+            self.aw.build_job(func, args, kwargs, {})
+            name = func.name
+        else:
+            name = _describe(func)
+        self._pending.append((job_id, func, args, kwargs))
+        return PendingJob(job_id, name)
+
+    async def _run_all(self) -> None:
+        pending, self._pending = self._pending, []
+        for job_id, func, args, kwargs in pending:
+            try:
+                if isinstance(func, Task):
+                    await self._enqueue(job_id, func, args, kwargs)
+                else:
+                    await self._run_inline(job_id, func, args, kwargs)
+            except Exception:
+                logger.exception(
+                    "background task %s (job %s) could not be run",
+                    _describe(func),
+                    job_id,
+                    extra={"action": "add_task_failed", "job": {"id": job_id}},
+                )
+
+    async def _enqueue(
+        self, job_id: str, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Job:
+        from dataclasses import replace
+
+        new = replace(self.aw.build_job(task, args, kwargs, {}), id=job_id)
+        (job,) = await self.aw.enqueue_many([new])
+        return job
+
+    async def _run_inline(
+        self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Job | None:
+        return await self.aw.run_inline(
+            job_id,
+            func,
+            args,
+            kwargs,
+            display_args=[_safe_repr(a) for a in args],
+            display_kwargs={k: _safe_repr(v) for k, v in kwargs.items()},
+            name=_describe(func),
+            options=TaskOptions(queue=INLINE_QUEUE),
+            is_async=_is_async_callable(func),
+        )
+
+
+def _jobs_dependency(request: Request, background: BackgroundTasks) -> JobsManager:
+    return JobsManager(get_afterwork(request), background)
+
+
+#: Use as a route parameter: ``async def route(jobs: Jobs): jobs.add_task(...)``.
+Jobs = Annotated[JobsManager, Depends(_jobs_dependency)]

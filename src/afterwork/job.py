@@ -1,0 +1,339 @@
+"""The job model: states, their transitions, and the records the backends store."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback as _traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import InvalidTransition
+
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = (
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "TRANSITIONS",
+    "WAITING_STATUSES",
+    "Job",
+    "JobError",
+    "JobEvent",
+    "JobStatus",
+    "check_transition",
+    "new_job_id",
+)
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life.
+
+    ``scheduled → queued → running → succeeded | failed | cancelled``; a failed attempt with
+    retries left goes back to ``scheduled``.
+    """
+
+    SCHEDULED = "scheduled"
+    """Waiting for its ``run_at`` time (a delayed job, or a retry waiting out its backoff)."""
+    QUEUED = "queued"
+    """Ready to run as soon as a worker is free."""
+    RUNNING = "running"
+    """Claimed by a worker that holds its lease."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: A job in one of these states waits for a worker.
+WAITING_STATUSES = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED})
+#: Unfinished jobs: ``key=`` dedupes among these.
+ACTIVE_STATUSES = frozenset({JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING})
+#: Final states. ``failed`` and ``cancelled`` jobs can still be retried by hand.
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+#: Every allowed state change, in one place. Backends check against it in their tests.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    # A due scheduled job may be claimed straight away: the store promotes and claims it in
+    # one atomic step, so "queued" is never observed in between.
+    JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.SCHEDULED,  # a failed attempt with retries left
+            JobStatus.QUEUED,  # released on graceful stop, or recovered from an expired lease
+        }
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),  # retried by hand
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),  # retried by hand
+}
+
+
+def check_transition(old: JobStatus, new: JobStatus) -> None:
+    """Raise :class:`InvalidTransition` unless ``old → new`` is allowed."""
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"a job cannot go from {old.value!r} to {new.value!r}")
+
+
+def new_job_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (UUIDv7 layout: 48 bits of ms, then random)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | rand
+    # Set the version (7) and variant bits so the id is a valid UUIDv7 in hex.
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return f"{value:032x}"
+
+
+MAX_ERROR_MESSAGE = 4_096
+MAX_TRACEBACK = 64 * 1024
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    # Keep both ends: the start says what failed, the end says where.
+    half = limit // 2
+    return f"{text[:half]}\n… [{len(text) - limit} characters cut] …\n{text[-half:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why an attempt failed: the exception's type, its message and its traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobError:
+        kind = type(exc)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        try:
+            message = str(exc)
+        except Exception:  # an exception whose __str__ raises must not hide the failure
+            message = f"<unprintable {kind.__name__}>"
+        formatted = "".join(_traceback.format_exception(exc))
+        return cls(
+            type=name,
+            message=_truncate(message, MAX_ERROR_MESSAGE),
+            traceback=_truncate(formatted, MAX_TRACEBACK),
+        )
+
+    @classmethod
+    def from_message(cls, type: str, message: str) -> JobError:
+        return cls(type=type, message=_truncate(message, MAX_ERROR_MESSAGE))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobError:
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            traceback=str(data.get("traceback", "")),
+        )
+
+
+def timestamp(value: float | None) -> datetime | None:
+    """Seconds since the epoch to an aware UTC datetime."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A job as the store last saw it.
+
+    A ``Job`` is a snapshot: :meth:`refresh` and :meth:`wait` fetch a newer one.
+    Timestamps are seconds since the epoch, by the store's clock; the ``*_dt`` helpers
+    turn them into aware datetimes.
+
+    Example:
+        ```python
+        job = await send_email.enqueue("ada@example.com", "Welcome")
+        job = await job.wait(timeout=10)
+        assert job.status is JobStatus.SUCCEEDED
+        ```
+    """
+
+    id: str
+    task: str
+    queue: str = "default"
+    status: JobStatus = JobStatus.QUEUED
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    attempts: int = 0
+    """How many times the job was started (a release on graceful stop does not count)."""
+    max_attempts: int = 1
+    """``retries + 1``: how many attempts may fail before the job is ``failed``."""
+    recoveries: int = 0
+    """How many times the job was taken back from a worker that died holding it."""
+    key: str | None = None
+    created_at: float = 0.0
+    run_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: JobError | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    timeout: float | None = None
+    result_ttl: float | None = None
+    worker: str | None = None
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    _owner: Afterwork | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def failures(self) -> int:
+        """Attempts that ended in an error (crashes of the worker are counted as recoveries)."""
+        return max(self.attempts - self.recoveries, 0)
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at, UTC)
+
+    @property
+    def scheduled_for(self) -> datetime:
+        return datetime.fromtimestamp(self.run_at, UTC)
+
+    def bind(self, owner: Afterwork) -> Job:
+        """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""
+        return self if self._owner is owner else replace(self, _owner=owner)
+
+    def _require_owner(self) -> Afterwork:
+        if self._owner is None:
+            raise RuntimeError(
+                "this Job is not attached to an Afterwork instance; use aw.get_job(job.id)"
+            )
+        return self._owner
+
+    async def refresh(self) -> Job:
+        """The job as the store sees it now."""
+        owner = self._require_owner()
+        job = await owner.get_job(self.id)
+        if job is None:
+            from .exceptions import JobNotFound
+
+            raise JobNotFound(self.id)
+        return job
+
+    async def wait(self, timeout: float | None = None) -> Job:
+        """Wait until the job is finished and return it refreshed.
+
+        Raises:
+            TimeoutError: the job did not finish within ``timeout`` seconds.
+        """
+        return await self._require_owner().wait_for_job(self.id, timeout=timeout)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the job (the REST API's and the CLI's representation)."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "status": self.status.value,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "recoveries": self.recoveries,
+            "key": self.key,
+            "created_at": self.created_at,
+            "run_at": self.run_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": None if self.error is None else self.error.to_dict(),
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "timeout": self.timeout,
+            "result_ttl": self.result_ttl,
+            "worker": self.worker,
+            "lease_expires_at": self.lease_expires_at,
+            "cancel_requested": self.cancel_requested,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEvent:
+    """A change in a job's life, as streamed to subscribers and by SSE.
+
+    ``kind`` says what happened: ``enqueued``, ``started``, ``progress``, ``succeeded``,
+    ``retrying``, ``failed``, ``cancelled``, ``cancel_requested``, ``released``,
+    ``recovered``, ``retried`` (by hand) or ``purged``.
+    """
+
+    kind: str
+    job_id: str
+    task: str
+    queue: str
+    status: JobStatus
+    attempts: int = 0
+    at: float = 0.0
+    progress: float | None = None
+    message: str | None = None
+    id: str | None = None
+    """The event's position in the store's stream, where the backend keeps one (for resume)."""
+
+    @classmethod
+    def of(cls, kind: str, job: Job, at: float, *, message: str | None = None) -> JobEvent:
+        return cls(
+            kind=kind,
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            status=job.status,
+            attempts=job.attempts,
+            at=at,
+            progress=job.progress,
+            message=message,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "job_id": self.job_id,
+            "task": self.task,
+            "queue": self.queue,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "at": self.at,
+            "progress": self.progress,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobEvent:
+        return cls(
+            kind=str(data["kind"]),
+            job_id=str(data["job_id"]),
+            task=str(data["task"]),
+            queue=str(data["queue"]),
+            status=JobStatus(data["status"]),
+            attempts=int(data.get("attempts", 0)),
+            at=float(data.get("at", 0.0)),
+            progress=data.get("progress"),
+            message=data.get("message"),
+            id=data.get("id"),
+        )

@@ -1,0 +1,350 @@
+"""Runs one claimed job: decode, inject, call with a timeout, and record the outcome.
+
+Everything that decides what happens after an attempt (retry, backoff, give up, release
+on shutdown) lives here, once, above the backend protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic_core import to_jsonable_python
+
+from .backends.base import Claim, Outcome
+from .context import JobContext
+from .exceptions import EnqueueError
+from .job import Job, JobError
+from .retry import Retry
+from .task import Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = ("JobRun", "Runner")
+
+logger = logging.getLogger(__name__)
+
+#: Reasons a running job is stopped from outside.
+CANCEL = "cancel"  # someone cancelled it: the job ends ``cancelled``
+SHUTDOWN = "shutdown"  # the worker is stopping: the job is released, no attempt spent
+LOST = "lost"  # the lease was taken over: write nothing
+
+
+def log_extra(action: str, job: Job, worker: str | None = None, **more: Any) -> dict[str, Any]:
+    """The structured fields every lifecycle log line carries."""
+    return {
+        "action": action,
+        "job": {"id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempts},
+        "worker": {"id": worker},
+        **more,
+    }
+
+
+@dataclass(eq=False)
+class JobRun:
+    """The state of one job while it runs in this process."""
+
+    claim: Claim
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    reason: str | None = None
+    context: JobContext | None = None
+    thread_done: asyncio.Event | None = None
+    """Set when a sync job's thread really returned (it may outlive a timeout)."""
+    _progress: tuple[float, str | None] | None = None
+    _progress_task: asyncio.Task[None] | None = None
+
+    @property
+    def job(self) -> Job:
+        return self.claim.job
+
+    def stop(self, reason: str) -> None:
+        """Stop the job: the first reason given wins."""
+        if self.reason is None:
+            self.reason = reason
+        if self.context is not None:
+            self.context._set_cancelled()
+        self.scope.cancel()
+
+
+class _Timeout(Exception):
+    pass
+
+
+class Runner:
+    """Runs claimed jobs for a worker (or in-process for ``Jobs.add_task``)."""
+
+    def __init__(
+        self,
+        owner: Afterwork,
+        *,
+        worker_id: str,
+        limiter: anyio.CapacityLimiter,
+        rng: random.Random,
+    ) -> None:
+        self.owner = owner
+        self.worker_id = worker_id
+        self.limiter = limiter
+        self.rng = rng
+
+    # -- entry points --------------------------------------------------------------------
+
+    async def run_claim(self, run: JobRun) -> Job | None:
+        """Run a job claimed from the store: find its task, decode its arguments, run it."""
+        job = run.job
+        task = self.owner.tasks.get(job.task)
+        if task is None:
+            error = JobError.from_message(
+                "afterwork.TaskNotFound",
+                f"no task named {job.task!r} is registered in this worker "
+                f"(registered: {', '.join(sorted(self.owner.tasks)) or 'none'})",
+            )
+            return await self._give_up(run, error, None)
+        try:
+            args, kwargs = task.codec.decode(job.args, job.kwargs)
+        except EnqueueError as exc:
+            error = JobError.from_message("afterwork.BadArguments", str(exc))
+            return await self._give_up(run, error, None)
+        return await self.execute(run, task.func, args, kwargs, task.opts, task=task)
+
+    async def execute(
+        self,
+        run: JobRun,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+        *,
+        task: Task[Any, Any] | None = None,
+        is_async: bool | None = None,
+    ) -> Job | None:
+        """Call ``func`` for ``run`` and record how it ended."""
+        job = run.job
+        loop = asyncio.get_running_loop()
+        run.context = JobContext(job=job, _report=self._reporter(run, loop))
+        if is_async is None:
+            is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
+        timeout = job.timeout if job.timeout is not None else options.timeout
+        outcome: Outcome | None = None
+        exc_to_log: BaseException | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if task is not None:
+                    kwargs = {
+                        **kwargs,
+                        **await self.owner.resolve_injected(task, run.context, stack),
+                    }
+                with run.scope:
+                    result = await self._call(run, func, is_async, args, kwargs, timeout)
+                if run.scope.cancelled_caught:
+                    outcome = self._stopped_outcome(run)
+                else:
+                    outcome = self._success(job, result)
+            except _Timeout:
+                error = JobError.from_message(
+                    "TimeoutError", f"the job did not finish within its {timeout:g}s timeout"
+                )
+                outcome, exc_to_log = self._after_failure(job, options, error, None)
+            except Retry as exc:
+                outcome, exc_to_log = self._after_failure(
+                    job, options, JobError.from_exception(exc), exc, delay=exc.delay
+                )
+            except Exception as exc:
+                outcome, exc_to_log = self._after_failure(
+                    job, options, JobError.from_exception(exc), exc
+                )
+        await self._flush_progress(run)
+        if outcome is None:  # the lease was lost: somebody else owns the job now
+            logger.warning(
+                "job %s (%s) lost its lease; its outcome is discarded",
+                job.id,
+                job.task,
+                extra=log_extra("job_lease_lost", job, self.worker_id),
+            )
+            return None
+        return await self._record(run, outcome, exc_to_log)
+
+    # -- calling -------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        run: JobRun,
+        func: Callable[..., Any],
+        is_async: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        call: Callable[[], Any]
+        if is_async:
+            call = functools.partial(func, *args, **kwargs)
+        else:
+            call = self._threaded(run, func, args, kwargs)
+        if timeout is None:
+            return await call()
+        with anyio.move_on_after(timeout) as deadline:
+            return await call()
+        if deadline.cancelled_caught and not run.scope.cancel_called:
+            if run.context is not None:
+                run.context._set_cancelled()
+            raise _Timeout()
+        return None
+
+    def _threaded(
+        self, run: JobRun, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Any]:
+        loop = asyncio.get_running_loop()
+        done = run.thread_done = asyncio.Event()
+
+        def target() -> Any:
+            try:
+                return func(*args, **kwargs)
+            finally:
+                loop.call_soon_threadsafe(done.set)
+
+        async def call() -> Any:
+            # A thread cannot be killed: on timeout or cancel we stop waiting for it
+            # (abandon_on_cancel) and the worker keeps its slot until ``done`` is set.
+            return await anyio.to_thread.run_sync(
+                target, abandon_on_cancel=True, limiter=self.limiter
+            )
+
+        return call
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _stopped_outcome(self, run: JobRun) -> Outcome | None:
+        if run.reason == SHUTDOWN:
+            return Outcome.released()
+        if run.reason == CANCEL:
+            return Outcome.cancelled(JobError.from_message("afterwork.Cancelled", "cancelled"))
+        return None  # LOST
+
+    def _success(self, job: Job, result: Any) -> Outcome:
+        try:
+            value = to_jsonable_python(result)
+            size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
+        except Exception as exc:
+            return Outcome.failed(
+                JobError.from_message(
+                    "afterwork.ResultNotSerializable",
+                    f"the job's result cannot be stored as JSON: {exc}",
+                )
+            )
+        if size > self.owner.config.max_result:
+            return Outcome.failed(
+                JobError.from_message(
+                    "afterwork.ResultTooLarge",
+                    f"the job's result takes {size} bytes as JSON, over the "
+                    f"{self.owner.config.max_result}-byte limit",
+                )
+            )
+        return Outcome.succeeded(value)
+
+    def _after_failure(
+        self,
+        job: Job,
+        options: TaskOptions,
+        error: JobError,
+        exc: BaseException | None,
+        *,
+        delay: float | None = None,
+    ) -> tuple[Outcome, BaseException | None]:
+        final = job.failures >= job.max_attempts or (
+            exc is not None and isinstance(exc, options.dont_retry)
+        )
+        if final:
+            return Outcome.failed(error), exc
+        if delay is None:
+            delay = options.backoff.delay(job.failures, self.rng)
+        return Outcome.retry(error, delay), exc
+
+    async def _give_up(self, run: JobRun, error: JobError, exc: BaseException | None) -> Job | None:
+        return await self._record(run, Outcome.failed(error), exc)
+
+    async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
+        job = run.job
+        finished = await self.owner.backend.finish(run.claim.lease, outcome)
+        if finished is None:
+            logger.warning(
+                "job %s (%s) lost its lease before its outcome was written; discarded",
+                job.id,
+                job.task,
+                extra=log_extra("job_lease_lost", job, self.worker_id),
+            )
+            return None
+        extra = log_extra(f"job_{finished.status.value}", job, self.worker_id)
+        error = outcome.error
+        if finished.status.value == "failed":
+            # Exactly once per failed job, with its traceback.
+            logger.error(
+                "job %s (%s) failed after %d attempt(s): %s: %s",
+                job.id,
+                job.task,
+                job.attempts,
+                error.type if error else "?",
+                error.message if error else "",
+                exc_info=exc,
+                extra=extra,
+            )
+        elif finished.status.value == "scheduled":
+            logger.warning(
+                "job %s (%s) attempt %d failed (%s: %s); retrying in %.2fs",
+                job.id,
+                job.task,
+                job.attempts,
+                error.type if error else "?",
+                error.message if error else "",
+                outcome.delay,
+                extra=extra,
+            )
+        else:
+            logger.info("job %s (%s) %s", job.id, job.task, finished.status.value, extra=extra)
+        return finished
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _reporter(
+        self, run: JobRun, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[float, str | None], None]:
+        def schedule() -> None:
+            if run._progress_task is None or run._progress_task.done():
+                run._progress_task = loop.create_task(self._write_progress(run))
+
+        def report(fraction: float, message: str | None) -> None:
+            run._progress = (fraction, message)
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                schedule()
+            else:
+                loop.call_soon_threadsafe(schedule)
+
+        return report
+
+    async def _write_progress(self, run: JobRun) -> None:
+        while run._progress is not None:
+            fraction, message = run._progress
+            run._progress = None
+            try:
+                await self.owner.backend.set_progress(run.claim.lease, fraction, message)
+            except Exception:
+                logger.warning("could not record progress of job %s", run.job.id, exc_info=True)
+
+    async def _flush_progress(self, run: JobRun) -> None:
+        task = run._progress_task
+        if task is not None and not task.done():
+            await task
+        if run._progress is not None:
+            await self._write_progress(run)

@@ -1,0 +1,383 @@
+"""The worker: claims jobs, runs them concurrently, renews leases, recovers dead ones."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .backends.base import Claim, Inspector
+from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
+
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = ("Worker", "WorkerStatistics")
+
+
+class _Waitable(Protocol):
+    async def wait(self) -> Any: ...
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """What a worker has done so far (``worker.statistics()``)."""
+
+    id: str
+    running: int
+    started: int
+    finished: int
+    lost_leases: int
+    recovered: int
+
+
+async def _first(*events: _Waitable) -> None:
+    """Return as soon as one of ``events`` is set."""
+    async with anyio.create_task_group() as group:
+
+        async def wait(event: _Waitable) -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        for event in events:
+            group.start_soon(wait, event)
+
+
+def worker_id(name: str | None = None) -> str:
+    """A new identity for each worker instance, even if it reuses a configured name."""
+    base = name or socket.gethostname()
+    return f"{base}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs jobs from the store until stopped.
+
+    Use :meth:`Afterwork.worker` (an async context manager), ``aw.lifespan`` or the
+    ``afterwork worker`` command rather than building one by hand.
+
+    Stopping is graceful: no job is claimed after :meth:`stop`; running jobs get ``grace``
+    seconds to finish, then they are cancelled and released back to the queue without
+    spending an attempt. ``stop(now=True)`` skips the grace period.
+    """
+
+    def __init__(
+        self,
+        owner: Afterwork,
+        *,
+        concurrency: int,
+        queues: Sequence[str] | None = None,
+        grace: float,
+        name: str | None = None,
+        burst: bool = False,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.owner = owner
+        self.concurrency = concurrency
+        self.queues = list(queues) if queues else None
+        self.grace = grace
+        self.burst = burst
+        self.id = worker_id(name)
+        config = owner.config
+        self.lease_ttl = config.lease_ttl
+        self.heartbeat_interval = config.heartbeat_interval or config.lease_ttl / 3
+        self.runner = Runner(
+            owner,
+            worker_id=self.id,
+            limiter=anyio.CapacityLimiter(concurrency),
+            rng=owner.rng,
+        )
+        self._runs: dict[str, JobRun] = {}
+        self._per_task: Counter[str] = Counter()
+        self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
+        self._slot_freed = anyio.Event()
+        self._stopping = anyio.Event()
+        self._idle_scope: anyio.CancelScope | None = None
+        self._started = 0
+        self._finished = 0
+        self._lost = 0
+        self._recovered = 0
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} running={len(self._runs)}/{self.concurrency}>"
+
+    @property
+    def running(self) -> list[JobRun]:
+        return list(self._runs.values())
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            id=self.id,
+            running=len(self._runs),
+            started=self._started,
+            finished=self._finished,
+            lost_leases=self._lost,
+            recovered=self._recovered,
+        )
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; with ``now`` also cancel running jobs at once (releasing them)."""
+        if now:
+            self.grace = 0.0
+        self._stopping.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+        if now:
+            for run in list(self._runs.values()):
+                run.stop(SHUTDOWN)
+
+    def cancel_local(self, job_id: str) -> bool:
+        """Cancel a job this worker runs; ``False`` if it runs none with that id."""
+        run = self._runs.get(job_id)
+        if run is None:
+            return False
+        run.stop(CANCEL)
+        return True
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
+        """Run until stopped (or, in burst mode, until nothing is due). Returns jobs run."""
+        self.owner._workers.add(self)
+        logger.info(
+            "worker %s started (concurrency %d, queues %s)",
+            self.id,
+            self.concurrency,
+            ",".join(self.queues) if self.queues else "all",
+            extra={"action": "worker_started", "worker": {"id": self.id}},
+        )
+        try:
+            async with anyio.create_task_group() as service_group:
+                service_group.start_soon(self._heartbeat_loop)
+                if not self.burst:
+                    service_group.start_soon(self._reaper_loop)
+                async with anyio.create_task_group() as jobs:
+                    task_status.started()
+                    await self._claim_loop(jobs)
+                    await self._shutdown()
+                service_group.cancel_scope.cancel()
+        finally:
+            self.owner._workers.discard(self)
+            logger.info(
+                "worker %s stopped after %d job(s)",
+                self.id,
+                self._finished,
+                extra={"action": "worker_stopped", "worker": {"id": self.id}},
+            )
+        return self._finished
+
+    async def _claim_loop(self, jobs: TaskGroup) -> None:
+        backend = self.owner.backend
+        failures = 0
+        while not self._stopping.is_set():
+            free = self.concurrency - self._slots
+            if free <= 0:
+                await self._wait_slot()
+                continue
+            exclude = {
+                name
+                for name, count in self._per_task.items()
+                if (task := self.owner.tasks.get(name)) is not None
+                and task.opts.concurrency is not None
+                and count >= task.opts.concurrency
+            }
+            try:
+                claims = await backend.claim(
+                    self.id,
+                    queues=self.queues,
+                    limit=free,
+                    lease_ttl=self.lease_ttl,
+                    exclude_tasks=exclude,
+                )
+                failures = 0
+            except Exception:
+                failures += 1
+                delay = min(30.0, 0.1 * 2**failures) * (0.5 + random.random() / 2)
+                logger.warning(
+                    "worker %s could not claim jobs; trying again in %.1fs",
+                    self.id,
+                    delay,
+                    exc_info=True,
+                    extra={"action": "claim_failed", "worker": {"id": self.id}},
+                )
+                await self._idle(delay, wait_for_work=False)
+                continue
+            if not claims:
+                if self.burst:
+                    if not self._runs:
+                        return
+                    await self._wait_slot()
+                    continue
+                await self._idle(self.owner.config.poll_interval, wait_for_work=True)
+                continue
+            for claim in claims:
+                self._start(jobs, claim)
+
+    def _start(self, jobs: TaskGroup, claim: Claim) -> None:
+        run = JobRun(claim)
+        self._runs[claim.job.id] = run
+        self._per_task[claim.job.task] += 1
+        self._slots += 1
+        self._started += 1
+        jobs.start_soon(self._run_one, run, name=f"afterwork job {claim.job.id}")
+
+    async def _run_one(self, run: JobRun) -> None:
+        job = run.job
+        try:
+            logger.debug(
+                "job %s (%s) started",
+                job.id,
+                job.task,
+                extra=log_extra("job_started", job, self.id),
+            )
+            try:
+                await self.runner.run_claim(run)
+            except Exception:
+                # The store failed while recording the outcome: the lease will expire and
+                # the job will run again (at-least-once). Never let it kill the worker.
+                logger.exception(
+                    "job %s (%s): could not record its outcome; it will be recovered",
+                    job.id,
+                    job.task,
+                    extra=log_extra("job_record_failed", job, self.id),
+                )
+            if run.reason == LOST:
+                self._lost += 1
+            self._finished += 1
+        finally:
+            del self._runs[job.id]
+            self._per_task[job.task] -= 1
+            if self._per_task[job.task] <= 0:
+                del self._per_task[job.task]
+            if run.thread_done is not None and not run.thread_done.is_set():
+                # A sync job timed out or was cancelled, but its thread still runs: keep
+                # its slot until it returns, so runaway threads cannot pile up. On
+                # shutdown we stop waiting for it.
+                await _first(run.thread_done, self._stopping)
+            self._slots -= 1
+            self._notify_slot()
+
+    async def _shutdown(self) -> None:
+        if self._runs:
+            logger.info(
+                "worker %s stopping: waiting up to %gs for %d running job(s)",
+                self.id,
+                self.grace,
+                len(self._runs),
+                extra={"action": "worker_stopping", "worker": {"id": self.id}},
+            )
+        with anyio.move_on_after(self.grace):
+            while self._runs:
+                await self._wait_slot()
+        for run in list(self._runs.values()):
+            logger.warning(
+                "job %s (%s) did not finish within the grace period; released",
+                run.job.id,
+                run.job.task,
+                extra=log_extra("job_released", run.job, self.id),
+            )
+            run.stop(SHUTDOWN)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _notify_slot(self) -> None:
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    async def _wait_slot(self) -> None:
+        event = self._slot_freed
+        with anyio.CancelScope() as scope:
+            self._idle_scope = scope
+            if self._stopping.is_set() and not self._runs:
+                return
+            await event.wait()
+        self._idle_scope = None
+
+    async def _idle(self, timeout: float, *, wait_for_work: bool) -> None:
+        with anyio.CancelScope() as scope:
+            self._idle_scope = scope
+            if self._stopping.is_set():
+                return
+            if wait_for_work:
+                await self.owner.backend.wait_for_work(self.queues, timeout)
+            else:
+                await anyio.sleep(timeout)
+        self._idle_scope = None
+
+    # -- background loops ----------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        backend = self.owner.backend
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            runs = [run for run in self._runs.values() if run.reason is None]
+            if not runs:
+                continue
+            try:
+                reply = await backend.heartbeat(
+                    [run.claim.lease for run in runs], lease_ttl=self.lease_ttl
+                )
+            except Exception:
+                logger.warning(
+                    "worker %s could not renew its leases",
+                    self.id,
+                    exc_info=True,
+                    extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
+                )
+                continue
+            for job_id in reply.lost:
+                run = self._runs.get(job_id)
+                if run is not None:
+                    logger.warning(
+                        "job %s (%s) lost its lease (another worker took it over); stopping it",
+                        job_id,
+                        run.job.task,
+                        extra=log_extra("lease_lost", run.job, self.id),
+                    )
+                    run.stop(LOST)
+            for job_id in reply.cancel:
+                run = self._runs.get(job_id)
+                if run is not None:
+                    run.stop(CANCEL)
+
+    async def _reaper_loop(self) -> None:
+        backend = self.owner.backend
+        config = self.owner.config
+        # Start at a random point in the interval so a fleet does not reap in lockstep.
+        await anyio.sleep(config.reaper_interval * random.random())
+        while True:
+            try:
+                recovered = await backend.recover_expired(max_recoveries=config.max_recoveries)
+                for job in recovered:
+                    self._recovered += 1
+                    logger.warning(
+                        "job %s (%s) was recovered from a dead worker (%s)",
+                        job.id,
+                        job.task,
+                        job.status.value,
+                        extra=log_extra("job_recovered", job, self.id),
+                    )
+                if isinstance(backend, Inspector):
+                    await backend.purge()
+            except Exception:
+                logger.warning(
+                    "worker %s: reaper pass failed",
+                    self.id,
+                    exc_info=True,
+                    extra={"action": "reaper_failed", "worker": {"id": self.id}},
+                )
+            await anyio.sleep(config.reaper_interval)

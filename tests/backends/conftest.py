@@ -1,0 +1,61 @@
+"""The backends the conformance suite runs on.
+
+A backend joins the suite by adding a name to ``BACKENDS`` and a branch to ``make_url``
+(or a fixture that starts its server). Every test in ``test_conformance.py`` then runs on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from afterwork import Afterwork
+from afterwork.testing import FakeClock
+
+BACKENDS = ["memory"]
+
+AwFactory = Callable[..., Afterwork]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend_name == "memory":
+        return "memory://"
+    raise AssertionError(f"no URL for backend {backend_name!r}")
+
+
+@pytest.fixture
+async def make_aw(backend_url: str, clock: FakeClock) -> AsyncIterator[AwFactory]:
+    """Build Afterwork instances on the backend under test; all are closed afterwards."""
+    made: list[Afterwork] = []
+
+    def make(**options: object) -> Afterwork:
+        options.setdefault("clock", clock)
+        options.setdefault("seed", 1234)
+        options.setdefault("lease_ttl", 10.0)
+        aw = Afterwork(backend_url, **options)  # type: ignore[arg-type]
+        made.append(aw)
+        return aw
+
+    yield make
+    for aw in made:
+        await aw.aclose()
+
+
+@pytest.fixture
+async def aw(make_aw: AwFactory) -> AsyncIterator[Afterwork]:
+    instance = make_aw()
+    async with instance:
+        yield instance
