@@ -693,9 +693,43 @@ class Afterwork:
         state = getattr(app, "state", None)
         if state is not None:
             state.afterwork = self
-        async with self:
+        async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
+            yield
+
+    def runtime(
+        self,
+        *,
+        worker: bool = True,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        grace: float | None = None,
+        name: str | None = None,
+    ) -> AbstractAsyncContextManager[Worker | None]:
+        """Everything a process runs for afterwork, for the ``async with`` block.
+
+        ``aw.lifespan`` and the ``afterwork worker`` command both run this: the worker
+        (unless ``worker=False``) and every other long-running part afterwork has. It
+        yields the worker, or ``None``.
+        """
+        return self._runtime(
+            worker=worker, concurrency=concurrency, queues=queues, grace=grace, name=name
+        )
+
+    @asynccontextmanager
+    async def _runtime(
+        self,
+        *,
+        worker: bool,
+        concurrency: int | None,
+        queues: Sequence[str] | None,
+        grace: float | None,
+        name: str | None,
+    ) -> AsyncIterator[Worker | None]:
+        await self._ensure_open()
+        async with contextlib.AsyncExitStack() as stack:
+            running: Worker | None = None
             if worker:
-                async with self.worker(concurrency=concurrency, queues=queues):
-                    yield
-            else:
-                yield
+                running = await stack.enter_async_context(
+                    self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
+                )
+            yield running
