@@ -131,8 +131,7 @@ async def test_wrong_arity_is_an_enqueue_error(aw: Afterwork) -> None:
 )
 async def test_untyped_parameters_take_plain_json_only(aw: Afterwork, value: Any) -> None:
     @aw.task
-    async def loose(payload) -> None:
-        ...
+    async def loose(payload) -> None: ...
 
     with pytest.raises(EnqueueError):
         await loose.enqueue(value)
