@@ -20,10 +20,10 @@ import anyio
 
 from ._signature import encode_payload
 from .backends import from_url
-from .backends.base import Clock, Inspector, JobFilter, NewJob, QueueStats, Store
+from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
-from .job import Job, JobEvent, JobStatus, new_job_id
+from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import Task, TaskOptions
 
@@ -488,12 +488,21 @@ class Afterwork:
                             if event.job_id == job_id:
                                 break
 
-    async def events(self) -> AsyncIterator[JobEvent]:
-        """Every job's state changes from now on (in-process subscribers, SSE)."""
-        await self._ensure_open()
-        async with contextlib.aclosing(self.backend.events()) as events:
-            async for event in events:
-                yield event
+    def events(self) -> EventStream:
+        """Every job's state changes from this call on (in-process subscribers, SSE).
+
+        The subscription starts when this is called, so nothing in between is missed.
+        Call it while the instance is open (inside ``async with aw`` or the lifespan);
+        ``aclose()`` the stream, or let the instance close, to end it.
+
+        Example:
+            ```python
+            async with contextlib.aclosing(aw.events()) as events:
+                async for event in events:
+                    print(event.kind, event.job_id)
+            ```
+        """
+        return self.backend.events()
 
     # -- running work --------------------------------------------------------------------
 
