@@ -302,7 +302,7 @@ def _add_task_routes(router: APIRouter, aw: Afterwork) -> None:
         return [TaskOut.of(task) for _, task in sorted(aw.tasks.items())]
 
     @router.post(
-        "/tasks/{name}/enqueue",
+        "/tasks/{name:path}/enqueue",
         response_model=JobOut,
         status_code=201,
         summary="Enqueue a job of a task",

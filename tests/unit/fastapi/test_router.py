@@ -89,7 +89,7 @@ def concrete_path(route: APIRoute, job_id: str) -> str:
         values["name"] = "nightly"
     if route.path.startswith("/static/"):
         values["name"] = "app.js"
-    return PREFIX + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], route.path)
+    return PREFIX + re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], route.path)
 
 
 def api_routes(router: APIRouter) -> list[APIRoute]:
@@ -143,7 +143,7 @@ async def test_every_route_refuses_a_caller_without_credentials(
         "/jobs/{job_id}/retry",
         "/queues",
         "/tasks",
-        "/tasks/{name}/enqueue",
+        "/tasks/{name:path}/enqueue",
         "/events",
         "/schedules",
         "/schedules/{name}/trigger",

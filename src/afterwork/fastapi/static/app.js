@@ -69,7 +69,8 @@
   }
 
   function jobLink(id) {
-    const link = el("a", String(id).slice(0, 12) + "…");
+    // Ids start with their creation time: the end tells jobs apart.
+    const link = el("a", "…" + String(id).slice(-12));
     link.href = "#/jobs/" + encodeURIComponent(id);
     link.title = String(id);
     return link;
