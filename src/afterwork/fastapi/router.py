@@ -104,9 +104,14 @@ class _SecureRoute(APIRoute):
         limit = self.max_body
 
         async def secure_handler(request: Request) -> Response:
-            if request.method not in SAFE_METHODS:
-                request = _limit_body(request, limit)
-            response = await handler(request)
+            try:
+                if request.method not in SAFE_METHODS:
+                    request = _limit_body(request, limit)
+                response = await handler(request)
+            except HTTPException as exc:
+                # Refusals (401 from auth, 403, 404, 413) carry the same headers.
+                exc.headers = {**SECURITY_HEADERS, **(exc.headers or {})}
+                raise
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response

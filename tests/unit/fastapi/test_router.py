@@ -172,6 +172,7 @@ async def test_every_route_refuses_a_caller_without_credentials(
                 assert response.status_code in (401, 403), (method, url, headers)
                 assert job.id not in response.text and "secret-job-data" not in response.text
                 assert "access-control-allow-origin" not in response.headers
+                assert response.headers["x-content-type-options"] == "nosniff"
                 checked += 1
     assert checked >= len(routes) * 4
 
