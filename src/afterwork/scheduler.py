@@ -92,11 +92,11 @@ class IntervalTrigger:
 
     def latest(self, now: float) -> float:
         """The latest tick at or before ``now``."""
-        return math.floor(now / self.seconds) * self.seconds
+        return float(math.floor(now / self.seconds) * self.seconds)
 
     def next_after(self, moment: float) -> float:
         """The first tick strictly after ``moment``."""
-        return (math.floor(moment / self.seconds) + 1) * self.seconds
+        return float((math.floor(moment / self.seconds) + 1) * self.seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,9 +386,14 @@ class Scheduler:
         self._stopping = True
         self._wakeup.set()
 
-    async def wait_pass(self) -> None:
-        """Wait until the next scheduling pass completes."""
-        await self._passed.wait()
+    async def wait_passes(self, count: int) -> None:
+        """Wait until at least ``count`` passes have completed (see :attr:`passes`).
+
+        With :meth:`wake` this lets tests drive a running scheduler with a fake clock:
+        ``target = s.passes + 1; clock.advance(1); s.wake(); await s.wait_passes(target)``.
+        """
+        while self.passes < count:
+            await self._passed.wait()
 
     def _next_wake(self) -> float:
         now = self.owner.backend.now()
