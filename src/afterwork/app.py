@@ -245,6 +245,8 @@ class Afterwork:
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
+        if any(injected.kind == "service_context" for injected in task.codec.injected):
+            raise TypeError(f"{task_name}: only services take a ServiceContext; use JobContext")
         self.tasks[task_name] = task
         return task
 
@@ -891,13 +893,15 @@ class Afterwork:
     ) -> AsyncIterator[Worker | None]:
         await self._ensure_open()
         async with contextlib.AsyncExitStack() as stack:
+            # Services start first, so one that fails to start fails the runtime before
+            # anything else runs (and unwrapped); they stop last, after the worker.
+            if self.supervisor.specs:
+                await stack.enter_async_context(self.supervisor.running())
+            if self.scheduler.schedules:
+                await stack.enter_async_context(self.scheduler.running())
             running: Worker | None = None
             if worker:
                 running = await stack.enter_async_context(
                     self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
                 )
-            if self.scheduler.schedules:
-                await stack.enter_async_context(self.scheduler.running())
-            if self.supervisor.specs:
-                await stack.enter_async_context(self.supervisor.running())
             yield running
