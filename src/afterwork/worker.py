@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .backends.base import Claim, Inspector
+from .backends.base import Claim, Inspector, Outcome
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
 if TYPE_CHECKING:
@@ -224,8 +224,24 @@ class Worker:
                     continue
                 await self._idle(self.owner.config.poll_interval, wait_for_work=True)
                 continue
+            if self._stopping.is_set():
+                # Stopped while the claim was in flight: hand these back unstarted.
+                await self._release_unstarted(claims)
+                return
             for claim in claims:
                 self._start(jobs, claim)
+
+    async def _release_unstarted(self, claims: Sequence[Claim]) -> None:
+        for claim in claims:
+            try:
+                await self.owner.backend.finish(claim.lease, Outcome.released())
+            except Exception:
+                logger.warning(
+                    "job %s could not be released; it will be recovered when its lease expires",
+                    claim.job.id,
+                    exc_info=True,
+                    extra=log_extra("job_release_failed", claim.job, self.id),
+                )
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
         run = JobRun(claim)
