@@ -17,7 +17,7 @@ import pytest
 
 from afterwork import Afterwork, JobStatus
 from afterwork.backends import from_url
-from afterwork.backends import sqlite as sqlite_module
+from afterwork.backends._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from afterwork.backends.base import NewJob
 from afterwork.backends.sqlite import SQLiteBackend, path_from_url
 from afterwork.exceptions import (
@@ -151,7 +151,7 @@ def schema_version(path: str) -> int:
 async def test_new_store_is_stamped_with_the_current_version(
     backend: SQLiteBackend, db_path: str
 ) -> None:
-    assert schema_version(db_path) == sqlite_module.SCHEMA_VERSION
+    assert schema_version(db_path) == SCHEMA_VERSION
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -184,15 +184,15 @@ async def test_forward_migrations_run_once_on_open(
         "ALTER TABLE afterwork_jobs ADD COLUMN note TEXT",
         "UPDATE afterwork_jobs SET note = 'x'",
     )
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, step])
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", sqlite_module.SCHEMA_VERSION + 1)
+    monkeypatch.setattr("afterwork.backends.sqlite.MIGRATIONS", [*MIGRATIONS, step])
+    monkeypatch.setattr("afterwork.backends.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):  # the second open finds the store current and changes nothing
         upgraded = SQLiteBackend(db_path)
         await upgraded.open()
         again = await upgraded.get(job.id)
         assert again is not None and again.args == [1]
         await upgraded.aclose()
-    assert schema_version(db_path) == sqlite_module.SCHEMA_VERSION
+    assert schema_version(db_path) == SCHEMA_VERSION + 1
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT note FROM afterwork_jobs").fetchall() == [("x",)]
 
@@ -204,13 +204,13 @@ async def test_a_failed_migration_leaves_the_old_version(
     await store.open()
     await store.aclose()
     broken = ("ALTER TABLE afterwork_jobs ADD COLUMN note TEXT", "THIS IS NOT SQL")
-    monkeypatch.setattr(sqlite_module, "MIGRATIONS", [*sqlite_module.MIGRATIONS, broken])
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", sqlite_module.SCHEMA_VERSION + 1)
+    monkeypatch.setattr("afterwork.backends.sqlite.MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr("afterwork.backends.sqlite.SCHEMA_VERSION", SCHEMA_VERSION + 1)
     upgraded = SQLiteBackend(db_path)
     with pytest.raises(BackendError):
         await upgraded.open()
     await upgraded.aclose()
-    assert schema_version(db_path) == sqlite_module.SCHEMA_VERSION - 1
+    assert schema_version(db_path) == SCHEMA_VERSION
     with sqlite3.connect(db_path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(afterwork_jobs)")]
     assert "note" not in columns
