@@ -129,9 +129,8 @@ class Harness:
     def ledger(self) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         for path in self.ledger_dir.glob("*.jsonl"):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    records.append(json.loads(line))
+            lines = path.read_text().splitlines()
+            records.extend(json.loads(line) for line in lines if line.strip())
         return records
 
     def statuses(self) -> Counter[str]:
