@@ -158,6 +158,17 @@ def worker(
         raise typer.Exit(1) from None
 
 
+def _register() -> None:
+    from ._cli_jobs import jobs_app, purge, queues
+
+    app.add_typer(jobs_app)
+    app.command()(queues)
+    app.command()(purge)
+
+
+_register()
+
+
 def main() -> None:
     """Entry point of the ``afterwork`` console script and ``python -m afterwork``."""
     app()
