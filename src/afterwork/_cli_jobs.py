@@ -347,9 +347,7 @@ def queues(
 def purge(
     older_than: Annotated[
         float | None,
-        typer.Option(
-            "--older-than", min=0, help="also delete jobs finished this many seconds ago"
-        ),
+        typer.Option("--older-than", min=0, help="also delete jobs finished this many seconds ago"),
     ] = None,
     app: AppOption = None,
     url: UrlOption = None,
