@@ -143,8 +143,9 @@ def _console() -> Console:
 
 def _print_jobs(jobs: list[Job]) -> None:
     table = Table(title=None, show_lines=False)
-    for name in ("id", "task", "queue", "status", "attempts", "created", "error"):
-        table.add_column(name, overflow="fold" if name == "id" else "ellipsis")
+    table.add_column("id", no_wrap=True, min_width=32)
+    for name in ("task", "queue", "status", "attempts", "created", "error"):
+        table.add_column(name, overflow="ellipsis")
     for job in jobs:
         error = "" if job.error is None else f"{job.error.type}: {job.error.message}"
         table.add_row(
