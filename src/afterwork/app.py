@@ -21,10 +21,10 @@ import anyio
 from . import dependencies
 from ._signature import encode_payload
 from .backends import from_url
-from .backends.base import Clock, Inspector, JobFilter, NewJob, QueueStats, Store
+from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
-from .job import Job, JobEvent, JobStatus, new_job_id
+from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import Task, TaskOptions
 
@@ -495,12 +495,21 @@ class Afterwork:
                             if event.job_id == job_id:
                                 break
 
-    async def events(self) -> AsyncIterator[JobEvent]:
-        """Every job's state changes from now on (in-process subscribers, SSE)."""
-        await self._ensure_open()
-        async with contextlib.aclosing(self.backend.events()) as events:
-            async for event in events:
-                yield event
+    def events(self) -> EventStream:
+        """Every job's state changes from this call on (in-process subscribers, SSE).
+
+        The subscription starts when this is called, so nothing in between is missed.
+        Call it while the instance is open (inside ``async with aw`` or the lifespan);
+        ``aclose()`` the stream, or let the instance close, to end it.
+
+        Example:
+            ```python
+            async with contextlib.aclosing(aw.events()) as events:
+                async for event in events:
+                    print(event.kind, event.job_id)
+            ```
+        """
+        return self.backend.events()
 
     # -- running work --------------------------------------------------------------------
 
@@ -702,11 +711,45 @@ class Afterwork:
             state.afterwork = self
         previous, self._app = self._app, app
         try:
-            async with self:
-                if worker:
-                    async with self.worker(concurrency=concurrency, queues=queues):
-                        yield
-                else:
-                    yield
+            async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
+                yield
         finally:
             self._app = previous
+
+    def runtime(
+        self,
+        *,
+        worker: bool = True,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        grace: float | None = None,
+        name: str | None = None,
+    ) -> AbstractAsyncContextManager[Worker | None]:
+        """Everything a process runs for afterwork, for the ``async with`` block.
+
+        ``aw.lifespan`` and the ``afterwork worker`` command both run this: the worker
+        (unless ``worker=False``) and every other long-running part afterwork has. It
+        yields the worker, or ``None``.
+        """
+        return self._runtime(
+            worker=worker, concurrency=concurrency, queues=queues, grace=grace, name=name
+        )
+
+    @asynccontextmanager
+    async def _runtime(
+        self,
+        *,
+        worker: bool,
+        concurrency: int | None,
+        queues: Sequence[str] | None,
+        grace: float | None,
+        name: str | None,
+    ) -> AsyncIterator[Worker | None]:
+        await self._ensure_open()
+        async with contextlib.AsyncExitStack() as stack:
+            running: Worker | None = None
+            if worker:
+                running = await stack.enter_async_context(
+                    self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
+                )
+            yield running

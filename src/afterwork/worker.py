@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._watchdog import JOB_TASK_PREFIX, LoopWatchdog
-from .backends.base import Claim, Inspector
+from .backends.base import Claim, Inspector, Outcome
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
 if TYPE_CHECKING:
@@ -232,8 +232,23 @@ class Worker:
                     continue
                 await self._idle(self.owner.config.poll_interval, wait_for_work=True)
                 continue
+            overflow = []
             for claim in claims:
-                self._start(jobs, claim)
+                task = self.owner.tasks.get(claim.job.task)
+                limit = task.opts.concurrency if task is not None else None
+                if limit is not None and self._per_task[claim.job.task] >= limit:
+                    overflow.append(claim)  # one batch may hold more than the task's limit
+                else:
+                    self._start(jobs, claim)
+            for claim in overflow:
+                try:
+                    await backend.finish(claim.lease, Outcome.released())
+                except Exception:
+                    logger.warning(
+                        "could not hand job %s back; it will be recovered",
+                        claim.job.id,
+                        exc_info=True,
+                    )
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
         run = JobRun(claim)

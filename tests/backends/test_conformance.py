@@ -558,3 +558,21 @@ async def test_lease_object_round_trip(aw: Afterwork) -> None:
     (job,) = await aw.backend.enqueue([new()])
     (claim,) = await aw.backend.claim("w", queues=["default"], limit=1, lease_ttl=5.0)
     assert claim.lease == Lease(job.id, claim.token)
+
+
+async def test_each_tick_is_enqueued_exactly_once(aw: Afterwork) -> None:
+    backend = aw.backend
+    assert await backend.last_tick("nightly") is None
+    results = await asyncio.gather(
+        *(backend.enqueue_tick("nightly", 1000.0, new(task="report")) for _ in range(10))
+    )
+    created = [job for job in results if job is not None]
+    assert len(created) == 1
+    # Finished or not, the tick stays taken.
+    assert await backend.enqueue_tick("nightly", 1000.0, new(task="report")) is None
+    other = await backend.enqueue_tick("nightly", 1060.0, new(task="report"))
+    assert other is not None
+    assert await backend.enqueue_tick("hourly", 1000.0, new(task="report")) is not None
+    assert await backend.last_tick("nightly") == 1060.0
+    assert await backend.enqueue_tick("nightly", 1030.0, new(task="report")) is not None
+    assert await backend.last_tick("nightly") == 1060.0

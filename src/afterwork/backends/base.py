@@ -42,6 +42,7 @@ __all__ = (
     "Outcome",
     "QueueStats",
     "Store",
+    "Ticks",
 )
 
 
@@ -263,5 +264,24 @@ class Inspector(Protocol):
         ...
 
 
-class Store(Backend, Inspector, Protocol):
-    """A backend that is also an inspector (all of afterwork's own backends)."""
+@runtime_checkable
+class Ticks(Protocol):
+    """Exactly-once periodic ticks, enforced by the store (used by the scheduler)."""
+
+    async def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> Job | None:
+        """Enqueue ``job`` as ``tick`` of ``schedule``, unless that tick was enqueued before.
+
+        The tick mark and the job are written in one atomic step, so however many
+        processes call this for the same ``(schedule, tick)``, exactly one job exists
+        for it. Returns the new job, or ``None`` if the tick was already taken. Marks are
+        kept at least a day (they only need to outlive the scheduler's catch-up window).
+        """
+        ...
+
+    async def last_tick(self, schedule: str) -> float | None:
+        """The latest tick of ``schedule`` that was enqueued, or ``None``."""
+        ...
+
+
+class Store(Backend, Inspector, Ticks, Protocol):
+    """A backend that is also an inspector and keeps ticks (all of afterwork's own)."""

@@ -57,6 +57,8 @@ class MemoryBackend:
         self._ready: dict[str, list[tuple[int, int, str]]] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
+        self._ticks: dict[str, float] = {}
+        self._tick_marks: set[tuple[str, float]] = set()
         self._events: Broadcaster[JobEvent] = Broadcaster()
         self._work = Notifier()
 
@@ -456,6 +458,21 @@ class MemoryBackend:
             for job in doomed:
                 del self._jobs[job.id]
         return len(doomed)
+
+    # -- the Ticks protocol ---------------------------------------------------------------
+
+    async def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> Job | None:
+        with self._lock:
+            if (schedule, tick) in self._tick_marks:
+                return None
+            self._tick_marks.add((schedule, tick))
+            self._ticks[schedule] = max(self._ticks.get(schedule, tick), tick)
+            (created,) = await self.enqueue([job])
+            return created
+
+    async def last_tick(self, schedule: str) -> float | None:
+        with self._lock:
+            return self._ticks.get(schedule)
 
     def _active_count(self) -> int:
         with self._lock:

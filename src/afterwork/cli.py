@@ -1,0 +1,163 @@
+"""The ``afterwork`` command: run workers and look after jobs from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import logging.config
+import os
+import signal
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from .app import Afterwork
+
+__all__ = ("app", "load_afterwork", "main")
+
+logger = logging.getLogger("afterwork.cli")
+
+app = typer.Typer(
+    name="afterwork",
+    help="Reliable background work for FastAPI: run workers, inspect and steer jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """afterwork: run workers, inspect and steer jobs."""
+
+
+class CLIError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+def configure_logging(level: str) -> None:
+    """The CLI's log format. Library code never configures logging itself."""
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+            },
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "plain",
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "loggers": {"afterwork": {"handlers": ["stderr"], "level": level.upper()}},
+        }
+    )
+
+
+def load_afterwork(target: str) -> Afterwork:
+    """Import ``module:attribute`` and return the :class:`Afterwork` it names."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CLIError(f"expected MODULE:ATTRIBUTE (for example app.jobs:aw), not {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name == module_name:
+            raise CLIError(f"cannot import module {module_name!r}: {exc}") from None
+        raise
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(obj, Afterwork):
+        raise CLIError(f"{target} is a {type(obj).__name__}, not an Afterwork instance")
+    return obj
+
+
+async def run_worker(
+    aw: Afterwork,
+    *,
+    concurrency: int | None,
+    queues: list[str] | None,
+    grace: float | None,
+    name: str | None,
+) -> None:
+    """Run the worker (and everything else ``aw.runtime`` runs) until SIGTERM or SIGINT.
+
+    The first signal stops gracefully: nothing new is claimed, running jobs get ``grace``
+    seconds, then are released. A second signal releases running jobs at once.
+    """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    received = 0
+    async with (
+        aw,
+        aw.runtime(concurrency=concurrency, queues=queues, grace=grace, name=name) as worker,
+    ):
+
+        def on_signal(signum: int) -> None:
+            nonlocal received
+            received += 1
+            if received == 1:
+                logger.info(
+                    "received %s: stopping gracefully (send it again to stop at once)",
+                    signal.Signals(signum).name,
+                )
+                if worker is not None:
+                    worker.stop()
+                stopping.set()
+            else:
+                logger.warning("received %s again: stopping now", signal.Signals(signum).name)
+                if worker is not None:
+                    worker.stop(now=True)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await stopping.wait()
+        # The handlers stay while the runtime shuts down, so a second signal counts.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
+@app.command()
+def worker(
+    target: Annotated[str, typer.Argument(help="MODULE:ATTRIBUTE of your Afterwork instance")],
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="jobs run at once")
+    ] = None,
+    queues: Annotated[
+        str | None, typer.Option("--queues", "-q", help="comma-separated queues (default: all)")
+    ] = None,
+    grace: Annotated[
+        float | None, typer.Option(min=0, help="seconds running jobs get on SIGTERM")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
+    configure_logging(log_level)
+    try:
+        aw = load_afterwork(target)
+        queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        asyncio.run(
+            run_worker(aw, concurrency=concurrency, queues=queue_list, grace=grace, name=name)
+        )
+    except CLIError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        logger.critical("worker stopped on a fatal error: %s", exc, exc_info=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """Entry point of the ``afterwork`` console script and ``python -m afterwork``."""
+    app()

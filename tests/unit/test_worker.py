@@ -1,0 +1,296 @@
+"""The worker's guarantees: timeouts, cancel, limits, graceful stop, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from afterwork import Afterwork, JobContext, JobStatus, Retry
+from afterwork.backends.base import Outcome
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 10  # seconds: the bound on every wait below; none is reached when things work
+
+
+@pytest.fixture
+async def aw():
+    instance = Afterwork("memory://", seed=7, lease_ttl=5.0, poll_interval=0.2, grace=5.0)
+    async with instance:
+        yield instance
+
+
+async def test_async_job_timeout_cancels_and_counts_as_failed_attempt(aw: Afterwork) -> None:
+    cancelled = asyncio.Event()
+
+    @aw.task(timeout=0.2, retries=1, backoff=Retry.fixed(0))
+    async def slow() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    job = await slow.enqueue()
+    async with asyncio.timeout(WAIT):
+        await aw.drain()
+    done = await aw.get_job(job.id)
+    assert done is not None
+    assert done.status is JobStatus.FAILED
+    assert done.attempts == 2
+    assert done.error is not None and done.error.type == "TimeoutError"
+    assert "0.2s timeout" in done.error.message
+    assert cancelled.is_set()
+
+
+async def test_sync_job_timeout_marks_failed_and_keeps_the_slot(aw: Afterwork) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    after: list[str] = []
+
+    @aw.task(timeout=0.2)
+    def stuck() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    @aw.task
+    def next_job() -> None:
+        after.append("ran")
+
+    job = await stuck.enqueue()
+    async with aw.worker(concurrency=1) as worker, asyncio.timeout(WAIT):
+        done = await job.wait(timeout=WAIT)
+        assert done.status is JobStatus.FAILED
+        assert done.error is not None and done.error.type == "TimeoutError"
+        # The thread still runs: its slot is held, so the next job waits for it.
+        waiting = await next_job.enqueue()
+        assert worker.statistics().running == 0
+        assert after == []
+        release.set()
+        ran = await waiting.wait(timeout=WAIT)
+    assert ran.status is JobStatus.SUCCEEDED
+    assert after == ["ran"]
+
+
+async def test_cancel_running_async_job_promptly(aw: Afterwork) -> None:
+    started = asyncio.Event()
+
+    @aw.task
+    async def forever(ctx: JobContext) -> None:
+        started.set()
+        await ctx.wait_cancelled()
+        await asyncio.Event().wait()
+
+    async with aw.worker(concurrency=2), asyncio.timeout(WAIT):
+        job = await forever.enqueue()
+        await started.wait()
+        t0 = time.monotonic()
+        asked = await aw.cancel(job.id)
+        assert asked is not None and asked.cancel_requested
+        done = await job.wait(timeout=WAIT)
+        assert time.monotonic() - t0 < 1.0
+    assert done.status is JobStatus.CANCELLED
+
+
+async def test_sync_job_sees_cancellation_through_its_context(aw: Afterwork) -> None:
+    started = threading.Event()
+    noticed = threading.Event()
+
+    @aw.task
+    def polite(ctx: JobContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        noticed.set()
+
+    async with aw.worker(concurrency=2), asyncio.timeout(WAIT):
+        job = await polite.enqueue()
+        await asyncio.to_thread(started.wait, WAIT)
+        await aw.cancel(job.id)
+        done = await job.wait(timeout=WAIT)
+    assert done.status is JobStatus.CANCELLED
+    # The job is recorded cancelled at once; its thread notices between its steps.
+    assert await asyncio.to_thread(noticed.wait, WAIT)
+
+
+async def test_global_and_per_task_concurrency_limits(aw: Afterwork) -> None:
+    running = {"limited": 0, "free": 0}
+    peak = {"limited": 0, "free": 0}
+
+    async def track(kind: str) -> None:
+        running[kind] += 1
+        peak[kind] = max(peak[kind], running[kind])
+        await asyncio.sleep(0.02)
+        running[kind] -= 1
+
+    @aw.task(concurrency=2)
+    async def limited() -> None:
+        await track("limited")
+
+    @aw.task
+    async def free() -> None:
+        await track("free")
+
+    for _ in range(12):
+        await limited.enqueue()
+        await free.enqueue()
+    async with asyncio.timeout(WAIT):
+        assert await aw.drain(concurrency=5) == 24
+    assert peak["limited"] == 2
+    assert peak["limited"] + peak["free"] <= 5
+    assert peak["free"] >= 3  # free jobs were not held back by the limited task
+
+
+async def test_graceful_stop_lets_short_jobs_finish(aw: Afterwork) -> None:
+    started = asyncio.Event()
+
+    @aw.task
+    async def short() -> str:
+        started.set()
+        await asyncio.sleep(0.1)
+        return "done"
+
+    async with asyncio.timeout(WAIT):
+        async with aw.worker(concurrency=1):
+            job = await short.enqueue()
+            await started.wait()
+        done = await aw.get_job(job.id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+
+
+async def test_graceful_stop_releases_overrunning_job_without_spending_an_attempt(
+    aw: Afterwork,
+) -> None:
+    started = asyncio.Event()
+
+    @aw.task(retries=0)
+    async def long() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    queued_after: list[str] = []
+
+    @aw.task
+    async def later() -> None:
+        queued_after.append("x")
+
+    async with asyncio.timeout(WAIT):
+        async with aw.worker(concurrency=1, grace=0.1):
+            job = await long.enqueue()
+            await started.wait()
+            pending = await later.enqueue()
+        released = await aw.get_job(job.id)
+        untouched = await aw.get_job(pending.id)
+    assert released is not None
+    assert released.status is JobStatus.QUEUED
+    assert released.attempts == 0
+    assert released.worker is None
+    assert untouched is not None and untouched.status is JobStatus.QUEUED
+    assert queued_after == []  # nothing was claimed after stop
+
+
+async def test_stop_now_releases_at_once(aw: Afterwork) -> None:
+    started = asyncio.Event()
+
+    @aw.task
+    async def long() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with asyncio.timeout(WAIT):
+        async with aw.worker(concurrency=1, grace=3600) as worker:
+            job = await long.enqueue()
+            await started.wait()
+            worker.stop(now=True)
+        released = await aw.get_job(job.id)
+    assert released is not None and released.status is JobStatus.QUEUED
+
+
+async def test_failed_job_is_logged_once_with_traceback(
+    aw: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    @aw.task(retries=2, backoff=Retry.fixed(0))
+    async def broken() -> None:
+        raise KeyError("missing")
+
+    caplog.set_level(logging.INFO, logger="afterwork")
+    job = await broken.enqueue()
+    await aw.drain()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    record = errors[0]
+    assert job.id in record.getMessage() and broken.name in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert getattr(record, "action", None) == "job_failed"
+    assert getattr(record, "job", {})["id"] == job.id
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # one per retried attempt
+
+
+async def test_unserializable_or_huge_result_fails_cleanly(aw: Afterwork) -> None:
+    small = Afterwork("memory://", max_result=100)
+
+    @small.task
+    async def odd() -> object:
+        return object()
+
+    @small.task
+    async def big() -> str:
+        return "x" * 1000
+
+    a = await odd.enqueue()
+    b = await big.enqueue()
+    await small.drain()
+    for job_id, kind in (
+        (a.id, "afterwork.ResultNotSerializable"),
+        (b.id, "afterwork.ResultTooLarge"),
+    ):
+        job = await small.get_job(job_id)
+        assert job is not None and job.status is JobStatus.FAILED
+        assert job.error is not None and job.error.type == kind
+    await small.aclose()
+
+
+async def test_worker_survives_a_failing_store_call(aw: Afterwork) -> None:
+    calls = {"n": 0}
+    original = aw.backend.claim
+
+    async def flaky_claim(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("store down")
+        return await original(*args, **kwargs)
+
+    aw.backend.claim = flaky_claim  # type: ignore[method-assign]
+
+    @aw.task
+    async def fine() -> int:
+        return 1
+
+    job = await fine.enqueue()
+    async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+        done = await job.wait(timeout=WAIT)
+    assert done.status is JobStatus.SUCCEEDED
+    assert calls["n"] >= 3
+
+
+async def test_expired_lease_is_recovered_by_a_live_worker() -> None:
+    aw = Afterwork("memory://", lease_ttl=0.3, reaper_interval=0.05, poll_interval=0.05)
+    async with aw:
+
+        @aw.task(retries=1)
+        async def quick() -> str:
+            return "again"
+
+        job = await quick.enqueue()
+        # A "dead" worker claims it and never heartbeats.
+        (claim,) = await aw.backend.claim("dead", queues=None, limit=1, lease_ttl=0.3)
+        async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+            done = await job.wait(timeout=WAIT)
+        assert done.status is JobStatus.SUCCEEDED
+        assert done.recoveries == 1
+        assert await aw.backend.finish(claim.lease, Outcome.succeeded("zombie")) is None
