@@ -130,11 +130,7 @@ def _hints_target(call: Any) -> Any:
 
 
 def _kind(call: Any) -> Kind:
-    target = call
-    while isinstance(target, functools.partial):
-        target = target.func
-    if not inspect.isclass(target) and not inspect.isroutine(target):
-        target = type(target).__call__
+    target = _hints_target(call)  # a class's __init__ is neither: "function", as it should
     if inspect.isasyncgenfunction(target):
         return "async_generator"
     if inspect.isgeneratorfunction(target):
@@ -150,8 +146,9 @@ def _split(annotation: Any, default: Any) -> tuple[Any, list[Any]]:
     if typing.get_origin(annotation) is Annotated:
         args = typing.get_args(annotation)
         annotation = args[0]
-        markers.extend(a for a in args[1:] if isinstance(a, params.Depends | params.Param))
-        markers.extend(a for a in args[1:] if isinstance(a, params.Body))
+        markers.extend(
+            a for a in args[1:] if isinstance(a, params.Depends | params.Param | params.Body)
+        )
     if isinstance(default, params.Depends | params.Param | params.Body):
         markers.append(default)
     return annotation, markers
@@ -176,7 +173,7 @@ def _request_reason(annotation: Any, markers: list[Any]) -> str | None:
     return None
 
 
-def dependency_param(
+def _dependency_param(
     name: str, annotation: Any, default: Any, *, path: str, _seen: frozenset[int] = frozenset()
 ) -> Dependency | None:
     """The :class:`Dependency` a parameter declares, or ``None`` if it declares none.
@@ -200,10 +197,10 @@ def dependency_param(
         raise DependencyError(
             f"parameter {path!r}: Depends() needs a callable or a class annotation", param=path
         )
-    return plan(call, use_cache=depends.use_cache, path=path, _seen=_seen)
+    return _plan(call, use_cache=depends.use_cache, path=path, _seen=_seen)
 
 
-def plan(
+def _plan(
     call: Callable[..., Any],
     *,
     use_cache: bool = True,
@@ -243,7 +240,7 @@ def plan(
         if inspect.isclass(bare) and bare in PROVIDED_TYPES:
             nodes.append((param.name, bare))
             continue
-        sub = dependency_param(param.name, annotation, param.default, path=sub_path, _seen=seen)
+        sub = _dependency_param(param.name, annotation, param.default, path=sub_path, _seen=seen)
         if sub is None:
             raise DependencyError(
                 f"parameter {sub_path!r} cannot be resolved in background work: FastAPI reads "
@@ -287,7 +284,7 @@ def dependencies_of(func: Callable[..., Any], *, owner: str | None = None) -> di
 
 def _declared(param: inspect.Parameter, annotation: Any) -> Dependency | None:
     try:
-        return dependency_param(param.name, annotation, param.default, path=param.name)
+        return _dependency_param(param.name, annotation, param.default, path=param.name)
     except DependencyError as exc:
         # The message holds the path to the culprit; ``param`` names the top parameter.
         raise DependencyError(exc.message, param=param.name) from None
@@ -321,7 +318,7 @@ def _plan_override(original: Dependency, call: Callable[..., Any]) -> Dependency
         cached = None
     if cached is not None:
         return dataclasses.replace(cached, use_cache=original.use_cache)
-    planned = plan(
+    planned = _plan(
         call, use_cache=original.use_cache, path=f"override of {_describe(original.call)}"
     )
     with contextlib.suppress(TypeError):

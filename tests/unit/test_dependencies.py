@@ -27,7 +27,7 @@ from fastapi import (
 from fastapi.security import SecurityScopes
 from pydantic import BaseModel
 
-from afterwork import Afterwork, EnqueueError, JobContext, JobStatus
+from afterwork import Afterwork, EnqueueError, JobContext, JobStatus, Task
 from afterwork.dependencies import Dependency, dependencies_of, overrides_of, resolve
 from afterwork.exceptions import DependencyError
 from afterwork.testing import FakeClock
@@ -270,13 +270,20 @@ async def test_sync_job_timeout_waits_for_its_thread_before_cleanup(aw: Afterwor
     assert EVENTS == ["enter db", "thread done", "db saw TimeoutError", "exit db"]
 
 
-async def test_cancel_closes_generators(aw: Afterwork) -> None:
-    started = anyio.Event()
+def register_endless_job(aw: Afterwork, started: anyio.Event) -> Task[..., Any]:
+    """A task that holds its dependencies until it is stopped from outside."""
 
     @aw.task
-    async def job(repo: Annotated[Resource, Depends(get_repo)]) -> None:
+    async def endless(repo: Annotated[Resource, Depends(get_repo)]) -> None:
         started.set()
         await anyio.sleep_forever()
+
+    return endless
+
+
+async def test_cancel_closes_generators(aw: Afterwork) -> None:
+    started = anyio.Event()
+    job = register_endless_job(aw, started)
 
     async with aw.worker():
         j = await job.enqueue()
@@ -288,6 +295,26 @@ async def test_cancel_closes_generators(aw: Afterwork) -> None:
     assert EVENTS == [
         "enter db",
         "enter repo",
+        "repo saw CancelledError",
+        "exit repo",
+        "db saw CancelledError",
+        "exit db",
+    ]
+
+
+async def test_generators_are_closed_when_the_worker_is_torn_down(aw: Afterwork) -> None:
+    started = anyio.Event()
+    job = register_endless_job(aw, started)
+
+    with pytest.raises(ExceptionGroup) as crashed:
+        async with aw.worker():
+            await job.enqueue()
+            with anyio.fail_after(10):
+                await started.wait()
+            raise RuntimeError("the app crashed")  # cancels the worker's task group
+    assert crashed.group_contains(RuntimeError, match="the app crashed")
+    # Cancelled from outside, yet the sync generator's cleanup (in a thread) still ran.
+    assert EVENTS[-4:] == [
         "repo saw CancelledError",
         "exit repo",
         "db saw CancelledError",
