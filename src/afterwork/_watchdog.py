@@ -147,6 +147,11 @@ class LoopWatchdog:
             except RuntimeError:  # the loop is closed
                 return
             if answered.wait(self.threshold):
+                lag = self._answered_at - sent
+                if lag > self.threshold:
+                    # This thread was itself kept from running (a loaded machine) and missed
+                    # the stall in the act: report it without the stack.
+                    self._report(self._snapshot(None), lag, still_blocked=False)
                 continue
             snapshot = self._snapshot(loop)
             ended = answered.wait(max(1.0, 10 * self.threshold))
@@ -157,8 +162,11 @@ class LoopWatchdog:
             self._report(snapshot, blocked, still_blocked=not ended)
             answered.wait()  # a long stall is reported once
 
-    def _snapshot(self, loop: asyncio.AbstractEventLoop) -> _Snapshot:
+    def _snapshot(self, loop: asyncio.AbstractEventLoop | None) -> _Snapshot:
+        """What the loop is doing now; ``loop=None``: a stall already over, only the jobs."""
         running = self.worker.running
+        if loop is None:
+            return _Snapshot(None, None, running, None)
         current = asyncio.current_task(loop)
         name = current.get_name() if current is not None else None
         culprit = None
@@ -192,12 +200,17 @@ class LoopWatchdog:
             )
             return
         jobs = ", ".join(f"{run.job.id} ({run.job.task})" for run in snapshot.running)
+        if snapshot.asyncio_task is not None:
+            blamed = f"by asyncio task {snapshot.asyncio_task!r}, not a job,"
+        elif snapshot.stack is not None:
+            blamed = "by a callback, not a job,"
+        else:
+            blamed = "(the blocking call was not caught in the act)"
         logger.warning(
-            "the event loop was blocked for %s (threshold %gs) by asyncio task %r, not a "
-            "job, while jobs ran: %s%s",
+            "the event loop was blocked for %s (threshold %gs) %s while jobs ran: %s%s",
             duration,
             self.threshold,
-            snapshot.asyncio_task,
+            blamed,
             jobs or "none",
             stack,
             extra={"action": "loop_blocked", "worker": {"id": self.worker.id}, **extra},

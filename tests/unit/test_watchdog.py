@@ -43,8 +43,9 @@ def register_blocker(aw: Afterwork) -> Task[[], Coroutine[Any, Any, None]]:
 async def test_a_job_blocking_the_loop_is_reported_by_name(
     make_aw: Callable[..., Afterwork], caplog: pytest.LogCaptureFixture
 ) -> None:
-    aw = make_aw()
-    assert aw.config.block_threshold == 0.1
+    assert make_aw().config.block_threshold == 0.1  # the default
+    # Well under the 0.3 s stall: slack for a loaded machine that delays the watchdog thread.
+    aw = make_aw(block_threshold=0.05)
     blocker = register_blocker(aw)
 
     @aw.task(name="reports:polite")
@@ -64,6 +65,7 @@ async def test_a_job_blocking_the_loop_is_reported_by_name(
     message = report.getMessage()
     assert report.levelno == logging.WARNING
     assert f"job {job.id} (reports:blocker) blocked the event loop for " in message
+    assert "(threshold 0.05s)" in message
     assert "in blocker" in message and "time.sleep(0.3)" in message
     fields = vars(report)  # the structured ``extra`` of the log line
     assert fields["action"] == "loop_blocked"
@@ -73,12 +75,12 @@ async def test_a_job_blocking_the_loop_is_reported_by_name(
         "queue": "default",
         "attempt": 1,
     }
-    assert fields["blocked"] >= 0.1
+    assert fields["blocked"] >= 0.05
     assert worker.watchdog is not None
     stats = worker.watchdog.statistics()
     assert stats.per_task["reports:blocker"] >= 1
     assert "reports:polite" not in stats.per_task
-    assert stats.blocks >= 1 and 0.1 <= stats.longest
+    assert stats.blocks >= 1 and 0.05 <= stats.longest
 
 
 async def test_stalls_below_the_threshold_are_not_reported(
