@@ -230,6 +230,12 @@ class Worker:
                         return
                     await self._wait_slot()
                     continue
+                if exclude:
+                    # Work may be waiting only for tasks at their limit: wait_for_work would
+                    # return at once and spin. Wait for one of our jobs to end instead.
+                    with anyio.move_on_after(self.owner.config.poll_interval):
+                        await self._wait_slot()
+                    continue
                 await self._idle(self.owner.config.poll_interval, wait_for_work=True)
                 continue
             if self._stopping.is_set():

@@ -294,3 +294,36 @@ async def test_expired_lease_is_recovered_by_a_live_worker() -> None:
         assert done.status is JobStatus.SUCCEEDED
         assert done.recoveries == 1
         assert await aw.backend.finish(claim.lease, Outcome.succeeded("zombie")) is None
+
+
+@pytest.mark.timeout(20)  # the bug this guards against spins the loop: no await can time out
+async def test_worker_does_not_spin_when_only_limited_work_is_waiting(aw: Afterwork) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @aw.task(concurrency=1)
+    async def single() -> None:
+        started.set()
+        await release.wait()
+
+    calls = {"n": 0}
+    original = aw.backend.claim
+
+    async def counting_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return await original(*args, **kwargs)
+
+    aw.backend.claim = counting_claim  # type: ignore[method-assign]
+    first = await single.enqueue()
+    second = await single.enqueue()  # waits: the task's limit is 1
+    async with aw.worker(concurrency=4), asyncio.timeout(WAIT):
+        await started.wait()
+        before = calls["n"]
+        # While the second job waits for the first, the worker must not hammer the store:
+        # with poll_interval 0.2 s, about 5 claims a second at most.
+        await asyncio.sleep(0.5)  # the thing under test is what happens while time passes
+        assert calls["n"] - before <= 6, calls["n"] - before
+        release.set()
+        done = await second.wait(timeout=WAIT)
+    assert done.status is JobStatus.SUCCEEDED
+    assert (await aw.get_job(first.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
