@@ -309,7 +309,7 @@ async def test_worker_does_not_spin_when_only_limited_work_is_waiting(aw: Afterw
     calls = {"n": 0}
     original = aw.backend.claim
 
-    async def counting_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def counting_claim(*args, **kwargs):
         calls["n"] += 1
         return await original(*args, **kwargs)
 
