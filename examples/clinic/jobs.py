@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from sqlalchemy import select
 
@@ -21,8 +22,8 @@ from .realtime import hub, queue_snapshot
 
 logger = logging.getLogger(__name__)
 
-#: ``AFTERWORK_URL`` if set, else afterwork's embedded SQLite default (``./afterwork.db``).
-aw = Afterwork()
+# TODO(sqlite): ``Afterwork()`` (AFTERWORK_URL, else ./afterwork.db) once SQLite lands.
+aw = Afterwork(os.environ.get("AFTERWORK_URL", "memory://"))
 
 
 @aw.task(retries=3, backoff=Retry.exponential(base=0.2, cap=5.0), timeout=15.0)

@@ -1,0 +1,246 @@
+"""The clinic example, end to end: the real app served by uvicorn, a fresh database per test."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from examples.clinic import jobs as clinic_jobs
+from examples.clinic.app import app
+from examples.clinic.db import database, utcnow
+from examples.clinic.models import OutboxMessage, Patient, QueueEntry, Staff, StaffSession
+from examples.clinic.realtime import hub
+from examples.clinic.schemas import QueueUpdate
+from examples.clinic.seed import seed
+from sqlalchemy import func, select, update
+from websockets.asyncio.client import ClientConnection, connect
+
+from afterwork import Job, JobStatus
+from afterwork.backends import from_url
+
+from ..servers import serve
+from ..waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOP_ERRORS = (
+    "This event loop is already running",
+    "Task was destroyed but it is pending",
+    "was never awaited",
+    "attached to a different loop",
+)
+
+
+@dataclass
+class Clinic:
+    """The running app: an authenticated client and the server's WebSocket URL."""
+
+    client: httpx.AsyncClient
+    ws_url: str
+
+    async def assign(self, patient_id: int, doctor_id: int) -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/v1/doctors/assign-doctor",
+            json={"patient_id": patient_id, "doctor_id": doctor_id},
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> str:
+    response = await client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+async def finished_job(job_id: str) -> Job:
+    """The job once it is stored and finished (``jobs.add_task`` stores it after the response)."""
+
+    async def done() -> Job | None:
+        job = await clinic_jobs.aw.get_job(job_id)
+        return job if job is not None and job.is_finished else None
+
+    return await eventually(done)
+
+
+async def next_update(socket: ClientConnection) -> QueueUpdate:
+    return QueueUpdate.model_validate_json(await socket.recv())
+
+
+def assert_no_loop_errors(caplog: pytest.LogCaptureFixture) -> None:
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert not any(error in text for error in LOOP_ERRORS), text
+
+
+@pytest.fixture
+async def clinic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Clinic]:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
+    # A fresh job store per test; the module-level ``aw`` is closed between tests.
+    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url("memory://"))
+    await database.open()
+    async with database.session() as db:
+        await seed(db)
+    await database.aclose()
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        client.headers["Authorization"] = (
+            f"Bearer {await login(client, 'reception', 'reception-demo')}"
+        )
+        yield Clinic(client, url.replace("http://", "ws://") + "/ws/queue")
+    assert_no_loop_errors(caplog)
+
+
+async def test_assigned_patient_reaches_the_queue_the_screens_and_the_outbox(
+    clinic: Clinic,
+) -> None:
+    async with connect(clinic.ws_url) as screen:
+        first = await next_update(screen)
+        ada = next(e for e in first.entries if e.patient_name == "Ada Lovelace")
+        assert ada.status == "waiting" and ada.doctor_id is None
+
+        assigned = await clinic.assign(ada.patient_id, doctor_id=2)
+        assert assigned["entry"]["status"] == "assigned"
+        assert assigned["entry"]["doctor_name"] == "Dr. Ben Okafor"
+
+        everyone = (await clinic.client.get("/api/v1/queue/all")).json()
+        assert {"patient_id": ada.patient_id, "doctor_id": 2, "status": "assigned"}.items() <= next(
+            e for e in everyone if e["patient_id"] == ada.patient_id
+        ).items()
+        doctor_queue = (await clinic.client.get("/api/v1/queue/2")).json()
+        assert [e["patient_id"] for e in doctor_queue] == [ada.patient_id]
+        assert (await clinic.client.get("/api/v1/queue/3")).json() == []
+
+        update_ = await next_update(screen)
+        assert update_.reason == f"ticket {ada.ticket} assigned"
+        pushed = next(e for e in update_.entries if e.patient_id == ada.patient_id)
+        assert pushed.status == "assigned" and pushed.room == "102"
+
+    broadcast = await finished_job(assigned["broadcast_job"])
+    assert broadcast.status is JobStatus.SUCCEEDED, broadcast.error
+    assert broadcast.result == {"screens": 1, "entries": 6}
+
+    notification = await finished_job(assigned["notification_job"])
+    assert notification.status is JobStatus.SUCCEEDED, notification.error
+    async with database.session() as db:
+        (mail,) = (await db.scalars(select(OutboxMessage))).all()
+    assert mail.recipient == "ada@example.com"
+    assert mail.subject == f"Your ticket {ada.ticket}: please go to room 102"
+    assert notification.result == {"to": "ada@example.com", "key": mail.key}
+
+
+async def test_a_failing_broadcast_is_retried_and_recorded(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_broadcast = hub.broadcast
+    calls = 0
+
+    async def first_attempt_fails(update: QueueUpdate) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("screen gateway unavailable")
+        return await real_broadcast(update)
+
+    monkeypatch.setattr(hub, "broadcast", first_attempt_fails)
+    async with connect(clinic.ws_url) as screen:
+        await next_update(screen)
+        assigned = await clinic.assign(patient_id=2, doctor_id=1)
+        update_ = await next_update(screen)  # delivered by the second attempt
+        assert any(e.patient_id == 2 and e.status == "assigned" for e in update_.entries)
+
+    job = await finished_job(assigned["broadcast_job"])
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.attempts == 2 and calls == 2
+    assert job.error is not None and job.error.type.endswith("ConnectionError")
+    assert "screen gateway unavailable" in job.error.message
+    assert "screen gateway unavailable" in caplog.text
+
+
+async def test_assignments_are_checked(clinic: Clinic) -> None:
+    await clinic.assign(patient_id=3, doctor_id=1)
+    again = await clinic.client.post(
+        "/api/v1/doctors/assign-doctor", json={"patient_id": 3, "doctor_id": 2}
+    )
+    assert again.status_code == 409
+    nobody = await clinic.client.post(
+        "/api/v1/doctors/assign-doctor", json={"patient_id": 4, "doctor_id": 99}
+    )
+    assert nobody.status_code == 404
+    assert (await clinic.client.get("/api/v1/queue/99")).status_code == 404
+
+
+async def test_login_tokens_are_stored_hashed_and_expire(clinic: Clinic) -> None:
+    anonymous = httpx.AsyncClient(base_url=str(clinic.client.base_url), timeout=10)
+    async with anonymous:
+        assert (await anonymous.get("/api/v1/queue/all")).status_code == 401
+        wrong = await anonymous.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": "nope"}
+        )
+        assert wrong.status_code == 401
+        token = await login(anonymous, "admin", "admin-demo")
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await anonymous.get("/api/v1/queue/all", headers=headers)).status_code == 200
+
+        async with database.session() as db:
+            hashes = set((await db.scalars(select(StaffSession.token_hash))).all())
+            assert token not in hashes
+            assert hashlib.sha256(token.encode()).hexdigest() in hashes
+            await db.execute(update(StaffSession).values(expires_at=utcnow()))
+            await db.commit()
+        assert (await anonymous.get("/api/v1/queue/all", headers=headers)).status_code == 401
+
+
+async def test_the_queue_screen_page_is_served(clinic: Clinic) -> None:
+    page = await clinic.client.get("/queue-screen")
+    assert page.status_code == 200 and '<script src="/static/queue.js"' in page.text
+    script = await clinic.client.get("/static/queue.js")
+    assert script.status_code == 200 and "/ws/queue" in script.text
+
+
+def run_demo_seed(demo_dir: Path) -> str:
+    env = {**os.environ, "DEMO_DIR": str(demo_dir), "DEMO_PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo"), "seed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+async def test_demo_seeding_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = run_demo_seed(tmp_path)
+    second = run_demo_seed(tmp_path)
+    assert "6 patients checked in" in first
+    assert "0 staff, 0 doctors, 0 patients added; 0 patients checked in" in second
+
+    monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
+    await database.open()
+    try:
+        async with database.session() as db:
+            counts = {
+                table.__name__: await db.scalar(select(func.count()).select_from(table))
+                for table in (Staff, Patient, QueueEntry)
+            }
+    finally:
+        await database.aclose()
+    assert counts == {"Staff": 2, "Patient": 6, "QueueEntry": 6}
