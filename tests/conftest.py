@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 
@@ -7,3 +11,32 @@ import pytest
 def anyio_backend() -> str:
     # afterwork runs on asyncio (what uvicorn and FastAPI use).
     return "asyncio"
+
+
+class UnsafeDeserialization(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_pickle() -> Iterator[list[str]]:
+    """RELIABILITY.md T-NOPICKLE: nothing in the suite may unpickle data.
+
+    (``marshal.loads`` cannot be guarded: Python's import system loads ``.pyc`` with it.)
+    """
+    calls: list[str] = []
+    originals = (pickle.loads, pickle.load)
+
+    def refuse(name: str) -> Any:
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise UnsafeDeserialization(f"{name} was called: afterwork must never unpickle")
+
+        return guard
+
+    pickle.loads = refuse("pickle.loads")
+    pickle.load = refuse("pickle.load")
+    try:
+        yield calls
+    finally:
+        pickle.loads, pickle.load = originals
+        assert calls == [], calls

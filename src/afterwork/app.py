@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
@@ -28,6 +28,9 @@ from .retry import Backoff, ExponentialBackoff
 from .task import Task, TaskOptions
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from .fastapi.router import AuthDependency, RouterOptions
     from .runner import JobRun
     from .worker import Worker
 
@@ -644,6 +647,27 @@ class Afterwork:
         return values
 
     # -- FastAPI -------------------------------------------------------------------------
+
+    def router(
+        self,
+        *,
+        auth: AuthDependency | None = None,
+        insecure_no_auth: bool = False,
+        **options: Unpack[RouterOptions],
+    ) -> APIRouter:
+        """The REST API, the live event stream and the dashboard, as an ``APIRouter``.
+
+        ``auth`` guards every route; without it this raises, unless the router is served
+        open on purpose with ``insecure_no_auth=True``. See ``docs/api.md``.
+
+        Example:
+            ```python
+            app.include_router(aw.router(auth=Depends(require_admin)), prefix="/afterwork")
+            ```
+        """
+        from .fastapi.router import create_router
+
+        return create_router(self, auth=auth, insecure_no_auth=insecure_no_auth, **options)
 
     @overload
     def lifespan(self, app: Any, /) -> AbstractAsyncContextManager[None]: ...

@@ -1,4 +1,4 @@
-"""FastAPI integration: the ``Jobs`` dependency (and, later, the router and dashboard)."""
+"""FastAPI integration: the ``Jobs`` dependency; ``aw.router()`` builds the API and dashboard."""
 
 from __future__ import annotations
 

@@ -1,0 +1,152 @@
+"""The REST API's request and response models (they appear in the app's OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..backends.base import QueueStats
+from ..job import Job, JobStatus
+from ..task import Task
+
+__all__ = (
+    "EnqueueBody",
+    "EnqueueOptionsBody",
+    "InfoOut",
+    "JobErrorOut",
+    "JobOut",
+    "JobPage",
+    "QueueOut",
+    "TaskOut",
+)
+
+
+class JobErrorOut(BaseModel):
+    """Why an attempt failed."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+# The pydantic mypy plugin's synthesized ``__init__(**kwargs)`` clashes with the field name.
+class JobOut(BaseModel):  # type: ignore[no-redef]
+    """A job as the store last saw it. Timestamps are seconds since the epoch."""
+
+    id: str
+    task: str
+    queue: str
+    status: JobStatus
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    attempts: int
+    max_attempts: int
+    recoveries: int
+    key: str | None
+    created_at: float
+    run_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: Any
+    error: JobErrorOut | None
+    progress: float | None
+    progress_message: str | None
+    timeout: float | None
+    result_ttl: float | None
+    worker: str | None
+    lease_expires_at: float | None
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls.model_validate(job.to_dict())
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first. Pass ``next_cursor`` as ``before`` for the next page."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None = None
+
+
+class QueueOut(BaseModel):
+    """A queue's job counts per status, and how long its oldest due job has waited."""
+
+    queue: str
+    counts: dict[JobStatus, int]
+    total: int
+    oldest_waiting_at: float | None = None
+    oldest_waiting_age: float | None = Field(
+        default=None, description="Seconds the oldest due job has waited, by the store's clock."
+    )
+
+    @classmethod
+    def of(cls, stats: QueueStats, now: float) -> QueueOut:
+        oldest = stats.oldest_waiting_at
+        return cls(
+            queue=stats.queue,
+            counts={status: stats.counts.get(status, 0) for status in JobStatus},
+            total=sum(stats.counts.values()),
+            oldest_waiting_at=oldest,
+            oldest_waiting_age=None if oldest is None else max(now - oldest, 0.0),
+        )
+
+
+class TaskOut(BaseModel):
+    """A registered task: its policy and the JSON schema of its arguments."""
+
+    name: str
+    queue: str
+    priority: int
+    retries: int
+    timeout: float | None
+    concurrency: int | None
+    result_ttl: float | None
+    arguments: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
+
+    @classmethod
+    def of(cls, task: Task[Any, Any]) -> TaskOut:
+        opts = task.opts
+        return cls(
+            name=task.name,
+            queue=opts.queue,
+            priority=opts.priority,
+            retries=opts.retries,
+            timeout=opts.timeout,
+            concurrency=opts.concurrency,
+            result_ttl=opts.result_ttl,
+            arguments=task.codec.json_schema(),
+        )
+
+
+class EnqueueOptionsBody(BaseModel):
+    """Options of one enqueue, as ``task.options(...)`` takes them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    delay: float | None = Field(default=None, ge=0, description="Seconds before the job is due.")
+    key: str | None = Field(default=None, min_length=1, max_length=512)
+    priority: int | None = None
+    queue: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class EnqueueBody(BaseModel):
+    """``POST /tasks/{name}/enqueue``: the arguments, validated like ``task.enqueue``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    options: EnqueueOptionsBody = Field(default_factory=EnqueueOptionsBody)
+
+
+class InfoOut(BaseModel):
+    """What the dashboard needs to know about the API it talks to."""
+
+    version: str
+    csrf_header: str
+    schedules: bool
+    services: bool
+    event_resume: bool

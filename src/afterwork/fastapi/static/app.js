@@ -1,0 +1,377 @@
+// afterwork dashboard. No build step, no dependencies.
+// Every value that comes from a job is put in the page with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const STATUSES = ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"];
+  const state = {
+    csrfHeader: "X-Afterwork-CSRF",
+    filters: { status: "", queue: "", task: "" },
+    cursor: null,
+    rows: new Map(), // job id -> <tr>
+    jobId: null, // the job shown on the job page
+    timeline: [],
+    queueTimer: null,
+    jobTimer: null,
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function when(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    return new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+
+  function age(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    if (seconds < 60) return seconds.toFixed(1) + " s";
+    if (seconds < 3600) return (seconds / 60).toFixed(1) + " min";
+    return (seconds / 3600).toFixed(1) + " h";
+  }
+
+  function pretty(value) {
+    if (value === undefined) return "";
+    return JSON.stringify(value, null, 2);
+  }
+
+  function notice(message) {
+    const box = $("notice");
+    box.textContent = message || "";
+    box.hidden = !message;
+  }
+
+  async function api(path, options) {
+    const init = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
+    init.headers = Object.assign({ Accept: "application/json" }, init.headers);
+    if (init.method && init.method !== "GET") init.headers[state.csrfHeader] = "1";
+    const response = await fetch(path, init);
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const detail = body && body.detail ? body.detail : response.statusText;
+      throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    }
+    return body;
+  }
+
+  function statusCell(status) {
+    return el("td", status, "status status-" + (STATUSES.includes(status) ? status : "unknown"));
+  }
+
+  function jobLink(id) {
+    // Ids start with their creation time: the end tells jobs apart.
+    const link = el("a", "…" + String(id).slice(-12));
+    link.href = "#/jobs/" + encodeURIComponent(id);
+    link.title = String(id);
+    return link;
+  }
+
+  // -- overview: queues -------------------------------------------------------------
+
+  async function loadQueues() {
+    const queues = await api("queues");
+    const body = $("queues").tBodies[0];
+    clear(body);
+    for (const queue of queues) {
+      const row = el("tr");
+      row.appendChild(el("td", queue.queue));
+      for (const status of STATUSES) row.appendChild(el("td", queue.counts[status] || 0, "num"));
+      row.appendChild(el("td", age(queue.oldest_waiting_age), "num"));
+      body.appendChild(row);
+    }
+  }
+
+  function scheduleQueues() {
+    if (state.queueTimer !== null) return;
+    state.queueTimer = setTimeout(() => {
+      state.queueTimer = null;
+      loadQueues().catch((err) => notice(err.message));
+    }, 500);
+  }
+
+  // -- overview: jobs ---------------------------------------------------------------
+
+  function jobsQuery(before) {
+    const params = new URLSearchParams();
+    for (const [name, value] of Object.entries(state.filters)) if (value) params.set(name, value);
+    if (before) params.set("before", before);
+    params.set("limit", "50");
+    return "jobs?" + params.toString();
+  }
+
+  function fillRow(row, job) {
+    clear(row);
+    const idCell = el("td");
+    idCell.appendChild(jobLink(job.id));
+    row.appendChild(idCell);
+    row.appendChild(el("td", job.task));
+    row.appendChild(el("td", job.queue));
+    row.appendChild(statusCell(job.status));
+    const attempts = job.max_attempts ? job.attempts + "/" + job.max_attempts : job.attempts;
+    row.appendChild(el("td", attempts, "num"));
+    const progress = el("td", "", "num");
+    if (job.progress !== null && job.progress !== undefined) {
+      progress.textContent = Math.round(job.progress * 100) + "%";
+    }
+    row.appendChild(progress);
+    row.appendChild(el("td", when(job.created_at), "num"));
+  }
+
+  function addRow(job, atTop) {
+    const body = $("jobs").tBodies[0];
+    let row = state.rows.get(job.id);
+    if (!row) {
+      row = el("tr");
+      row.dataset.job = job.id;
+      state.rows.set(job.id, row);
+      if (atTop) {
+        body.insertBefore(row, body.firstChild);
+        row.classList.add("fresh");
+      } else {
+        body.appendChild(row);
+      }
+    }
+    fillRow(row, job);
+  }
+
+  async function loadJobs(more) {
+    if (!more) {
+      clear($("jobs").tBodies[0]);
+      state.rows.clear();
+      state.cursor = null;
+    }
+    const page = await api(jobsQuery(more ? state.cursor : null));
+    for (const job of page.jobs) addRow(job, false);
+    state.cursor = page.next_cursor;
+    $("more").hidden = !state.cursor;
+  }
+
+  function matchesFilters(event) {
+    const f = state.filters;
+    return (!f.status || f.status === event.status) && (!f.queue || f.queue === event.queue) &&
+      (!f.task || f.task === event.task);
+  }
+
+  function onJobEvent(event) {
+    scheduleQueues();
+    if (state.jobId === event.job_id) {
+      state.timeline.push({ at: event.at, text: event.kind + " → " + event.status +
+        (event.message ? ": " + event.message : "") });
+      scheduleJob();
+    }
+    const row = state.rows.get(event.job_id);
+    if (row || matchesFilters(event)) {
+      api("jobs/" + encodeURIComponent(event.job_id))
+        .then((job) => {
+          if (state.rows.has(job.id) || matchesFilters(job)) addRow(job, !state.rows.has(job.id));
+        })
+        .catch(() => {}); // purged meanwhile
+    }
+  }
+
+  // -- schedules and services -------------------------------------------------------
+
+  function fillTable(table, items, action) {
+    const head = table.tHead;
+    const body = table.tBodies[0];
+    clear(head);
+    clear(body);
+    const columns = [];
+    for (const item of items) for (const key of Object.keys(item)) if (!columns.includes(key)) columns.push(key);
+    const headRow = el("tr");
+    for (const column of columns) headRow.appendChild(el("th", column));
+    if (action) headRow.appendChild(el("th", ""));
+    head.appendChild(headRow);
+    for (const item of items) {
+      const row = el("tr");
+      for (const column of columns) {
+        const value = item[column];
+        row.appendChild(el("td", typeof value === "object" && value !== null ? JSON.stringify(value) : value));
+      }
+      if (action) {
+        const cell = el("td");
+        cell.appendChild(action(item));
+        row.appendChild(cell);
+      }
+      body.appendChild(row);
+    }
+  }
+
+  async function loadSchedules() {
+    const items = await api("schedules");
+    fillTable($("schedules"), items, (item) => {
+      const button = el("button", "run now");
+      button.type = "button";
+      button.addEventListener("click", () => {
+        button.disabled = true;
+        api("schedules/" + encodeURIComponent(item.name) + "/trigger", { method: "POST" })
+          .then(() => notice(""))
+          .catch((err) => notice(err.message))
+          .finally(() => { button.disabled = false; });
+      });
+      return button;
+    });
+  }
+
+  async function loadServices() {
+    fillTable($("services"), await api("services"), null);
+  }
+
+  // -- the job page -----------------------------------------------------------------
+
+  function field(body, name, value) {
+    const row = el("tr");
+    row.appendChild(el("th", name));
+    row.appendChild(el("td", value === null || value === undefined ? "" : value));
+    body.appendChild(row);
+  }
+
+  function renderJob(job) {
+    $("job-id").textContent = job.id;
+    const body = $("job-fields").tBodies[0];
+    clear(body);
+    field(body, "task", job.task);
+    field(body, "queue", job.queue);
+    const status = el("tr");
+    status.appendChild(el("th", "status"));
+    status.appendChild(statusCell(job.status));
+    body.appendChild(status);
+    field(body, "attempts", job.attempts + " of " + job.max_attempts);
+    field(body, "priority", job.priority);
+    field(body, "key", job.key);
+    field(body, "worker", job.worker);
+    field(body, "created", when(job.created_at));
+    field(body, "due", when(job.run_at));
+    field(body, "started", when(job.started_at));
+    field(body, "finished", when(job.finished_at));
+    const progress = $("job-progress");
+    progress.value = job.progress === null || job.progress === undefined ? 0 : job.progress;
+    $("job-progress-message").textContent = job.progress_message || "";
+    $("job-args").textContent = pretty({ args: job.args, kwargs: job.kwargs });
+    $("job-result").textContent = pretty(job.result);
+    const error = job.error;
+    $("job-error-section").hidden = !error;
+    $("job-error-type").textContent = error ? error.type : "";
+    $("job-error-message").textContent = error ? error.message : "";
+    $("job-traceback").textContent = error ? error.traceback : "";
+    $("cancel").disabled = !["scheduled", "queued", "running"].includes(job.status);
+    $("retry").disabled = !["failed", "cancelled"].includes(job.status);
+    renderTimeline(job);
+  }
+
+  function renderTimeline(job) {
+    const entries = [
+      { at: job.created_at, text: "created" },
+      { at: job.started_at, text: "last attempt started" },
+      { at: job.finished_at, text: "finished: " + job.status },
+    ].filter((e) => e.at !== null && e.at !== undefined).concat(state.timeline);
+    entries.sort((a, b) => a.at - b.at);
+    const list = $("timeline");
+    clear(list);
+    for (const entry of entries) list.appendChild(el("li", when(entry.at) + "  " + entry.text));
+  }
+
+  async function loadJob() {
+    if (!state.jobId) return;
+    try {
+      renderJob(await api("jobs/" + encodeURIComponent(state.jobId)));
+      notice("");
+    } catch (err) {
+      notice(err.message);
+    }
+  }
+
+  function scheduleJob() {
+    if (state.jobTimer !== null) return;
+    state.jobTimer = setTimeout(() => {
+      state.jobTimer = null;
+      loadJob();
+    }, 200);
+  }
+
+  function jobAction(action) {
+    if (!state.jobId) return;
+    api("jobs/" + encodeURIComponent(state.jobId) + "/" + action, { method: "POST" })
+      .then(renderJob)
+      .catch((err) => notice(err.message));
+  }
+
+  // -- routing and the live stream --------------------------------------------------
+
+  function route() {
+    const match = /^#\/jobs\/(.+)$/.exec(location.hash);
+    state.jobId = match ? decodeURIComponent(match[1]) : null;
+    state.timeline = [];
+    $("overview").hidden = Boolean(state.jobId);
+    $("job").hidden = !state.jobId;
+    notice("");
+    if (state.jobId) loadJob();
+  }
+
+  function connect() {
+    const live = $("live");
+    const source = new EventSource("events");
+    source.addEventListener("ready", () => {
+      live.dataset.state = "open";
+      live.textContent = "live";
+      // Subscribed: reload so nothing that happened before is missed.
+      refresh();
+    });
+    source.addEventListener("message", (message) => {
+      try {
+        onJobEvent(JSON.parse(message.data));
+      } catch (err) {
+        notice("bad event: " + err.message);
+      }
+    });
+    source.addEventListener("error", () => {
+      live.dataset.state = "closed";
+      live.textContent = "reconnecting…";
+    });
+  }
+
+  function refresh() {
+    const tasks = [loadQueues(), loadJobs(false)];
+    if (!$("schedules-section").hidden) tasks.push(loadSchedules());
+    if (!$("services-section").hidden) tasks.push(loadServices());
+    if (state.jobId) tasks.push(loadJob());
+    return Promise.all(tasks).catch((err) => notice(err.message));
+  }
+
+  async function start() {
+    const info = await api("info");
+    state.csrfHeader = info.csrf_header;
+    $("schedules-section").hidden = !info.schedules;
+    $("services-section").hidden = !info.services;
+    $("filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const form = new FormData(event.target);
+      state.filters = {
+        status: String(form.get("status") || ""),
+        queue: String(form.get("queue") || "").trim(),
+        task: String(form.get("task") || "").trim(),
+      };
+      loadJobs(false).catch((err) => notice(err.message));
+    });
+    $("more").addEventListener("click", () => loadJobs(true).catch((err) => notice(err.message)));
+    $("cancel").addEventListener("click", () => jobAction("cancel"));
+    $("retry").addEventListener("click", () => jobAction("retry"));
+    window.addEventListener("hashchange", route);
+    route();
+    connect();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    start().catch((err) => notice(err.message));
+  });
+})();

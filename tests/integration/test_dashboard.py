@@ -1,0 +1,206 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+Playwright's own browser download is never used: it launches ``/usr/bin/chromium``.
+Without Chromium the test skips locally and FAILS in CI (``CI=true``):
+``scripts/install-system-deps`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import pytest
+
+from afterwork import Afterwork
+
+from .conftest import AUTH, CSRF, SESSION_COOKIE, TOKEN, make_app, serve
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Dialog, Page
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+PAYLOAD = f"{SCRIPT} {IMG} {{{{7*7}}}}"
+# The README's screenshot is refreshed only on request, so test runs leave the tree clean:
+# AFTERWORK_UPDATE_SCREENSHOT=1 make test
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must run the browser test: scripts/install-system-deps)")
+    pytest.skip(reason)
+
+
+def test_a_missing_browser_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        _missing("chromium is not installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _missing("chromium is not installed")
+
+
+@pytest.fixture
+def chromium() -> str:
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(executable):
+        _missing("chromium is not installed")
+    return executable
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _missing("the playwright package is not installed")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def aw() -> AsyncIterator[Afterwork]:
+    instance = Afterwork("memory://")
+
+    @instance.task(name="resize")
+    async def resize(image: str, width: int) -> dict[str, Any]:
+        return {"image": image, "width": width}
+
+    @instance.task(name=f"evil {SCRIPT}")
+    async def evil(text: str, extra: dict[str, str]) -> str:
+        raise ValueError(f"bad input: {text} {extra}")
+
+    @instance.task(name="echo")
+    async def echo(text: str) -> dict[str, str]:
+        return {"echo": text, IMG: SCRIPT}
+
+    @instance.task(name="later", queue="parked")  # no worker serves this queue
+    async def later(n: int) -> int:
+        return n
+
+    yield instance
+    await instance.aclose()
+
+
+async def injected(page: Page) -> dict[str, int]:
+    """Elements the payloads would create if they were ever parsed as HTML."""
+    counts: dict[str, int] = await page.evaluate(
+        """() => ({
+            scripts: document.querySelectorAll('script').length,
+            images: document.querySelectorAll('img, iframe, object, embed').length,
+            handlers: [...document.querySelectorAll('*')]
+                .filter(e => [...e.attributes].some(a => a.name.startsWith('on'))).length,
+        })"""
+    )
+    return counts
+
+
+async def test_dashboard_lists_jobs_live_and_renders_hostile_data_as_text(
+    aw: Afterwork, browser: Browser, tmp_path: Path
+) -> None:
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        dialogs: list[str] = []
+        errors: list[str] = []
+
+        async def on_dialog(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            await dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        async def enqueue(task: str, **body: Any) -> str:
+            async with httpx.AsyncClient(base_url=f"{url}/afterwork") as client:
+                response = await client.post(
+                    f"/tasks/{task}/enqueue", json=body, headers={**AUTH, **CSRF}
+                )
+            assert response.status_code == 201, response.text
+            return str(response.json()["id"])
+
+        with anyio.fail_after(60):
+            response = await page.goto(f"{url}/afterwork/")
+            assert response is not None and response.status == 200
+            await page.wait_for_selector("#live[data-state=open]")
+            assert await injected(page) == {"scripts": 1, "images": 0, "handlers": 0}
+
+            # Jobs enqueued after the page loaded show up live, through the event stream.
+            good = await enqueue("resize", args=["cat.png", 640])
+            await page.wait_for_selector(f'tr[data-job="{good}"] td.status-succeeded')
+            await enqueue("later", args=[1])
+            bad = await enqueue(
+                f"evil {SCRIPT}",
+                args=[PAYLOAD],
+                kwargs={"extra": {IMG: SCRIPT}},
+            )
+            echo = await enqueue("echo", args=[PAYLOAD], options={"key": IMG})
+            await page.wait_for_selector(f'tr[data-job="{bad}"] td.status-failed')
+            await page.wait_for_selector(f'tr[data-job="{echo}"] td.status-succeeded')
+            row = await page.text_content(f'tr[data-job="{bad}"]')
+            assert row is not None and SCRIPT in row  # the task name, as text
+            await page.wait_for_selector("#queues td:text('parked')")
+            shot = (
+                DOCS_SCREENSHOT
+                if os.environ.get("AFTERWORK_UPDATE_SCREENSHOT")
+                else tmp_path / "dashboard.png"
+            )
+            await page.screenshot(path=str(shot), full_page=True, animations="disabled")
+            assert shot.stat().st_size > 10_000  # a real page, not a blank one
+
+            # The failed job's page: arguments, error and traceback, all as text.
+            await page.click(f'tr[data-job="{bad}"] a')
+            await page.wait_for_selector("#job-error-section:not([hidden])")
+            message = await page.text_content("#job-error-message")
+            assert message is not None and SCRIPT in message and IMG in message
+            assert "{{7*7}}" in message  # no template ever evaluated it
+            args = await page.text_content("#job-args")
+            assert args is not None and SCRIPT in args
+            traceback = await page.text_content("#job-traceback")
+            assert traceback is not None and "ValueError" in traceback
+            assert await injected(page) == {"scripts": 1, "images": 0, "handlers": 0}
+
+            # The succeeded job's page: the result (keys and values) as text.
+            await page.goto(f"{url}/afterwork/#/jobs/{echo}")
+            await page.wait_for_selector("#job-result:has-text('echo')")
+            result = await page.text_content("#job-result")
+            assert result is not None and SCRIPT in result and "onerror" in result
+            assert await injected(page) == {"scripts": 1, "images": 0, "handlers": 0}
+
+            # Cancel and retry from the job page of a job no worker takes.
+            parked = await enqueue("later", args=[2])
+            await page.goto(f"{url}/afterwork/#/jobs/{parked}")
+            await page.wait_for_selector("#job-fields td.status-queued")
+            await page.click("#cancel")
+            await page.wait_for_selector("#job-fields td.status-cancelled")
+            await page.click("#retry")
+            await page.wait_for_selector("#job-fields td.status-queued")
+            assert await page.is_disabled("#retry")
+
+        await context.close()
+    assert dialogs == []
+    assert errors == []
