@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import update
@@ -56,12 +64,13 @@ api = APIRouter(prefix="/api/v1")
 
 
 @api.post("/auth/login")
-async def login(credentials: Login, db: DbSession) -> Token:
-    """Exchange staff credentials for a bearer token."""
+async def login(credentials: Login, db: DbSession, response: Response) -> Token:
+    """Exchange staff credentials for a bearer token (and the dashboard's cookie)."""
     opened = await auth.login(db, credentials.username, credentials.password)
     if opened is None:
         raise HTTPException(401, "wrong username or password")
     token, expires_at = opened
+    auth.set_dashboard_cookie(response, token, expires_at)
     return Token(access_token=token, expires_at=expires_at)
 
 
@@ -112,6 +121,8 @@ async def report_status(entry_id: int, change: StatusChange) -> Accepted:
 
 
 app.include_router(api)
+# afterwork's REST API and dashboard, behind the clinic's own admin check.
+app.include_router(aw.router(auth=Depends(auth.require_admin)), prefix="/afterwork")
 
 
 @app.websocket("/ws/queue")
@@ -136,6 +147,12 @@ async def queue_socket(websocket: WebSocket, db: DbSession) -> None:
 async def queue_screen() -> FileResponse:
     """The waiting-room screen: a static page that listens on ``/ws/queue``."""
     return FileResponse(STATIC / "queue.html")
+
+
+@app.get("/login", include_in_schema=False)
+async def login_page() -> FileResponse:
+    """A login form for the browser; it opens the dashboard once logged in."""
+    return FileResponse(STATIC / "login.html")
 
 
 app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -7,11 +7,11 @@ import hashlib
 import hmac
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -68,34 +68,65 @@ async def purge_expired(db: AsyncSession) -> int:
 
 
 _bearer = HTTPBearer(auto_error=False)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+#: The dashboard is a page in the browser: it authenticates with a cookie, scoped to it.
+DASHBOARD_COOKIE = "clinic_admin"
+DASHBOARD_PATH = "/afterwork"
 
 
-async def require_staff(
-    db: DbSession,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Staff:
-    """The logged-in staff member (a valid, unexpired bearer token), else 401."""
-    if credentials is not None:
-        session = await db.scalar(
-            select(StaffSession).where(
-                StaffSession.token_hash == token_hash(credentials.credentials),
-                StaffSession.expires_at > utcnow(),
-            )
+async def _session_staff(db: AsyncSession, token: str | None) -> Staff | None:
+    if not token:
+        return None
+    session = await db.scalar(
+        select(StaffSession).where(
+            StaffSession.token_hash == token_hash(token), StaffSession.expires_at > utcnow()
         )
-        if session is not None:
-            return session.staff
-    raise HTTPException(
+    )
+    return None if session is None else session.staff
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "log in first: POST /api/v1/auth/login",
         headers={"WWW-Authenticate": "Bearer"},
     )
 
 
+async def require_staff(db: DbSession, bearer: Bearer) -> Staff:
+    """The logged-in staff member (a valid, unexpired bearer token), else 401."""
+    staff = await _session_staff(db, bearer.credentials if bearer else None)
+    if staff is None:
+        raise _unauthorized()
+    return staff
+
+
 CurrentStaff = Annotated[Staff, Depends(require_staff)]
 
 
-async def require_admin(staff: CurrentStaff) -> Staff:
-    """A logged-in admin, else 403: guards the afterwork dashboard."""
+async def require_admin(request: Request, db: DbSession, bearer: Bearer) -> Staff:
+    """An admin, by bearer token or by the dashboard's cookie (401, or 403 for non-admins).
+
+    It guards the afterwork dashboard, whose state-changing calls also need afterwork's
+    CSRF header, so a cookie is safe there; the clinic's own API takes bearer tokens only.
+    """
+    token = bearer.credentials if bearer else request.cookies.get(DASHBOARD_COOKIE)
+    staff = await _session_staff(db, token)
+    if staff is None:
+        raise _unauthorized()
     if staff.role is not Role.ADMIN:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "admins only")
     return staff
+
+
+def set_dashboard_cookie(response: Response, token: str, expires_at: datetime) -> None:
+    """Let the browser that logged in open the dashboard (the cookie goes nowhere else)."""
+    response.set_cookie(
+        DASHBOARD_COOKIE,
+        token,
+        expires=expires_at.replace(tzinfo=UTC),
+        path=DASHBOARD_PATH,
+        httponly=True,
+        samesite="strict",
+    )
