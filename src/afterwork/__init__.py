@@ -19,6 +19,7 @@ from .job import JobError as JobError
 from .job import JobEvent as JobEvent
 from .job import JobStatus as JobStatus
 from .retry import Retry as Retry
+from .services import ServiceContext as ServiceContext
 from .task import Task as Task
 
 __all__ = (
@@ -36,6 +37,7 @@ __all__ = (
     "JobStatus",
     "PayloadTooLarge",
     "Retry",
+    "ServiceContext",
     "Settings",
     "Task",
     "TaskNotFound",

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
@@ -25,6 +26,8 @@ from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
+from .scheduler import CronTrigger, IntervalTrigger, Misfire, Schedule, ScheduleInfo, Scheduler
+from .services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
 from .task import Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -161,6 +164,8 @@ class Afterwork:
                 [Task[Any, Any], JobContext, contextlib.AsyncExitStack], Awaitable[dict[str, Any]]
             ]
         ] = []
+        self.scheduler = Scheduler(self)
+        self.supervisor = ServiceSupervisor(self)
 
     def __repr__(self) -> str:
         return f"Afterwork({self.url!r}, tasks={len(self.tasks)})"
@@ -243,6 +248,8 @@ class Afterwork:
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
+        if any(injected.kind == "service_context" for injected in task.codec.injected):
+            raise TypeError(f"{task_name}: only services take a ServiceContext; use JobContext")
         self.tasks[task_name] = task
         return task
 
@@ -254,6 +261,163 @@ class Afterwork:
             return self.tasks[name]
         except KeyError:
             raise TaskNotFound(name) from None
+
+    # -- schedules and services (logic in scheduler.py and services.py) -------------------
+
+    def cron(
+        self,
+        expr: str,
+        /,
+        *,
+        tz: str = "UTC",
+        name: str | None = None,
+        misfire: Misfire = "run_once",
+        misfire_grace: float = 60.0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Run a task on a cron schedule: ``@aw.cron("0 9 * * *", tz="Europe/Paris")``.
+
+        Decorates a function (registered as a task with default options) or a task
+        (``@aw.cron(...)`` above ``@aw.task(...)``) and returns the task. Each tick is
+        enqueued exactly once however many processes run the scheduler. See
+        :class:`afterwork.scheduler.CronTrigger` for the DST rule and
+        :class:`afterwork.scheduler.Schedule` for ``misfire``.
+
+        Args:
+            expr: five fields (``minute hour day month weekday``), or six with seconds first.
+            tz: the IANA time zone the expression is read in.
+            name: the schedule's name; default the task's name.
+            misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
+                scheduler ran (never more than one job).
+            misfire_grace: seconds after its instant a tick still counts as on time.
+        """
+        trigger = CronTrigger(expr, tz)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+
+    def every(
+        self,
+        interval: timedelta | float,
+        /,
+        *,
+        name: str | None = None,
+        misfire: Misfire = "run_once",
+        misfire_grace: float = 60.0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Run a task every ``interval``: ``@aw.every(timedelta(seconds=30))``.
+
+        Ticks fall on multiples of the interval since the Unix epoch (so every process
+        computes the same ones); otherwise as :meth:`cron`.
+        """
+        seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
+        trigger = IntervalTrigger(float(seconds))
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+
+    def _schedule(
+        self,
+        func: Callable[P, R],
+        trigger: CronTrigger | IntervalTrigger,
+        name: str | None,
+        misfire: Misfire,
+        misfire_grace: float,
+    ) -> Task[P, R]:
+        task = func if isinstance(func, Task) else self.register(func)
+        if task.owner is not self:
+            raise ValueError(f"{task.name} is registered with another Afterwork instance")
+        schedule = Schedule(
+            name=name or task.name,
+            task=task,
+            trigger=trigger,
+            misfire=misfire,
+            misfire_grace=misfire_grace,
+        )
+        self.scheduler.add(schedule)
+        return task
+
+    @property
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule with its next run (by the store's clock); no store query."""
+        return self.scheduler.info()
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule with its next run and the last tick the store enqueued."""
+        await self._ensure_open()
+        return await self.scheduler.list_schedules()
+
+    async def trigger(self, schedule: str) -> Job:
+        """Run a schedule's task now ("run now"): an ordinary enqueue, not a tick.
+
+        Raises:
+            ScheduleNotFound: there is no schedule with that name.
+        """
+        return await self.scheduler.get(schedule).task.enqueue()
+
+    @overload
+    def service(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def service(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        restart: Restart = "on-failure",
+        backoff: Backoff | None = None,
+        ready: Readiness = "auto",
+        startup_timeout: float = 30.0,
+        shutdown_timeout: float = 10.0,
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
+
+    def service(
+        self,
+        func: Callable[P, Awaitable[R]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        restart: Restart = "on-failure",
+        backoff: Backoff | None = None,
+        ready: Readiness = "auto",
+        startup_timeout: float = 30.0,
+        shutdown_timeout: float = 10.0,
+    ) -> (
+        Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]
+    ):
+        """Declare a supervised long-running coroutine (bare ``@aw.service`` or with options).
+
+        ``aw.runtime()`` (so ``aw.lifespan`` and ``afterwork worker``) starts it, restarts it
+        as ``restart`` says and stops it; see :mod:`afterwork.services` for the contract.
+        Returns the function unchanged.
+
+        Args:
+            name: the service's name; default ``module:qualname``.
+            restart: ``"on-failure"`` restarts it after a crash, ``"always"`` also after it
+                returns, ``"never"`` leaves it stopped.
+            backoff: delay before a restart; default exponential from 1 s, capped at 60 s.
+            ready: ``"auto"``: started at its first await (or ``ctx.ready()``);
+                ``"explicit"``: started only once it calls ``ctx.ready()``.
+            startup_timeout: seconds an explicit service has to call ``ctx.ready()``.
+            shutdown_timeout: seconds it has to stop once cancelled before it is abandoned.
+        """
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            self.supervisor.add(
+                ServiceSpec.of(
+                    fn,
+                    name=name,
+                    restart=restart,
+                    backoff=backoff,
+                    ready=ready,
+                    startup_timeout=startup_timeout,
+                    shutdown_timeout=shutdown_timeout,
+                )
+            )
+            return fn
+
+        return decorate if func is None else decorate(func)
+
+    @property
+    def services(self) -> list[ServiceStatus]:
+        """The status of every declared service."""
+        return self.supervisor.statuses()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -741,8 +905,10 @@ class Afterwork:
         """Everything a process runs for afterwork, for the ``async with`` block.
 
         ``aw.lifespan`` and the ``afterwork worker`` command both run this: the worker
-        (unless ``worker=False``) and every other long-running part afterwork has. It
-        yields the worker, or ``None``.
+        (unless ``worker=False``), the scheduler (if there are schedules; safe in every
+        process) and the services. It yields the worker, or ``None``, once all of them
+        have started; a service that fails to start raises
+        :class:`~afterwork.exceptions.ServiceStartError` here.
         """
         return self._runtime(
             worker=worker, concurrency=concurrency, queues=queues, grace=grace, name=name
@@ -760,6 +926,12 @@ class Afterwork:
     ) -> AsyncIterator[Worker | None]:
         await self._ensure_open()
         async with contextlib.AsyncExitStack() as stack:
+            # Services start first, so one that fails to start fails the runtime before
+            # anything else runs (and unwrapped); they stop last, after the worker.
+            if self.supervisor.specs:
+                await stack.enter_async_context(self.supervisor.running())
+            if self.scheduler.schedules:
+                await stack.enter_async_context(self.scheduler.running())
             running: Worker | None = None
             if worker:
                 running = await stack.enter_async_context(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import logging.config
 import os
@@ -156,6 +157,45 @@ def worker(
     except Exception as exc:
         logger.critical("worker stopped on a fatal error: %s", exc, exc_info=True)
         raise typer.Exit(1) from None
+
+
+async def _list_schedules(aw: Afterwork) -> list[dict[str, Any]]:
+    async with aw:
+        return [info.to_dict() for info in await aw.list_schedules()]
+
+
+@app.command()
+def schedules(
+    target: Annotated[str, typer.Argument(help="MODULE:ATTRIBUTE of your Afterwork instance")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the schedules with their next and last run."""
+    try:
+        aw = load_afterwork(target)
+    except CLIError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    rows = asyncio.run(_list_schedules(aw))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} schedule(s)")
+    for column in ("name", "task", "schedule", "tz", "misfire", "next run (UTC)", "last run"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["task"],
+            f"{row['kind']} {row['spec']}",
+            row["tz"],
+            row["misfire"],
+            row["next_run_at"] or "never",
+            row["last_run_at"] or "-",
+        )
+    Console().print(table)
 
 
 def main() -> None:

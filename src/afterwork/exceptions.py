@@ -9,6 +9,8 @@ Every exception afterwork raises on purpose derives from :class:`AfterworkError`
     │   └── PayloadTooLarge           the encoded arguments exceed the size limit
     ├── TaskNotFound (LookupError)    no task registered under that name
     ├── JobNotFound (LookupError)     no job with that id
+    ├── ScheduleNotFound (LookupError)  no schedule with that name
+    ├── ServiceStartError             a service failed to start; ``__cause__`` holds why
     ├── InvalidTransition             a state change the job model forbids
     ├── BackendError                  the store failed; ``__cause__`` holds the driver's error
     │   ├── BackendUnavailable (ConnectionError)  the store cannot be reached
@@ -33,7 +35,9 @@ __all__ = (
     "JobNotFound",
     "MissingDependencyError",
     "PayloadTooLarge",
+    "ScheduleNotFound",
     "SchemaVersionError",
+    "ServiceStartError",
     "TaskNotFound",
 )
 
@@ -102,6 +106,21 @@ class JobNotFound(AfterworkError, LookupError):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}", job_id=job_id)
+
+
+class ScheduleNotFound(AfterworkError, LookupError):
+    """No schedule has that name."""
+
+    schedule: str
+
+
+class ServiceStartError(AfterworkError):
+    """A service failed to start, so the runtime (and the app's startup) failed.
+
+    The service's own exception, if it raised one, is kept as ``__cause__``.
+    """
+
+    service: str
 
 
 class InvalidTransition(AfterworkError):

@@ -220,18 +220,16 @@ def create_router(
     _add_job_routes(router, aw)
     _add_task_routes(router, aw)
     _add_event_routes(router, aw, heartbeat, stream_lifetime)
-    # Schedules and services come from the scheduler/services support: their routes are
-    # added only when this Afterwork instance has them (see _extras).
-    has_schedules = _extras.add_schedule_routes(router, aw)
-    has_services = _extras.add_service_routes(router, aw)
+    _extras.add_schedule_routes(router, aw)
+    _extras.add_service_routes(router, aw)
 
     @router.get("/info", response_model=InfoOut, summary="What this API offers")
     async def info() -> InfoOut:
         return InfoOut(
             version=__version__,
             csrf_header=CSRF_HEADER,
-            schedules=has_schedules,
-            services=has_services,
+            schedules=bool(aw.schedules),
+            services=bool(aw.services),
             event_resume=isinstance(aw.backend, EventReplay),
         )
 

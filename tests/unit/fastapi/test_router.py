@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from afterwork import Afterwork, ConfigurationError, Job
+from afterwork import Afterwork, ConfigurationError, Job, ServiceContext
 from afterwork.fastapi.router import CSRF_HEADER, create_router
 
 from ...integration.conftest import AUTH, CSRF, require_admin
@@ -25,40 +24,21 @@ SECRET = "<b>secret-job-data</b>"
 PREFIX = "/afterwork"
 
 
-@dataclass
-class FakeSchedule:
-    """Stands in for the scheduler's schedules (built in another issue)."""
-
-    name: str
-    cron: str
-    triggered: int = 0
-
-    async def trigger(self) -> None:
-        self.triggered += 1
-
-
-@dataclass
-class FakeService:
-    name: str
-    status: str
-
-
-class FullAfterwork(Afterwork):
-    """An instance that also has schedules and services, so their routes are added."""
-
-    def __init__(self) -> None:
-        super().__init__("memory://")
-        self.schedules = {"nightly": FakeSchedule("nightly", "0 3 * * *")}
-        self.services = {"pump": FakeService("pump", "running")}
-
-
 @pytest.fixture
-async def aw() -> AsyncIterator[FullAfterwork]:
-    instance = FullAfterwork()
+async def aw() -> AsyncIterator[Afterwork]:
+    instance = Afterwork("memory://")
 
     @instance.task(name="echo")
     async def echo(value: str) -> str:
         return value
+
+    @instance.cron("0 3 * * *", name="nightly")
+    async def nightly() -> str:
+        return "cleaned"
+
+    @instance.service(name="pump")
+    async def pump(ctx: ServiceContext) -> None:
+        await ctx.wait_stopping()
 
     yield instance
     await instance.aclose()
@@ -279,26 +259,37 @@ async def test_payload_over_the_store_limit_is_413(
     assert await aw.list_jobs() == []
 
 
-async def test_schedules_and_services_routes(aw: FullAfterwork, client: httpx.AsyncClient) -> None:
+async def test_schedules_and_services_routes(aw: Afterwork, client: httpx.AsyncClient) -> None:
     info = (await client.get(f"{PREFIX}/info", headers=AUTH)).json()
     assert info["schedules"] and info["services"] and not info["event_resume"]
-    schedules = (await client.get(f"{PREFIX}/schedules", headers=AUTH)).json()
-    assert schedules == [{"name": "nightly", "cron": "0 3 * * *", "triggered": 0}]
+    (schedule,) = (await client.get(f"{PREFIX}/schedules", headers=AUTH)).json()
+    assert (schedule["name"], schedule["spec"], schedule["kind"]) == (
+        "nightly",
+        "0 3 * * *",
+        "cron",
+    )
+    assert schedule["next_run"] is not None and schedule["last_run"] is None
     response = await client.post(f"{PREFIX}/schedules/nightly/trigger", headers={**AUTH, **CSRF})
     assert response.status_code == 200
-    assert response.json() == {"schedule": "nightly", "job": None}
-    assert aw.schedules["nightly"].triggered == 1
+    body = response.json()
+    assert body["schedule"] == "nightly"
+    (job,) = await aw.list_jobs()
+    assert body["job"]["id"] == job.id and job.task == aw.get_task(body["job"]["task"]).name
     missing = await client.post(f"{PREFIX}/schedules/nope/trigger", headers={**AUTH, **CSRF})
     assert missing.status_code == 404
-    services = (await client.get(f"{PREFIX}/services", headers=AUTH)).json()
-    assert services == [{"name": "pump", "status": "running"}]
+    (service,) = (await client.get(f"{PREFIX}/services", headers=AUTH)).json()
+    assert (service["name"], service["state"], service["crashes"]) == ("pump", "pending", 0)
 
 
-async def test_without_schedules_there_are_no_schedule_routes() -> None:
+async def test_info_hides_sections_an_instance_does_not_use() -> None:
     aw = Afterwork("memory://")
-    paths = {route.path for route in api_routes(aw.router(auth=Depends(require_admin)))}
-    assert "/schedules" not in paths and "/services" not in paths
-    assert "/jobs" in paths
+    app = FastAPI()
+    app.include_router(aw.router(auth=Depends(require_admin)), prefix=PREFIX)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        info = (await client.get(f"{PREFIX}/info", headers=AUTH)).json()
+        assert not info["schedules"] and not info["services"]
+        assert (await client.get(f"{PREFIX}/schedules", headers=AUTH)).json() == []
     await aw.aclose()
 
 

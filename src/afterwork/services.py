@@ -1,0 +1,544 @@
+"""Supervised long-running services: ``@aw.service``.
+
+A service is a coroutine function that runs for as long as the process does (a message-bus
+consumer, a cache warmer, a status updater). ``aw.runtime()`` (so ``aw.lifespan`` and
+``afterwork worker``) starts each one, keeps it running and stops it.
+
+Contract (what holds even on failure):
+
+* Each run of a service is an asyncio task named ``afterwork service <name>``, held by
+  the :class:`ServiceSupervisor` of its :class:`~afterwork.Afterwork` instance (a strong
+  reference: it is never garbage-collected mid-run), and supervised from the runtime's
+  task group.
+* Readiness: the runtime yields (the app starts serving) only once every service has
+  started. A service has started when it calls ``ctx.ready()`` or, unless it was declared
+  with ``ready="explicit"``, when it first suspends (its first ``await`` that waits). A
+  service that raises before it has started, or does not call ``ctx.ready()`` within
+  ``startup_timeout``, fails the runtime with :class:`~afterwork.exceptions.ServiceStartError`.
+* A service that raises after it started has crashed: the crash is logged once with its
+  traceback and, as its ``restart`` policy says, it is started again after a capped
+  exponential backoff. Its status is ``aw.services``.
+* On shutdown every service's stop signal is set and its task cancelled, then awaited at
+  most ``shutdown_timeout`` seconds. One that does not stop in time is abandoned (still
+  referenced, so it is not collected) and logged; one that raised while stopping is logged
+  with its traceback. Shutdown never waits longer than the largest ``shutdown_timeout``.
+* Cancellation of the runtime itself propagates; it is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from anyio.abc import TaskStatus
+
+from . import _signature
+from .exceptions import ConfigurationError, ServiceStartError
+from .job import JobError
+from .retry import Backoff, ExponentialBackoff
+
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = (
+    "Readiness",
+    "Restart",
+    "ServiceContext",
+    "ServiceSpec",
+    "ServiceState",
+    "ServiceStatus",
+    "ServiceSupervisor",
+)
+
+logger = logging.getLogger(__name__)
+
+#: When a service that ended is started again.
+Restart = Literal["always", "on-failure", "never"]
+#: How a service tells the runtime it has started (see the module docstring).
+Readiness = Literal["auto", "explicit"]
+
+#: A run that lasted this long resets the backoff: the next crash restarts it quickly.
+STABLE_AFTER = 60.0
+
+
+class ServiceState(StrEnum):
+    """Where a service is in its life."""
+
+    PENDING = "pending"
+    """Declared; the runtime has not started it."""
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    """Ended (crashed, or returned with ``restart="always"``); waiting out its backoff."""
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    """Returned, or stopped at shutdown."""
+    FAILED = "failed"
+    """Crashed and its policy does not restart it."""
+
+
+class ServiceContext:
+    """Passed to a service that asks for it by annotation: ``ctx: ServiceContext``.
+
+    Example:
+        ```python
+        @aw.service(restart="on-failure", ready="explicit")
+        async def consumer(ctx: ServiceContext) -> None:
+            async with connect() as bus:
+                ctx.ready()  # the app starts serving only now
+                while not ctx.stopping:
+                    message = await bus.get()
+                    await handle.enqueue(message)
+        ```
+    """
+
+    def __init__(
+        self,
+        name: str,
+        afterwork: Afterwork,
+        *,
+        restarts: int,
+        stop: anyio.Event,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.name = name
+        """The service's name."""
+        self.afterwork = afterwork
+        """The :class:`~afterwork.Afterwork` instance, to enqueue jobs and read the store."""
+        self.restarts = restarts
+        """How many times the service was started again before this run (0: first run)."""
+        self._stop = stop
+        self._on_ready = on_ready
+
+    def __repr__(self) -> str:
+        return f"<ServiceContext {self.name} restarts={self.restarts}>"
+
+    @property
+    def stopping(self) -> bool:
+        """``True`` once shutdown began. The task is also cancelled at its next ``await``."""
+        return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        """Return once shutdown began."""
+        await self._stop.wait()
+
+    def ready(self) -> None:
+        """Tell the runtime this service has started. Idempotent."""
+        self._on_ready()
+
+
+def _service_context_injector(
+    param: inspect.Parameter, annotation: Any
+) -> _signature.Injected | None:
+    if annotation is ServiceContext:
+        return _signature.Injected(param.name, "service_context")
+    return None
+
+
+# ServiceContext is found by annotation through the same hooks as JobContext and (once
+# the dependency issue lands) FastAPI's Depends, so every injected kind is recognised in
+# one place. The job runner never fills "service_context": tasks cannot ask for one.
+_signature.INJECTORS.append(_service_context_injector)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    """A declared service (what ``@aw.service`` records)."""
+
+    name: str
+    func: Callable[..., Awaitable[Any]]
+    restart: Restart = "on-failure"
+    backoff: Backoff = ExponentialBackoff(base=1.0, cap=60.0)
+    ready: Readiness = "auto"
+    startup_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
+    injected: tuple[_signature.Injected, ...] = ()
+
+    @classmethod
+    def of(cls, func: Callable[..., Awaitable[Any]], **options: Any) -> ServiceSpec:
+        """Check ``func`` and its options; find the parameters afterwork fills in."""
+        name = options.pop("name", None) or f"{func.__module__}:{func.__qualname__}"
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"service {name}: a service must be an async def function")
+        if options.get("restart", "on-failure") not in ("always", "on-failure", "never"):
+            raise ConfigurationError(
+                f"service {name}: restart must be 'always', 'on-failure' or 'never'"
+            )
+        if options.get("ready", "auto") not in ("auto", "explicit"):
+            raise ConfigurationError(f"service {name}: ready must be 'auto' or 'explicit'")
+        for option in ("startup_timeout", "shutdown_timeout"):
+            if options.get(option, 1.0) <= 0:
+                raise ConfigurationError(f"service {name}: {option} must be positive")
+        if options.get("backoff") is None:
+            options.pop("backoff", None)
+        return cls(name=name, func=func, injected=_injected(func, name), **options)
+
+    def restart_delay(self, crashes: int, rng: Any) -> float:
+        """Seconds to wait before the next start after ``crashes`` consecutive failures."""
+        return self.backoff.delay(max(crashes, 1), rng)
+
+
+def _injected(func: Callable[..., Any], name: str) -> tuple[_signature.Injected, ...]:
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception as exc:
+        raise TypeError(f"service {name}: cannot resolve its annotations: {exc}") from exc
+    found: list[_signature.Injected] = []
+    for param in inspect.signature(func).parameters.values():
+        annotation = hints.get(param.name, Any)
+        injected = next(
+            (i for hook in _signature.INJECTORS if (i := hook(param, annotation)) is not None),
+            None,
+        )
+        if injected is None:
+            if param.default is inspect.Parameter.empty and param.kind not in (
+                param.VAR_POSITIONAL,
+                param.VAR_KEYWORD,
+            ):
+                raise TypeError(
+                    f"service {name}: parameter {param.name!r} has no value; a service may "
+                    "only take a ServiceContext (by annotation) or parameters with defaults"
+                )
+            continue
+        if injected.kind != "service_context":
+            # Hook for the dependency issue: resolve FastAPI ``Depends`` here, per run, in
+            # ``_arguments`` below (with the run's AsyncExitStack for cleanup).
+            raise TypeError(
+                f"service {name}: parameter {param.name!r} cannot be injected into a service "
+                f"(kind {injected.kind!r}); services take a ServiceContext"
+            )
+        found.append(injected)
+    return tuple(found)
+
+
+async def _arguments(
+    spec: ServiceSpec, ctx: ServiceContext, stack: contextlib.AsyncExitStack
+) -> dict[str, Any]:
+    """Values of the injected parameters for one run (``stack`` cleans up after the run)."""
+    return {injected.name: ctx for injected in spec.injected}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceStatus:
+    """A service as ``aw.services`` reports it."""
+
+    name: str
+    state: ServiceState
+    restart: Restart
+    restarts: int
+    """Times it was started again after it ended."""
+    crashes: int
+    """Times it raised (at startup, while running, or while stopping)."""
+    last_error: JobError | None
+    started_at: float | None
+    """When the current run started (seconds since the epoch), if it is running."""
+    uptime: float | None
+    """Seconds the current run has been going, if it is running."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "restart": self.restart,
+            "restarts": self.restarts,
+            "crashes": self.crashes,
+            "last_error": None if self.last_error is None else self.last_error.to_dict(),
+            "started_at": self.started_at,
+            "uptime": self.uptime,
+        }
+
+
+class _Service:
+    """One service's supervision: its runs, restarts and status."""
+
+    def __init__(self, spec: ServiceSpec, supervisor: ServiceSupervisor) -> None:
+        self.spec = spec
+        self.supervisor = supervisor
+        self.state = ServiceState.PENDING
+        self.restarts = 0
+        self.crashes = 0
+        self.last_error: JobError | None = None
+        self.started_at: float | None = None
+        self._started_mono: float | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.stop_event = anyio.Event()
+        self._changed = anyio.Event()
+
+    def status(self) -> ServiceStatus:
+        running = self.state is ServiceState.RUNNING and self._started_mono is not None
+        return ServiceStatus(
+            name=self.spec.name,
+            state=self.state,
+            restart=self.spec.restart,
+            restarts=self.restarts,
+            crashes=self.crashes,
+            last_error=self.last_error,
+            started_at=self.started_at if running else None,
+            uptime=time.monotonic() - self._started_mono
+            if running and self._started_mono is not None
+            else None,
+        )
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    def _mark_ready(self) -> None:
+        if self.state is ServiceState.STARTING:
+            self.state = ServiceState.RUNNING
+            self.started_at = time.time()
+            self._started_mono = time.monotonic()
+            self._notify()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self._notify()
+
+    async def _call(self, ctx: ServiceContext) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            kwargs = await _arguments(self.spec, ctx, stack)
+            await self.spec.func(**kwargs)
+
+    def _spawn(self) -> asyncio.Task[Any]:
+        ctx = ServiceContext(
+            self.spec.name,
+            self.supervisor.owner,
+            restarts=self.restarts,
+            stop=self.stop_event,
+            on_ready=self._mark_ready,
+        )
+        self.state = ServiceState.STARTING
+        task = asyncio.get_running_loop().create_task(
+            self._call(ctx), name=f"afterwork service {self.spec.name}"
+        )
+        task.add_done_callback(lambda _: self._notify())
+        self.task = task
+        return task
+
+    async def _wait_change(self, timeout: float = float("inf")) -> None:
+        changed = self._changed
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+        if changed is self._changed and changed.is_set():
+            self._changed = anyio.Event()
+
+    async def _start(self, task: asyncio.Task[Any]) -> None:
+        """Wait until the run has started; raise ServiceStartError if it could not."""
+        if self.spec.ready == "auto":
+            # A new task runs its first step before this one resumes (FIFO ready queue):
+            # afterwards it has either suspended at its first await, returned or raised.
+            await asyncio.sleep(0)
+            if not task.done():
+                self._mark_ready()
+        with anyio.move_on_after(self.spec.startup_timeout):
+            while self.state is ServiceState.STARTING and not task.done():
+                await self._wait_change()
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                self._record_crash(error)
+                self.state = ServiceState.FAILED
+                raise ServiceStartError(
+                    f"service {self.spec.name} failed to start: {error!r}", service=self.spec.name
+                ) from error
+            self._mark_ready()  # returned at once: it started and ended
+        elif self.state is ServiceState.STARTING:
+            await self._stop_task(task)
+            self.state = ServiceState.FAILED
+            raise ServiceStartError(
+                f"service {self.spec.name} did not call ctx.ready() within "
+                f"{self.spec.startup_timeout:g}s",
+                service=self.spec.name,
+            )
+
+    def _record_crash(self, error: BaseException) -> None:
+        self.crashes += 1
+        self.last_error = JobError.from_exception(error)
+
+    async def supervise(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the service until stopped, restarting it as its policy says."""
+        spec = self.spec
+        consecutive = 0
+        first = True
+        try:
+            while not self.stop_event.is_set():
+                task = self._spawn()
+                if first:
+                    await self._start(task)
+                    task_status.started()
+                    first = False
+                    logger.info(
+                        "service %s started",
+                        spec.name,
+                        extra={"action": "service_started", "service": {"name": spec.name}},
+                    )
+                elif spec.ready == "auto":
+                    await asyncio.sleep(0)
+                    if not task.done():
+                        self._mark_ready()
+                while not task.done() and not self.stop_event.is_set():
+                    await self._wait_change()
+                if not task.done():
+                    break  # stopping: the finally clause cancels it
+                began = self._started_mono
+                self.started_at = self._started_mono = None
+                error: BaseException | None
+                if task.cancelled():
+                    error = asyncio.CancelledError("the service was cancelled from outside")
+                else:
+                    error = task.exception()
+                if error is None and spec.restart != "always":
+                    self.state = ServiceState.STOPPED
+                    logger.info(
+                        "service %s returned",
+                        spec.name,
+                        extra={"action": "service_returned", "service": {"name": spec.name}},
+                    )
+                    return
+                stable = began is not None and time.monotonic() - began >= STABLE_AFTER
+                consecutive = 1 if stable else consecutive + 1
+                if error is not None:
+                    self._record_crash(error)
+                if spec.restart == "never":
+                    self.state = ServiceState.FAILED
+                    logger.error(
+                        "service %s crashed; it is not restarted (restart='never')",
+                        spec.name,
+                        exc_info=error,
+                        extra={"action": "service_crashed", "service": {"name": spec.name}},
+                    )
+                    return
+                delay = spec.restart_delay(consecutive, self.supervisor.owner.rng)
+                self.state = ServiceState.RESTARTING
+                if error is not None:
+                    logger.error(
+                        "service %s crashed; restarting in %.2fs",
+                        spec.name,
+                        delay,
+                        exc_info=error,
+                        extra={"action": "service_crashed", "service": {"name": spec.name}},
+                    )
+                else:
+                    logger.info(
+                        "service %s returned; restarting in %.2fs (restart='always')",
+                        spec.name,
+                        delay,
+                        extra={"action": "service_returned", "service": {"name": spec.name}},
+                    )
+                with anyio.move_on_after(delay):
+                    await self.stop_event.wait()
+                if self.stop_event.is_set():
+                    break
+                self.restarts += 1
+        finally:
+            current = self.task
+            if current is not None and not current.done():
+                with anyio.CancelScope(shield=True):
+                    await self._stop_task(current)
+            if self.state is not ServiceState.FAILED:
+                self.state = ServiceState.STOPPED
+            self.started_at = self._started_mono = None
+
+    async def _stop_task(self, task: asyncio.Task[Any]) -> None:
+        """Cancel a run and wait for it at most ``shutdown_timeout``; log what went wrong."""
+        name = self.spec.name
+        self.state = ServiceState.STOPPING
+        self.stop_event.set()
+        task.cancel()
+        with anyio.move_on_after(self.spec.shutdown_timeout):
+            while not task.done():
+                await self._wait_change()
+        if not task.done():
+            self.supervisor.abandoned.add(task)
+            task.add_done_callback(self.supervisor.abandoned.discard)
+            logger.error(
+                "service %s did not stop within %gs of being cancelled; abandoned",
+                name,
+                self.spec.shutdown_timeout,
+                extra={"action": "service_abandoned", "service": {"name": name}},
+            )
+            return
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._record_crash(error)
+            logger.error(
+                "service %s raised while stopping",
+                name,
+                exc_info=error,
+                extra={"action": "service_stop_failed", "service": {"name": name}},
+            )
+        else:
+            logger.info(
+                "service %s stopped",
+                name,
+                extra={"action": "service_stopped", "service": {"name": name}},
+            )
+
+
+class ServiceSupervisor:
+    """Owns an :class:`~afterwork.Afterwork` instance's services and their tasks."""
+
+    def __init__(self, owner: Afterwork) -> None:
+        self.owner = owner
+        self.specs: dict[str, ServiceSpec] = {}
+        self._services: dict[str, _Service] = {}
+        self.abandoned: set[asyncio.Task[Any]] = set()
+        """Runs that ignored cancellation at shutdown: kept referenced until they end."""
+
+    def add(self, spec: ServiceSpec) -> None:
+        """Register a service; names are unique per :class:`~afterwork.Afterwork` instance."""
+        if spec.name in self.specs:
+            raise ValueError(f"a service named {spec.name!r} is already registered")
+        self.specs[spec.name] = spec
+
+    def statuses(self) -> list[ServiceStatus]:
+        """The status of every declared service (``pending`` before the runtime starts)."""
+        return [
+            service.status()
+            if (service := self._services.get(name)) is not None
+            else _Service(spec, self).status()
+            for name, spec in self.specs.items()
+        ]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Start every service, yield once all have started, stop them all on exit.
+
+        Raises:
+            ServiceStartError: a service failed to start; the others were stopped.
+        """
+        services = [_Service(spec, self) for spec in self.specs.values()]
+        self._services = {service.spec.name: service for service in services}
+        failure: ServiceStartError | None = None
+        async with anyio.create_task_group() as group:
+            try:
+                for service in services:
+                    try:
+                        await group.start(
+                            service.supervise, name=f"afterwork supervisor {service.spec.name}"
+                        )
+                    except ServiceStartError as exc:
+                        failure = exc
+                        break
+                if failure is None:
+                    yield
+            finally:
+                for service in services:
+                    service.request_stop()
+        if failure is not None:
+            logger.error(
+                "%s; stopping the other services",
+                failure.message,
+                exc_info=failure.__cause__,
+                extra={"action": "service_start_failed", "service": {"name": failure.service}},
+            )
+            raise failure
