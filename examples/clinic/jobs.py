@@ -5,6 +5,8 @@
   ``BackgroundTasks`` call that lost the update silently when it failed. Now it is a task:
   tracked, retried, visible in the dashboard.
 * ``notify_patient``: the e-mail to the patient, written to the outbox, retried, timed out.
+* ``status_updater``: consumes the room devices' messages from the in-process bus.
+* ``purge_expired_sessions``: deletes expired logins.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import logging
 import os
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from afterwork import Afterwork, JobContext, Retry
+from afterwork import Afterwork, JobContext, Retry, ServiceContext
 
+from . import auth
 from .db import database
-from .models import OutboxMessage, QueueEntry
-from .realtime import hub, queue_snapshot
+from .models import OutboxMessage, QueueEntry, QueueStatus, ticket
+from .realtime import StatusMessage, bus, hub, queue_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +69,55 @@ async def notify_patient(entry_id: int, ctx: JobContext) -> dict[str, str]:
             )
             await db.commit()
         return {"to": entry.patient.email, "key": key}
+
+
+#: Which statuses a room device may move a visit from.
+STATUS_FROM = {
+    QueueStatus.IN_CONSULTATION: (QueueStatus.ASSIGNED,),
+    QueueStatus.DONE: (QueueStatus.ASSIGNED, QueueStatus.IN_CONSULTATION),
+}
+
+
+async def apply_status(message: StatusMessage) -> bool:
+    """Apply a room device's report; tell the screens. ``False``: it did not apply."""
+    async with database.session() as db:
+        changed = await db.scalar(
+            update(QueueEntry)
+            .where(
+                QueueEntry.id == message.entry_id,
+                QueueEntry.status.in_(STATUS_FROM[message.status]),
+            )
+            .values(status=message.status)
+            .returning(QueueEntry.id)
+        )
+        await db.commit()
+    if changed is None:
+        logger.warning("ignored %s for queue entry %d", message.status, message.entry_id)
+        return False
+    await broadcast_queue_update.enqueue(f"ticket {ticket(message.entry_id)} {message.status}")
+    return True
+
+
+@aw.service(restart="on-failure", backoff=Retry.exponential(base=0.5, cap=30.0))
+async def status_updater(ctx: ServiceContext) -> None:
+    """Apply the bus's messages, one at a time, for as long as the app runs.
+
+    It used to be ``asyncio.create_task`` in the lifespan: a crash killed it silently. Now
+    afterwork logs the crash with its traceback and starts it again after a backoff.
+    """
+    while not ctx.stopping:
+        message = await bus.receive()
+        try:
+            await apply_status(message)
+        finally:
+            bus.done()
+
+
+@aw.cron("0 3 * * *", tz="UTC", name="purge-expired-sessions")  # nightly; "run now": dashboard
+@aw.task(retries=2)
+async def purge_expired_sessions() -> int:
+    """Delete the logins past their expiry; return how many."""
+    async with database.session() as db:
+        purged = await auth.purge_expired(db)
+    logger.info("purged %d expired sessions", purged)
+    return purged

@@ -96,8 +96,13 @@ class QueueEntry(Base):
 
     @property
     def ticket(self) -> str:
-        """What the waiting-room screen shows instead of the patient's full name."""
-        return f"A{self.id:03d}"
+        """What the waiting-room screen shows beside the patient's name."""
+        return ticket(self.id)
+
+
+def ticket(entry_id: int) -> str:
+    """A visit's ticket number: ``A007``."""
+    return f"A{entry_id:03d}"
 
 
 class OutboxMessage(Base):

@@ -18,7 +18,7 @@ from examples.clinic import jobs as clinic_jobs
 from examples.clinic.app import app
 from examples.clinic.db import database, utcnow
 from examples.clinic.models import OutboxMessage, Patient, QueueEntry, Staff, StaffSession
-from examples.clinic.realtime import hub
+from examples.clinic.realtime import StatusMessage, hub
 from examples.clinic.schemas import QueueUpdate
 from examples.clinic.seed import seed
 from sqlalchemy import func, select, update
@@ -83,6 +83,13 @@ async def next_update(socket: ClientConnection) -> QueueUpdate:
     return QueueUpdate.model_validate_json(await socket.recv())
 
 
+async def update_about(socket: ClientConnection, reason: str) -> QueueUpdate:
+    """The next update pushed because of ``reason`` (skipping earlier ones)."""
+    while (update := await next_update(socket)).reason != reason:
+        pass
+    return update
+
+
 def assert_no_loop_errors(caplog: pytest.LogCaptureFixture) -> None:
     for record in caplog.records:
         text = record.getMessage() + (record.exc_text or "")
@@ -134,8 +141,7 @@ async def test_assigned_patient_reaches_the_queue_the_screens_and_the_outbox(
         assert [e["patient_id"] for e in doctor_queue] == [ada.patient_id]
         assert (await clinic.client.get("/api/v1/queue/3")).json() == []
 
-        update_ = await next_update(screen)
-        assert update_.reason == f"ticket {ada.ticket} assigned"
+        update_ = await update_about(screen, f"ticket {ada.ticket} assigned")
         pushed = next(e for e in update_.entries if e.patient_id == ada.patient_id)
         assert pushed.status == "assigned" and pushed.room == "102"
 
@@ -170,7 +176,8 @@ async def test_a_failing_broadcast_is_retried_and_recorded(
     async with connect(clinic.ws_url) as screen:
         await next_update(screen)
         assigned = await clinic.assign(patient_id=2, doctor_id=1)
-        update_ = await next_update(screen)  # delivered by the second attempt
+        # delivered by the second attempt
+        update_ = await update_about(screen, f"ticket {assigned['entry']['ticket']} assigned")
         assert any(e.patient_id == 2 and e.status == "assigned" for e in update_.entries)
 
     job = await clinic.finished_job(assigned["broadcast_job"])
@@ -264,3 +271,70 @@ async def test_the_afterwork_dashboard_is_behind_the_clinic_admin_login(clinic: 
         assert dashboard.status_code == 200 and "text/html" in dashboard.headers["content-type"]
         assert (await browser.get("/api/v1/queue/all")).status_code == 401  # bearer only
     assert (await clinic.admin.get("/afterwork/jobs")).status_code == 200
+
+
+async def test_room_devices_reach_the_supervised_status_updater_which_survives_a_crash(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = (await clinic.assign(patient_id=4, doctor_id=3))["entry"]
+    real_apply = clinic_jobs.apply_status
+    crashes = 0
+
+    async def crash_once(message: StatusMessage) -> bool:
+        nonlocal crashes
+        if not crashes:
+            crashes += 1
+            raise RuntimeError("device gateway hiccup")
+        return await real_apply(message)
+
+    monkeypatch.setattr(clinic_jobs, "apply_status", crash_once)
+
+    async def report(status: str) -> None:
+        response = await clinic.client.post(
+            f"/api/v1/queue/{entry['entry_id']}/status", json={"status": status}
+        )
+        assert response.status_code == 202, response.text
+
+    async def updater() -> dict[str, Any] | None:
+        (service,) = (await clinic.admin.get("/afterwork/services")).json()
+        return service if service["crashes"] == 1 and service["state"] == "running" else None
+
+    async with connect(clinic.ws_url) as screen:
+        await report("in_consultation")  # crashes the consumer: afterwork restarts it
+        service = await eventually(updater)
+        assert service["name"] == "examples.clinic.jobs:status_updater"
+        assert service["restarts"] == 1
+        assert "device gateway hiccup" in service["last_error"]["message"]
+
+        await report("in_consultation")
+        update_ = await update_about(screen, f"ticket {entry['ticket']} in_consultation")
+        seen = next(e for e in update_.entries if e.entry_id == entry["entry_id"])
+        assert seen.status == "in_consultation"
+    doctor_queue = (await clinic.client.get("/api/v1/queue/3")).json()
+    assert [e["status"] for e in doctor_queue] == ["in_consultation"]
+    assert "device gateway hiccup" in caplog.text  # the crash was logged, not swallowed
+
+
+async def test_expired_sessions_are_purged_by_the_nightly_schedule_or_run_now(
+    clinic: Clinic,
+) -> None:
+    schedules = (await clinic.admin.get("/afterwork/schedules")).json()
+    assert [s["name"] for s in schedules] == ["purge-expired-sessions"]
+
+    async with database.session() as db:
+        await db.execute(
+            update(StaffSession)
+            .where(StaffSession.id == 1)  # reception's, from the fixture's login
+            .values(expires_at=utcnow())
+        )
+        await db.commit()
+    ran = await clinic.admin.post(
+        "/afterwork/schedules/purge-expired-sessions/trigger",
+        headers={"X-Afterwork-CSRF": "1"},
+    )
+    assert ran.status_code == 200, ran.text
+    job = await clinic.finished_job(ran.json()["job"]["id"])
+    assert job["status"] == "succeeded" and job["result"] == 1
+    async with database.session() as db:
+        assert await db.scalar(select(func.count()).select_from(StaffSession)) == 1  # admin's
+    assert (await clinic.client.get("/api/v1/queue/all")).status_code == 401
