@@ -10,8 +10,9 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import pytest
 from examples.clinic import jobs as clinic_jobs
@@ -28,6 +29,9 @@ from afterwork.backends import from_url
 
 from ..servers import serve
 from ..waiting import eventually
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 pytestmark = pytest.mark.anyio
 
@@ -338,3 +342,36 @@ async def test_expired_sessions_are_purged_by_the_nightly_schedule_or_run_now(
     async with database.session() as db:
         assert await db.scalar(select(func.count()).select_from(StaffSession)) == 1  # admin's
     assert (await clinic.client.get("/api/v1/queue/all")).status_code == 401
+
+
+async def test_in_a_browser_the_queue_screen_updates_live_and_admins_reach_the_dashboard(
+    clinic: Clinic, browser: Browser
+) -> None:
+    base = str(clinic.client.base_url).rstrip("/")
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", lambda r: errors.append(r.url) if r.status >= 400 else None)
+    with anyio.fail_after(60):
+        await page.goto(f"{base}/queue-screen")
+        await page.wait_for_selector("#connection.online")
+        assert await page.locator("#waiting li").count() == 6
+
+        assigned = await clinic.assign(patient_id=5, doctor_id=1)
+        row = page.locator(f'#assigned tr[data-entry="{assigned["entry"]["entry_id"]}"]')
+        await row.wait_for()
+        assert "Barbara Liskov" in await row.inner_text()
+        assert "101" in await row.inner_text()
+        assert await page.locator("#waiting li").count() == 5
+
+        await page.goto(f"{base}/login")
+        await page.fill("input[name=username]", "admin")
+        await page.fill("input[name=password]", "admin-demo")
+        await page.click("button[type=submit]")
+        await page.wait_for_url(f"{base}/afterwork/")
+        job = assigned["broadcast_job"]
+        await page.wait_for_selector(f'tr[data-job="{job}"] td.status-succeeded')
+    await context.close()
+    assert errors == []
