@@ -17,8 +17,9 @@ import anyio
 import httpx
 import pytest
 
-from afterwork import Afterwork
+from afterwork import Afterwork, Job, ServiceContext
 
+from ..waiting import eventually
 from .conftest import AUTH, CSRF, SESSION_COOKIE, TOKEN, make_app, serve
 
 if TYPE_CHECKING:
@@ -204,3 +205,43 @@ async def test_dashboard_lists_jobs_live_and_renders_hostile_data_as_text(
         await context.close()
     assert dialogs == []
     assert errors == []
+
+
+async def test_dashboard_shows_schedules_with_run_now_and_service_health(
+    browser: Browser,
+) -> None:
+    aw = Afterwork("memory://")
+
+    @aw.cron("0 3 * * *", name=f"nightly {SCRIPT}", tz="Europe/Paris")
+    async def nightly() -> str:
+        return "purged"
+
+    @aw.service(name="pump")
+    async def pump(ctx: ServiceContext) -> None:
+        await ctx.wait_stopping()
+
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+        await page.goto(f"{url}/afterwork/")
+        await page.wait_for_selector("#schedules-section:not([hidden])")
+        row = page.locator("#schedules tbody tr")
+        await row.filter(has_text="0 3 * * * (Europe/Paris)").wait_for()
+        assert SCRIPT in (await row.first.text_content() or "")  # the name, as text
+        await page.wait_for_selector("#services td:text('running')")
+        await row.first.locator("button").click()
+        # "Run now" enqueued the schedule's task; the live job list shows it finish.
+        job = await eventually(lambda: _first_job(aw))
+        await page.wait_for_selector(f'tr[data-job="{job.id}"] td.status-succeeded')
+        assert dialogs == []
+        assert (await injected(page))["images"] == 0
+        await context.close()
+    await aw.aclose()
+
+
+async def _first_job(aw: Afterwork) -> Job | None:
+    jobs = await aw.list_jobs()
+    return jobs[0] if jobs else None

@@ -64,7 +64,8 @@ def add_schedule_routes(router: APIRouter, aw: Afterwork) -> None:
     async def schedules() -> list[dict[str, Any]]:
         return [info.to_dict() for info in await aw.list_schedules()]
 
-    @router.post("/schedules/{name}/trigger", response_model=TriggerOut, summary="Run now")
+    # ``:path``: a schedule name may contain "/" (sent as %2F, decoded before routing).
+    @router.post("/schedules/{name:path}/trigger", response_model=TriggerOut, summary="Run now")
     async def trigger(name: Annotated[str, Path(max_length=500)]) -> TriggerOut:
         try:
             job = await aw.trigger(name)

@@ -126,7 +126,7 @@ async def test_every_route_refuses_a_caller_without_credentials(
         "/tasks/{name:path}/enqueue",
         "/events",
         "/schedules",
-        "/schedules/{name}/trigger",
+        "/schedules/{name:path}/trigger",
         "/services",
     } <= paths
     bad_credentials: list[dict[str, str]] = [

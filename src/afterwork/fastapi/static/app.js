@@ -208,7 +208,13 @@
   }
 
   async function loadSchedules() {
-    const items = await api("schedules");
+    const items = (await api("schedules")).map((s) => ({
+      name: s.name,
+      task: s.task,
+      schedule: s.kind === "cron" ? s.spec + " (" + s.tz + ")" : "every " + s.spec,
+      "next run": s.next_run_at || "",
+      "last run": s.last_run_at || "",
+    }));
     fillTable($("schedules"), items, (item) => {
       const button = el("button", "run now");
       button.type = "button";
@@ -224,7 +230,15 @@
   }
 
   async function loadServices() {
-    fillTable($("services"), await api("services"), null);
+    const items = (await api("services")).map((s) => ({
+      name: s.name,
+      state: s.state,
+      restarts: s.restarts,
+      crashes: s.crashes,
+      uptime: s.uptime === null ? "" : Math.round(s.uptime) + " s",
+      "last error": s.last_error ? s.last_error.type + ": " + s.last_error.message : "",
+    }));
+    fillTable($("services"), items, null);
   }
 
   // -- the job page -----------------------------------------------------------------
