@@ -5,6 +5,7 @@ Run it with ``make demo``; the walk-through is in ``examples/clinic/README.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,8 +54,9 @@ PAGE_HEADERS = {
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the database and the bus, then run afterwork (worker, schedules, services)."""
+    """Open the database, the hub and the bus, then run afterwork (worker, cron, services)."""
     await database.open()
+    hub.open()
     bus.open()
     try:
         async with aw.lifespan(app):
@@ -120,7 +122,10 @@ async def doctor_queue(doctor_id: int, db: DbSession) -> list[QueueItem]:
 @api.post("/queue/{entry_id}/status", status_code=202, dependencies=[Depends(auth.require_staff)])
 async def report_status(entry_id: int, change: StatusChange) -> Accepted:
     """What a consultation-room device sends; the status updater service applies it."""
-    bus.publish(StatusMessage(entry_id, change.status))
+    try:
+        bus.publish(StatusMessage(entry_id, change.status))
+    except asyncio.QueueFull:
+        raise HTTPException(503, "the status updater is behind; try again") from None
     return Accepted()
 
 

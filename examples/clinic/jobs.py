@@ -36,10 +36,10 @@ async def broadcast_queue_update(reason: str) -> dict[str, int]:
     The queue is read when the job runs, so a retried broadcast still sends fresh data.
     """
     async with database.session() as db:
-        update = await queue_snapshot(db, reason)
-    screens = await hub.broadcast(update)
+        snapshot = await queue_snapshot(db, reason)
+    screens = await hub.broadcast(snapshot)
     logger.info("queue update (%s) sent to %d screens", reason, screens)
-    return {"screens": screens, "entries": len(update.entries)}
+    return {"screens": screens, "entries": len(snapshot.entries)}
 
 
 @aw.task(

@@ -32,6 +32,11 @@ class QueueHub:
         # One broadcast at a time: screens see updates in order, never interleaved frames.
         self._lock = asyncio.Lock()
 
+    def open(self) -> None:
+        """Start with no screens, on the running event loop (the app's lifespan calls this)."""
+        self._screens = set()
+        self._lock = asyncio.Lock()
+
     @property
     def screens(self) -> int:
         """How many screens are connected."""
