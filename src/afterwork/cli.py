@@ -198,6 +198,17 @@ def schedules(
     Console().print(table)
 
 
+def _register() -> None:
+    from ._cli_jobs import jobs_app, purge, queues
+
+    app.add_typer(jobs_app)
+    app.command()(queues)
+    app.command()(purge)
+
+
+_register()
+
+
 def main() -> None:
     """Entry point of the ``afterwork`` console script and ``python -m afterwork``."""
     app()

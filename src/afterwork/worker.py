@@ -224,6 +224,10 @@ class Worker:
                     continue
                 await self._idle(self.owner.config.poll_interval, wait_for_work=True)
                 continue
+            if self._stopping.is_set():
+                # Stopped while the claim was in flight: hand these back unstarted.
+                await self._release_unstarted(claims)
+                return
             overflow = []
             for claim in claims:
                 task = self.owner.tasks.get(claim.job.task)
@@ -232,15 +236,19 @@ class Worker:
                     overflow.append(claim)  # one batch may hold more than the task's limit
                 else:
                     self._start(jobs, claim)
-            for claim in overflow:
-                try:
-                    await backend.finish(claim.lease, Outcome.released())
-                except Exception:
-                    logger.warning(
-                        "could not hand job %s back; it will be recovered",
-                        claim.job.id,
-                        exc_info=True,
-                    )
+            await self._release_unstarted(overflow)
+
+    async def _release_unstarted(self, claims: Sequence[Claim]) -> None:
+        for claim in claims:
+            try:
+                await self.owner.backend.finish(claim.lease, Outcome.released())
+            except Exception:
+                logger.warning(
+                    "job %s could not be released; it will be recovered when its lease expires",
+                    claim.job.id,
+                    exc_info=True,
+                    extra=log_extra("job_release_failed", claim.job, self.id),
+                )
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
         run = JobRun(claim)

@@ -14,7 +14,7 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "sqlite"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -33,6 +33,8 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend_name == "memory":
         return "memory://"
+    if backend_name == "sqlite":
+        return f"sqlite:///{tmp_path}/afterwork.db"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 
 

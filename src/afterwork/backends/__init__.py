@@ -14,7 +14,8 @@ __all__ = ("Backend", "Inspector", "Store", "from_url")
 #: scheme → (module, class, extra, driver module)
 SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "memory": ("afterwork.backends.memory", "MemoryBackend", None, None),
-    "sqlite": ("afterwork.backends.sqlite", "SQLiteBackend", "sqlite", "aiosqlite"),
+    # SQLite is the default store: it runs on the standard library's sqlite3, no extra.
+    "sqlite": ("afterwork.backends.sqlite", "SQLiteBackend", None, None),
     "redis": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
     "rediss": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
     "postgresql": ("afterwork.backends.postgres", "PostgresBackend", "postgres", "asyncpg"),

@@ -1,0 +1,307 @@
+"""Rows of the SQLite backend: decoding them into jobs, and writing jobs back in a transaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..job import WAITING_STATUSES, Job, JobError, JobStatus
+from ._sqlite_schema import COLUMNS
+from .base import NewJob
+
+__all__ = ("ACTIVE_SQL", "MALFORMED", "SELECT", "TERMINAL_SQL", "Tx", "dumps", "load", "load_one")
+
+logger = logging.getLogger(__name__)
+
+MALFORMED = "afterwork.MalformedRecord"
+
+COLS = ", ".join(COLUMNS)
+SELECT = f"SELECT {COLS} FROM afterwork_jobs"
+ACTIVE_SQL = "('scheduled', 'queued', 'running')"
+TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
+
+_INSERT = (
+    "INSERT INTO afterwork_jobs (id, task, queue, status, args, kwargs, priority, attempts,"
+    " max_attempts, key, created_at, run_at, started_at, timeout, result_ttl, worker, token,"
+    " lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+INSERT_EVENT = (
+    "INSERT INTO afterwork_events (kind, job_id, task, queue, status, attempts, at, progress,"
+    " message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: The fields of a job that change after it is created, written back by :meth:`Tx.save`.
+_MUTABLE = (
+    "status",
+    "attempts",
+    "recoveries",
+    "key",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "progress",
+    "progress_message",
+    "worker",
+    "lease_expires_at",
+    "cancel_requested",
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON as stored: compact, UTF-8, and never NaN or Infinity."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _column(name: str, value: Any) -> Any:
+    if name == "status":
+        return value.value
+    if name == "result":
+        return None if value is None else dumps(value)
+    if name == "error":
+        return None if value is None else dumps(value.to_dict())
+    if name == "cancel_requested":
+        return int(value)
+    return value
+
+
+def load(row: Sequence[Any]) -> tuple[Job, list[str]]:
+    """A row as a :class:`Job`, and what was wrong with it (empty when it is sound).
+
+    Never raises on bad data: undecodable fields are replaced by defaults and reported in
+    the job's ``error``, so listing and showing a corrupt job works, while a worker that
+    claims it quarantines it instead of running it.
+    """
+    problems: list[str] = []
+
+    def decode(index: int, name: str, default: Any, kind: type | None) -> Any:
+        text = row[index]
+        if text is None:
+            return default
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{name} is not valid JSON ({exc})")
+            return default
+        if kind is not None and not isinstance(value, kind):
+            problems.append(f"{name} is a JSON {type(value).__name__}, not a {kind.__name__}")
+            return default
+        return value
+
+    args = decode(4, "args", [], list)
+    kwargs = decode(5, "kwargs", {}, dict)
+    result = decode(15, "result", None, None)
+    error_data = decode(16, "error", None, dict)
+    try:
+        status = JobStatus(row[3])
+    except ValueError:
+        problems.append(f"status {row[3]!r} is unknown")
+        status = JobStatus.FAILED
+    error = None if error_data is None else JobError.from_dict(error_data)
+    if problems:
+        error = JobError.from_message(
+            MALFORMED, "the stored job record is malformed: " + "; ".join(problems)
+        )
+    job = Job(
+        id=row[0],
+        task=row[1],
+        queue=row[2],
+        status=status,
+        args=args,
+        kwargs=kwargs,
+        priority=row[6],
+        attempts=row[7],
+        max_attempts=row[8],
+        recoveries=row[9],
+        key=row[10],
+        created_at=row[11],
+        run_at=row[12],
+        started_at=row[13],
+        finished_at=row[14],
+        result=result,
+        error=error,
+        progress=row[17],
+        progress_message=row[18],
+        timeout=row[19],
+        result_ttl=row[20],
+        worker=row[21],
+        lease_expires_at=row[22],
+        cancel_requested=bool(row[23]),
+    )
+    return job, problems
+
+
+def load_one(row: Sequence[Any] | None) -> Job | None:
+    """The job in ``row`` (leniently decoded), or ``None``."""
+    return None if row is None else load(row)[0]
+
+
+@dataclass
+class Tx:
+    """One write transaction: its connection, its time, and the events it produces."""
+
+    conn: sqlite3.Connection
+    now: float
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    wake: bool = False
+    """Whether a job became due for a worker (local workers are woken after commit)."""
+
+    def emit(self, kind: str, job: Job, message: str | None = None) -> None:
+        self.events.append(
+            (
+                kind,
+                job.id,
+                job.task,
+                job.queue,
+                job.status.value,
+                job.attempts,
+                self.now,
+                job.progress,
+                message,
+            )
+        )
+        if job.status in WAITING_STATUSES:
+            self.wake = True
+
+    def select(self, where: str, params: Sequence[Any] = (), *, index: str = "") -> list[Job]:
+        indexed = f" INDEXED BY {index}" if index else ""
+        rows = self.conn.execute(f"{SELECT}{indexed} WHERE {where}", params).fetchall()
+        return [load(row)[0] for row in rows]
+
+    def get(self, job_id: str) -> Job | None:
+        jobs = self.select("id = ?", (job_id,))
+        return jobs[0] if jobs else None
+
+    def save(
+        self, old: Job, new: Job, *, kind: str | None = None, force: Sequence[str] = ()
+    ) -> Job:
+        """Write the fields in which ``new`` differs from ``old`` (plus ``force``d ones).
+
+        A job that stops running loses its lease token; a finished job gets the time
+        after which :meth:`purge` deletes it.
+        """
+        columns = {
+            name: _column(name, getattr(new, name))
+            for name in _MUTABLE
+            if name in force or getattr(new, name) != getattr(old, name)
+        }
+        if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
+            columns["token"] = None
+        if new.finished_at != old.finished_at or "finished_at" in columns:
+            columns["expires_at"] = (
+                None
+                if new.finished_at is None or new.result_ttl is None
+                else new.finished_at + new.result_ttl
+            )
+        if columns:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            self.conn.execute(
+                f"UPDATE afterwork_jobs SET {assignments} WHERE id = ?",
+                (*columns.values(), new.id),
+            )
+        if kind is not None:
+            self.emit(kind, new)
+        return new
+
+    def insert(
+        self,
+        new: NewJob,
+        *,
+        worker: str | None = None,
+        token: str | None = None,
+        lease_ttl: float = 0.0,
+    ) -> Job:
+        """Create the job ``new`` describes (already claimed when ``worker`` is given).
+
+        If its key is held by an unfinished job, or its id exists, nothing is written and
+        that existing job is returned.
+        """
+        now = self.now
+        running = worker is not None
+        delay = 0.0 if running else max(new.delay, 0.0)
+        if running:
+            status = JobStatus.RUNNING
+        else:
+            status = JobStatus.SCHEDULED if delay > 0 else JobStatus.QUEUED
+        job = Job(
+            id=new.id,
+            task=new.task,
+            queue=new.queue,
+            status=status,
+            args=list(new.args),
+            kwargs=dict(new.kwargs),
+            priority=new.priority,
+            attempts=1 if running else 0,
+            max_attempts=new.max_attempts,
+            key=new.key,
+            created_at=now,
+            run_at=now + delay,
+            started_at=now if running else None,
+            timeout=new.timeout,
+            result_ttl=new.result_ttl,
+            worker=worker,
+            lease_expires_at=now + lease_ttl if running else None,
+        )
+        cursor = self.conn.execute(
+            _INSERT,
+            (
+                job.id,
+                job.task,
+                job.queue,
+                status.value,
+                dumps(job.args),
+                dumps(job.kwargs),
+                job.priority,
+                job.attempts,
+                job.max_attempts,
+                job.key,
+                now,
+                job.run_at,
+                job.started_at,
+                job.timeout,
+                job.result_ttl,
+                worker,
+                token,
+                job.lease_expires_at,
+            ),
+        )
+        if cursor.rowcount == 1:
+            self.emit("started" if running else "enqueued", job)
+            return job
+        # A conflict: the key is held by an unfinished job, or the id exists.
+        if job.key is not None:
+            holders = self.select(f"key = ? AND status IN {ACTIVE_SQL}", (job.key,))
+            if holders:
+                return holders[0]
+        existing = self.get(job.id)
+        if existing is None:  # pragma: no cover - ON CONFLICT only skips on those two
+            raise sqlite3.IntegrityError(f"job {job.id} could not be inserted")
+        return existing
+
+    def quarantine(self, job: Job) -> Job:
+        """Fail a claimed job whose record cannot be decoded, instead of running it."""
+        error = job.error or JobError.from_message(MALFORMED, "the stored job record is malformed")
+        failed = replace(
+            job,
+            status=JobStatus.FAILED,
+            error=error,
+            finished_at=self.now,
+            worker=None,
+            lease_expires_at=None,
+            cancel_requested=False,
+        )
+        self.save(job, failed, force=("error",))
+        self.emit("failed", failed, error.message)
+        logger.error(
+            "job %s (%s) quarantined as failed: %s",
+            job.id,
+            job.task[:200],
+            error.message,
+            extra={"action": "job_quarantined", "job": {"id": job.id, "task": job.task[:200]}},
+        )
+        return failed

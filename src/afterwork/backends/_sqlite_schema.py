@@ -1,0 +1,145 @@
+"""The SQLite backend's schema, its versions and the forward migrations between them.
+
+``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``; a store is migrated on
+open, in one ``BEGIN IMMEDIATE`` transaction, so concurrent processes opening the same
+file agree and a crash mid-migration leaves the old version intact. A store stamped with
+a version above :data:`SCHEMA_VERSION` was written by a newer afterwork and is refused.
+
+Tables are ``STRICT`` (SQLite ≥ 3.37): a column holds its declared type or the write
+fails. CHECK constraints reject impossible states, such as a running job without a lease
+or a finished job without ``finished_at``.
+"""
+
+from __future__ import annotations
+
+__all__ = ("COLUMNS", "MIGRATIONS", "SCHEMA_VERSION")
+
+_STATUSES = "'scheduled', 'queued', 'running', 'succeeded', 'failed', 'cancelled'"
+_TERMINAL = "'succeeded', 'failed', 'cancelled'"
+_ACTIVE = "'scheduled', 'queued', 'running'"
+
+_V1 = (
+    """
+    CREATE TABLE afterwork_jobs (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE CHECK (length(id) > 0),
+        task TEXT NOT NULL CHECK (length(task) > 0),
+        queue TEXT NOT NULL CHECK (length(queue) > 0),
+        status TEXT NOT NULL CHECK (status IN ("""
+    + _STATUSES
+    + """)),
+        args TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        max_attempts INTEGER NOT NULL DEFAULT 1 CHECK (max_attempts >= 0),
+        recoveries INTEGER NOT NULL DEFAULT 0 CHECK (recoveries >= 0),
+        key TEXT,
+        created_at REAL NOT NULL,
+        run_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        result TEXT,
+        error TEXT,
+        progress REAL CHECK (progress IS NULL OR (progress >= 0.0 AND progress <= 1.0)),
+        progress_message TEXT,
+        timeout REAL CHECK (timeout IS NULL OR timeout > 0),
+        result_ttl REAL CHECK (result_ttl IS NULL OR result_ttl >= 0),
+        expires_at REAL,
+        worker TEXT,
+        token TEXT,
+        lease_expires_at REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),
+        CHECK ((status = 'running') = (
+            token IS NOT NULL AND worker IS NOT NULL AND lease_expires_at IS NOT NULL)),
+        CHECK ((status IN ("""
+    + _TERMINAL
+    + """)) = (finished_at IS NOT NULL)),
+        CHECK (expires_at IS NULL OR finished_at IS NOT NULL)
+    ) STRICT
+    """,
+    # Claims: the queued jobs of one queue, best first (partial: only queued rows).
+    "CREATE INDEX afterwork_jobs_ready ON afterwork_jobs (queue, priority DESC, run_at)"
+    " WHERE status = 'queued'",
+    # Claims across every queue.
+    "CREATE INDEX afterwork_jobs_ready_all ON afterwork_jobs (priority DESC, run_at)"
+    " WHERE status = 'queued'",
+    # Promotion of delayed jobs and retries that fell due.
+    "CREATE INDEX afterwork_jobs_due ON afterwork_jobs (run_at) WHERE status = 'scheduled'",
+    # The reaper: leases that expired.
+    "CREATE INDEX afterwork_jobs_leases ON afterwork_jobs (lease_expires_at)"
+    " WHERE status = 'running'",
+    # Result TTL purge.
+    "CREATE INDEX afterwork_jobs_expiry ON afterwork_jobs (expires_at)"
+    " WHERE expires_at IS NOT NULL",
+    # ``key=`` dedupes among unfinished jobs only: a finished job frees its key.
+    "CREATE UNIQUE INDEX afterwork_jobs_key ON afterwork_jobs (key)"
+    " WHERE key IS NOT NULL AND status IN (" + _ACTIVE + ")",
+    # Listing newest first by status, queue or task, and the per-queue counts. Queue and
+    # task never change, so those indexes cost nothing when jobs move between states.
+    "CREATE INDEX afterwork_jobs_status ON afterwork_jobs (status, id)",
+    "CREATE INDEX afterwork_jobs_queue ON afterwork_jobs (queue, id)",
+    "CREATE INDEX afterwork_jobs_task ON afterwork_jobs (task, id)",
+    "CREATE INDEX afterwork_jobs_queue_status ON afterwork_jobs (queue, status)",
+    """
+    CREATE TABLE afterwork_events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        task TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        at REAL NOT NULL,
+        progress REAL,
+        message TEXT
+    ) STRICT
+    """,
+    """
+    CREATE TABLE afterwork_ticks (
+        schedule TEXT NOT NULL,
+        tick REAL NOT NULL,
+        job_id TEXT,
+        PRIMARY KEY (schedule, tick)
+    ) STRICT, WITHOUT ROWID
+    """,
+)
+
+#: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
+MIGRATIONS: list[tuple[str, ...]] = [_V1]
+
+#: The version this afterwork writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+META_DDL = (
+    "CREATE TABLE IF NOT EXISTS afterwork_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT"
+)
+
+#: The job columns every query selects, in the order ``_row_to_job`` reads them.
+COLUMNS = (
+    "id",
+    "task",
+    "queue",
+    "status",
+    "args",
+    "kwargs",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "recoveries",
+    "key",
+    "created_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "progress",
+    "progress_message",
+    "timeout",
+    "result_ttl",
+    "worker",
+    "lease_expires_at",
+    "cancel_requested",
+    "seq",
+)

@@ -1,0 +1,499 @@
+"""The SQLite backend: durable jobs in one file, shared by the processes of one host.
+
+``Afterwork("sqlite:///./afterwork.db")`` (and ``Afterwork()`` with no URL) store jobs
+here. A web process and several ``afterwork worker`` processes may share the file:
+
+* the database runs in WAL mode, so readers never block the writer;
+* every change is one ``BEGIN IMMEDIATE`` transaction (claims use ``UPDATE … RETURNING``),
+  so two processes can never claim the same job and a crash never half-writes one;
+* leases carry a fresh token per claim; ``finish``/``heartbeat`` are fenced by it;
+* "database is locked" is retried (``busy_timeout``, then backoff up to ``lock_timeout``)
+  and never reaches the caller; other driver errors become :class:`BackendError`;
+* a row whose JSON cannot be decoded is failed as ``afterwork.MalformedRecord`` when a
+  worker claims it, and the worker carries on.
+
+Time is the host clock: SQLite is a single-host store. See ``docs/sqlite.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from .._notify import Notifier
+from ..exceptions import ConfigurationError, SchemaVersionError
+from ..job import TERMINAL_STATUSES, Job, JobError, JobStatus
+from ._sqlite_db import Database, connect
+from ._sqlite_events import EventPump
+from ._sqlite_inspect import InspectorMixin
+from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
+from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
+from .base import Claim, Clock, EventStream, HeartbeatReply, Lease, NewJob, Outcome
+
+__all__ = ("SQLiteBackend", "path_from_url")
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WORKER_LOST = "afterwork.WorkerLost"
+_SYNCHRONOUS = {"off", "normal", "full", "extra"}
+
+
+def path_from_url(url: str) -> str:
+    """The file path in ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not a sqlite:// URL: {url!r}")
+    path = parts.netloc + parts.path
+    if path.startswith("/"):
+        path = path[1:]
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ConfigurationError(
+            "an in-memory SQLite store cannot be shared between connections; "
+            "use memory:// or a file path such as sqlite:///./afterwork.db"
+        )
+    return path
+
+
+class SQLiteBackend(InspectorMixin):
+    """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
+
+    Args:
+        path: the database file; created with its schema if missing.
+        clock: seconds since the epoch (default ``time.time``; tests pass a fake one).
+        busy_timeout: seconds SQLite waits for a lock before reporting "busy".
+        lock_timeout: seconds a transaction keeps being retried while the file is locked
+            before :class:`~afterwork.exceptions.BackendUnavailable` is raised.
+        synchronous: ``NORMAL`` (default: durable across process crashes; in WAL mode a
+            power loss may undo the last transactions) or ``FULL`` (fsync every commit).
+        poll_interval: first interval, in seconds, at which an idle worker looks for
+            jobs enqueued by other processes; it doubles up to ``max_poll_interval``.
+        max_poll_interval: the longest interval between those looks.
+        event_poll_interval: how often the events table is tailed for subscribers.
+        event_retention: how many recent events the events table keeps.
+
+    Example:
+        ```python
+        aw = Afterwork("sqlite:///./afterwork.db?synchronous=full")
+        ```
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = 5.0,
+        lock_timeout: float = 30.0,
+        synchronous: str = "normal",
+        poll_interval: float = 0.05,
+        max_poll_interval: float = 0.5,
+        event_poll_interval: float = 0.1,
+        event_retention: int = 10_000,
+    ) -> None:
+        if synchronous.lower() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, not {synchronous!r}"
+            )
+        if min(busy_timeout, lock_timeout, poll_interval, max_poll_interval) <= 0:
+            raise ConfigurationError("SQLite timeouts and intervals must be positive")
+        if event_retention < 1:
+            raise ConfigurationError("event_retention must be at least 1")
+        self.path = os.path.abspath(path)
+        self._clock: Clock = clock or time.time
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max(max_poll_interval, poll_interval)
+        self._event_retention = event_retention
+        self._events_written = 0
+        self._db = Database(
+            self.path,
+            busy_timeout=busy_timeout,
+            lock_timeout=lock_timeout,
+            synchronous=synchronous.upper(),
+        )
+        self._pump = EventPump(
+            lambda: connect(self.path, busy_timeout=busy_timeout, synchronous="NORMAL"),
+            poll_interval=event_poll_interval,
+        )
+        self._work = Notifier()
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> SQLiteBackend:
+        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+        Query parameters set the keyword options, e.g. ``?synchronous=full&busy_timeout=10``.
+        """
+        path = path_from_url(url)
+        floats = {
+            "busy_timeout",
+            "lock_timeout",
+            "poll_interval",
+            "max_poll_interval",
+            "event_poll_interval",
+        }
+        query: dict[str, Any] = {}
+        for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            try:
+                if name in floats:
+                    query[name] = float(value)
+                elif name == "event_retention":
+                    query[name] = int(value)
+                elif name == "synchronous":
+                    query[name] = value
+                else:
+                    raise ConfigurationError(f"unknown SQLite URL option {name!r} in {url!r}")
+            except ValueError:
+                raise ConfigurationError(f"bad value for {name!r} in {url!r}") from None
+        return cls(path, clock=clock, **{**query, **options})
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"
+
+    @property
+    def busy_retries(self) -> int:
+        """Transactions this process retried because another one held the write lock."""
+        return self._db.busy_retries
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def open(self) -> None:
+        if self._db.is_open:
+            return
+        try:
+            await self._db.open(self._setup)
+        except BaseException:
+            await self._db.aclose()
+            raise
+        self._pump.open()
+
+    async def aclose(self) -> None:
+        self._pump.close()
+        await self._db.aclose()
+        self._work.notify()
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            logger.warning("SQLite store %s runs in %s mode, not WAL", self.path, mode)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(META_DDL)
+            row = conn.execute(
+                "SELECT value FROM afterwork_meta WHERE name = 'schema_version'"
+            ).fetchone()
+            try:
+                version = 0 if row is None else int(row[0])
+            except ValueError:
+                raise SchemaVersionError(
+                    f"the SQLite store at {self.path} has an unreadable schema version {row[0]!r}"
+                ) from None
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the SQLite store at {self.path} has schema version {version}, written by "
+                    f"a newer afterwork; this one knows versions up to {SCHEMA_VERSION}. "
+                    "Upgrade afterwork (stores are never migrated backwards).",
+                    version=version,
+                    supported=SCHEMA_VERSION,
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+                logger.info("SQLite store %s migrated to schema version %d", self.path, step + 1)
+            if version != SCHEMA_VERSION:
+                conn.execute(
+                    "INSERT INTO afterwork_meta (name, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- transactions --------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        def run(conn: sqlite3.Connection) -> tuple[T, bool, bool]:
+            tx = Tx(conn, self._clock())
+            result = fn(tx)
+            if tx.events:
+                conn.executemany(INSERT_EVENT, tx.events)
+                self._trim_events(conn, len(tx.events))
+            return result, bool(tx.events), tx.wake
+
+        result, evented, wake = await self._db.write(run)
+        if evented:
+            self._pump.poke()
+        if wake:
+            self._work.notify()
+        return result
+
+    def _trim_events(self, conn: sqlite3.Connection, written: int) -> None:
+        before = self._events_written
+        self._events_written += written
+        step = max(self._event_retention // 10, 1)
+        if before // step != self._events_written // step:
+            conn.execute(
+                "DELETE FROM afterwork_events WHERE id <= "
+                "(SELECT max(id) FROM afterwork_events) - ?",
+                (self._event_retention,),
+            )
+
+    # -- the Backend protocol ------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+        return await self._write(lambda tx: [tx.insert(new) for new in jobs])
+
+    async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
+        token = secrets.token_hex(16)
+        created = await self._write(
+            lambda tx: tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
+        )
+        return Claim(created, token)
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str] = (),
+    ) -> list[Claim]:
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        excluded = list(exclude_tasks)
+        not_in = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
+        order = " ORDER BY priority DESC, run_at, seq LIMIT ?"
+        # INDEXED BY pins the partial indexes: without ANALYZE statistics the planner would
+        # pick the (status, id) index and sort the whole backlog on every claim.
+        every_queue = (
+            "SELECT priority, run_at, seq FROM afterwork_jobs INDEXED BY afterwork_jobs_ready_all"
+            f" WHERE status = 'queued'{not_in}{order}"
+        )
+        one_queue = (
+            "SELECT priority, run_at, seq FROM afterwork_jobs INDEXED BY afterwork_jobs_ready"
+            f" WHERE status = 'queued' AND queue = ?{not_in}{order}"
+        )
+
+        def claim(tx: Tx) -> list[Claim]:
+            conn, now = tx.conn, tx.now
+            # Delayed jobs and retries that fell due join the queue in the same step.
+            conn.execute(
+                "UPDATE afterwork_jobs INDEXED BY afterwork_jobs_due SET status = 'queued'"
+                " WHERE status = 'scheduled' AND run_at <= ?",
+                (now,),
+            )
+            candidates: list[tuple[int, float, int]] = []
+            if queues is None:
+                candidates = conn.execute(every_queue, (*excluded, limit)).fetchall()
+            else:
+                # One indexed range per queue, merged here: never a sort over a backlog.
+                for queue in dict.fromkeys(queues):
+                    candidates += conn.execute(one_queue, (queue, *excluded, limit)).fetchall()
+                candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+            claims: list[Claim] = []
+            for _, _, seq in candidates[:limit]:
+                token = secrets.token_hex(16)
+                row = conn.execute(
+                    "UPDATE afterwork_jobs SET status = 'running', attempts = attempts + 1,"
+                    " started_at = ?, worker = ?, token = ?, lease_expires_at = ?,"
+                    f" cancel_requested = 0 WHERE seq = ? AND status = 'queued' RETURNING {COLS}",
+                    (now, worker, token, now + lease_ttl, seq),
+                ).fetchone()
+                job, problems = load(row)
+                if problems:
+                    tx.quarantine(job)
+                    continue
+                tx.emit("started", job)
+                claims.append(Claim(job, token))
+            return claims
+
+        return await self._write(claim)
+
+    async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply()
+
+        def heartbeat(tx: Tx) -> HeartbeatReply:
+            lost: set[str] = set()
+            cancel: set[str] = set()
+            for lease in leases:
+                row = tx.conn.execute(
+                    "UPDATE afterwork_jobs SET lease_expires_at = ?"
+                    " WHERE id = ? AND token = ? AND status = 'running'"
+                    " RETURNING cancel_requested",
+                    (tx.now + lease_ttl, lease.job_id, lease.token),
+                ).fetchone()
+                if row is None:
+                    lost.add(lease.job_id)
+                elif row[0]:
+                    cancel.add(lease.job_id)
+            return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
+
+        return await self._write(heartbeat)
+
+    @staticmethod
+    def _owned(tx: Tx, lease: Lease) -> Job | None:
+        jobs = tx.select("id = ? AND token = ? AND status = 'running'", (lease.job_id, lease.token))
+        return jobs[0] if jobs else None
+
+    async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
+        status = outcome.status
+        if status not in TERMINAL_STATUSES and status not in (
+            JobStatus.SCHEDULED,
+            JobStatus.QUEUED,
+        ):
+            raise ValueError(f"not an outcome: {status!r}")
+
+        def finish(tx: Tx) -> Job | None:
+            job = self._owned(tx, lease)
+            if job is None:
+                return None
+            now = tx.now
+            new = replace(job, status=status, worker=None, lease_expires_at=None)
+            new = replace(new, cancel_requested=False)
+            if status is JobStatus.SUCCEEDED:
+                new, kind = replace(new, result=outcome.result, finished_at=now), "succeeded"
+            elif status in TERMINAL_STATUSES:
+                new, kind = replace(new, error=outcome.error, finished_at=now), status.value
+            elif status is JobStatus.SCHEDULED:
+                new, kind = (
+                    replace(new, error=outcome.error, run_at=now + outcome.delay),
+                    "retrying",
+                )
+            else:
+                attempts = max(job.attempts - 1, 0)
+                new, kind = replace(new, attempts=attempts, run_at=now), "released"
+            return tx.save(job, new, kind=kind)
+
+        return await self._write(finish)
+
+    async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
+        def set_progress(tx: Tx) -> bool:
+            row = tx.conn.execute(
+                "UPDATE afterwork_jobs SET progress = ?, progress_message = ?"
+                f" WHERE id = ? AND token = ? AND status = 'running' RETURNING {COLS}",
+                (progress, message, lease.job_id, lease.token),
+            ).fetchone()
+            if row is None:
+                return False
+            tx.emit("progress", load(row)[0], message)
+            return True
+
+        return await self._write(set_progress)
+
+    async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
+        def recover(tx: Tx) -> list[Job]:
+            now = tx.now
+            recovered: list[Job] = []
+            expired = tx.select(
+                "status = 'running' AND lease_expires_at <= ?",
+                (now,),
+                index="afterwork_jobs_leases",
+            )
+            for job in expired:
+                recoveries = job.recoveries + 1
+                message = f"the worker {job.worker} stopped renewing its lease"
+                common: dict[str, Any] = {
+                    "recoveries": recoveries,
+                    "worker": None,
+                    "lease_expires_at": None,
+                }
+                if recoveries > max_recoveries or job.max_attempts <= 0:
+                    error = JobError.from_message(
+                        WORKER_LOST, f"{message}; given up after {recoveries} recoveries"
+                    )
+                    new = replace(
+                        job, status=JobStatus.FAILED, error=error, finished_at=now, **common
+                    )
+                    kind = "failed"
+                else:
+                    error = JobError.from_message(WORKER_LOST, message)
+                    new = replace(job, status=JobStatus.QUEUED, error=error, run_at=now, **common)
+                    kind = "recovered"
+                recovered.append(tx.save(job, new, kind=kind))
+            return recovered
+
+        return await self._write(recover)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._db.read(
+            lambda conn: load_one(conn.execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone())
+        )
+
+    async def cancel(self, job_id: str) -> Job | None:
+        def cancel(tx: Tx) -> Job | None:
+            job = tx.get(job_id)
+            if job is None or job.status in TERMINAL_STATUSES:
+                return job
+            if job.status is JobStatus.RUNNING:
+                return tx.save(job, replace(job, cancel_requested=True), kind="cancel_requested")
+            cancelled = replace(job, status=JobStatus.CANCELLED, finished_at=tx.now)
+            return tx.save(job, cancelled, kind="cancelled")
+
+        return await self._write(cancel)
+
+    def _due_in(self, conn: sqlite3.Connection, queues: Sequence[str] | None) -> float | None:
+        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due."""
+        where = ""
+        params: tuple[str, ...] = ()
+        if queues is not None:
+            where = f" AND queue IN ({', '.join('?' * len(queues))})"
+            params = tuple(queues)
+        ready = conn.execute(
+            f"SELECT 1 FROM afterwork_jobs WHERE status = 'queued'{where} LIMIT 1", params
+        ).fetchone()
+        if ready is not None:
+            return 0.0
+        row = conn.execute(
+            "SELECT min(run_at) FROM afterwork_jobs INDEXED BY afterwork_jobs_due"
+            f" WHERE status = 'scheduled'{where}",
+            params,
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return max(float(row[0]) - self._clock(), 0.0)
+
+    async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
+        """Return when work may be due, or after ``timeout`` seconds.
+
+        This process's own writes wake it at once; other processes' writes are seen by
+        polling, every ``poll_interval`` (50 ms) at first, backing off to
+        ``max_poll_interval`` (500 ms) while nothing happens.
+        """
+        if queues is not None and not queues:
+            queues = None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        interval = self._poll_interval
+        while True:
+            ticket = self._work.ticket()
+            due_in = await self._db.read(lambda conn: self._due_in(conn, queues))
+            if due_in is not None and due_in <= 0:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            wait = min(remaining, interval)
+            if due_in is not None:
+                wait = min(wait, due_in)
+            if await self._work.wait(ticket, wait) or not self._db.is_open:
+                return
+            interval = min(interval * 2, self._max_poll_interval)
+
+    def events(self) -> EventStream:
+        return self._pump.subscribe()
