@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from sqlalchemy import select, update
 
@@ -25,8 +24,8 @@ from .realtime import StatusMessage, bus, hub, queue_snapshot
 
 logger = logging.getLogger(__name__)
 
-# TODO(sqlite): ``Afterwork()`` (AFTERWORK_URL, else ./afterwork.db) once SQLite lands.
-aw = Afterwork(os.environ.get("AFTERWORK_URL", "memory://"))
+#: ``AFTERWORK_URL`` if set, else the embedded SQLite default: ``./afterwork.db``.
+aw = Afterwork()
 
 
 @aw.task(retries=3, backoff=Retry.exponential(base=0.2, cap=5.0), timeout=15.0)

@@ -106,8 +106,8 @@ async def clinic(
 ) -> AsyncIterator[Clinic]:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
-    # A fresh job store per test; the module-level ``aw`` is closed between tests.
-    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url("memory://"))
+    # A fresh SQLite job store per test; the module-level ``aw`` is closed between tests.
+    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/afterwork.db"))
     await database.open()
     async with database.session() as db:
         await seed(db)
