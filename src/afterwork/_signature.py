@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .context import JobContext
-from .exceptions import EnqueueError, PayloadTooLarge
+from .exceptions import DependencyError, EnqueueError, PayloadTooLarge
 
 __all__ = ("ArgumentCodec", "Injected", "encode_payload", "ensure_json")
 
@@ -123,7 +123,10 @@ class ArgumentCodec:
             annotation = hints.get(param.name, Any)
             injected = None
             for injector in INJECTORS:
-                injected = injector(param, annotation)
+                try:
+                    injected = injector(param, annotation)
+                except DependencyError as exc:
+                    raise exc.for_owner(task_name) from None
                 if injected is not None:
                     break
             if injected is not None:

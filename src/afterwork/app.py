@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
+from . import dependencies
 from ._signature import encode_payload
 from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
@@ -72,12 +73,17 @@ class Settings:
     """Largest encoded result, in bytes."""
     sync_timeout: float = 30.0
     """How long ``enqueue_sync`` and the other sync calls wait for the store."""
+    block_threshold: float | None = 0.1
+    """Warn when a job blocks the worker's event loop longer than this, in seconds;
+    ``None`` turns the check off."""
 
     def __post_init__(self) -> None:
         positive = ("lease_ttl", "reaper_interval", "poll_interval", "sync_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive")
+        if self.block_threshold is not None and self.block_threshold <= 0:
+            raise ConfigurationError("block_threshold must be positive (or None to turn it off)")
         if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.lease_ttl:
             raise ConfigurationError("heartbeat_interval must be positive and below lease_ttl")
         if self.grace < 0:
@@ -163,7 +169,8 @@ class Afterwork:
             Callable[
                 [Task[Any, Any], JobContext, contextlib.AsyncExitStack], Awaitable[dict[str, Any]]
             ]
-        ] = []
+        ] = [dependencies.inject_job]
+        self._app: Any = None  # the app served through ``lifespan``: its dependency_overrides
         self.scheduler = Scheduler(self)
         self.supervisor = ServiceSupervisor(self)
 
@@ -890,8 +897,12 @@ class Afterwork:
         state = getattr(app, "state", None)
         if state is not None:
             state.afterwork = self
-        async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
-            yield
+        previous, self._app = self._app, app
+        try:
+            async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
+                yield
+        finally:
+            self._app = previous
 
     def runtime(
         self,

@@ -7,6 +7,7 @@ Every exception afterwork raises on purpose derives from :class:`AfterworkError`
     │   └── MissingDependencyError    a backend's extra is not installed
     ├── EnqueueError (ValueError)     arguments or options rejected; nothing was stored
     │   └── PayloadTooLarge           the encoded arguments exceed the size limit
+    ├── DependencyError (TypeError)   a ``Depends`` that cannot run in a job (needs a request)
     ├── TaskNotFound (LookupError)    no task registered under that name
     ├── JobNotFound (LookupError)     no job with that id
     ├── ScheduleNotFound (LookupError)  no schedule with that name
@@ -29,6 +30,7 @@ __all__ = (
     "BackendError",
     "BackendUnavailable",
     "ConfigurationError",
+    "DependencyError",
     "EnqueueError",
     "InvalidTransition",
     "JobFailed",
@@ -88,6 +90,19 @@ class EnqueueError(AfterworkError, ValueError):
 
 class PayloadTooLarge(EnqueueError):
     """The job's encoded arguments are larger than the configured limit."""
+
+
+class DependencyError(AfterworkError, TypeError):
+    """A dependency cannot be resolved in background work."""
+
+    param: str | None
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+
+    def for_owner(self, owner: str) -> DependencyError:
+        """The same error, its message prefixed with the task or service it belongs to."""
+        return DependencyError(f"{owner}: {self.message}", param=self.param)
 
 
 class TaskNotFound(AfterworkError, LookupError):

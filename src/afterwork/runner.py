@@ -13,7 +13,7 @@ import inspect
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ("JobRun", "Runner")
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the teardown of a job's dependencies may take before it is abandoned.
+CLEANUP_TIMEOUT = 30.0
 
 #: Reasons a running job is stopped from outside.
 CANCEL = "cancel"  # someone cancelled it: the job ends ``cancelled``
@@ -136,32 +139,45 @@ class Runner:
         timeout = job.timeout if job.timeout is not None else options.timeout
         outcome: Outcome | None = None
         exc_to_log: BaseException | None = None
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                if task is not None:
-                    kwargs = {
-                        **kwargs,
-                        **await self.owner.resolve_injected(task, run.context, stack),
-                    }
-                with run.scope:
-                    result = await self._call(run, func, is_async, args, kwargs, timeout)
-                if run.scope.cancelled_caught:
-                    outcome = self._stopped_outcome(run)
-                else:
-                    outcome = self._success(job, result)
-            except _Timeout:
-                error = JobError.from_message(
-                    "TimeoutError", f"the job did not finish within its {timeout:g}s timeout"
-                )
-                outcome, exc_to_log = self._after_failure(job, options, error, None)
-            except Retry as exc:
-                outcome, exc_to_log = self._after_failure(
-                    job, options, JobError.from_exception(exc), exc, delay=exc.delay
-                )
-            except Exception as exc:
-                outcome, exc_to_log = self._after_failure(
-                    job, options, JobError.from_exception(exc), exc
-                )
+        # Injected dependencies are torn down after the attempt, whatever its outcome; the
+        # exception that ended it is thrown into them, as FastAPI does after a route.
+        stack = contextlib.AsyncExitStack()
+        ended_by: BaseException | None = None
+        inject: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        if task is not None:
+            inject = functools.partial(self.owner.resolve_injected, task, run.context, stack)
+        try:
+            with run.scope:
+                result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
+            if run.scope.cancelled_caught:
+                ended_by = anyio.get_cancelled_exc_class()()
+                outcome = self._stopped_outcome(run)
+            else:
+                outcome = self._success(job, result)
+        except _Timeout:
+            ended_by = TimeoutError(f"the job did not finish within its {timeout:g}s timeout")
+            error = JobError.from_message("TimeoutError", str(ended_by))
+            outcome, exc_to_log = self._after_failure(job, options, error, None)
+        except Retry as exc:
+            ended_by = exc
+            outcome, exc_to_log = self._after_failure(
+                job, options, JobError.from_exception(exc), exc, delay=exc.delay
+            )
+        except Exception as exc:
+            ended_by = exc
+            outcome, exc_to_log = self._after_failure(
+                job, options, JobError.from_exception(exc), exc
+            )
+        except BaseException as exc:  # cancelled from outside: clean up, then propagate
+            await self._close_stack(run, stack, exc, task)
+            raise
+        cleanup_error = await self._close_stack(run, stack, ended_by, task)
+        if cleanup_error is not None and ended_by is None and outcome is not None:
+            # The job returned but its dependencies could not be torn down (a failed commit):
+            # the attempt did not complete.
+            outcome, exc_to_log = self._after_failure(
+                job, options, JobError.from_exception(cleanup_error), cleanup_error
+            )
         await self._flush_progress(run)
         if outcome is None:  # the lease was lost: somebody else owns the job now
             logger.warning(
@@ -173,6 +189,55 @@ class Runner:
             return None
         return await self._record(run, outcome, exc_to_log)
 
+    async def _close_stack(
+        self,
+        run: JobRun,
+        stack: contextlib.AsyncExitStack,
+        ended_by: BaseException | None,
+        task: Task[Any, Any] | None,
+    ) -> Exception | None:
+        """Tear the job's dependencies down; return the error a teardown raised, if any."""
+        job = run.job
+        # Shielded (the attempt may have been cancelled) but bounded: a hung teardown must
+        # not hold the worker forever.
+        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
+            done = run.thread_done
+            if (
+                done is not None
+                and task is not None
+                and any(i.kind == "dependency" for i in task.codec.injected)
+            ):
+                # A sync job abandoned on timeout or cancel may still use its dependencies:
+                # do not close them under its thread.
+                await done.wait()
+            try:
+                if ended_by is None:
+                    await stack.aclose()
+                else:
+                    await stack.__aexit__(type(ended_by), ended_by, ended_by.__traceback__)
+            except BaseException as exc:
+                if exc is ended_by:  # re-raised by a teardown: nothing new went wrong
+                    return None
+                if not isinstance(exc, Exception):
+                    raise
+                logger.warning(
+                    "job %s (%s): a dependency failed while being cleaned up",
+                    job.id,
+                    job.task,
+                    exc_info=exc,
+                    extra=log_extra("dependency_cleanup_failed", job, self.worker_id),
+                )
+                return exc
+        if scope.cancelled_caught:
+            logger.warning(
+                "job %s (%s): cleaning up its dependencies took over %gs; abandoned",
+                job.id,
+                job.task,
+                CLEANUP_TIMEOUT,
+                extra=log_extra("dependency_cleanup_timeout", job, self.worker_id),
+            )
+        return None
+
     # -- calling -------------------------------------------------------------------------
 
     async def _call(
@@ -183,12 +248,15 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
+        inject: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> Any:
-        call: Callable[[], Any]
-        if is_async:
-            call = functools.partial(func, *args, **kwargs)
-        else:
-            call = self._threaded(run, func, args, kwargs)
+        async def call() -> Any:
+            # Dependencies are resolved inside the cancel scope and the timeout.
+            full = kwargs if inject is None else {**kwargs, **await inject()}
+            if is_async:
+                return await func(*args, **full)
+            return await self._threaded(run, func, args, full)()
+
         if timeout is None:
             return await call()
         with anyio.move_on_after(timeout) as deadline:

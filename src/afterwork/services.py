@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskStatus
 
-from . import _signature
+from . import _signature, dependencies
 from .exceptions import ConfigurationError, ServiceStartError
 from .job import JobError
 from .retry import Backoff, ExponentialBackoff
@@ -144,10 +144,11 @@ def _service_context_injector(
     return None
 
 
-# ServiceContext is found by annotation through the same hooks as JobContext and (once
-# the dependency issue lands) FastAPI's Depends, so every injected kind is recognised in
-# one place. The job runner never fills "service_context": tasks cannot ask for one.
+# ServiceContext is found by annotation through the same hooks as JobContext and FastAPI's
+# Depends, so every injected kind is recognised in one place. The job runner never fills
+# "service_context": tasks cannot ask for one. A dependency of a service may ask for it.
 _signature.INJECTORS.append(_service_context_injector)
+dependencies.PROVIDED_TYPES.add(ServiceContext)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,12 +210,10 @@ def _injected(func: Callable[..., Any], name: str) -> tuple[_signature.Injected,
                     "only take a ServiceContext (by annotation) or parameters with defaults"
                 )
             continue
-        if injected.kind != "service_context":
-            # Hook for the dependency issue: resolve FastAPI ``Depends`` here, per run, in
-            # ``_arguments`` below (with the run's AsyncExitStack for cleanup).
+        if injected.kind not in ("service_context", "dependency"):
             raise TypeError(
                 f"service {name}: parameter {param.name!r} cannot be injected into a service "
-                f"(kind {injected.kind!r}); services take a ServiceContext"
+                f"(kind {injected.kind!r}); services take a ServiceContext and Depends(...)"
             )
         found.append(injected)
     return tuple(found)
@@ -223,8 +222,24 @@ def _injected(func: Callable[..., Any], name: str) -> tuple[_signature.Injected,
 async def _arguments(
     spec: ServiceSpec, ctx: ServiceContext, stack: contextlib.AsyncExitStack
 ) -> dict[str, Any]:
-    """Values of the injected parameters for one run (``stack`` cleans up after the run)."""
-    return {injected.name: ctx for injected in spec.injected}
+    """Values of the injected parameters for one run (``stack`` cleans up after the run).
+
+    FastAPI ``Depends`` parameters are resolved afresh for every run (a restart gets new
+    ones), with the served app's ``dependency_overrides``; generator dependencies are torn
+    down when the run ends, in reverse order, seeing the exception that ended it.
+    """
+    values: dict[str, Any] = {i.name: ctx for i in spec.injected if i.kind == "service_context"}
+    plans = {i.name: i.spec for i in spec.injected if i.kind == "dependency"}
+    if plans:
+        values.update(
+            await dependencies.resolve(
+                plans,
+                stack,
+                overrides=dependencies.overrides_of(ctx.afterwork),
+                provide={ServiceContext: ctx},
+            )
+        )
+    return values
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

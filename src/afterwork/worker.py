@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._watchdog import JOB_TASK_PREFIX, LoopWatchdog
 from .backends.base import Claim, Inspector, Outcome
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
@@ -109,6 +110,9 @@ class Worker:
         self._finished = 0
         self._lost = 0
         self._recovered = 0
+        threshold = config.block_threshold
+        self.watchdog = LoopWatchdog(self, threshold) if threshold is not None else None
+        """Reports jobs that block the event loop (``None`` when ``block_threshold`` is)."""
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} running={len(self._runs)}/{self.concurrency}>"
@@ -161,6 +165,8 @@ class Worker:
             extra={"action": "worker_started", "worker": {"id": self.id}},
         )
         try:
+            if self.watchdog is not None:
+                self.watchdog.start()
             async with anyio.create_task_group() as service_group:
                 service_group.start_soon(self._heartbeat_loop)
                 if not self.burst:
@@ -171,6 +177,8 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self.owner._workers.discard(self)
             logger.info(
                 "worker %s stopped after %d job(s)",
@@ -256,7 +264,7 @@ class Worker:
         self._per_task[claim.job.task] += 1
         self._slots += 1
         self._started += 1
-        jobs.start_soon(self._run_one, run, name=f"afterwork job {claim.job.id}")
+        jobs.start_soon(self._run_one, run, name=f"{JOB_TASK_PREFIX}{claim.job.id}")
 
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
