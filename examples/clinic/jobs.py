@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 from afterwork import Afterwork, JobContext, Retry, ServiceContext
 
 from . import auth
-from .db import database
+from .db import DbSession, database
 from .models import OutboxMessage, QueueEntry, QueueStatus, ticket
-from .realtime import StatusMessage, bus, hub, queue_snapshot
+from .realtime import Bus, StatusMessage, hub, queue_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,14 @@ aw = Afterwork()
 
 
 @aw.task(retries=3, backoff=Retry.exponential(base=0.2, cap=5.0), timeout=15.0)
-async def broadcast_queue_update(reason: str) -> dict[str, int]:
+async def broadcast_queue_update(reason: str, db: DbSession) -> dict[str, int]:
     """Send the current queue to every connected screen.
 
+    ``db`` is the routes' own ``Depends(get_db)``: a fresh session per attempt, closed after.
     The queue is read when the job runs, so a retried broadcast still sends fresh data.
     """
-    async with database.session() as db:
-        snapshot = await queue_snapshot(db, reason)
+    snapshot = await queue_snapshot(db, reason)
+    await db.close()  # done reading: don't hold a connection while the screens receive
     screens = await hub.broadcast(snapshot)
     logger.info("queue update (%s) sent to %d screens", reason, screens)
     return {"screens": screens, "entries": len(snapshot.entries)}
@@ -47,27 +48,26 @@ async def broadcast_queue_update(reason: str) -> dict[str, int]:
     timeout=10.0,
     dont_retry=(LookupError,),
 )
-async def notify_patient(entry_id: int, ctx: JobContext) -> dict[str, str]:
+async def notify_patient(entry_id: int, ctx: JobContext, db: DbSession) -> dict[str, str]:
     """E-mail the patient which room to go to (the demo writes it to the outbox table)."""
     key = f"assigned:{ctx.idempotency_key}"  # the same on every attempt: no duplicate mail
-    async with database.session() as db:
-        entry = await db.get(QueueEntry, entry_id)
-        if entry is None or entry.doctor is None:
-            raise LookupError(f"queue entry {entry_id} has no doctor assigned")
-        if await db.scalar(select(OutboxMessage.id).where(OutboxMessage.key == key)) is None:
-            db.add(
-                OutboxMessage(
-                    key=key,
-                    recipient=entry.patient.email,
-                    subject=f"Your ticket {entry.ticket}: please go to room {entry.doctor.room}",
-                    body=(
-                        f"Hello {entry.patient.name}, {entry.doctor.name} will see you "
-                        f"in room {entry.doctor.room}."
-                    ),
-                )
+    entry = await db.get(QueueEntry, entry_id)
+    if entry is None or entry.doctor is None:
+        raise LookupError(f"queue entry {entry_id} has no doctor assigned")
+    if await db.scalar(select(OutboxMessage.id).where(OutboxMessage.key == key)) is None:
+        db.add(
+            OutboxMessage(
+                key=key,
+                recipient=entry.patient.email,
+                subject=f"Your ticket {entry.ticket}: please go to room {entry.doctor.room}",
+                body=(
+                    f"Hello {entry.patient.name}, {entry.doctor.name} will see you "
+                    f"in room {entry.doctor.room}."
+                ),
             )
-            await db.commit()
-        return {"to": entry.patient.email, "key": key}
+        )
+        await db.commit()
+    return {"to": entry.patient.email, "key": key}
 
 
 #: Which statuses a room device may move a visit from.
@@ -98,7 +98,7 @@ async def apply_status(message: StatusMessage) -> bool:
 
 
 @aw.service(restart="on-failure", backoff=Retry.exponential(base=0.5, cap=30.0))
-async def status_updater(ctx: ServiceContext) -> None:
+async def status_updater(ctx: ServiceContext, bus: Bus) -> None:
     """Apply the bus's messages, one at a time, for as long as the app runs.
 
     It used to be ``asyncio.create_task`` in the lifespan: a crash killed it silently. Now
@@ -114,9 +114,8 @@ async def status_updater(ctx: ServiceContext) -> None:
 
 @aw.cron("0 3 * * *", tz="UTC", name="purge-expired-sessions")  # nightly; "run now": dashboard
 @aw.task(retries=2)
-async def purge_expired_sessions() -> int:
+async def purge_expired_sessions(db: DbSession) -> int:
     """Delete the logins past their expiry; return how many."""
-    async with database.session() as db:
-        purged = await auth.purge_expired(db)
+    purged = await auth.purge_expired(db)
     logger.info("purged %d expired sessions", purged)
     return purged

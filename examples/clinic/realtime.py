@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio
-from fastapi import WebSocket
+from fastapi import Depends, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import QueueStatus, open_entries
@@ -130,3 +131,11 @@ bus = MessageBus()
 async def queue_snapshot(db: AsyncSession, reason: str) -> QueueUpdate:
     """The whole open queue, as the screens receive it."""
     return QueueUpdate(reason=reason, entries=[QueueItem.of(e) for e in await open_entries(db)])
+
+
+def get_bus() -> MessageBus:
+    """The app's message bus, as a dependency (tests override it)."""
+    return bus
+
+
+Bus = Annotated[MessageBus, Depends(get_bus)]
