@@ -41,6 +41,7 @@ LOOP_ERRORS = (
     "Task was destroyed but it is pending",
     "was never awaited",
     "attached to a different loop",
+    "blocked the event loop",
 )
 
 
@@ -98,6 +99,8 @@ def assert_no_loop_errors(caplog: pytest.LogCaptureFixture) -> None:
     for record in caplog.records:
         text = record.getMessage() + (record.exc_text or "")
         assert not any(error in text for error in LOOP_ERRORS), text
+        # uvicorn logs an app's unhandled exceptions ("Exception in ASGI application") here.
+        assert not (record.name.startswith("uvicorn") and record.levelno >= logging.ERROR), text
 
 
 @pytest.fixture
@@ -121,7 +124,13 @@ async def clinic(
             f"Bearer {await login(client, 'reception', 'reception-demo')}"
         )
         admin.headers["Authorization"] = f"Bearer {await login(admin, 'admin', 'admin-demo')}"
-        yield Clinic(client, admin, url.replace("http://", "ws://") + "/ws/queue")
+        # uvicorn's loggers do not propagate to the root logger, where caplog listens.
+        uvicorn_log = logging.getLogger("uvicorn")
+        uvicorn_log.addHandler(caplog.handler)
+        try:
+            yield Clinic(client, admin, url.replace("http://", "ws://") + "/ws/queue")
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
     assert_no_loop_errors(caplog)
 
 
