@@ -29,19 +29,13 @@ class QueueHub:
     """
 
     def __init__(self) -> None:
-        self._screens: set[WebSocket] = set()
-        # One broadcast at a time: screens see updates in order, never interleaved frames.
-        self._lock = asyncio.Lock()
+        self.open()
 
     def open(self) -> None:
         """Start with no screens, on the running event loop (the app's lifespan calls this)."""
-        self._screens = set()
+        self._screens: set[WebSocket] = set()
+        # One broadcast at a time: screens see updates in order, never interleaved frames.
         self._lock = asyncio.Lock()
-
-    @property
-    def screens(self) -> int:
-        """How many screens are connected."""
-        return len(self._screens)
 
     async def connect(
         self, websocket: WebSocket, snapshot: Callable[[], Awaitable[QueueUpdate]]
@@ -120,10 +114,6 @@ class MessageBus:
         """Mark the last received message handled."""
         self._channel().task_done()
 
-    async def wait_handled(self) -> None:
-        """Return once every published message was handled."""
-        await self._channel().join()
-
 
 bus = MessageBus()
 
@@ -134,7 +124,7 @@ async def queue_snapshot(db: AsyncSession, reason: str) -> QueueUpdate:
 
 
 def get_bus() -> MessageBus:
-    """The app's message bus, as a dependency (tests override it)."""
+    """The app's message bus, as a dependency (``app.dependency_overrides`` can swap it)."""
     return bus
 
 
