@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .__about__ import __version__ as __version__
+from ._settings import Settings as Settings
 from .app import Afterwork as Afterwork
-from .app import Settings as Settings
 from .context import JobContext as JobContext
 from .exceptions import AfterworkError as AfterworkError
 from .exceptions import BackendError as BackendError

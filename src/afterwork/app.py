@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import logging
 import os
 import random
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
-from . import dependencies
+from . import _bridge, dependencies
+from ._settings import Settings
 from ._signature import encode_payload
 from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
@@ -47,72 +44,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///./afterwork.db"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """How an :class:`Afterwork` instance behaves. Pass any of these to the constructor."""
-
-    lease_ttl: float = 30.0
-    """Seconds a claimed job stays leased without a heartbeat before it is recovered."""
-    heartbeat_interval: float | None = None
-    """Seconds between lease renewals; ``None``: a third of ``lease_ttl``."""
-    reaper_interval: float = 5.0
-    """Seconds between passes that recover expired leases and purge old results."""
-    poll_interval: float = 1.0
-    """Longest an idle worker waits before asking the store again."""
-    grace: float = 30.0
-    """Seconds running jobs get to finish on a graceful stop before they are released."""
-    concurrency: int = 10
-    """Jobs one worker runs at once, unless the worker says otherwise."""
-    max_recoveries: int = 3
-    """How many times a job may be recovered from a dead worker before it is failed."""
-    max_payload: int = 1024 * 1024
-    """Largest encoded arguments, in bytes."""
-    max_result: int = 1024 * 1024
-    """Largest encoded result, in bytes."""
-    sync_timeout: float = 30.0
-    """How long ``enqueue_sync`` and the other sync calls wait for the store."""
-    block_threshold: float | None = 0.1
-    """Warn when a job blocks the worker's event loop longer than this, in seconds;
-    ``None`` turns the check off."""
-
-    def __post_init__(self) -> None:
-        positive = ("lease_ttl", "reaper_interval", "poll_interval", "sync_timeout")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be positive")
-        if self.block_threshold is not None and self.block_threshold <= 0:
-            raise ConfigurationError("block_threshold must be positive (or None to turn it off)")
-        if self.heartbeat_interval is not None and not 0 < self.heartbeat_interval < self.lease_ttl:
-            raise ConfigurationError("heartbeat_interval must be positive and below lease_ttl")
-        if self.grace < 0:
-            raise ConfigurationError("grace must not be negative")
-        if self.concurrency < 1:
-            raise ConfigurationError("concurrency must be at least 1")
-        if self.max_recoveries < 0:
-            raise ConfigurationError("max_recoveries must not be negative")
-
-
-class _Portal:
-    """An event loop in a daemon thread, for sync callers when no app loop is running."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="afterwork-portal", daemon=True
-        )
-        self._thread.start()
-
-    def call(self, coro: Awaitable[T], timeout: float | None) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        return future.result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
 
 
 class Afterwork:
@@ -161,7 +92,7 @@ class Afterwork:
         self._open = False
         self._open_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._portal: _Portal | None = None
+        self._portal: _bridge.Portal | None = None
         self._inline_id: str | None = None
         self._inline_runs: dict[str, JobRun] = {}
         self._inline_limiter = anyio.CapacityLimiter(40)
@@ -482,38 +413,7 @@ class Afterwork:
         * called on a thread whose event loop is running: a ``RuntimeError``, since
           blocking there would freeze the loop; ``await`` the async version instead.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise RuntimeError(
-                "enqueue_sync() was called from async code, on the event loop's own thread; "
-                "blocking there would freeze every request. Use `await task.enqueue(...)` "
-                "instead."
-            )
-        timeout = self.config.sync_timeout
-        loop = self._loop
-        if self._open and loop is not None and loop.is_running() and not loop.is_closed():
-            future = asyncio.run_coroutine_threadsafe(self._as_coroutine(func), loop)
-            return future.result(timeout)
-        if self._portal is None:
-            self._portal = _Portal()
-            atexit.register(self._close_portal)
-        return self._portal.call(self._as_coroutine(func), timeout)
-
-    @staticmethod
-    async def _as_coroutine(func: Callable[[], Awaitable[T]]) -> T:
-        return await func()
-
-    def _close_portal(self) -> None:
-        portal, self._portal = self._portal, None
-        if portal is None:
-            return
-        if self._open and self._loop is portal.loop:
-            with contextlib.suppress(Exception):
-                portal.call(self.aclose(), timeout=5)
-        portal.close()
+        return _bridge.run_sync(self, func)
 
     # -- client calls --------------------------------------------------------------------
 
@@ -735,75 +635,6 @@ class Afterwork:
             burst=True,
         )
         return await worker.run()
-
-    async def run_inline(
-        self,
-        job_id: str,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        display_args: list[Any],
-        display_kwargs: dict[str, Any],
-        name: str,
-        options: TaskOptions,
-        is_async: bool,
-    ) -> Job | None:
-        """Run a plain callable in this process now, tracked as a job (``Jobs.add_task``).
-
-        The job is created already claimed by this process and kept leased while it runs;
-        if the process dies, recovery fails it (nobody else can run a plain callable).
-        """
-        from .runner import CANCEL, LOST, JobRun, Runner
-        from .worker import worker_id
-
-        await self._ensure_open()
-        if self._inline_id is None:
-            self._inline_id = worker_id("inline")
-        new = NewJob(
-            id=job_id,
-            task=name,
-            queue=options.queue,
-            args=display_args,
-            kwargs=display_kwargs,
-            max_attempts=0,  # in-process only: never requeued by recovery
-            timeout=options.timeout,
-            result_ttl=options.result_ttl,
-        )
-        claim = await self.backend.start(new, self._inline_id, lease_ttl=self.config.lease_ttl)
-        run = JobRun(claim)
-        self._inline_runs[job_id] = run
-        runner = Runner(self, worker_id=self._inline_id, limiter=self._inline_limiter, rng=self.rng)
-        interval = self.config.heartbeat_interval or self.config.lease_ttl / 3
-
-        async def keep_alive() -> None:
-            while True:
-                await anyio.sleep(interval)
-                try:
-                    reply = await self.backend.heartbeat(
-                        [claim.lease], lease_ttl=self.config.lease_ttl
-                    )
-                except Exception:
-                    logger.warning("could not renew the lease of job %s", job_id, exc_info=True)
-                    continue
-                if job_id in reply.lost:
-                    run.stop(LOST)
-                elif job_id in reply.cancel:
-                    run.stop(CANCEL)
-
-        finished: Job | None = None
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(keep_alive)
-                try:
-                    finished = await runner.execute(
-                        run, func, args, kwargs, options, is_async=is_async
-                    )
-                finally:
-                    group.cancel_scope.cancel()
-        finally:
-            del self._inline_runs[job_id]
-        return None if finished is None else finished.bind(self)
 
     async def resolve_injected(
         self, task: Task[Any, Any], context: JobContext, stack: contextlib.AsyncExitStack
