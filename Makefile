@@ -24,7 +24,7 @@ check: install
 ## make test: the whole suite (installs the servers and browser it needs first)
 test: install
 	bash scripts/install-system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	bash scripts/test $(PYTEST_ARGS)
 
 ## make demo: the example app on the embedded default store
 demo: install
