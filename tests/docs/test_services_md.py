@@ -1,7 +1,8 @@
-"""docs/services.md, "Dependencies": the code shown is the code run."""
+"""docs/services.md: the code shown is the code run."""
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from fastapi import FastAPI
 
@@ -12,6 +13,27 @@ from ..waiting import eventually
 from .conftest import ROOT, python_blocks
 
 pytestmark = pytest.mark.anyio
+
+
+def test_the_page_shows_the_tested_example() -> None:
+    text = (ROOT / "docs" / "services.md").read_text()
+    code = (ROOT / "examples/docs/services.py").read_text()
+    assert f"```python\n{code}```" in text
+
+
+async def test_services_example() -> None:
+    from examples.docs import services as ex
+
+    async with ex.aw.lifespan(ex.app):
+        states = {status.name.rpartition(":")[2]: status.state for status in ex.aw.services}
+        assert states == {
+            "status_updater": ServiceState.RUNNING,
+            "queue_consumer": ServiceState.RUNNING,
+        }
+        with anyio.fail_after(5):
+            while ex.latest_status.get("clinic") != "open":
+                await anyio.lowlevel.checkpoint()
+    assert {status.state for status in ex.aw.services} == {ServiceState.STOPPED}
 
 
 def test_the_dependencies_section_shows_the_tested_code() -> None:
