@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .backends.base import Claim, Inspector
+from .backends.base import CancelWatch, Claim, Inspector
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
 if TYPE_CHECKING:
@@ -160,6 +160,12 @@ class Worker:
             ",".join(self.queues) if self.queues else "all",
             extra={"action": "worker_started", "worker": {"id": self.id}},
         )
+        backend = self.owner.backend
+        # Cancel requests made in other processes reach this worker at once where the
+        # store can push them (the heartbeat reply covers every store).
+        unwatch = (
+            backend.watch_cancels(self.cancel_local) if isinstance(backend, CancelWatch) else None
+        )
         try:
             async with anyio.create_task_group() as service_group:
                 service_group.start_soon(self._heartbeat_loop)
@@ -171,6 +177,8 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            if unwatch is not None:
+                unwatch()
             self.owner._workers.discard(self)
             logger.info(
                 "worker %s stopped after %d job(s)",

@@ -6,7 +6,9 @@ A backend joins the suite by adding a name to ``BACKENDS`` and a branch to ``mak
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory"]
+from ..redis_server import RedisServer
+
+BACKENDS = ["memory", "redis"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -22,6 +26,21 @@ AwFactory = Callable[..., Afterwork]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the session (or ``AFTERWORK_TEST_REDIS_URL``)."""
+    url = os.environ.get("AFTERWORK_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -33,6 +52,10 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend_name == "memory":
         return "memory://"
+    if backend_name == "redis":
+        # One key prefix per test keeps tests apart on one server.
+        url = request.getfixturevalue("redis_url")
+        return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 
 
