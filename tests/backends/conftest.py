@@ -6,17 +6,14 @@ A backend joins the suite by adding a name to ``BACKENDS`` and a branch to ``mak
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
-
-from ..redis_server import RedisServer
 
 BACKENDS = ["memory", "redis"]
 
@@ -26,21 +23,6 @@ AwFactory = Callable[..., Afterwork]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server for the session (or ``AFTERWORK_TEST_REDIS_URL``)."""
-    url = os.environ.get("AFTERWORK_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -120,6 +120,7 @@ class RedisBackend:
         self._wake = Notifier()
         self._skipped = False
         self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
         self._cancel_callbacks: list[Callable[[str], object]] = []
         self._finishes: list[tuple[list[str], asyncio.Future[Job | None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -170,6 +171,7 @@ class RedisBackend:
         if not self._closed:
             return
         self._redis = self._client(self._socket_timeout)
+        self._subscribed = asyncio.Event()  # bound to this loop on first use
         self._blocking = self._client(self._socket_timeout + 5.0)
         self._closed = False
         try:
@@ -200,6 +202,7 @@ class RedisBackend:
             # redis-py's pub/sub read may swallow a cancel; the loop also checks _closed.
             await asyncio.wait(tasks, timeout=2.0)
         self._listener = self._flusher = None
+        self._subscribed.clear()
         for client in (self._redis, self._blocking):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -296,6 +299,10 @@ class RedisBackend:
     ) -> list[Claim]:
         if limit <= 0:
             return []
+        if self._cancel_callbacks and not self._subscribed.is_set():
+            # Claim only once cancel requests for the claimed jobs can reach us.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._connect_timeout)
         names = list(queues or ())
         skipped, records = await self._eval(
             SCRIPTS["claim"],
@@ -479,6 +486,7 @@ class RedisBackend:
             pubsub = self._require().pubsub()
             try:
                 await pubsub.subscribe(wake, cancel)
+                self._subscribed.set()
                 self._wake.notify()  # anything enqueued while we were away: look again
                 backoff = 0.05
                 while not self._closed:
@@ -491,6 +499,7 @@ class RedisBackend:
                     else:
                         self._wake.notify()
             except Exception as exc:
+                self._subscribed.clear()
                 logger.debug("Redis listener lost its connection (%s); reconnecting", exc)
                 self._wake.notify()
                 await asyncio.sleep(backoff)
