@@ -120,7 +120,7 @@ async def succeeded_events(server: RedisServer) -> Counter[str]:
     """Accepted completions per job, read from the store's event stream."""
     raw = aioredis.Redis(port=server.port, username="aw", password="pw", decode_responses=True)
     try:
-        entries = await raw.xrange("afterwork:events")
+        entries: list[tuple[str, dict[str, str]]] = await raw.xrange("afterwork:events")  # type: ignore[assignment]
     finally:
         await raw.aclose()
     return Counter(data["j"] for _, data in entries if data["k"] == "succeeded")
