@@ -28,8 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from afterwork import Afterwork, JobStatus  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
+
+from afterwork import Afterwork, JobStatus  # noqa: E402
 
 N_NOOP, N_SLEEP, N_LATENCY = 10_000, 1_000, 300
 
