@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from .redis_server import RedisServer
 
 
 @pytest.fixture
@@ -40,3 +43,18 @@ def no_pickle() -> Iterator[list[str]]:
     finally:
         pickle.loads, pickle.load = originals
         assert calls == [], calls
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the session (or ``AFTERWORK_TEST_REDIS_URL``)."""
+    url = os.environ.get("AFTERWORK_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

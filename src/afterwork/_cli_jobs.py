@@ -34,7 +34,7 @@ EXIT_NOT_APPLICABLE = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
 
-jobs_app = typer.Typer(
+jobs_app: typer.Typer = typer.Typer(
     name="jobs",
     help="List, inspect, cancel and retry jobs.",
     no_args_is_help=True,

@@ -147,7 +147,7 @@ class ArgumentCodec:
                 f"{task_name}: a task with *args cannot also take injected parameters "
                 f"({', '.join(i.name for i in self.injected)}); make them keyword-only"
             )
-        self.signature = signature.replace(parameters=kept)
+        self.signature: inspect.Signature = signature.replace(parameters=kept)
         self._params = {p.name: p for p in params}
 
     @property

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ("JOB_TASK_PREFIX", "BlockStatistics", "LoopWatchdog")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: The worker names each job's asyncio task ``JOB_TASK_PREFIX + job id``.
 JOB_TASK_PREFIX = "afterwork job "
@@ -86,7 +86,7 @@ class LoopWatchdog:
             raise ValueError("threshold must be positive")
         self.worker = worker
         self.threshold = threshold
-        self.interval = interval if interval is not None else threshold / 2
+        self.interval: float = interval if interval is not None else threshold / 2
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._thread: threading.Thread | None = None

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Afterwork", "Settings")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,12 +81,12 @@ class Afterwork:
         unknown = set(settings) - set(Settings.__dataclass_fields__)
         if unknown:
             raise ConfigurationError(f"unknown Afterwork options: {', '.join(sorted(unknown))}")
-        self.config = Settings(**settings)
+        self.config: Settings = Settings(**settings)
         if backend is not None and url is not None:
             raise ConfigurationError("pass a url or a backend, not both")
-        self.url = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
+        self.url: str = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
-        self.rng = random.Random(seed)
+        self.rng: random.Random = random.Random(seed)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._workers: set[Worker] = set()
         self._open = False
@@ -102,8 +102,8 @@ class Afterwork:
             ]
         ] = [dependencies.inject_job]
         self._app: Any = None  # the app served through ``lifespan``: its dependency_overrides
-        self.scheduler = Scheduler(self)
-        self.supervisor = ServiceSupervisor(self)
+        self.scheduler: Scheduler = Scheduler(self)
+        self.supervisor: ServiceSupervisor = ServiceSupervisor(self)
 
     def __repr__(self) -> str:
         return f"Afterwork({self.url!r}, tasks={len(self.tasks)})"

@@ -18,9 +18,9 @@ from .app import Afterwork
 
 __all__ = ("app", "load_afterwork", "main")
 
-logger = logging.getLogger("afterwork.cli")
+logger: logging.Logger = logging.getLogger("afterwork.cli")
 
-app = typer.Typer(
+app: typer.Typer = typer.Typer(
     name="afterwork",
     help="Reliable background work for FastAPI: run workers, inspect and steer jobs.",
     no_args_is_help=True,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ("JobRun", "Runner")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: Seconds the teardown of a job's dependencies may take before it is abandoned.
 CLEANUP_TIMEOUT = 30.0

@@ -49,7 +49,7 @@ __all__ = (
     "Trigger",
 )
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: What to do with ticks that passed while no scheduler ran (see :class:`Schedule`).
 Misfire = Literal["skip", "run_once"]
@@ -267,7 +267,7 @@ class Scheduler:
     def __init__(self, owner: Afterwork) -> None:
         self.owner = owner
         self.schedules: dict[str, Schedule] = {}
-        self.passes = 0
+        self.passes: int = 0
         """Completed scheduling passes (for tests and statistics)."""
         self._seen: dict[str, float] = {}  # per schedule: the latest tick already decided
         self._wakeup = anyio.Event()

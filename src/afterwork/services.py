@@ -59,7 +59,7 @@ __all__ = (
     "ServiceSupervisor",
 )
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: When a service that ended is started again.
 Restart = Literal["always", "on-failure", "never"]

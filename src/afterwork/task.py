@@ -103,8 +103,8 @@ class Task(Generic[P, R]):
         self.func = func
         self.name = name
         self.opts = options
-        self.is_async = inspect.iscoroutinefunction(func)
-        self.codec = ArgumentCodec(func, name)
+        self.is_async: bool = inspect.iscoroutinefunction(func)
+        self.codec: ArgumentCodec = ArgumentCodec(func, name)
         functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
@@ -140,7 +140,7 @@ class TaskCall:
     __slots__ = ("_options", "task")
 
     def __init__(self, task: Task[Any, Any], options: dict[str, Any]) -> None:
-        self.task = task
+        self.task: Task[Any, Any] = task
         self._options = options
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._watchdog import JOB_TASK_PREFIX, LoopWatchdog
-from .backends.base import Claim, Inspector, Outcome
+from .backends.base import CancelWatch, Claim, Inspector, Outcome
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
 if TYPE_CHECKING:
@@ -164,6 +164,12 @@ class Worker:
             ",".join(self.queues) if self.queues else "all",
             extra={"action": "worker_started", "worker": {"id": self.id}},
         )
+        backend = self.owner.backend
+        # Cancel requests made in other processes reach this worker at once where the
+        # store can push them (the heartbeat reply covers every store).
+        unwatch = (
+            backend.watch_cancels(self.cancel_local) if isinstance(backend, CancelWatch) else None
+        )
         try:
             if self.watchdog is not None:
                 self.watchdog.start()
@@ -179,6 +185,8 @@ class Worker:
         finally:
             if self.watchdog is not None:
                 self.watchdog.stop()
+            if unwatch is not None:
+                unwatch()
             self.owner._workers.discard(self)
             logger.info(
                 "worker %s stopped after %d job(s)",

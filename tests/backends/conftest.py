@@ -6,6 +6,7 @@ A backend joins the suite by adding a name to ``BACKENDS`` and a branch to ``mak
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -35,6 +36,10 @@ def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureReques
         return "memory://"
     if backend_name == "sqlite":
         return f"sqlite:///{tmp_path}/afterwork.db"
+    if backend_name == "redis":
+        # One key prefix per test keeps tests apart on one server.
+        url = request.getfixturevalue("redis_url")
+        return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 
 

@@ -1,18 +1,20 @@
-"""Helpers for the API and dashboard tests: an app with the router behind auth, an SSE reader."""
+"""Integration helpers: the router behind auth, an SSE reader, a Redis limited by ACL."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
 
 from afterwork import Afterwork
 
+from ..redis_server import RedisServer
 from ..servers import serve as serve
 
 TOKEN = "test-admin-token"
@@ -87,3 +89,31 @@ class EventReader:
                 continue
             if all(message.data.get(k) == v for k, v in match.items()):
                 return message
+
+
+#: The least-privileged user afterwork must work with (RELIABILITY.md, T-ACLTLS).
+ACL_USER = "aw on >pw ~afterwork:* &afterwork:* +@all -@dangerous"
+ADMIN_USER = "default on >admin-only resetkeys ~* &* +@all"
+
+
+@pytest.fixture
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server where afterwork connects as a user limited to its prefix.
+
+    The default user keeps full rights behind a password rather than ``off``: Redis 7.0
+    replays the AOF's MULTI/EXEC blocks (how script effects are logged) as the default
+    user, so with it disabled a restart drops every job (seen with 7.0.15).
+    """
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis-acl"),
+        extra=["--user", *ACL_USER.split(), "--user", *ADMIN_USER.split()],
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def acl_url(server: RedisServer, prefix: str = "afterwork") -> str:
+    return f"redis://aw:pw@127.0.0.1:{server.port}/0?prefix={prefix}"

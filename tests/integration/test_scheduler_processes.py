@@ -9,22 +9,17 @@ between processes) is ``tests/unit/test_scheduler.py``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
+import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import anyio
 import pytest
-import redis
 
 from afterwork import Afterwork
 
@@ -33,62 +28,17 @@ pytestmark = [pytest.mark.anyio, pytest.mark.chaos, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.sched_app:aw"
 
-#: Backends the process test runs on. Until a backend's module is merged its variant is
-#: skipped (the lead removes that skip at merge; then a missing server must fail).
+#: Backends the process test runs on (memory cannot be shared between processes).
 PROCESS_BACKENDS = ["sqlite", "redis"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``AFTERWORK_TEST_REDIS_URL``, or a private ``redis-server`` stopped by pid."""
-    url = os.environ.get("AFTERWORK_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not on PATH and AFTERWORK_TEST_REDIS_URL is not set")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if server.poll() is not None:
-                    pytest.fail("redis-server exited at startup")
-                time.sleep(0.05)  # a fixture starting a server, not a test waiting on time
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(params=PROCESS_BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = str(request.param)
-    if importlib.util.find_spec(f"afterwork.backends.{name}") is None:
-        pytest.skip(f"afterwork.backends.{name} is not merged yet (remove this skip at merge)")
     if name == "sqlite":
         return f"sqlite:///{tmp_path / 'afterwork.db'}"
-    url = str(request.getfixturevalue("redis_url"))
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    url = str(request.getfixturevalue("redis_url"))  # the session's private redis-server
+    return f"{url}?prefix=afterwork:sched{uuid.uuid4().hex[:12]}"
 
 
 def _start_scheduler(url: str, log: Path) -> subprocess.Popen[bytes]:

@@ -31,7 +31,7 @@ from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
 
 __all__ = ("Database", "connect", "is_busy")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

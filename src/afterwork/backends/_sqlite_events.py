@@ -23,7 +23,7 @@ from ..job import JobEvent, JobStatus
 
 __all__ = ("EventPump",)
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 _SELECT = (
     "SELECT id, kind, job_id, task, queue, status, attempts, at, progress, message"

@@ -15,7 +15,7 @@ from .base import NewJob
 
 __all__ = ("ACTIVE_SQL", "MALFORMED", "SELECT", "TERMINAL_SQL", "Tx", "dumps", "load", "load_one")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 MALFORMED = "afterwork.MalformedRecord"
 

@@ -31,6 +31,7 @@ from ..job import Job, JobError, JobEvent, JobStatus
 
 __all__ = (
     "Backend",
+    "CancelWatch",
     "Claim",
     "Clock",
     "EventStream",
@@ -280,6 +281,19 @@ class Ticks(Protocol):
 
     async def last_tick(self, schedule: str) -> float | None:
         """The latest tick of ``schedule`` that was enqueued, or ``None``."""
+        ...
+
+
+@runtime_checkable
+class CancelWatch(Protocol):
+    """Optional: a store that tells the process running a job when it is cancelled.
+
+    Without it a running job learns of a cancel request from its next heartbeat; with it
+    the worker stops the job as soon as the request is made, from any process.
+    """
+
+    def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(job_id)`` on each cancel request; return a function to stop."""
         ...
 
 

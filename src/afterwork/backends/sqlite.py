@@ -39,7 +39,7 @@ from .base import Claim, Clock, EventStream, HeartbeatReply, Lease, NewJob, Outc
 
 __all__ = ("SQLiteBackend", "path_from_url")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ class SQLiteBackend(InspectorMixin):
             raise ConfigurationError("SQLite timeouts and intervals must be positive")
         if event_retention < 1:
             raise ConfigurationError("event_retention must be at least 1")
-        self.path = os.path.abspath(path)
+        self.path: str = os.path.abspath(path)
         self._clock: Clock = clock or time.time
         self._poll_interval = poll_interval
         self._max_poll_interval = max(max_poll_interval, poll_interval)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Jobs", "JobsManager", "PendingJob", "get_afterwork")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 

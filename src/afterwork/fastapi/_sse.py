@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ("EventReplay", "event_stream", "format_event")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: What a browser waits before it reconnects a dropped stream, in milliseconds.
 RETRY_MS = 3_000

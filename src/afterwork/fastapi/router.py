@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ("CSRF_HEADER", "RouterOptions", "create_router")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 #: The header every state-changing request must carry (with the value ``1``).
 CSRF_HEADER = "X-Afterwork-CSRF"

@@ -1,0 +1,200 @@
+"""The Redis backend's Lua scripts and the codec between job records and :class:`Job`.
+
+Every state change that touches more than one key is one script (``lua/*.lua``), each run
+atomically by Redis. A script starts with ``lua/common.lua``: the key layout, the store
+clock and the helpers the scripts share.
+
+Key layout under the prefix ``P`` (default ``afterwork``)::
+
+    P:job:<id>        hash     one job (fields: FIELDS below, plus done_token)
+    P:q:<queue>       zset     ready jobs; score orders by priority, then arrival
+    P:delayed         zset     scheduled jobs and retries, by run_at
+    P:leases          zset     running jobs, by lease expiry (what recovery scans)
+    P:all             zset     every job id (lexical order = creation order), for listing
+    P:done / P:expires zset    finished jobs by finish time / by result expiry (purge)
+    P:key:<key>       string   the unfinished job holding a dedupe key
+    P:stats:<queue>   hash     job counts per status
+    P:queues          set      queue names;  P:seq  string  arrival counter
+    P:tick:<s>:<t>    string   a taken tick;  P:ticks  hash  last tick per schedule
+    P:events          stream   JobEvents (capped);  P:bad:<id>  a quarantined raw record
+    channels P:wake (a job became due) and P:cancel (a running job should stop)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from ..job import Job, JobError, JobStatus
+from .base import NewJob
+
+__all__ = ("FIELDS", "SCRIPTS", "MalformedRecord", "Script", "job_args", "new_job", "parse_job")
+
+#: The job hash fields every script returns, in this order (``record()`` in common.lua).
+FIELDS = (
+    "id task queue status args kwargs prio attempts max recov key created run_at started "
+    "finished result error progress pmsg timeout ttl worker lease cancel token"
+).split()
+TOKEN = FIELDS.index("token")
+
+MALFORMED = "afterwork.MalformedRecord"
+
+
+class MalformedRecord(Exception):
+    """A stored record that cannot be read as a job."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script with the shared prelude, and its SHA1 for ``EVALSHA``."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _load() -> dict[str, Script]:
+    folder = resources.files(__package__).joinpath("lua")
+    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    scripts: dict[str, Script] = {}
+    for entry in folder.iterdir():
+        name = entry.name.removesuffix(".lua")
+        if not entry.name.endswith(".lua") or name == "common":
+            continue
+        source = f"{common}\n{entry.read_text(encoding='utf-8')}"
+        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        scripts[name] = Script(name, source, sha)
+    return scripts
+
+
+SCRIPTS = _load()
+
+
+def fmt(value: float) -> float:
+    """Round like the scripts do (``%.6f``), so local and stored timestamps compare equal."""
+    return float(f"{value:.6f}")
+
+
+def _opt(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def job_args(new: NewJob) -> list[str]:
+    """The 11 script arguments that describe a new job (``create()`` in common.lua)."""
+    return [
+        new.id,
+        new.task,
+        new.queue,
+        to_json(new.args).decode(),
+        to_json(new.kwargs).decode(),
+        str(int(new.priority)),
+        str(int(new.max_attempts)),
+        new.key or "",
+        repr(float(max(new.delay, 0.0))),
+        _opt(new.timeout),
+        _opt(new.result_ttl),
+    ]
+
+
+def new_job(new: NewJob, now: float) -> Job:
+    """The job the enqueue script just created, built locally instead of read back."""
+    delay = max(new.delay, 0.0)
+    return Job(
+        id=new.id,
+        task=new.task,
+        queue=new.queue,
+        status=JobStatus.SCHEDULED if delay > 0 else JobStatus.QUEUED,
+        args=list(new.args),
+        kwargs=dict(new.kwargs),
+        priority=int(new.priority),
+        max_attempts=int(new.max_attempts),
+        key=new.key,
+        created_at=now,
+        run_at=fmt(now + delay) if delay > 0 else now,
+        timeout=new.timeout,
+        result_ttl=new.result_ttl,
+    )
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
+def parse_job(record: list[Any]) -> Job:
+    """A :class:`Job` from a record (``FIELDS`` order). Raises :class:`MalformedRecord`."""
+    try:
+        (
+            id_,
+            task,
+            queue,
+            status,
+            args,
+            kwargs,
+            prio,
+            attempts,
+            max_attempts,
+            recov,
+            key,
+            created,
+            run_at,
+            started,
+            finished,
+            result,
+            error,
+            progress,
+            pmsg,
+            timeout,
+            ttl,
+            worker,
+            lease,
+            cancel,
+            _token,
+        ) = record
+        decoded_args = from_json(args) if args else []
+        decoded_kwargs = from_json(kwargs) if kwargs else {}
+        if not isinstance(decoded_args, list) or not isinstance(decoded_kwargs, dict):
+            raise ValueError("args must be a JSON array and kwargs a JSON object")
+        return Job(
+            id=id_,
+            task=task,
+            queue=queue,
+            status=JobStatus(status),
+            args=decoded_args,
+            kwargs=decoded_kwargs,
+            priority=int(prio or 0),
+            attempts=int(attempts or 0),
+            max_attempts=int(max_attempts or 0),
+            recoveries=int(recov or 0),
+            key=key,
+            created_at=float(created),
+            run_at=float(run_at),
+            started_at=_float(started),
+            finished_at=_float(finished),
+            result=None if result is None else from_json(result),
+            error=None if not error else JobError.from_dict(from_json(error)),
+            progress=_float(progress),
+            progress_message=pmsg,
+            timeout=_float(timeout),
+            result_ttl=_float(ttl),
+            worker=worker,
+            lease_expires_at=_float(lease),
+            cancel_requested=cancel == "1",
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MalformedRecord(f"{type(exc).__name__}: {exc}") from exc
+
+
+def unreadable_job(job_id: str, record: list[Any] | None, reason: str) -> Job:
+    """What ``get()`` shows for a record it cannot read: a failed job that says why."""
+    task = record[1] if record and isinstance(record[1], str) else "?"
+    return Job(
+        id=job_id,
+        task=task,
+        queue=record[2] if record and isinstance(record[2], str) else "?",
+        status=JobStatus.FAILED,
+        error=JobError.from_message(MALFORMED, f"the stored record cannot be read: {reason}"),
+    )

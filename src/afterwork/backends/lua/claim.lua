@@ -1,0 +1,77 @@
+-- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix,
+-- ARGV[8] number of queues (0: all), the queues, then the excluded tasks.
+local worker, ttl, limit, base = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local nq = tonumber(ARGV[8])
+local queues = {}
+for i = 1, nq do queues[i] = ARGV[8 + i] end
+if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
+local excluded = {}
+for i = 9 + nq, #ARGV do excluded[ARGV[i]] = true end
+
+-- Promote due delayed jobs (retries included) to their ready queues.
+local due = redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', NOW, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  local f = fields(id, 'status', 'queue', 'prio')
+  if f == nil then
+    quarantine(id, nil)
+  else
+    redis.call('ZREM', P .. ':delayed', id)
+    if f[1] == 'scheduled' then
+      redis.call('HSET', jkey(id), 'status', 'queued')
+      count(f[2], 'scheduled', 'queued')
+      ready(id, f[2], f[3])
+    end
+  end
+end
+
+-- The best `limit` candidates of each queue, then the best `limit` of them all.
+local candidates = {}
+local skipped = 0
+for _, queue in ipairs(queues) do
+  local qkey = P .. ':q:' .. queue
+  local offset, found, scanned = 0, 0, 0
+  while found < limit and scanned < 5000 do
+    local page = redis.call('ZRANGE', qkey, offset, offset + limit + 31, 'WITHSCORES')
+    if #page == 0 then break end
+    for k = 1, #page, 2 do
+      local id = page[k]
+      scanned = scanned + 1
+      local f = fields(id, 'status', 'task')
+      if f == nil then
+        quarantine(id, qkey)
+      elseif f[1] ~= 'queued' then
+        redis.call('ZREM', qkey, id) -- a stale entry
+      elseif excluded[f[2]] then
+        offset = offset + 1
+        skipped = skipped + 1
+      else
+        offset = offset + 1
+        if found < limit then
+          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue}
+          found = found + 1
+        end
+      end
+    end
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+
+local lease = fmt(now + ttl)
+local out = {}
+for i = 1, math.min(limit, #candidates) do
+  local c = candidates[i]
+  local id = c[2]
+  redis.call('ZREM', c[3], id)
+  local attempts = redis.call('HINCRBY', jkey(id), 'attempts', 1)
+  redis.call('HSET', jkey(id), 'status', 'running', 'started', NOW, 'worker', worker,
+    'lease', lease, 'cancel', '0', 'token', base .. i)
+  redis.call('ZADD', P .. ':leases', lease, id)
+  count(c[4], 'queued', 'running')
+  local rec = record(id)
+  emit('started', id, rec[2], c[4], 'running', tostring(attempts))
+  out[#out + 1] = rec
+end
+return {skipped, out}

@@ -1,0 +1,131 @@
+-- Shared prelude of every afterwork script. ARGV[1] = key prefix, ARGV[2] = now (seconds
+-- since the epoch, or "" for the server's TIME), ARGV[3] = events stream MAXLEN.
+-- Keys are built from the prefix, so every script runs on a standalone Redis (not Cluster).
+local P = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt(x) return string.format('%.6f', x) end
+now = tonumber(fmt(now))
+local NOW = fmt(now)
+local MAXLEN = ARGV[3]
+local FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
+  'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error', 'progress',
+  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token'}
+local TERMINAL = {succeeded = true, failed = true, cancelled = true}
+local wake = false
+
+local function jkey(id) return P .. ':job:' .. id end
+
+local function record(id)
+  return redis.call('HMGET', jkey(id), unpack(FIELDS))
+end
+
+-- HMGET that never raises: a key of the wrong type (a malformed record) gives nil.
+local function fields(id, ...)
+  local ok, res = pcall(redis.call, 'HMGET', jkey(id), ...)
+  if type(res) == 'table' and res.err == nil then return res end
+  return nil
+end
+
+local function emit(kind, id, task, queue, status, attempts, progress, message)
+  redis.call('XADD', P .. ':events', 'MAXLEN', '~', MAXLEN, '*', 'k', kind, 'j', id,
+    't', task or '', 'q', queue or '', 's', status, 'a', attempts or '0', 'at', NOW,
+    'p', progress or '', 'm', message or '')
+end
+
+local function count(queue, from, to)
+  local h = P .. ':stats:' .. queue
+  if from then redis.call('HINCRBY', h, from, -1) end
+  if to then redis.call('HINCRBY', h, to, 1) end
+end
+
+-- Ready queues are sorted sets: higher priority first, then first come (a sequence).
+local function ready(id, queue, prio)
+  local p = tonumber(prio) or 0
+  if p > 8000 then p = 8000 elseif p < -8000 then p = -8000 end
+  local seq = redis.call('INCR', P .. ':seq')
+  redis.call('ZADD', P .. ':q:' .. queue, string.format('%.17g', -p * 1e12 + seq), id)
+  wake = true
+end
+
+local function delay_until(id, at)
+  redis.call('ZADD', P .. ':delayed', fmt(at), id)
+end
+
+-- Bookkeeping for a job that reached a final state.
+local function finalize(id, key, ttl)
+  if key and key ~= '' and redis.call('GET', P .. ':key:' .. key) == id then
+    redis.call('DEL', P .. ':key:' .. key)
+  end
+  redis.call('ZADD', P .. ':done', NOW, id)
+  local t = tonumber(ttl)
+  if t then
+    redis.call('ZADD', P .. ':expires', fmt(now + t), id)
+    -- A safety net in case no reaper runs: purge() normally deletes the job first.
+    redis.call('EXPIRE', jkey(id), math.floor(t) + 3600)
+  end
+end
+
+local function error_json(type_, message)
+  return cjson.encode({type = type_, message = message, traceback = ''})
+end
+
+-- A record that cannot be read as a job: keep its raw value aside, leave a failed job.
+local function quarantine(id, queue_key)
+  if queue_key then redis.call('ZREM', queue_key, id) end
+  redis.call('ZREM', P .. ':delayed', id)
+  redis.call('ZREM', P .. ':leases', id)
+  if redis.call('EXISTS', jkey(id)) == 1 then
+    redis.call('RENAME', jkey(id), P .. ':bad:' .. id)
+  end
+  redis.call('HSET', jkey(id), 'id', id, 'task', '?', 'queue', '?', 'status', 'failed',
+    'args', '[]', 'kwargs', '{}', 'prio', '0', 'attempts', '0', 'max', '1', 'recov', '0',
+    'created', NOW, 'run_at', NOW, 'finished', NOW,
+    'error', error_json('afterwork.MalformedRecord',
+      'the stored record is not a job afterwork can read; its raw value is kept under '
+      .. P .. ':bad:' .. id))
+  redis.call('ZADD', P .. ':all', 0, id)
+  redis.call('ZADD', P .. ':done', NOW, id)
+  emit('failed', id, '?', '?', 'failed', '0')
+end
+
+-- Create one job from 11 arguments starting at ARGV[i]. Returns false if created, or the
+-- record of the job that already holds the key (or the id).
+local function create(i)
+  local id, task, queue, args, kwargs = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local prio, max, key, delay = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  local timeout, ttl = ARGV[i + 9], ARGV[i + 10]
+  if key ~= '' then
+    local holder = redis.call('GET', P .. ':key:' .. key)
+    if holder and redis.call('EXISTS', jkey(holder)) == 1 then return record(holder) end
+  end
+  if redis.call('EXISTS', jkey(id)) == 1 then return record(id) end
+  local status = 'queued'
+  local run_at = now
+  if delay > 0 then
+    status = 'scheduled'
+    run_at = tonumber(fmt(now + delay))
+  end
+  redis.call('HSET', jkey(id), 'id', id, 'task', task, 'queue', queue, 'status', status,
+    'args', args, 'kwargs', kwargs, 'prio', prio, 'attempts', '0', 'max', max, 'recov', '0',
+    'created', NOW, 'run_at', fmt(run_at), 'cancel', '0')
+  if key ~= '' then
+    redis.call('HSET', jkey(id), 'key', key)
+    redis.call('SET', P .. ':key:' .. key, id)
+  end
+  if timeout ~= '' then redis.call('HSET', jkey(id), 'timeout', timeout) end
+  if ttl ~= '' then redis.call('HSET', jkey(id), 'ttl', ttl) end
+  redis.call('ZADD', P .. ':all', 0, id)
+  redis.call('SADD', P .. ':queues', queue)
+  count(queue, false, status)
+  if status == 'queued' then ready(id, queue, prio) else delay_until(id, run_at) end
+  emit('enqueued', id, task, queue, status, '0')
+  return false
+end
+
+local function publish_wake()
+  if wake then redis.call('PUBLISH', P .. ':wake', '1') end
+end

@@ -1,0 +1,564 @@
+"""The Redis backend: any number of web and worker processes on any number of machines.
+
+Every state change that touches more than one key runs as one Lua script (see
+``_redis_scripts``), so a crash or a lost connection never leaves a job half-written and
+workers never read-then-write. Time is the Redis server's ``TIME`` unless a clock is
+injected (tests), in which case each script gets ``now`` as an argument.
+
+Idle workers wait on a pub/sub wake-up channel (plus a check of the delayed set, so a
+scheduled job wakes them at its time); cancel requests reach the owning worker on a
+second channel. Events go to a capped stream, so every process sees every change and a
+reader can resume from ``JobEvent.id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from pydantic_core import to_json
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._notify import Notifier
+from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
+from ..job import Job, JobError, JobStatus
+from ._redis_events import StreamEvents, execute
+from ._redis_scripts import (
+    FIELDS,
+    MALFORMED,
+    SCRIPTS,
+    TOKEN,
+    MalformedRecord,
+    Script,
+    job_args,
+    new_job,
+    parse_job,
+    unreadable_job,
+)
+from .base import (
+    Claim,
+    Clock,
+    EventStream,
+    HeartbeatReply,
+    JobFilter,
+    Lease,
+    NewJob,
+    Outcome,
+    QueueStats,
+)
+
+__all__ = ("RedisBackend",)
+
+logger = logging.getLogger(__name__)
+
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_FINISH_BATCH = 256
+
+
+class RedisBackend:
+    """Jobs in Redis, moved between states by Lua scripts.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://…`` for TLS. Query
+            options ``prefix`` and ``events_maxlen`` are read here; the others go to
+            redis-py (``ssl_ca_certs``, ``ssl_cert_reqs``, …).
+        clock: seconds since the epoch; ``None`` uses the Redis server's clock.
+        prefix: every key and channel starts with ``<prefix>:``.
+        events_maxlen: about how many events the stream keeps for late readers.
+        socket_timeout: seconds a command may take before the connection counts as lost.
+        connect_timeout: seconds to wait for a connection.
+        retry_for: how long an operation is retried while Redis cannot be reached, before
+            it raises :class:`~afterwork.exceptions.BackendUnavailable`.
+        finish_retry_for: the same for recording outcomes (safe to retry: fenced).
+
+    Example:
+        ```python
+        aw = Afterwork("redis://localhost:6379/0?prefix=myapp")
+        ```
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        clock: Clock | None = None,
+        prefix: str = "afterwork",
+        events_maxlen: int = 10_000,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        retry_for: float = 2.0,
+        finish_retry_for: float = 30.0,
+        **redis_options: Any,
+    ) -> None:
+        if not prefix or any(c in prefix for c in " {}"):
+            raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
+        self.url = url
+        self.prefix = prefix
+        self.events_key = f"{prefix}:events"
+        self._clock = clock
+        self._maxlen = str(int(events_maxlen))
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._retry_for = retry_for
+        self._finish_retry_for = finish_retry_for
+        self._redis_options = redis_options
+        self._redis: aioredis.Redis | None = None
+        self._blocking: aioredis.Redis | None = None
+        self._offset = 0.0  # server clock minus local clock
+        self._wake = Notifier()
+        self._skipped = False
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._cancel_callbacks: list[Callable[[str], object]] = []
+        self._finishes: list[tuple[list[str], asyncio.Future[Job | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._streams: set[StreamEvents] = set()
+        self._closed = True
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> RedisBackend:
+        """Build from a URL; ``?prefix=`` and ``?events_maxlen=`` become options."""
+        parts = urlsplit(url)
+        rest: list[tuple[str, str]] = []
+        for name, value in parse_qsl(parts.query):
+            if name == "prefix":
+                options.setdefault("prefix", value)
+            elif name == "events_maxlen":
+                options.setdefault("events_maxlen", int(value))
+            else:
+                rest.append((name, value))
+        clean = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(clean, clock=clock, **options)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(prefix={self.prefix!r})"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return time.time() + self._offset
+
+    def _client(self, socket_timeout: float | None) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            retry=RedisRetry(NoBackoff(), 0),
+            health_check_interval=0,
+            client_name=f"afterwork:{self.prefix}",
+            **self._redis_options,
+        )
+
+    async def open(self) -> None:
+        if not self._closed:
+            return
+        self._redis = self._client(self._socket_timeout)
+        self._subscribed = asyncio.Event()  # bound to this loop on first use
+        self._blocking = self._client(self._socket_timeout + 5.0)
+        self._closed = False
+        try:
+            before = time.time()
+            seconds, micros = await self._command("TIME")
+            after = time.time()
+            self._offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
+            await self._load_scripts()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _load_scripts(self) -> None:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script in SCRIPTS.values():
+                pipe.execute_command("SCRIPT", "LOAD", script.source)
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for stream in list(self._streams):
+            stream.close()
+        tasks = {t for t in (self._listener, self._flusher) if t is not None and not t.done()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # redis-py's pub/sub read may swallow a cancel; the loop also checks _closed.
+            await asyncio.wait(tasks, timeout=2.0)
+        self._listener = self._flusher = None
+        self._subscribed.clear()
+        for client in (self._redis, self._blocking):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._redis = self._blocking = None
+        self._wake.notify()
+
+    # -- talking to Redis ----------------------------------------------------------------
+
+    def _require(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("the Redis backend is not open; use `async with aw:`")
+        return self._redis
+
+    async def _command(self, *args: Any, retry_for: float | None = None) -> Any:
+        return await self._retrying(lambda: execute(self._require(), *args), retry_for)
+
+    async def _eval(
+        self, script: Script, *args: str, retry_for: float | None = None, replay: int = -1
+    ) -> Any:
+        """Run ``script`` (``now`` and the prefix go first); reload it after a restart."""
+        argv = [self.prefix, "" if self._clock is None else repr(self._clock()), self._maxlen]
+        argv.extend(args)
+
+        async def call() -> Any:
+            client = self._require()
+            try:
+                return await execute(client, "EVALSHA", script.sha, 0, *argv)
+            except NoScriptError:
+                await execute(client, "SCRIPT", "LOAD", script.source)
+                return await execute(client, "EVALSHA", script.sha, 0, *argv)
+
+        def on_retry() -> None:
+            if replay >= 0:
+                argv[replay] = "1"  # a finish whose reply was lost may have been applied
+
+        return await self._retrying(call, retry_for, on_retry)
+
+    async def _retrying(
+        self,
+        call: Callable[[], Any],
+        retry_for: float | None,
+        on_retry: Callable[[], None] | None = None,
+    ) -> Any:
+        """Retry ``call`` with backoff while Redis cannot be reached, up to ``retry_for`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._retry_for if retry_for is None else retry_for)
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except _TRANSIENT as exc:
+                attempt += 1
+                delay = min(0.5, 0.02 * 2**attempt) * (0.5 + random.random() / 2)
+                if self._closed or loop.time() + delay > deadline:
+                    raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
+                logger.debug("Redis unreachable (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                if on_retry is not None:
+                    on_retry()
+            except RedisError as exc:
+                raise BackendError(f"Redis failed: {exc}") from exc
+
+    # -- the Backend protocol ------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+        args = [str(len(jobs))]
+        for new in jobs:
+            args.extend(job_args(new))
+        reply = await self._eval(SCRIPTS["enqueue"], *args)
+        now = float(reply[0])
+        return [
+            new_job(new, now) if existing == 0 else self._parse(existing)
+            for new, existing in zip(jobs, reply[1:], strict=True)
+        ]
+
+    async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
+        token = secrets.token_hex(16)
+        record = await self._eval(
+            SCRIPTS["start"], worker, repr(float(lease_ttl)), token, *job_args(job)
+        )
+        return Claim(self._parse(record), token)
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str] = (),
+    ) -> list[Claim]:
+        if limit <= 0:
+            return []
+        if self._cancel_callbacks and not self._subscribed.is_set():
+            # Claim only once cancel requests for the claimed jobs can reach us.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), self._connect_timeout)
+        names = list(queues or ())
+        skipped, records = await self._eval(
+            SCRIPTS["claim"],
+            worker,
+            repr(float(lease_ttl)),
+            str(limit),
+            secrets.token_hex(8) + "-",
+            str(len(names)),
+            *names,
+            *exclude_tasks,
+            retry_for=0.0,  # a lost reply must not claim twice; the worker loop retries
+        )
+        self._skipped = bool(skipped)
+        claims: list[Claim] = []
+        for record in records:
+            try:
+                claims.append(Claim(parse_job(record), record[TOKEN]))
+            except MalformedRecord as exc:
+                await self._quarantine_claimed(record, str(exc))
+        return claims
+
+    async def _quarantine_claimed(self, record: list[Any], reason: str) -> None:
+        logger.error(
+            "job %s has a malformed record (%s); failed as %s",
+            record[0],
+            reason,
+            MALFORMED,
+            extra={"action": "job_malformed", "job": {"id": record[0]}},
+        )
+        error = JobError.from_message(MALFORMED, f"the stored record cannot be read: {reason}")
+        await self.finish(Lease(record[0], record[TOKEN]), Outcome.failed(error))
+
+    async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply()
+        args = [repr(float(lease_ttl))]
+        for lease in leases:
+            args.extend((lease.job_id, lease.token))
+        lost, cancel = await self._eval(SCRIPTS["heartbeat"], *args)
+        return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
+
+    async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
+        status = outcome.status
+        if status not in (
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.SCHEDULED,
+            JobStatus.QUEUED,
+        ):
+            raise ValueError(f"not an outcome: {status!r}")
+        item = [
+            lease.job_id,
+            lease.token,
+            status.value,
+            to_json(outcome.result).decode() if status is JobStatus.SUCCEEDED else "",
+            "" if outcome.error is None else to_json(outcome.error.to_dict()).decode(),
+            repr(float(outcome.delay)),
+        ]
+        # Finishes issued together (a batch of jobs ending in the same loop turn) share one
+        # script call: group commit, with each one still fenced by its own token.
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        self._finishes.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_finishes())
+        job = await future
+        if job is not None and status is not JobStatus.SUCCEEDED:
+            self._wake.notify()  # a slot or a concurrency-limited task may be free now
+        return job
+
+    async def _flush_finishes(self) -> None:
+        while self._finishes:
+            batch = self._finishes[:_FINISH_BATCH]
+            del self._finishes[:_FINISH_BATCH]
+            args = ["0"]
+            for item, _ in batch:
+                args.extend(item)
+            try:
+                reply = await self._eval(
+                    SCRIPTS["finish"], *args, retry_for=self._finish_retry_for, replay=3
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self._wake.notify()
+            for (_, future), record in zip(batch, reply, strict=True):
+                if not future.done():
+                    future.set_result(None if record == 0 else self._parse(record))
+
+    async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
+        reply = await self._eval(
+            SCRIPTS["progress"],
+            lease.job_id,
+            lease.token,
+            repr(float(progress)),
+            message or "",
+            "0" if message is None else "1",
+        )
+        return bool(reply)
+
+    async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
+        recovered: list[Job] = []
+        while True:
+            records = await self._eval(SCRIPTS["recover"], str(max_recoveries), "500")
+            recovered.extend(self._parse(record) for record in records)
+            if len(records) < 500:
+                return recovered
+
+    async def get(self, job_id: str) -> Job | None:
+        try:
+            record = await self._command("HMGET", self._key(f"job:{job_id}"), *FIELDS)
+        except BackendError as exc:
+            if isinstance(exc, BackendUnavailable):
+                raise
+            return unreadable_job(job_id, None, str(exc.__cause__ or exc))
+        if record[0] is None and record[3] is None:
+            return None
+        return self._parse(record, job_id)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        record = await self._eval(SCRIPTS["cancel"], job_id)
+        return None if not record else self._parse(record, job_id)
+
+    def _parse(self, record: list[Any], job_id: str | None = None) -> Job:
+        try:
+            return parse_job(record)
+        except MalformedRecord as exc:
+            return unreadable_job(job_id or str(record[0]), record, str(exc))
+
+    async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
+        self._ensure_listener()
+        ticket = self._wake.ticket()
+        if self._skipped:
+            # The last claim passed over jobs of tasks at their concurrency limit: checking
+            # again would find them and spin. Wait for a finish or a new job instead.
+            self._skipped = False
+        else:
+            names = list(queues or ())
+            try:
+                due = float(await self._eval(SCRIPTS["peek"], str(len(names)), *names))
+            except BackendError:
+                due = -1.0  # Redis is away: wait, the claim loop will retry
+            if due == 0:
+                return
+            if due > 0:
+                timeout = min(timeout, due)
+        await self._wake.wait(ticket, timeout)
+
+    def events(self) -> EventStream:
+        # Stream ids are the server's milliseconds: start a second before "now" so that
+        # nothing published after this call can be missed (a few older events may come).
+        start = int((time.time() + self._offset) * 1000) - 1000
+        stream = StreamEvents(self, f"{max(start, 0)}-0")
+        if self._closed:
+            stream.close()
+        self._streams.add(stream)
+        return stream
+
+    def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(job_id)`` when someone asks to cancel a running job."""
+        self._cancel_callbacks.append(callback)
+        self._ensure_listener()
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._cancel_callbacks.remove(callback)
+
+        return unwatch
+
+    def _ensure_listener(self) -> None:
+        if not self._closed and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.create_task(self._listen(), name="afterwork redis listener")
+
+    async def _listen(self) -> None:
+        """Relay the wake-up and cancel channels; reconnect while Redis is away."""
+        wake, cancel = self._key("wake"), self._key("cancel")
+        backoff = 0.05
+        while not self._closed:
+            pubsub = self._require().pubsub()
+            try:
+                await pubsub.subscribe(wake, cancel)
+                self._subscribed.set()
+                self._wake.notify()  # anything enqueued while we were away: look again
+                backoff = 0.05
+                while not self._closed:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is None:
+                        continue
+                    if message["channel"] == cancel:
+                        for callback in list(self._cancel_callbacks):
+                            callback(str(message["data"]))
+                    else:
+                        self._wake.notify()
+            except Exception as exc:
+                self._subscribed.clear()
+                logger.debug("Redis listener lost its connection (%s); reconnecting", exc)
+                self._wake.notify()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- the Inspector protocol ----------------------------------------------------------
+
+    async def list_jobs(self, filter: JobFilter) -> list[Job]:
+        records = await self._eval(
+            SCRIPTS["list"],
+            filter.before or "",
+            str(filter.limit),
+            filter.queue or "",
+            filter.task or "",
+            *(JobStatus(s).value for s in filter.statuses),
+        )
+        return [self._parse(record) for record in records]
+
+    async def stats(self) -> list[QueueStats]:
+        rows = await self._eval(SCRIPTS["stats"])
+        result = []
+        for queue, flat, oldest in sorted(rows):
+            counts = dict.fromkeys(JobStatus, 0)
+            for name, value in zip(flat[::2], flat[1::2], strict=True):
+                with contextlib.suppress(ValueError):
+                    counts[JobStatus(name)] = max(int(value), 0)
+            result.append(
+                QueueStats(
+                    queue=queue, counts=counts, oldest_waiting_at=float(oldest) if oldest else None
+                )
+            )
+        return result
+
+    async def retry(self, job_id: str) -> Job | None:
+        record = await self._eval(SCRIPTS["retry"], job_id)
+        return None if not record else self._parse(record, job_id)
+
+    async def purge(self, *, older_than: float | None = None) -> int:
+        total = 0
+        while True:
+            deleted, scanned = await self._eval(
+                SCRIPTS["purge"], "" if older_than is None else repr(float(older_than)), "1000"
+            )
+            total += int(deleted)
+            if int(scanned) < 1000:
+                return total
+
+    # -- the Ticks protocol ---------------------------------------------------------------
+
+    async def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> Job | None:
+        reply = await self._eval(SCRIPTS["tick"], schedule, repr(float(tick)), *job_args(job))
+        if not reply:
+            return None
+        now, existing = reply
+        return new_job(job, float(now)) if existing == 0 else self._parse(existing)
+
+    async def last_tick(self, schedule: str) -> float | None:
+        value = await self._command("HGET", self._key("ticks"), schedule)
+        return None if value is None else float(value)
