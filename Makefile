@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make check: formatting, lint and strict typing
+## make check: formatting, lint, strict typing, and the public API's type completeness
 check: install
 	$(VENV)/bin/ruff format --check src tests examples bench
 	$(VENV)/bin/ruff check src tests examples bench
 	$(VENV)/bin/mypy
+	bash scripts/verifytypes
 
 ## make test: the whole suite (installs the servers and browser it needs first)
 test: install

@@ -29,7 +29,7 @@ class _Waitable(Protocol):
     async def wait(self) -> Any: ...
 
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +85,16 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.owner = owner
-        self.concurrency = concurrency
-        self.queues = list(queues) if queues else None
-        self.grace = grace
-        self.burst = burst
-        self.id = worker_id(name)
+        self.owner: Afterwork = owner
+        self.concurrency: int = concurrency
+        self.queues: list[str] | None = list(queues) if queues else None
+        self.grace: float = grace
+        self.burst: bool = burst
+        self.id: str = worker_id(name)
         config = owner.config
-        self.lease_ttl = config.lease_ttl
-        self.heartbeat_interval = config.heartbeat_interval or config.lease_ttl / 3
-        self.runner = Runner(
+        self.lease_ttl: float = config.lease_ttl
+        self.heartbeat_interval: float = config.heartbeat_interval or config.lease_ttl / 3
+        self.runner: Runner = Runner(
             owner,
             worker_id=self.id,
             limiter=anyio.CapacityLimiter(concurrency),
@@ -111,7 +111,9 @@ class Worker:
         self._lost = 0
         self._recovered = 0
         threshold = config.block_threshold
-        self.watchdog = LoopWatchdog(self, threshold) if threshold is not None else None
+        self.watchdog: LoopWatchdog | None = (
+            LoopWatchdog(self, threshold) if threshold is not None else None
+        )
         """Reports jobs that block the event loop (``None`` when ``block_threshold`` is)."""
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ("StreamEvents", "execute")
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 
 async def execute(client: aioredis.Redis, *args: Any) -> Any:

@@ -61,7 +61,7 @@ from .base import (
 
 __all__ = ("RedisBackend",)
 
-logger = logging.getLogger(__name__)
+logger: logging.Logger = logging.getLogger(__name__)
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _FINISH_BATCH = 256
@@ -104,9 +104,9 @@ class RedisBackend:
     ) -> None:
         if not prefix or any(c in prefix for c in " {}"):
             raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
-        self.url = url
-        self.prefix = prefix
-        self.events_key = f"{prefix}:events"
+        self.url: str = url
+        self.prefix: str = prefix
+        self.events_key: str = f"{prefix}:events"
         self._clock = clock
         self._maxlen = str(int(events_maxlen))
         self._socket_timeout = socket_timeout
