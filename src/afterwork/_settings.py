@@ -25,6 +25,10 @@ class Settings:
     """Seconds running jobs get to finish on a graceful stop before they are released."""
     concurrency: int = 10
     """Jobs one worker runs at once, unless the worker says otherwise."""
+    prefetch: int | None = None
+    """Jobs a worker claims ahead of its free slots, so the next one starts without a round
+    trip to the store (``None``: as many as its concurrency; ``0``: none). Prefetched jobs
+    hold leases; on a graceful stop they go back to the queue untouched."""
     max_recoveries: int = 3
     """How many times a job may be recovered from a dead worker before it is failed."""
     max_payload: int = 1024 * 1024
@@ -48,6 +52,8 @@ class Settings:
             raise ConfigurationError("heartbeat_interval must be positive and below lease_ttl")
         if self.grace < 0:
             raise ConfigurationError("grace must not be negative")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ConfigurationError("prefetch must not be negative")
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
         if self.max_recoveries < 0:

@@ -148,6 +148,10 @@ class ArgumentCodec:
                 f"({', '.join(i.name for i in self.injected)}); make them keyword-only"
             )
         self.signature: inspect.Signature = signature.replace(parameters=kept)
+        self._required = any(
+            p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            for p in kept
+        )
         self._params = {p.name: p for p in params}
 
     @property
@@ -232,6 +236,8 @@ class ArgumentCodec:
         self, args: list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The stored JSON arguments as the Python values the function declares."""
+        if not args and not kwargs and not self._required:
+            return (), {}  # nothing to bind or convert: the common no-argument job
         bound = self._bind(tuple(args), kwargs)
         converted = {
             name: self._convert(name, v, encode=False) for name, v in bound.arguments.items()

@@ -23,7 +23,7 @@ from pydantic_core import to_jsonable_python
 from .backends.base import Claim, Outcome
 from .context import JobContext
 from .exceptions import EnqueueError
-from .job import Job, JobError
+from .job import Job, JobError, JobStatus
 from .retry import Retry
 from .task import Task, TaskOptions
 
@@ -132,8 +132,12 @@ class Runner:
     ) -> Job | None:
         """Call ``func`` for ``run`` and record how it ended."""
         job = run.job
-        loop = asyncio.get_running_loop()
-        run.context = JobContext(job=job, _report=self._reporter(run, loop))
+        # Only a task that injects something (a JobContext, dependencies) needs a context
+        # and an exit stack; most jobs skip both (they are the hot path of a worker).
+        injects = task is not None and bool(task.codec.injected)
+        if injects:
+            loop = asyncio.get_running_loop()
+            run.context = JobContext(job=job, _report=self._reporter(run, loop))
         if is_async is None:
             is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
         timeout = job.timeout if job.timeout is not None else options.timeout
@@ -144,7 +148,8 @@ class Runner:
         stack = contextlib.AsyncExitStack()
         ended_by: BaseException | None = None
         inject: Callable[[], Awaitable[dict[str, Any]]] | None = None
-        if task is not None:
+        if injects:
+            assert task is not None and run.context is not None
             inject = functools.partial(self.owner.resolve_injected, task, run.context, stack)
         try:
             with run.scope:
@@ -169,9 +174,10 @@ class Runner:
                 job, options, JobError.from_exception(exc), exc
             )
         except BaseException as exc:  # cancelled from outside: clean up, then propagate
-            await self._close_stack(run, stack, exc, task)
+            if injects:
+                await self._close_stack(run, stack, exc, task)
             raise
-        cleanup_error = await self._close_stack(run, stack, ended_by, task)
+        cleanup_error = await self._close_stack(run, stack, ended_by, task) if injects else None
         if cleanup_error is not None and ended_by is None and outcome is not None:
             # The job returned but its dependencies could not be torn down (a failed commit):
             # the attempt did not complete.
@@ -350,9 +356,15 @@ class Runner:
                 extra=log_extra("job_lease_lost", job, self.worker_id),
             )
             return None
-        extra = log_extra(f"job_{finished.status.value}", job, self.worker_id)
+        status = finished.status
+        if status is JobStatus.SUCCEEDED or status is JobStatus.CANCELLED:
+            if logger.isEnabledFor(logging.INFO):  # the hot path: build nothing if unlogged
+                extra = log_extra(f"job_{status.value}", job, self.worker_id)
+                logger.info("job %s (%s) %s", job.id, job.task, status.value, extra=extra)
+            return finished
+        extra = log_extra(f"job_{status.value}", job, self.worker_id)
         error = outcome.error
-        if finished.status.value == "failed":
+        if status is JobStatus.FAILED:
             # Exactly once per failed job, with its traceback.
             logger.error(
                 "job %s (%s) failed after %d attempt(s): %s: %s",
@@ -364,7 +376,7 @@ class Runner:
                 exc_info=exc,
                 extra=extra,
             )
-        elif finished.status.value == "scheduled":
+        elif status is JobStatus.SCHEDULED:
             logger.warning(
                 "job %s (%s) attempt %d failed (%s: %s); retrying in %.2fs",
                 job.id,
@@ -376,7 +388,7 @@ class Runner:
                 extra=extra,
             )
         else:
-            logger.info("job %s (%s) %s", job.id, job.task, finished.status.value, extra=extra)
+            logger.info("job %s (%s) %s", job.id, job.task, status.value, extra=extra)
         return finished
 
     # -- progress ------------------------------------------------------------------------

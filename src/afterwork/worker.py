@@ -7,8 +7,8 @@ import os
 import random
 import secrets
 import socket
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._watchdog import JOB_TASK_PREFIX, LoopWatchdog
 from .backends.base import CancelWatch, Claim, Inspector, Outcome
+from .job import JobError
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
 
 if TYPE_CHECKING:
@@ -100,6 +101,11 @@ class Worker:
             limiter=anyio.CapacityLimiter(concurrency),
             rng=owner.rng,
         )
+        prefetch = config.prefetch
+        self.prefetch: int = concurrency if prefetch is None else prefetch
+        """Jobs claimed ahead of free slots, so the next job starts without a round trip."""
+        self._buffer: deque[Claim] = deque()
+        self._jobs_group: TaskGroup | None = None
         self._runs: dict[str, JobRun] = {}
         self._per_task: Counter[str] = Counter()
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
@@ -150,6 +156,9 @@ class Worker:
         """Cancel a job this worker runs; ``False`` if it runs none with that id."""
         run = self._runs.get(job_id)
         if run is None:
+            if self._jobs_group is not None and any(c.job.id == job_id for c in self._buffer):
+                self._jobs_group.start_soon(self._drop_buffered, frozenset(), {job_id})
+                return True
             return False
         run.stop(CANCEL)
         return True
@@ -200,10 +209,12 @@ class Worker:
 
     async def _claim_loop(self, jobs: TaskGroup) -> None:
         backend = self.owner.backend
+        self._jobs_group = jobs
         failures = 0
         while not self._stopping.is_set():
-            free = self.concurrency - self._slots
-            if free <= 0:
+            self._start_buffered()
+            room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
+            if room <= 0:
                 await self._wait_slot()
                 continue
             exclude = {
@@ -217,7 +228,7 @@ class Worker:
                 claims = await backend.claim(
                     self.id,
                     queues=self.queues,
-                    limit=free,
+                    limit=room,
                     lease_ttl=self.lease_ttl,
                     exclude_tasks=exclude,
                 )
@@ -234,33 +245,57 @@ class Worker:
                 )
                 await self._idle(delay, wait_for_work=False)
                 continue
-            if not claims:
-                if self.burst:
-                    if not self._runs:
-                        return
-                    await self._wait_slot()
-                    continue
-                if exclude:
-                    # Work may be waiting only for tasks at their limit: wait_for_work would
-                    # return at once and spin. Wait for one of our jobs to end instead.
-                    with anyio.move_on_after(self.owner.config.poll_interval):
-                        await self._wait_slot()
-                    continue
-                await self._idle(self.owner.config.poll_interval, wait_for_work=True)
-                continue
             if self._stopping.is_set():
                 # Stopped while the claim was in flight: hand these back unstarted.
                 await self._release_unstarted(claims)
                 return
-            overflow = []
-            for claim in claims:
-                task = self.owner.tasks.get(claim.job.task)
-                limit = task.opts.concurrency if task is not None else None
-                if limit is not None and self._per_task[claim.job.task] >= limit:
-                    overflow.append(claim)  # one batch may hold more than the task's limit
-                else:
-                    self._start(jobs, claim)
-            await self._release_unstarted(overflow)
+            if claims:
+                self._buffer.extend(claims)
+                self._start_buffered()
+                continue
+            if self.burst:
+                if not self._runs and not self._buffer:
+                    return
+                await self._wait_slot()
+                continue
+            if exclude or self._buffer:
+                # Work may be waiting only for tasks at their limit: wait_for_work would
+                # return at once and spin. Wait for one of our jobs to end instead.
+                with anyio.move_on_after(self.owner.config.poll_interval):
+                    await self._wait_slot()
+                continue
+            await self._idle(self.owner.config.poll_interval, wait_for_work=True)
+
+    def _start_buffered(self) -> None:
+        """Start claimed jobs while slots are free (each task within its own limit)."""
+        if self._stopping.is_set() or self._jobs_group is None:
+            return
+        held: list[Claim] = []
+        while self._buffer and self._slots < self.concurrency:
+            claim = self._buffer.popleft()
+            task = self.owner.tasks.get(claim.job.task)
+            limit = task.opts.concurrency if task is not None else None
+            if limit is not None and self._per_task[claim.job.task] >= limit:
+                held.append(claim)  # waits for a job of its task to end
+                continue
+            self._start(self._jobs_group, claim)
+        self._buffer.extendleft(reversed(held))
+
+    async def _drop_buffered(self, lost: Collection[str], cancel: Collection[str]) -> None:
+        """Take prefetched jobs out of the buffer: lost ones silently, cancelled ones ended."""
+        keep: deque[Claim] = deque()
+        cancelled: list[Claim] = []
+        for claim in self._buffer:
+            if claim.job.id in lost:
+                continue
+            (cancelled if claim.job.id in cancel else keep).append(claim)
+        self._buffer = keep
+        for claim in cancelled:
+            error = JobError.from_message("afterwork.Cancelled", "cancelled before it started")
+            try:
+                await self.owner.backend.finish(claim.lease, Outcome.cancelled(error))
+            except Exception:
+                logger.warning("could not record the cancel of job %s", claim.job.id, exc_info=True)
 
     async def _release_unstarted(self, claims: Sequence[Claim]) -> None:
         for claim in claims:
@@ -285,12 +320,13 @@ class Worker:
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
         try:
-            logger.debug(
-                "job %s (%s) started",
-                job.id,
-                job.task,
-                extra=log_extra("job_started", job, self.id),
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "job %s (%s) started",
+                    job.id,
+                    job.task,
+                    extra=log_extra("job_started", job, self.id),
+                )
             try:
                 await self.runner.run_claim(run)
             except Exception:
@@ -316,9 +352,14 @@ class Worker:
                 # shutdown we stop waiting for it.
                 await _first(run.thread_done, self._stopping)
             self._slots -= 1
+            self._start_buffered()
             self._notify_slot()
 
     async def _shutdown(self) -> None:
+        if self._buffer:
+            # Prefetched but never started: back to the queue untouched, at once.
+            unstarted, self._buffer = list(self._buffer), deque()
+            await self._release_unstarted(unstarted)
         if self._runs:
             logger.info(
                 "worker %s stopping: waiting up to %gs for %d running job(s)",
@@ -372,12 +413,11 @@ class Worker:
         while True:
             await anyio.sleep(self.heartbeat_interval)
             runs = [run for run in self._runs.values() if run.reason is None]
-            if not runs:
+            leases = [run.claim.lease for run in runs] + [c.lease for c in self._buffer]
+            if not leases:
                 continue
             try:
-                reply = await backend.heartbeat(
-                    [run.claim.lease for run in runs], lease_ttl=self.lease_ttl
-                )
+                reply = await backend.heartbeat(leases, lease_ttl=self.lease_ttl)
             except Exception:
                 logger.warning(
                     "worker %s could not renew its leases",
@@ -386,6 +426,8 @@ class Worker:
                     extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
                 )
                 continue
+            if reply.lost or reply.cancel:
+                await self._drop_buffered(reply.lost, reply.cancel)
             for job_id in reply.lost:
                 run = self._runs.get(job_id)
                 if run is not None:
