@@ -17,6 +17,7 @@ Time is the host clock: SQLite is a single-host store. See ``docs/sqlite.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -44,6 +45,8 @@ logger: logging.Logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WORKER_LOST = "afterwork.WorkerLost"
+_FINISH_BATCH = 256
+_PendingFinish = tuple[Lease, Outcome, "asyncio.Future[Job | None]"]
 _SYNCHRONOUS = {"off", "normal", "full", "extra"}
 
 
@@ -124,6 +127,9 @@ class SQLiteBackend(InspectorMixin):
             poll_interval=event_poll_interval,
         )
         self._work = Notifier()
+        self._finishes: list[_PendingFinish] = []
+        self._finisher: asyncio.Task[None] | None = None
+        self._finish_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> SQLiteBackend:
@@ -360,28 +366,64 @@ class SQLiteBackend(InspectorMixin):
         ):
             raise ValueError(f"not an outcome: {status!r}")
 
-        def finish(tx: Tx) -> Job | None:
-            job = self._owned(tx, lease)
-            if job is None:
-                return None
-            now = tx.now
-            new = replace(job, status=status, worker=None, lease_expires_at=None)
-            new = replace(new, cancel_requested=False)
-            if status is JobStatus.SUCCEEDED:
-                new, kind = replace(new, result=outcome.result, finished_at=now), "succeeded"
-            elif status in TERMINAL_STATUSES:
-                new, kind = replace(new, error=outcome.error, finished_at=now), status.value
-            elif status is JobStatus.SCHEDULED:
-                new, kind = (
-                    replace(new, error=outcome.error, run_at=now + outcome.delay),
-                    "retrying",
-                )
-            else:
-                attempts = max(job.attempts - 1, 0)
-                new, kind = replace(new, attempts=attempts, run_at=now), "released"
-            return tx.save(job, new, kind=kind)
+        loop = asyncio.get_running_loop()
+        if self._finish_loop not in (None, loop):
+            # Another event loop is group-committing: its futures are not ours to settle.
+            return await self._write(lambda tx: self._finish_in(tx, lease, outcome))
+        # Finishes issued together (jobs ending in the same loop turn) share one write
+        # transaction: group commit, each still fenced by its own token.
+        future: asyncio.Future[Job | None] = loop.create_future()
+        self._finishes.append((lease, outcome, future))
+        if self._finisher is None or self._finisher.done():
+            self._finish_loop = loop
+            self._finisher = loop.create_task(self._flush_finishes())
+        return await future
 
-        return await self._write(finish)
+    async def _flush_finishes(self) -> None:
+        try:
+            while self._finishes:
+                batch, self._finishes = (
+                    self._finishes[:_FINISH_BATCH],
+                    self._finishes[_FINISH_BATCH:],
+                )
+
+                def run(tx: Tx, batch: list[_PendingFinish] = batch) -> list[Job | None]:
+                    return [self._finish_in(tx, lease, outcome) for lease, outcome, _ in batch]
+
+                try:
+                    results = await self._write(run)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._finish_loop = None
+
+    def _finish_in(self, tx: Tx, lease: Lease, outcome: Outcome) -> Job | None:
+        job = self._owned(tx, lease)
+        if job is None:
+            return None
+        status = outcome.status
+        now = tx.now
+        new = replace(job, status=status, worker=None, lease_expires_at=None)
+        new = replace(new, cancel_requested=False)
+        if status is JobStatus.SUCCEEDED:
+            new, kind = replace(new, result=outcome.result, finished_at=now), "succeeded"
+        elif status in TERMINAL_STATUSES:
+            new, kind = replace(new, error=outcome.error, finished_at=now), status.value
+        elif status is JobStatus.SCHEDULED:
+            new, kind = (
+                replace(new, error=outcome.error, run_at=now + outcome.delay),
+                "retrying",
+            )
+        else:
+            attempts = max(job.attempts - 1, 0)
+            new, kind = replace(new, attempts=attempts, run_at=now), "released"
+        return tx.save(job, new, kind=kind)
 
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         def set_progress(tx: Tx) -> bool:
