@@ -1,56 +1,63 @@
-"""ARQ on the same Redis: enqueue one at a time, drain, latency (run in bench/.venv).
+"""ARQ on a private Redis: the scenarios of bench/redis_bench.py (see common.py).
 
-bench/.venv/bin/python bench/peers/arq_bench.py redis://127.0.0.1:PORT/0
+    bench/.venv-arq/bin/python -m bench.peers.arq_bench redis://127.0.0.1:PORT/0
+
+No bulk enqueue API (batch: n/a). The worker runs at ARQ's defaults (``max_jobs=10``,
+``poll_delay=0.5``: an idle worker polls the queue every 0.5 s); ``max_jobs=100`` for (c).
 """
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import sys
-import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 from arq import create_pool
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
-N = 10_000
+from bench.peers import common
 
 
-async def noop(ctx: dict[str, object]) -> None:
-    return None
+async def noop(ctx: dict[str, Any]) -> None:
+    common.noop_job()
+
+
+async def sleepy(ctx: dict[str, Any]) -> None:
+    await common.sleepy_job_async()
+
+
+async def stamp(ctx: dict[str, Any], t0: float) -> None:
+    common.stamp_job(t0)
 
 
 class WorkerSettings:
-    functions = [noop]
-    burst = True
-    max_jobs = 10
-    poll_delay = 0.5
+    functions = [noop, sleepy, stamp]
+    redis_settings = RedisSettings.from_dsn(common.redis_url())
+    if common.concurrency():
+        max_jobs = common.concurrency()
 
 
-async def main(url: str) -> None:
-    settings = RedisSettings.from_dsn(url)
-    WorkerSettings.redis_settings = settings  # type: ignore[attr-defined]
-    pool = await create_pool(settings)
-    await pool.flushdb()
-    started = time.perf_counter()
-    for _ in range(N):
-        await pool.enqueue_job("noop")
-    single = N / (time.perf_counter() - started)
-    # drain: one worker process, burst mode, timed from spawn to exit
-    started = time.perf_counter()
-    subprocess.run(  # noqa: ASYNC221 - the timed section is only this call
-        [sys.executable, "-c", f"import sys; sys.argv=['x']; from arq.worker import run_worker; "
-         f"import bench.peers.arq_bench as b; from arq.connections import RedisSettings; "
-         f"b.WorkerSettings.redis_settings = RedisSettings.from_dsn({url!r}); "
-         f"run_worker(b.WorkerSettings)"],
-        check=True, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    drain = N / (time.perf_counter() - started)
-    print(
-        f"arq: enqueue_single_per_s={single:.0f} drain_per_s={drain:.0f} (drain includes start-up)"
-    )
-    await pool.aclose()
+class Peer:
+    name = "ARQ"
+    version = f"{version('arq')} (redis-py {version('redis')})"
+    notes = ["no bulk enqueue API", "idle worker polls every 0.5 s (poll_delay default)"]
+
+    async def open(self) -> None:
+        self.pool: ArqRedis = await create_pool(RedisSettings.from_dsn(common.redis_url()))
+
+    async def close(self) -> None:
+        await self.pool.aclose()
+
+    async def enqueue(self, kind: str, *args: float) -> None:
+        await self.pool.enqueue_job(kind, *args)
+
+    async def enqueue_batch(self, kind: str, count: int) -> bool:
+        return False
+
+    def worker(self, concurrency: int | None) -> list[str]:
+        return [str(Path(sys.executable).with_name("arq")), "bench.peers.arq_bench.WorkerSettings"]
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    common.main("bench.peers.arq_bench")

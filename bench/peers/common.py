@@ -1,0 +1,256 @@
+"""The driver every peer benchmark shares: the scenarios of ``bench/redis_bench.py``.
+
+A peer module defines ``Peer`` (how to enqueue, how to start one worker process) and the
+three jobs below wrapped as that peer's tasks. Every job appends one line to the file named
+by ``BENCH_OUT`` (``first second``): ``start end`` for ``noop`` and ``sleepy``, ``t0 start``
+for ``stamp(t0)``. So (b) and (c) run from the first job's start to the last job's end by
+the jobs' own clock (worker start-up excluded, as for afterwork), and (d) is each job's start
+minus the ``time.time()`` taken just before it was enqueued. Only stdlib and redis-py here,
+which every peer environment has.
+
+    python -m bench.peers.<peer>_bench redis://127.0.0.1:PORT/0 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+# BENCH_SCALE=10 divides the job counts, for a quick check of a peer script only.
+_SCALE = int(os.environ.get("BENCH_SCALE") or 1)
+N_NOOP, N_SLEEP, N_LATENCY, BATCH = 10_000 // _SCALE, 1_000 // _SCALE, 300 // _SCALE, 1_000
+
+
+def redis_url() -> str:
+    """The private server's URL, in the driver and in the worker processes it spawns."""
+    return os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:1/0")
+
+
+def concurrency() -> int | None:
+    """The concurrency a worker process was asked for; None for the peer's default."""
+    return int(os.environ.get("BENCH_CONCURRENCY") or 0) or None
+
+
+_out: tuple[int, int] | None = None  # (pid, fd)
+
+
+def record(first: float, second: float) -> None:
+    """Append one line to ``BENCH_OUT`` (one ``write`` with O_APPEND: atomic per line)."""
+    global _out
+    if _out is None or _out[0] != os.getpid():
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        _out = (os.getpid(), os.open(os.environ["BENCH_OUT"], flags, 0o644))
+    os.write(_out[1], f"{first!r} {second!r}\n".encode())
+
+
+def noop_job() -> None:
+    now = time.time()
+    record(now, now)
+
+
+def sleepy_job() -> None:
+    """For peers whose jobs are synchronous functions (run in threads or processes)."""
+    started = time.time()
+    time.sleep(0.05)
+    record(started, time.time())
+
+
+async def sleepy_job_async() -> None:
+    started = time.time()
+    await asyncio.sleep(0.05)
+    record(started, time.time())
+
+
+def stamp_job(t0: float) -> None:
+    record(t0, time.time())
+
+
+class Peer(Protocol):
+    name: str
+    version: str
+    notes: list[str]
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def enqueue(self, kind: str, *args: float) -> None: ...
+    async def enqueue_batch(self, kind: str, count: int) -> bool:
+        """Enqueue ``count`` jobs with the peer's bulk API; False if it has none."""
+        ...
+
+    def worker(self, concurrency: int | None) -> list[str] | None:
+        """The command for one worker process, or None if ``concurrency`` can't be set."""
+        ...
+
+
+def flushdb(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def spawn(
+    command: list[str], url: str, out: Path, concurrency: int | None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "BENCH_REDIS_URL": url,
+        "BENCH_OUT": str(out),
+        "BENCH_CONCURRENCY": str(concurrency or ""),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = open(out.with_suffix(".log"), "wb")
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's own process group (it may have children), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            os.killpg(proc.pid, signal.SIGKILL)  # children left behind by the parent
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def lines(path: Path) -> list[tuple[float, float]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        first, second = line.split()
+        rows.append((float(first), float(second)))
+    return rows
+
+
+async def wait_lines(
+    path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float
+) -> list[tuple[float, float]]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rows = lines(path)
+        if len(rows) >= count:
+            return rows
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited ({proc.returncode}): see {path.with_suffix('.log')}")
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"only {len(lines(path))} of {count} jobs finished in {timeout:.0f} s")
+
+
+async def timed(count: int, step: Callable[[], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await step()
+    return time.perf_counter() - started
+
+
+async def prefill(peer: Peer, kind: str, count: int) -> None:
+    for _ in range(count // BATCH or 1):
+        if not await peer.enqueue_batch(kind, min(count, BATCH)):
+            for _ in range(count):
+                await peer.enqueue(kind)
+            return
+
+
+async def run(peer: Peer, url: str, folder: Path, timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    await peer.open()
+    try:
+        # (a) enqueue, one at a time and in batches of 1,000
+        flushdb(url)
+        out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+        flushdb(url)
+        started = time.perf_counter()
+        batches = max(1, N_NOOP // BATCH)
+        batched = all([await peer.enqueue_batch("noop", BATCH) for _ in range(batches)])
+        elapsed = time.perf_counter() - started
+        out["enqueue_batch_per_s"] = BATCH * batches / elapsed if batched else None
+        # (b) drain pre-enqueued no-ops, one worker process at its defaults
+        flushdb(url)
+        count = getattr(peer, "drain_count", N_NOOP)  # fewer for a peer that needs > 2 min
+        await prefill(peer, "noop", count)
+        drained = await span(peer, url, folder / "drain.txt", count, None, timeout)
+        out["drain_per_s"] = count / drained
+        # (c) sleeps, default concurrency and 100
+        for concurrency in (None, 100):
+            key = f"sleep_c{concurrency or 'default'}_s"
+            if peer.worker(concurrency) is None:
+                out[key] = None
+                continue
+            flushdb(url)
+            await prefill(peer, "sleepy", N_SLEEP)
+            out[key] = await span(peer, url, folder / f"{key}.txt", N_SLEEP, concurrency, timeout)
+        # (d) enqueue-to-start latency on an idle worker, 5 ms apart
+        flushdb(url)
+        path = folder / "latency.txt"
+        command = peer.worker(None)
+        assert command is not None
+        proc = spawn(command, url, path, None)
+        try:
+            await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
+            await wait_lines(path, 1, proc, 120)
+            for _ in range(N_LATENCY):
+                await peer.enqueue("stamp", time.time())
+                await asyncio.sleep(0.005)
+            rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
+        finally:
+            stop(proc)
+        latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
+        cuts = statistics.quantiles(latencies, n=100)
+        out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+    finally:
+        await peer.close()
+    return out
+
+
+async def span(
+    peer: Peer, url: str, path: Path, count: int, concurrency: int | None, timeout: float
+) -> float:
+    command = peer.worker(concurrency)
+    assert command is not None
+    proc = spawn(command, url, path, concurrency)
+    try:
+        rows = await wait_lines(path, count, proc, timeout)
+    finally:
+        stop(proc)
+    return max(end for _, end in rows) - min(start for start, _ in rows)
+
+
+def main(module: str) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--timeout", type=float, default=240, help="per scenario, seconds")
+    args = parser.parse_args()
+    os.environ["BENCH_REDIS_URL"] = args.url
+    peer: Peer = importlib.import_module(module).Peer()
+    folder = Path(tempfile.mkdtemp(prefix=f"aw-bench-{peer.name}-"))
+    result = asyncio.run(run(peer, args.url, folder, args.timeout))
+    report = {"peer": peer.name, "version": peer.version, "notes": peer.notes, **result}
+    print(json.dumps(report), file=sys.stdout)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
