@@ -24,10 +24,11 @@ Contract (what must hold even on failure):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from ..job import Job, JobError, JobEvent, JobStatus
+from .._lifecycle import Claim, Lease, NewJob, Outcome
+from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
     "Backend",
@@ -59,77 +60,6 @@ class EventStream(Protocol):
 
 #: Seconds since the epoch. Backends take one to make tests independent of real time.
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewJob:
-    """A job to create. Arguments are already validated and JSON-ready."""
-
-    id: str
-    task: str
-    queue: str = "default"
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
-    max_attempts: int = 1
-    """``retries + 1``. 0 marks a job run in-process only: recovery fails it, never requeues it."""
-    key: str | None = None
-    delay: float = 0.0
-    """Seconds from the store's now until the job is due (0: queued at once)."""
-    timeout: float | None = None
-    result_ttl: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A worker's hold on a running job."""
-
-    job_id: str
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claimed job and the token that proves the claim."""
-
-    job: Job
-    token: str
-
-    @property
-    def lease(self) -> Lease:
-        return Lease(self.job.id, self.token)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """How an attempt ended. Build one with the class methods."""
-
-    status: JobStatus
-    result: Any = None
-    error: JobError | None = None
-    delay: float = 0.0
-    """For a retry: seconds from the store's now until the next attempt is due."""
-
-    @classmethod
-    def succeeded(cls, result: Any = None) -> Outcome:
-        return cls(status=JobStatus.SUCCEEDED, result=result)
-
-    @classmethod
-    def failed(cls, error: JobError) -> Outcome:
-        return cls(status=JobStatus.FAILED, error=error)
-
-    @classmethod
-    def retry(cls, error: JobError, delay: float) -> Outcome:
-        return cls(status=JobStatus.SCHEDULED, error=error, delay=max(delay, 0.0))
-
-    @classmethod
-    def cancelled(cls, error: JobError | None = None) -> Outcome:
-        return cls(status=JobStatus.CANCELLED, error=error)
-
-    @classmethod
-    def released(cls) -> Outcome:
-        """Back to the queue without spending an attempt (graceful stop)."""
-        return cls(status=JobStatus.QUEUED)
 
 
 @dataclass(frozen=True, slots=True)
