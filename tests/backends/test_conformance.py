@@ -317,7 +317,9 @@ async def test_recovery_gives_up_after_max_recoveries(aw: Afterwork, clock: Fake
     assert final.attempts == 3
 
 
-async def test_unstarted_claims_go_back_uncharged_and_first(aw: Afterwork, clock: FakeClock) -> None:
+async def test_unstarted_claims_go_back_uncharged_and_first(
+    aw: Afterwork, clock: FakeClock
+) -> None:
     """Jobs a dead worker had only prefetched are not charged and keep their place."""
     backend = aw.backend
     (first,) = await backend.enqueue([new()])

@@ -173,8 +173,12 @@ class MemoryBackend:
                     heap = self._ready[name]
                     while heap:
                         job = self._jobs.get(heap[0][2])
-                        if job is None or job.status is not JobStatus.QUEUED:
-                            heapq.heappop(heap)  # stale entry
+                        if (
+                            job is None
+                            or job.status is not JobStatus.QUEUED
+                            or life.ready_order(job) != heap[0]
+                        ):
+                            heapq.heappop(heap)  # stale: the job moved on (or came back later)
                             continue
                         if job.task in exclude_tasks:
                             skipped.append((name, heapq.heappop(heap)))
@@ -260,12 +264,12 @@ class MemoryBackend:
         recovered: list[Job] = []
         with self._lock:
             now = self._clock()
-            for job in list(self._jobs.values()):
-                if life.lease_expired(job, now):
-                    change = life.recover(job, now=now, max_recoveries=max_recoveries)
-                    back = self._apply(change)
-                    assert back is not None
-                    recovered.append(back)
+            expired = [job for job in self._jobs.values() if life.lease_expired(job, now)]
+            for job in sorted(expired, key=life.recovery_order):
+                change = life.recover(job, now=now, max_recoveries=max_recoveries)
+                back = self._apply(change)
+                assert back is not None
+                recovered.append(back)
         self._notify_if_woken()
         return recovered
 

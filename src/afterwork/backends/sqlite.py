@@ -453,7 +453,7 @@ class SQLiteBackend(InspectorMixin):
             now = tx.now
             recovered: list[Job] = []
             expired = tx.select(
-                "status = 'running' AND lease_expires_at <= ?",
+                "status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at, id",
                 (now,),
                 index="afterwork_jobs_leases",
             )
