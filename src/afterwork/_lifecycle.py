@@ -49,6 +49,7 @@ __all__ = (
     "quarantine",
     "ready_order",
     "recover",
+    "recovery_order",
     "retry",
     "start_now",
 )
@@ -277,6 +278,11 @@ def finish(
         back = _move(job, status, attempts=max(attempts, 0), **_LEASE_CLEARED)
         return Change(back, "released")
     raise ValueError(f"not an outcome: {status!r}")
+
+
+def recovery_order(job: Job) -> tuple[float, str]:
+    """The order in which expired leases are taken back: earliest expiry first, then id."""
+    return (job.lease_expires_at or 0.0, job.id)
 
 
 def lease_expired(job: Job, now: float) -> bool:

@@ -108,6 +108,7 @@ class Worker:
         self._jobs_group: TaskGroup | None = None
         self._runs: dict[str, JobRun] = {}
         self._per_task: Counter[str] = Counter()
+        self._solo: str | None = None  # a job that runs alone (see _admit)
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._stopping = anyio.Event()
@@ -267,19 +268,32 @@ class Worker:
             await self._idle(self.owner.config.poll_interval, wait_for_work=True)
 
     def _start_buffered(self) -> None:
-        """Start claimed jobs while slots are free (each task within its own limit)."""
+        """Start claimed jobs while slots are free and :meth:`_admit` lets them."""
         if self._stopping.is_set() or self._jobs_group is None:
             return
         held: list[Claim] = []
-        while self._buffer and self._slots < self.concurrency:
+        while self._buffer and self._slots < self.concurrency and self._solo is None:
             claim = self._buffer.popleft()
-            task = self.owner.tasks.get(claim.job.task)
-            limit = task.opts.concurrency if task is not None else None
-            if limit is not None and self._per_task[claim.job.task] >= limit:
-                held.append(claim)  # waits for a job of its task to end
+            if not self._admit(claim):
+                held.append(claim)  # waits for a running job to end
                 continue
             self._start(self._jobs_group, claim)
         self._buffer.extendleft(reversed(held))
+
+    def _admit(self, claim: Claim) -> bool:
+        """Whether a claimed job may start now: the one place where start rules live.
+
+        * A task's local ``concurrency`` caps its running jobs in this process.
+        * A job that was running on a worker that died (``recoveries > 0``) may have
+          killed it: it runs alone, so that if it kills this worker too, no job beside
+          it is charged for the crash.
+        """
+        job = claim.job
+        if job.recoveries > 0:
+            return self._slots == 0
+        task = self.owner.tasks.get(job.task)
+        limit = task.opts.concurrency if task is not None else None
+        return limit is None or self._per_task[job.task] < limit
 
     async def _drop_buffered(self, lost: Collection[str], cancel: Collection[str]) -> None:
         """Take prefetched jobs out of the buffer: lost ones silently, cancelled ones ended."""
@@ -311,6 +325,8 @@ class Worker:
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
         run = JobRun(claim)
+        if claim.job.recoveries > 0:
+            self._solo = claim.job.id
         self._runs[claim.job.id] = run
         self._per_task[claim.job.task] += 1
         self._slots += 1
@@ -320,6 +336,9 @@ class Worker:
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
         try:
+            if not await self._begin(run):
+                return
+            job = run.job
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "job %s (%s) started",
@@ -342,6 +361,8 @@ class Worker:
                 self._lost += 1
             self._finished += 1
         finally:
+            if self._solo == job.id:
+                self._solo = None
             del self._runs[job.id]
             self._per_task[job.task] -= 1
             if self._per_task[job.task] <= 0:
@@ -354,6 +375,31 @@ class Worker:
             self._slots -= 1
             self._start_buffered()
             self._notify_slot()
+
+    async def _begin(self, run: JobRun) -> bool:
+        """Mark the attempt started in the store before any of its code runs.
+
+        A job is charged for a worker's death only once this returned, so the mark must
+        be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
+        """
+        try:
+            (started,) = await self.owner.backend.begin([run.claim.lease])
+        except Exception:
+            logger.warning(
+                "job %s (%s) could not be started; it will be recovered when its lease expires",
+                run.job.id,
+                run.job.task,
+                exc_info=True,
+                extra=log_extra("job_begin_failed", run.job, self.id),
+            )
+            run.reason = LOST
+            return False
+        if started is None:
+            run.reason = LOST
+            self._lost += 1
+            return False
+        run.claim = Claim(started, run.claim.token)
+        return True
 
     async def _shutdown(self) -> None:
         if self._buffer:

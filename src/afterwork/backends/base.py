@@ -15,7 +15,10 @@ Contract (what must hold even on failure):
   token is the job's current token and the lease has not been recovered. A stale worker
   whose lease was taken over gets ``None`` / its job back in ``lost`` and changes nothing.
 * ``recover_expired`` takes back jobs whose lease expired (their worker died or froze):
-  they are queued again, or failed once ``max_recoveries`` is spent.
+  a job only claimed goes back uncharged; a started one is queued again, or failed once
+  ``max_recoveries`` workers died running it.
+* Every decision about a job's state is made by :mod:`afterwork._lifecycle`; a store only
+  loads, persists atomically (compare-and-set on the lease token) and keeps its indexes.
 * Time is the store's clock (:meth:`now`), so all processes agree on when a lease expires
   and when a delayed job is due.
 * Backends never unpickle anything. Arguments and results are JSON.
@@ -133,6 +136,17 @@ class Backend(Protocol):
         """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
 
         ``queues`` ``None`` means every queue. Jobs of ``exclude_tasks`` are left alone.
+        A claim holds the lease but does not start the attempt (``started_at`` stays
+        unset): see :meth:`begin`.
+        """
+        ...
+
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        """Start the claimed attempts of ``leases``, in one atomic step per call.
+
+        Called right before a claimed job's code runs: only a started attempt counts as
+        an attempt and is charged a recovery if its worker dies. Returns each job as
+        started, or ``None`` where the lease is no longer the caller's.
         """
         ...
 
