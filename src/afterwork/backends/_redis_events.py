@@ -31,6 +31,7 @@ logger: logging.Logger = logging.getLogger(__name__)
 
 _STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 _RESUME_BATCH = 500
+_MAX_PART = 2**64 - 1  # each half of a stream id is an unsigned 64-bit integer
 
 # KEYS[1] = the stream, ARGV[1] = the id to resume after. Returns the stream's first id
 # ("" when empty), its last generated id ("" when missing), how many entries were ever
@@ -56,7 +57,8 @@ def parse_id(value: str) -> tuple[int, int] | None:
     match = _STREAM_ID.fullmatch(value)
     if match is None:
         return None
-    return int(match[1]), int(match[2] or 0)
+    pair = int(match[1]), int(match[2] or 0)
+    return pair if max(pair) <= _MAX_PART else None
 
 
 async def execute(client: aioredis.Redis, *args: Any) -> Any:
@@ -112,26 +114,25 @@ class StreamEvents:
 
     async def _resume(self, client: aioredis.Redis, since: str) -> None:
         """Start after ``since``: buffer what follows it, or the truncated marker."""
-        at = self._backend.now()
         after = parse_id(since)
-        if after is None:
-            self._buffer.append(truncated_event(since, at))
-            return  # not an id: live events, from where ``events()`` was called
+        start = f"{after[0]}-{after[1]}" if after is not None else "0-0"
         first, last, added, length, entries = await execute(
-            client, "EVAL", _RESUME, 1, self._backend.events_key,
-            f"{after[0]}-{after[1]}", _RESUME_BATCH,
-        )  # fmt: skip
+            client, "EVAL", _RESUME, 1, self._backend.events_key, start, _RESUME_BATCH
+        )
         newest = parse_id(last) if last else None
-        oldest = parse_id(first) if first else None
+        oldest = parse_id(first) if first else newest
         trimmed = not (added and length) or int(added) > int(length)
         if (
-            newest is None
+            after is None
+            or newest is None
             or after > newest
-            or (trimmed and after < (oldest if oldest is not None else newest))
+            or (trimmed and oldest is not None and after < oldest)
         ):
-            self._buffer.append(truncated_event(since, at))
+            self._buffer.append(truncated_event(since, self._backend.now()))
+            if last:
+                self._last = last  # live from here: the reader reloads what came before
             return
-        self._last = f"{after[0]}-{after[1]}"
+        self._last = start
         for entry_id, fields in entries:
             self._last = entry_id
             event = _event(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))

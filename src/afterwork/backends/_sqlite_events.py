@@ -181,6 +181,9 @@ class EventPump:
                 except sqlite3.Error:
                     logger.warning("could not read job events", exc_info=True)
                     continue
+                if rows and int(rows[0][0]) > self._cursor + 1:
+                    # Rows were trimmed before this pump read them: say so, never skip them.
+                    self._broadcaster.publish(truncated_event(str(self._cursor), self._clock()))
                 if rows:
                     self._cursor = int(rows[-1][0])
                 # Published under the lock: a subscriber resuming from the cursor gets each
