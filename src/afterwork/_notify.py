@@ -86,7 +86,8 @@ class _Subscriber(Generic[T]):
 class Broadcaster(Generic[T]):
     """Fan items out to every subscriber; a slow subscriber loses its oldest items.
 
-    Publishing never blocks and never fails because of a subscriber.
+    Publishing never blocks and never fails because of a subscriber. With ``lost``, a
+    subscriber that lost items reads ``lost()`` before the items it still has.
 
     With ``history``, the last ``history`` items are kept with their positions (1, 2, 3, …
     in publishing order; ``stamp`` writes the position into the item), and a subscriber
@@ -100,6 +101,7 @@ class Broadcaster(Generic[T]):
         *,
         history: int = 0,
         stamp: Callable[[T, int], T] | None = None,
+        lost: Callable[[], T] | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._subscribers: list[_Subscriber[T]] = []
@@ -108,6 +110,7 @@ class Broadcaster(Generic[T]):
         self._history: deque[tuple[int, T]] = deque(maxlen=max(history, 1))
         self._keep = history > 0
         self._stamp = stamp
+        self._lost = lost
         self._position = 0
 
     @property
@@ -210,6 +213,7 @@ class Subscription(Generic[T]):
         self._owner = owner
         self._sub = sub
         self._replay = replay
+        self._reported = 0
         self._done = False
 
     def __aiter__(self) -> Subscription[T]:
@@ -227,6 +231,9 @@ class Subscription(Generic[T]):
             self._owner._prepend(sub, backlog)
         while not self._done:
             ticket = sub.wakeup.ticket()
+            if sub.dropped != self._reported and self._owner._lost is not None:
+                self._reported = sub.dropped  # this reader fell behind: say so, not silently
+                return self._owner._lost()
             if sub.items:
                 item = sub.items.popleft()
                 if item is None:

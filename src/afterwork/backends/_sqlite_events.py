@@ -73,7 +73,9 @@ class EventPump:
         self._connect = connect
         self._clock = clock
         self.poll_interval = poll_interval
-        self._broadcaster: Broadcaster[JobEvent] = Broadcaster()
+        self._broadcaster: Broadcaster[JobEvent] = Broadcaster(
+            lost=lambda: truncated_event(None, self._clock())
+        )
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._conn: sqlite3.Connection | None = None

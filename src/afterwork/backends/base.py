@@ -306,12 +306,17 @@ class Store(Backend, Inspector, Ticks, Protocol):
 
 #: The ``kind`` of the marker an ``events(since=...)`` stream yields first when it cannot
 #: resume: events after ``since`` were trimmed from the history (or ``since`` is not an id of
-#: this store). The reader missed events and should reload the state it shows.
+#: this store). Also yielded, on memory and SQLite, when a reader fell so far behind that its
+#: buffer overflowed. The reader missed events and should reload the state it shows.
 TRUNCATED = "truncated"
 
 
-def truncated_event(since: str, at: float) -> JobEvent:
-    """The marker that says "history truncated": not a job's event (``job_id`` is empty)."""
+def truncated_event(since: str | None, at: float) -> JobEvent:
+    """The marker that says "events were lost": not a job's event (``job_id`` is empty).
+
+    ``message`` is the id the reader asked to resume after (``None`` when a live reader
+    fell too far behind and lost its oldest buffered events).
+    """
     return JobEvent(
         kind=TRUNCATED, job_id="", task="", queue="", status=JobStatus.QUEUED, at=at, message=since
     )

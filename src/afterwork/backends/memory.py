@@ -73,7 +73,9 @@ class MemoryBackend:
         self._tick_marks: set[tuple[str, float]] = set()
         self.event_retention: int = event_retention
         self._events: Broadcaster[JobEvent] = Broadcaster(
-            history=event_retention, stamp=lambda event, position: replace(event, id=str(position))
+            history=event_retention,
+            stamp=lambda event, position: replace(event, id=str(position)),
+            lost=lambda: truncated_event(None, self._clock()),
         )
         self._work = Notifier()
 
