@@ -222,12 +222,9 @@ class Subscription(Generic[T]):
     async def __anext__(self) -> T:
         sub = self._sub
         if self._replay is not None:
-            replay, self._replay = self._replay, None
-            try:
-                backlog = await replay()
-            except BaseException:
-                await self.aclose()
-                raise
+            # Cancelled (a reader's timeout) or failed: kept, so the next read loads it again.
+            backlog = await self._replay()
+            self._replay = None
             self._owner._prepend(sub, backlog)
         while not self._done:
             ticket = sub.wakeup.ticket()

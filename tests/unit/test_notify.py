@@ -74,3 +74,24 @@ async def test_a_replay_loaded_on_first_read_comes_before_live_items() -> None:
     subscription = broadcaster.subscribe(replay=replay)
     assert await take(subscription, 3) == ["old1", "old2", "live"]
     await subscription.aclose()
+
+
+async def test_a_replay_interrupted_by_a_timeout_is_loaded_again() -> None:
+    broadcaster: Broadcaster[str] = Broadcaster()
+    calls = 0
+    slow = anyio.Event()
+
+    async def replay() -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await slow.wait()  # never set: the reader gives up first
+        return ["old"]
+
+    subscription = broadcaster.subscribe(replay=replay)
+    with anyio.move_on_after(0.01):
+        await anext(subscription)
+    broadcaster.publish("live")
+    assert await take(subscription, 2) == ["old", "live"]
+    assert calls == 2
+    await subscription.aclose()
