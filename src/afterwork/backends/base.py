@@ -34,10 +34,12 @@ from .._lifecycle import Claim, Lease, NewJob, Outcome
 from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
+    "TRUNCATED",
     "Backend",
     "CancelWatch",
     "Claim",
     "Clock",
+    "EventHistory",
     "EventStream",
     "HeartbeatReply",
     "Inspector",
@@ -48,6 +50,7 @@ __all__ = (
     "QueueStats",
     "Store",
     "Ticks",
+    "truncated_event",
 )
 
 
@@ -243,3 +246,47 @@ class CancelWatch(Protocol):
 
 class Store(Backend, Inspector, Ticks, Protocol):
     """A backend that is also an inspector and keeps ticks (all of afterwork's own)."""
+
+
+#: The ``kind`` of the marker an ``events(since=...)`` stream yields first when it cannot
+#: resume: events after ``since`` were trimmed from the history (or ``since`` is not an id of
+#: this store). Also yielded, on memory and SQLite, when a reader fell so far behind that its
+#: buffer overflowed. The reader missed events and should reload the state it shows.
+TRUNCATED = "truncated"
+
+
+def truncated_event(since: str | None, at: float) -> JobEvent:
+    """The marker that says "events were lost": not a job's event (``job_id`` is empty).
+
+    ``message`` is the id the reader asked to resume after (``None`` when a live reader
+    fell too far behind and lost its oldest buffered events).
+    """
+    return JobEvent(
+        kind=TRUNCATED, job_id="", task="", queue="", status=JobStatus.QUEUED, at=at, message=since
+    )
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """Optional: a store that keeps a bounded, ordered history of its events.
+
+    Every event it publishes has an :attr:`~afterwork.JobEvent.id` that orders it in the
+    store (memory and SQLite: increasing integers; Redis: stream ids), and a reader can
+    resume after one.
+
+    Contract: ``events(since=id)`` yields the events published after ``id``, in order, then
+    live events, with none missed and none twice, including those published while the
+    history is being read. If some of them are no longer kept (older than the retention)
+    or ``id`` is not one of this store's ids, the stream yields a :data:`TRUNCATED` marker
+    first, then live events: it never skips events silently. ``events()`` behaves as
+    :meth:`Backend.events`.
+    """
+
+    @property
+    def event_retention(self) -> int:
+        """About how many recent events are kept (at least this many on memory and SQLite)."""
+        ...
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events after ``since`` (kept ones first), then live ones; from now if ``None``."""
+        ...

@@ -12,10 +12,14 @@ import secrets
 import threading
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
 from .._lifecycle import Change
 from .._notify import Broadcaster, Notifier
+from ..exceptions import ConfigurationError
 from ..job import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -34,15 +38,25 @@ from .base import (
     NewJob,
     Outcome,
     QueueStats,
+    truncated_event,
 )
 
 __all__ = ("MemoryBackend",)
 
 
 class MemoryBackend:
-    """Jobs in a dict, queues in heaps, one lock. Thread-safe and loop-agnostic."""
+    """Jobs in a dict, queues in heaps, one lock. Thread-safe and loop-agnostic.
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    Args:
+        clock: seconds since the epoch (default ``time.time``; tests pass a fake one).
+        event_retention: how many recent events are kept, so that ``events(since=id)`` can
+            resume a reader (``memory://?event_retention=N``). Event ids are ``1``, ``2``,
+            … in publishing order.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, event_retention: int = 10_000) -> None:
+        if event_retention < 1:
+            raise ConfigurationError("event_retention must be at least 1")
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
@@ -55,9 +69,26 @@ class MemoryBackend:
         self._sequence = itertools.count()
         self._ticks: dict[str, float] = {}
         self._tick_marks: set[tuple[str, float]] = set()
-        self._events: Broadcaster[JobEvent] = Broadcaster()
+        self.event_retention: int = event_retention
+        self._events: Broadcaster[JobEvent] = Broadcaster(
+            history=event_retention,
+            stamp=lambda event, position: replace(event, id=str(position)),
+            lost=lambda: truncated_event(None, self._clock()),
+        )
         self._work = Notifier()
         self._wake = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> MemoryBackend:
+        """``memory://``; ``?event_retention=N`` sets that option."""
+        for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            if name != "event_retention":
+                raise ConfigurationError(f"unknown memory URL option {name!r} in {url!r}")
+            try:
+                options.setdefault(name, int(value))
+            except ValueError:
+                raise ConfigurationError(f"bad value for {name!r} in {url!r}") from None
+        return cls(clock=clock, **options)
 
     def __repr__(self) -> str:
         return f"MemoryBackend(jobs={len(self._jobs)})"
@@ -299,8 +330,17 @@ class MemoryBackend:
                 timeout = min(timeout, max(self._delayed[0][0] - now, 0.0))
         await self._work.wait(ticket, timeout)
 
-    def events(self) -> EventStream:
-        return self._events.subscribe()
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since``, first the kept events after that id.
+
+        If events after ``since`` are no longer kept (or ``since`` is not an id of this
+        store), a ``truncated`` marker comes first instead, then live events.
+        """
+        if since is None:
+            return self._events.subscribe()
+        after = int(since) if since.isdigit() else -1
+        gap = truncated_event(since, self._clock())
+        return self._events.subscribe(after=after, gap=gap)
 
     # -- the Inspector protocol ----------------------------------------------------------
 

@@ -489,11 +489,21 @@ class RedisBackend:
                 timeout = min(timeout, due)
         await self._wake.wait(ticket, timeout)
 
-    def events(self) -> EventStream:
+    @property
+    def event_retention(self) -> int:
+        """About how many events the stream keeps (``events_maxlen``; trimmed with ``~``)."""
+        return int(self._maxlen)
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since`` (a stream id), first the kept ones after it.
+
+        If entries after ``since`` may have been trimmed, a ``truncated`` marker comes first
+        instead, then live events.
+        """
         # Stream ids are the server's milliseconds: start a second before "now" so that
         # nothing published after this call can be missed (a few older events may come).
         start = int((time.time() + self._offset) * 1000) - 1000
-        stream = StreamEvents(self, f"{max(start, 0)}-0")
+        stream = StreamEvents(self, f"{max(start, 0)}-0", since)
         if self._closed:
             stream.close()
         self._streams.add(stream)

@@ -124,6 +124,7 @@ class SQLiteBackend(InspectorMixin):
         self._pump = EventPump(
             lambda: connect(self.path, busy_timeout=busy_timeout, synchronous="NORMAL"),
             poll_interval=event_poll_interval,
+            clock=self._clock,
         )
         self._work = Notifier()
         self._finishes: list[_Pending] = []
@@ -528,5 +529,14 @@ class SQLiteBackend(InspectorMixin):
                 return
             interval = min(interval * 2, self._max_poll_interval)
 
-    def events(self) -> EventStream:
-        return self._pump.subscribe()
+    @property
+    def event_retention(self) -> int:
+        """How many recent events the events table keeps (``events(since=id)`` resumes)."""
+        return self._event_retention
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since`` (an event id), first the kept ones after it.
+
+        If events after ``since`` were trimmed, a ``truncated`` marker comes first instead.
+        """
+        return self._pump.subscribe(since)
