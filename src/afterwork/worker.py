@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import random
@@ -31,6 +32,15 @@ class _Waitable(Protocol):
 
 
 logger: logging.Logger = logging.getLogger(__name__)
+
+
+class _Admission(enum.Enum):
+    START = "start"
+    """Start it now."""
+    HOLD = "hold"
+    """Not yet; jobs behind it may start."""
+    BLOCK = "block"
+    """Not yet, and nothing behind it either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,26 +284,33 @@ class Worker:
         held: list[Claim] = []
         while self._buffer and self._slots < self.concurrency and self._solo is None:
             claim = self._buffer.popleft()
-            if not self._admit(claim):
-                held.append(claim)  # waits for a running job to end
+            verdict = self._admit(claim)
+            if verdict is _Admission.START:
+                self._start(self._jobs_group, claim)
                 continue
-            self._start(self._jobs_group, claim)
+            held.append(claim)  # waits for a running job to end
+            if verdict is _Admission.BLOCK:
+                break
         self._buffer.extendleft(reversed(held))
 
-    def _admit(self, claim: Claim) -> bool:
+    def _admit(self, claim: Claim) -> _Admission:
         """Whether a claimed job may start now: the one place where start rules live.
 
-        * A task's local ``concurrency`` caps its running jobs in this process.
         * A job that was running on a worker that died (``recoveries > 0``) may have
           killed it: it runs alone, so that if it kills this worker too, no job beside
-          it is charged for the crash.
+          it is charged for the crash. Until the running jobs end, nothing queued behind
+          it starts either (it would wait forever under a steady load).
+        * A task's local ``concurrency`` caps its running jobs in this process; jobs of
+          other tasks may pass it.
         """
         job = claim.job
         if job.recoveries > 0:
-            return self._slots == 0
+            return _Admission.START if self._slots == 0 else _Admission.BLOCK
         task = self.owner.tasks.get(job.task)
         limit = task.opts.concurrency if task is not None else None
-        return limit is None or self._per_task[job.task] < limit
+        if limit is None or self._per_task[job.task] < limit:
+            return _Admission.START
+        return _Admission.HOLD
 
     async def _drop_buffered(self, lost: Collection[str], cancel: Collection[str]) -> None:
         """Take prefetched jobs out of the buffer: lost ones silently, cancelled ones ended."""
