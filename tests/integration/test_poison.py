@@ -112,7 +112,6 @@ def test_a_poison_job_kills_its_worker_exactly_max_recoveries_times(
             assert worker.returncode == 0, (tmp_path / f"worker{starts - 1}.err").read_text()
 
     final = jobs(store_url, ids)
-    print("DEATHS", deaths, [(j.status.value, j.recoveries) for j in final.values()])
     assert deaths == 3
     assert [final[job.id].status for job in healthy] == [JobStatus.SUCCEEDED] * 11
     killer = final[poison.id]
