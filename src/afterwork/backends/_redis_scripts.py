@@ -23,6 +23,7 @@ Key layout under the prefix ``P`` (default ``afterwork``)::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,7 +33,19 @@ from pydantic_core import from_json, to_json
 from ..job import Job, JobError, JobStatus
 from .base import NewJob
 
-__all__ = ("FIELDS", "SCRIPTS", "MalformedRecord", "Script", "job_args", "new_job", "parse_job")
+__all__ = (
+    "FIELDS",
+    "OWNED",
+    "SCRIPTS",
+    "MalformedRecord",
+    "Script",
+    "change_item",
+    "hash_fields",
+    "job_args",
+    "new_job",
+    "parse_job",
+    "record_fields",
+)
 
 #: The job hash fields every script returns, in this order (``record()`` in common.lua).
 FIELDS = (
@@ -198,3 +211,75 @@ def unreadable_job(job_id: str, record: list[Any] | None, reason: str) -> Job:
         status=JobStatus.FAILED,
         error=JobError.from_message(MALFORMED, f"the stored record cannot be read: {reason}"),
     )
+
+
+def _time(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6f}"
+
+
+def hash_fields(job: Job) -> dict[str, str | None]:
+    """The mutable fields of ``job`` as the job hash stores them (``None``: absent)."""
+    return {
+        "status": job.status.value,
+        "prio": str(int(job.priority)),
+        "attempts": str(job.attempts),
+        "recov": str(job.recoveries),
+        "key": job.key,
+        "run_at": _time(job.run_at),
+        "started": _time(job.started_at),
+        "finished": _time(job.finished_at),
+        "result": None if job.result is None else to_json(job.result).decode(),
+        "error": None if job.error is None else to_json(job.error.to_dict()).decode(),
+        "progress": None if job.progress is None else repr(float(job.progress)),
+        "pmsg": job.progress_message,
+        "worker": job.worker,
+        "lease": _time(job.lease_expires_at),
+        "cancel": "1" if job.cancel_requested else "0",
+    }
+
+
+#: The fields each transition writes: the rest of the record is left as the store has it
+#: (a progress report or a cancel request made meanwhile is not overwritten).
+OWNED: dict[str, tuple[str, ...]] = {
+    "begin": ("attempts", "started"),
+    "finish": (
+        "status", "result", "error", "finished", "run_at", "attempts", "worker", "lease", "cancel",
+    ),
+    "recover": ("status", "recov", "error", "finished", "run_at", "worker", "lease", "cancel"),
+    "cancel": ("status", "finished", "cancel"),
+    "quarantine": ("status", "error", "finished", "worker", "lease", "cancel"),
+    "retry": (
+        "status", "attempts", "recov", "key", "run_at", "started", "finished", "result",
+        "progress", "pmsg", "worker", "lease", "cancel",
+    ),
+}  # fmt: skip
+
+
+def change_item(
+    transition: str,
+    change: Any,
+    *,
+    expect: Mapping[str, str | None],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One entry for ``apply.lua``: what ``change`` (an ``afterwork._lifecycle.Change``)
+    writes, guarded by ``expect`` (the fields its decision read, as they were read)."""
+    fields = hash_fields(change.job)
+    owned = OWNED[transition]
+    item: dict[str, Any] = {
+        "id": change.job.id,
+        "expect": {name: value or "" for name, value in expect.items()},
+        "set": {name: fields[name] for name in owned if fields[name] is not None},
+        "del": [name for name in owned if fields[name] is None],
+    }
+    if change.event is not None:
+        item["event"] = change.event
+    if change.message is not None:
+        item["message"] = change.message
+    item.update({name: value for name, value in extra.items() if value is not None})
+    return item
+
+
+def record_fields(record: list[Any]) -> dict[str, Any]:
+    """A record (``FIELDS`` order) as a field → value dict."""
+    return dict(zip(FIELDS, record, strict=True))

@@ -20,6 +20,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,9 +32,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
-from ..job import Job, JobError, JobStatus
+from ..job import Job, JobStatus
 from ._redis_events import StreamEvents, execute
 from ._redis_scripts import (
     FIELDS,
@@ -42,9 +44,11 @@ from ._redis_scripts import (
     TOKEN,
     MalformedRecord,
     Script,
+    change_item,
     job_args,
     new_job,
     parse_job,
+    record_fields,
     unreadable_job,
 )
 from .base import (
@@ -65,6 +69,7 @@ logger: logging.Logger = logging.getLogger(__name__)
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _FINISH_BATCH = 256
+_CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
 
 class RedisBackend:
@@ -122,7 +127,10 @@ class RedisBackend:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._cancel_callbacks: list[Callable[[str], object]] = []
-        self._finishes: list[tuple[list[str], asyncio.Future[Job | None]]] = []
+        self._finishes: list[tuple[tuple[Lease, Outcome], asyncio.Future[Job | None]]] = []
+        # Jobs this process holds a lease on, as it last saw them: finish and begin compute
+        # their change from these (nothing the transitions read changes while a lease holds).
+        self._held: dict[str, tuple[str, Job]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._begins: list[tuple[list[Lease], asyncio.Future[list[Job | None]]]] = []
         self._beginner: asyncio.Task[None] | None = None
@@ -292,7 +300,9 @@ class RedisBackend:
         record = await self._eval(
             SCRIPTS["start"], worker, repr(float(lease_ttl)), token, *job_args(job)
         )
-        return Claim(self._parse(record), token)
+        claim = Claim(self._parse(record), token)
+        self._held[claim.job.id] = (token, claim.job)
+        return claim
 
     async def claim(
         self,
@@ -325,9 +335,12 @@ class RedisBackend:
         claims: list[Claim] = []
         for record in records:
             try:
-                claims.append(Claim(parse_job(record), record[TOKEN]))
+                claim = Claim(parse_job(record), record[TOKEN])
             except MalformedRecord as exc:
                 await self._quarantine_claimed(record, str(exc))
+                continue
+            self._held[claim.job.id] = (claim.token, claim.job)
+            claims.append(claim)
         return claims
 
     async def _quarantine_claimed(self, record: list[Any], reason: str) -> None:
@@ -338,8 +351,39 @@ class RedisBackend:
             MALFORMED,
             extra={"action": "job_malformed", "job": {"id": record[0]}},
         )
-        error = JobError.from_message(MALFORMED, f"the stored record cannot be read: {reason}")
-        await self.finish(Lease(record[0], record[TOKEN]), Outcome.failed(error))
+        job = unreadable_job(record[0], record, reason)
+        change = life.quarantine(
+            replace(job, status=JobStatus.RUNNING), now=self.now(), reason=reason
+        )
+        expect = {"status": "running", "token": record[TOKEN]}
+        await self._apply([change_item("quarantine", change, expect=expect)])
+
+    # -- applying what the lifecycle decided ---------------------------------------------
+
+    async def _apply(self, items: list[dict[str, Any]], *, retry_for: float | None = None) -> Any:
+        """Run ``apply.lua`` on changes computed by :mod:`afterwork._lifecycle`."""
+        return await self._eval(SCRIPTS["apply"], to_json(items).decode(), retry_for=retry_for)
+
+    async def _read(self, job_id: str) -> tuple[Job, dict[str, Any]] | None:
+        """A job and its raw fields (token included), or ``None`` if absent or unreadable."""
+        record = await self._command("HMGET", self._key(f"job:{job_id}"), *FIELDS)
+        if record[0] is None and record[3] is None:
+            return None
+        try:
+            return parse_job(record), record_fields(record)
+        except MalformedRecord:
+            return None
+
+    async def _held_job(self, lease: Lease) -> tuple[Job, str | None] | None:
+        """The job ``lease`` is about, as this process last saw it under that lease."""
+        cached = self._held.get(lease.job_id)
+        if cached is not None and cached[0] == lease.token:
+            return cached[1], cached[0]
+        read = await self._read(lease.job_id)
+        if read is None:
+            return None
+        job, raw = read
+        return job, raw["token"]
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
@@ -354,22 +398,48 @@ class RedisBackend:
     async def _flush_begins(self) -> None:
         while self._begins:
             batch, self._begins = self._begins[:_FINISH_BATCH], self._begins[_FINISH_BATCH:]
-            args: list[str] = []
-            for leases, _ in batch:
-                for lease in leases:
-                    args.extend((lease.job_id, lease.token))
             try:
-                # Safe to retry: beginning twice under one lease changes nothing.
-                reply = iter(await self._eval(SCRIPTS["begin"], *args))
+                flat = [lease for leases, _ in batch for lease in leases]
+                results = await self._begin_batch(flat)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            done = iter(results)
             for leases, future in batch:
-                records = [next(reply) for _ in leases]
+                begun = [next(done) for _ in leases]
                 if not future.done():
-                    future.set_result([None if r == 0 else self._parse(r) for r in records])
+                    future.set_result(begun)
+
+    async def _begin_batch(self, leases: list[Lease]) -> list[Job | None]:
+        now = self.now()
+        results: list[Job | None] = [None] * len(leases)
+        items: list[dict[str, Any]] = []
+        where: list[int] = []
+        for i, lease in enumerate(leases):
+            held = await self._held_job(lease)
+            if held is None:
+                continue
+            job, token = held
+            change = life.begin(job, held=token, token=lease.token, now=now)
+            if change is None:
+                continue
+            expect: dict[str, str | None] = {"status": "running", "token": lease.token}
+            if change.event is not None:
+                expect["started"] = None
+            # Begun already under this lease: the item writes what is there (a check alone).
+            items.append(change_item("begin", change, expect=expect))
+            where.append(i)
+        if items:
+            # Safe to retry: a repeat finds the attempt started and writes nothing.
+            reply = await self._apply(items)
+            for i, record in zip(where, reply, strict=True):
+                if record != 0:
+                    job = self._parse(record)
+                    results[i] = job
+                    self._held[job.id] = (leases[i].token, job)
+        return results
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
@@ -378,6 +448,8 @@ class RedisBackend:
         for lease in leases:
             args.extend((lease.job_id, lease.token))
         lost, cancel = await self._eval(SCRIPTS["heartbeat"], *args)
+        for job_id in lost:
+            self._held.pop(job_id, None)
         return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
@@ -390,18 +462,10 @@ class RedisBackend:
             JobStatus.QUEUED,
         ):
             raise ValueError(f"not an outcome: {status!r}")
-        item = [
-            lease.job_id,
-            lease.token,
-            status.value,
-            to_json(outcome.result).decode() if status is JobStatus.SUCCEEDED else "",
-            "" if outcome.error is None else to_json(outcome.error.to_dict()).decode(),
-            repr(float(outcome.delay)),
-        ]
         # Finishes issued together (a batch of jobs ending in the same loop turn) share one
         # script call: group commit, with each one still fenced by its own token.
         future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
-        self._finishes.append((item, future))
+        self._finishes.append(((lease, outcome), future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_finishes())
         job = await future
@@ -413,22 +477,38 @@ class RedisBackend:
         while self._finishes:
             batch = self._finishes[:_FINISH_BATCH]
             del self._finishes[:_FINISH_BATCH]
-            args = ["0"]
-            for item, _ in batch:
-                args.extend(item)
+            now = self.now()
+            items: list[dict[str, Any]] = []
+            where: list[int] = []
+            results: list[Job | None] = [None] * len(batch)
             try:
-                reply = await self._eval(
-                    SCRIPTS["finish"], *args, retry_for=self._finish_retry_for, replay=3
-                )
+                for i, ((lease, outcome), _) in enumerate(batch):
+                    held = await self._held_job(lease)
+                    if held is None:
+                        continue
+                    job, token = held
+                    change = life.finish(
+                        job, held=token, token=lease.token, outcome=outcome, now=now
+                    )
+                    if change is None:
+                        continue
+                    expect = {"status": "running", "token": lease.token}
+                    items.append(change_item("finish", change, expect=expect, done=lease.token))
+                    where.append(i)
+                # Fenced, and a repeat of an applied finish returns its record: safe to retry.
+                reply = await self._apply(items, retry_for=self._finish_retry_for) if items else []
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            for i, record in zip(where, reply, strict=True):
+                results[i] = None if record == 0 else self._parse(record)
             self._wake.notify()
-            for (_, future), record in zip(batch, reply, strict=True):
+            for ((lease, _), future), done in zip(batch, results, strict=True):
+                self._held.pop(lease.job_id, None)
                 if not future.done():
-                    future.set_result(None if record == 0 else self._parse(record))
+                    future.set_result(done)
 
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         reply = await self._eval(
@@ -444,8 +524,23 @@ class RedisBackend:
     async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
         recovered: list[Job] = []
         while True:
-            records = await self._eval(SCRIPTS["recover"], str(max_recoveries), "500")
-            recovered.extend(self._parse(record) for record in records)
+            now, records = await self._eval(SCRIPTS["expired"], "500")
+            items: list[dict[str, Any]] = []
+            for record in records:
+                try:
+                    job = parse_job(record)
+                except MalformedRecord as exc:
+                    await self._quarantine_claimed(record, str(exc))
+                    continue
+                change = life.recover(job, now=float(now), max_recoveries=max_recoveries)
+                raw = record_fields(record)
+                # Applied only if the lease is still the expired one that was read.
+                expect = {name: raw[name] for name in ("status", "token", "lease", "cancel")}
+                expect["started"] = raw["started"]
+                items.append(change_item("recover", change, expect=expect))
+            if items:
+                reply = await self._apply(items)
+                recovered.extend(self._parse(r) for r in reply if r != 0)
             if len(records) < 500:
                 return recovered
 
@@ -461,8 +556,21 @@ class RedisBackend:
         return self._parse(record, job_id)
 
     async def cancel(self, job_id: str) -> Job | None:
-        record = await self._eval(SCRIPTS["cancel"], job_id)
-        return None if not record else self._parse(record, job_id)
+        for _ in range(_CAS_TRIES):
+            read = await self._read(job_id)
+            if read is None:
+                return await self.get(job_id)
+            job, raw = read
+            change = life.cancel(job, now=self.now())
+            if change is None:
+                return job
+            expect = {"status": raw["status"], "cancel": raw["cancel"]}
+            running = job.status is JobStatus.RUNNING
+            item = change_item("cancel", change, expect=expect, cancelpub=running or None)
+            (record,) = await self._apply([item])
+            if record != 0:
+                return self._parse(record, job_id)
+        raise BackendError(f"job {job_id} kept changing; its cancel was not recorded")
 
     def _parse(self, record: list[Any], job_id: str | None = None) -> Job:
         try:
@@ -583,8 +691,24 @@ class RedisBackend:
         return result
 
     async def retry(self, job_id: str) -> Job | None:
-        record = await self._eval(SCRIPTS["retry"], job_id)
-        return None if not record else self._parse(record, job_id)
+        key_free = True
+        for _ in range(_CAS_TRIES):
+            read = await self._read(job_id)
+            if read is None:
+                return await self.get(job_id)
+            job, raw = read
+            if job.queue == "?":  # a quarantined record stays failed
+                return job
+            change = life.retry(job, now=self.now(), key_free=key_free)
+            if change is None:
+                return job
+            keep = job.key if key_free else None
+            item = change_item("retry", change, expect={"status": raw["status"]}, keyfree=keep)
+            (record,) = await self._apply([item])
+            if record != 0:
+                return self._parse(record, job_id)
+            key_free = False  # the key may be held by another job now: retry without it
+        raise BackendError(f"job {job_id} kept changing; its retry was not recorded")
 
     async def purge(self, *, older_than: float | None = None) -> int:
         total = 0

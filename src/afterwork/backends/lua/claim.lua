@@ -67,7 +67,7 @@ for i = 1, math.min(limit, #candidates) do
   redis.call('ZREM', c[3], id)
   -- life.claim: the lease, not the start (no attempt counted, no event); its change does
   -- not depend on the record, so it is applied as is.
-  redis.call('HDEL', jkey(id), 'started')
+  redis.call('HDEL', jkey(id), 'started', 'done_token')
   redis.call('HSET', jkey(id), 'status', 'running', 'worker', worker,
     'lease', lease, 'cancel', '0', 'token', base .. i)
   redis.call('ZADD', P .. ':leases', lease, id)
