@@ -1,20 +1,22 @@
 """The Redis backend's Lua scripts and the codec between job records and :class:`Job`.
 
-Every state change that touches more than one key is one script (``lua/*.lua``), each run
-atomically by Redis. A script starts with ``lua/common.lua``: the key layout, the store
-clock and the helpers the scripts share.
+Every state change is one script (``lua/*.lua``), run atomically by Redis. A script starts
+with ``lua/common.lua``: the key layout, the store clock and the helpers the scripts share.
+The scripts decide nothing that :mod:`afterwork._lifecycle` decides: ``apply.lua`` writes
+the changes it computed (compare-and-set), and ``claim``/``heartbeat``/``progress`` write
+changes that do not depend on the record.
 
 Key layout under the prefix ``P`` (default ``afterwork``)::
 
     P:job:<id>        hash     one job (fields: FIELDS below, plus done_token)
-    P:q:<queue>       zset     ready jobs; score orders by priority, then arrival
+    P:q:<queue>       zset     ready jobs; score orders by priority, then due time (ms), then id
     P:delayed         zset     scheduled jobs and retries, by run_at
     P:leases          zset     running jobs, by lease expiry (what recovery scans)
     P:all             zset     every job id (lexical order = creation order), for listing
     P:done / P:expires zset    finished jobs by finish time / by result expiry (purge)
     P:key:<key>       string   the unfinished job holding a dedupe key
     P:stats:<queue>   hash     job counts per status
-    P:queues          set      queue names;  P:seq  string  arrival counter
+    P:queues          set      queue names
     P:tick:<s>:<t>    string   a taken tick;  P:ticks  hash  last tick per schedule
     P:events          stream   JobEvents (capped);  P:bad:<id>  a quarantined raw record
     channels P:wake (a job became due) and P:cancel (a running job should stop)
