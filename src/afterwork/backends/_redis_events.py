@@ -74,6 +74,7 @@ class StreamEvents:
         self._since = since
         self._buffer: deque[JobEvent] = deque()
         self._done = False
+        self._seq: int | None = None  # the sequence number of the last entry read
 
     def __aiter__(self) -> StreamEvents:
         return self
@@ -106,11 +107,20 @@ class StreamEvents:
                 continue
             for _stream, entries in reply or ():
                 for entry_id, data in entries:  # redis-py parses each entry into a dict
-                    self._last = entry_id
-                    event = _event(entry_id, data)
-                    if event is not None:
-                        self._buffer.append(event)
+                    self._take(entry_id, data)
         return self._buffer.popleft()
+
+    def _take(self, entry_id: str, data: dict[str, str]) -> None:
+        """Buffer one entry, after a truncated marker if entries before it were trimmed."""
+        seq = _seq(data)
+        if seq is not None:
+            if self._seq is not None and seq > self._seq + 1:
+                self._buffer.append(truncated_event(self._last, self._backend.now()))
+            self._seq = seq
+        self._last = entry_id
+        event = _event(entry_id, data)
+        if event is not None:
+            self._buffer.append(event)
 
     async def _resume(self, client: aioredis.Redis, since: str) -> None:
         """Start after ``since``: buffer what follows it, or the truncated marker."""
@@ -134,14 +144,18 @@ class StreamEvents:
             return
         self._last = start
         for entry_id, fields in entries:
-            self._last = entry_id
-            event = _event(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
-            if event is not None:
-                self._buffer.append(event)
+            self._take(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
 
     async def aclose(self) -> None:
         self._done = True
         self._backend._streams.discard(self)
+
+
+def _seq(data: dict[str, str]) -> int | None:
+    try:
+        return int(data["n"])
+    except (KeyError, ValueError):
+        return None  # written before events were numbered
 
 
 def _event(entry_id: str, data: dict[str, str]) -> JobEvent | None:

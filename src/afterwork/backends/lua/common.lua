@@ -30,8 +30,11 @@ local function fields(id, ...)
   return nil
 end
 
+-- Each event carries a sequence number ('n'): consecutive, so a reader sees a gap (events
+-- trimmed before it read them) that the stream's own ids cannot show.
 local function emit(kind, id, task, queue, status, attempts, progress, message)
-  redis.call('XADD', P .. ':events', 'MAXLEN', '~', MAXLEN, '*', 'k', kind, 'j', id,
+  local n = redis.call('INCR', P .. ':evseq')
+  redis.call('XADD', P .. ':events', 'MAXLEN', '~', MAXLEN, '*', 'n', n, 'k', kind, 'j', id,
     't', task or '', 'q', queue or '', 's', status, 'a', attempts or '0', 'at', NOW,
     'p', progress or '', 'm', message or '')
 end
