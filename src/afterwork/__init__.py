@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from . import _moved
 from .__about__ import __version__ as __version__
+from ._engine.scheduler import ScheduleInfo as ScheduleInfo
+from ._engine.services import ServiceState as ServiceState
+from ._engine.services import ServiceStatus as ServiceStatus
+from ._engine.worker import Worker as Worker
+from ._engine.worker import WorkerStatistics as WorkerStatistics
 from ._settings import Settings as Settings
 from .app import Afterwork as Afterwork
+from .app import ServiceContext as ServiceContext
 from .context import JobContext as JobContext
 from .exceptions import AfterworkError as AfterworkError
 from .exceptions import BackendError as BackendError
@@ -19,8 +26,9 @@ from .job import JobError as JobError
 from .job import JobEvent as JobEvent
 from .job import JobStatus as JobStatus
 from .retry import Retry as Retry
-from .services import ServiceContext as ServiceContext
 from .task import Task as Task
+
+_moved.install()
 
 __all__ = (
     "Afterwork",
@@ -37,9 +45,14 @@ __all__ = (
     "JobStatus",
     "PayloadTooLarge",
     "Retry",
+    "ScheduleInfo",
     "ServiceContext",
+    "ServiceState",
+    "ServiceStatus",
     "Settings",
     "Task",
     "TaskNotFound",
+    "Worker",
+    "WorkerStatistics",
     "__version__",
 )

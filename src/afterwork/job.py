@@ -9,12 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .exceptions import InvalidTransition
-
-if TYPE_CHECKING:
-    from .app import Afterwork
 
 __all__ = (
     "ACTIVE_STATUSES",
@@ -24,10 +21,22 @@ __all__ = (
     "Job",
     "JobError",
     "JobEvent",
+    "JobOwner",
     "JobStatus",
     "check_transition",
     "new_job_id",
 )
+
+
+class JobOwner(Protocol):
+    """What a :class:`Job` needs to refresh itself (an :class:`~afterwork.Afterwork`).
+
+    The model names this protocol, never the facade, so it imports nothing above itself.
+    """
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def wait_for_job(self, job_id: str, *, timeout: float | None = None) -> Job: ...
 
 
 class JobStatus(StrEnum):
@@ -196,7 +205,7 @@ class Job:
     worker: str | None = None
     lease_expires_at: float | None = None
     cancel_requested: bool = False
-    _owner: Afterwork | None = field(default=None, compare=False, repr=False)
+    _owner: JobOwner | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_finished(self) -> bool:
@@ -215,11 +224,11 @@ class Job:
     def scheduled_for(self) -> datetime:
         return datetime.fromtimestamp(self.run_at, UTC)
 
-    def bind(self, owner: Afterwork) -> Job:
+    def bind(self, owner: JobOwner) -> Job:
         """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""
         return self if self._owner is owner else replace(self, _owner=owner)
 
-    def _require_owner(self) -> Afterwork:
+    def _require_owner(self) -> JobOwner:
         if self._owner is None:
             raise RuntimeError(
                 "this Job is not attached to an Afterwork instance; use aw.get_job(job.id)"
