@@ -18,7 +18,7 @@ import anyio
 
 from . import _bridge, _signature
 from ._engine import dependencies
-from ._engine.host import LocalRuns
+from ._engine.local import LocalRuns
 from ._engine.scheduler import (
     CronTrigger,
     IntervalTrigger,

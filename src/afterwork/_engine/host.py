@@ -19,10 +19,8 @@ from ..job import JobOwner
 
 if TYPE_CHECKING:
     from ..task import Task
-    from .inline import InlineRunner
-    from .worker import Worker
 
-__all__ = ("Host", "LocalRuns")
+__all__ = ("Host", "LocalMember", "RunRegistry")
 
 
 class Host(JobOwner, Protocol):
@@ -52,7 +50,7 @@ class Host(JobOwner, Protocol):
         ...
 
     @property
-    def local_runs(self) -> LocalRuns:
+    def local_runs(self) -> RunRegistry:
         """The jobs this process runs (workers and inline runs), for local cancels."""
         ...
 
@@ -71,38 +69,21 @@ class Host(JobOwner, Protocol):
         ...
 
 
-class LocalRuns:
-    """The jobs this process runs: its workers and the in-process runner of ``add_task``.
+class LocalMember(Protocol):
+    """Something that runs jobs in this process (a worker)."""
 
-    ``Afterwork.cancel`` calls :meth:`cancel` so a job running here stops at once (other
-    processes learn of the cancel from their next heartbeat); ``Afterwork.aclose`` calls
-    :meth:`stop_workers`.
-    """
+    def cancel_local(self, job_id: str) -> bool:
+        """Cancel a job it runs; ``False`` if it runs none with that id."""
+        ...
 
-    def __init__(self, host: Host) -> None:
-        self._host = host
-        self.workers: set[Worker] = set()
-        self._inline: InlineRunner | None = None
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; with ``now`` also release running jobs at once."""
+        ...
 
-    @property
-    def inline(self) -> InlineRunner:
-        """The runner of plain callables given to ``Jobs.add_task`` (created on first use)."""
-        if self._inline is None:
-            from .inline import InlineRunner
 
-            self._inline = InlineRunner(self._host)
-        return self._inline
+class RunRegistry(Protocol):
+    """Where workers register while they run, so local cancels and shutdown reach them."""
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel ``job_id`` wherever it runs in this process; ``True`` if it ran here."""
-        found = False
-        for worker in list(self.workers):
-            found = worker.cancel_local(job_id) or found
-        if self._inline is not None:
-            found = self._inline.cancel_local(job_id) or found
-        return found
+    def attach(self, member: LocalMember) -> None: ...
 
-    def stop_workers(self) -> None:
-        """Stop every local worker at once (running jobs are released)."""
-        for worker in list(self.workers):
-            worker.stop(now=True)
+    def detach(self, member: LocalMember) -> None: ...

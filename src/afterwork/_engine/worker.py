@@ -169,7 +169,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
         """Run until stopped (or, in burst mode, until nothing is due). Returns jobs run."""
-        self.host.local_runs.workers.add(self)
+        self.host.local_runs.attach(self)
         logger.info(
             "worker %s started (concurrency %d, queues %s)",
             self.id,
@@ -200,7 +200,7 @@ class Worker:
                 self.watchdog.stop()
             if unwatch is not None:
                 unwatch()
-            self.host.local_runs.workers.discard(self)
+            self.host.local_runs.detach(self)
             logger.info(
                 "worker %s stopped after %d job(s)",
                 self.id,
