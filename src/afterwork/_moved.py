@@ -9,11 +9,14 @@ each old module on import, with a :class:`DeprecationWarning` naming the new pla
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import warnings
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 __all__ = ("MOVED", "install")
 
@@ -45,7 +48,9 @@ _EXTRA: dict[str, tuple[str, str]] = {
 }
 
 
-class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _MovedFinder:
+    """A meta path finder and loader (``importlib.abc`` is not imported: it is slow)."""
+
     def find_spec(
         self,
         fullname: str,
@@ -54,7 +59,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self)
+        return importlib.machinery.ModuleSpec(fullname, cast("Loader", self))
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None

@@ -172,15 +172,27 @@ def test_public_module_all_is_pinned(module_name: str) -> None:
         assert hasattr(module, name), f"{module_name}.{name}"
 
 
+@pytest.fixture(autouse=True)
+def _forget_moved_modules() -> Iterator[None]:
+    """Each test imports the old paths afresh, and leaves no trace of them on the package."""
+
+    def forget() -> None:
+        for old in DEPRECATED_PATHS:
+            sys.modules.pop(old, None)
+            afterwork.__dict__.pop(old.rpartition(".")[2], None)
+
+    forget()
+    yield
+    forget()
+
+
 @pytest.mark.parametrize("old", DEPRECATED_PATHS)
 def test_moved_modules_import_with_a_deprecation_warning(old: str) -> None:
-    sys.modules.pop(old, None)
     with pytest.warns(DeprecationWarning, match=old.replace(".", r"\.")):
         module = importlib.import_module(old)
     assert module.__all__
     for name in module.__all__:
         assert hasattr(module, name), f"{old}.{name}"
-    sys.modules.pop(old, None)
 
 
 def test_moved_modules_keep_their_public_names() -> None:
@@ -205,11 +217,29 @@ def run_python(code: str) -> str:
     return result.stdout.strip()
 
 
-def test_import_afterwork_does_not_import_fastapi_or_the_cli() -> None:
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import afterwork",
+        "from afterwork import *",  # every public name, so the facade and the engine
+        "from afterwork import Afterwork; Afterwork('memory://')",
+    ],
+)
+def test_afterwork_does_not_import_fastapi_or_the_cli(statement: str) -> None:
     loaded = run_python(
-        "import sys, afterwork; "
+        f"import sys; {statement}; "
         "print(sorted({m.split('.')[0] for m in sys.modules} "
         "& {'fastapi', 'starlette', 'typer', 'rich', 'click'}))"
+    )
+    assert loaded == "[]"
+
+
+def test_afterwork_cli_help_does_not_load_the_engine() -> None:
+    loaded = run_python(
+        "import sys\n"
+        "from afterwork import cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('afterwork.app', "
+        "'afterwork._engine', 'pydantic', 'asyncio'))))"
     )
     assert loaded == "[]"
 

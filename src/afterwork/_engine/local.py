@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .inline import InlineRunner
-
 if TYPE_CHECKING:
     from .host import Host, LocalMember
+    from .inline import InlineRunner
 
 __all__ = ("LocalRuns",)
 
@@ -36,6 +35,8 @@ class LocalRuns:
     def inline(self) -> InlineRunner:
         """The runner of plain callables given to ``Jobs.add_task`` (created on first use)."""
         if self._inline is None:
+            from .inline import InlineRunner  # the runner (and pydantic-core) on first use
+
             self._inline = InlineRunner(self._host)
         return self._inline
 
