@@ -168,13 +168,15 @@ class Job:
 
     A ``Job`` is a snapshot: :meth:`refresh` and :meth:`wait` fetch a newer one.
     Timestamps are seconds since the epoch, by the store's clock; the ``*_dt`` helpers
-    turn them into aware datetimes.
+    (:attr:`created_at_dt`, :attr:`run_at_dt`, :attr:`started_at_dt`,
+    :attr:`finished_at_dt`) turn them into aware UTC datetimes.
 
     Example:
         ```python
         job = await send_email.enqueue("ada@example.com", "Welcome")
         job = await job.wait(timeout=10)
         assert job.status is JobStatus.SUCCEEDED
+        result = job.result_or_raise()  # JobFailed if it failed or was cancelled
         ```
     """
 
@@ -218,11 +220,65 @@ class Job:
 
     @property
     def created(self) -> datetime:
+        """When the job was created (the same as :attr:`created_at_dt`)."""
         return datetime.fromtimestamp(self.created_at, UTC)
 
     @property
     def scheduled_for(self) -> datetime:
+        """When the job is due (the same as :attr:`run_at_dt`)."""
         return datetime.fromtimestamp(self.run_at, UTC)
+
+    @property
+    def created_at_dt(self) -> datetime:
+        """``created_at`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.created_at, UTC)
+
+    @property
+    def run_at_dt(self) -> datetime:
+        """``run_at`` (when the job is due) as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.run_at, UTC)
+
+    @property
+    def started_at_dt(self) -> datetime | None:
+        """``started_at`` as an aware UTC datetime (``None`` if it never started)."""
+        return timestamp(self.started_at)
+
+    @property
+    def finished_at_dt(self) -> datetime | None:
+        """``finished_at`` as an aware UTC datetime (``None`` while unfinished)."""
+        return timestamp(self.finished_at)
+
+    def result_or_raise(self) -> Any:
+        """The job's result if it succeeded; otherwise raise.
+
+        Raises:
+            JobFailed: the job failed or was cancelled; ``exc.job`` is this job and
+                ``exc.error`` its :class:`JobError` (type, message, traceback).
+            RuntimeError: the job has not finished yet (``await job.wait()`` first).
+
+        Example:
+            ```python
+            job = await transcode.enqueue(42)
+            report = (await job.wait(timeout=60)).result_or_raise()
+            ```
+        """
+        from .exceptions import JobFailed
+
+        if self.status is JobStatus.SUCCEEDED:
+            return self.result
+        if self.status is JobStatus.FAILED or self.status is JobStatus.CANCELLED:
+            error = self.error
+            why = f": {error.type}: {error.message}" if error is not None else ""
+            raise JobFailed(
+                f"job {self.id} ({self.task}) {self.status.value}{why}",
+                job_id=self.id,
+                job=self,
+                error=error,
+            )
+        raise RuntimeError(
+            f"job {self.id} ({self.task}) is {self.status.value}, not finished: it has no "
+            "result yet; await job.wait() (or job.refresh()) and call this on what it returns"
+        )
 
     def bind(self, owner: JobOwner) -> Job:
         """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""

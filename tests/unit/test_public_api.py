@@ -389,4 +389,6 @@ def test_no_import_cycle_goes_through_the_facade() -> None:
 
 @pytest.mark.parametrize("name", ["afterwork._engine.worker", "afterwork.job", "afterwork.task"])
 def test_no_import_cycle_goes_through_the_engine_or_the_model(name: str) -> None:
-    assert cycle_through(name) is None
+    cycle = cycle_through(name)
+    # Inside the model a type-only cycle is fine (``JobFailed.job`` names ``Job``).
+    assert cycle is None or set(cycle) <= MODEL, cycle
