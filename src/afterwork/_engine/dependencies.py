@@ -440,7 +440,7 @@ async def resolve(
     Example:
         ```python
         async with contextlib.AsyncExitStack() as stack:
-            values = await resolve(service_func, stack, overrides=overrides_of(aw))
+            values = await resolve(service_func, stack, overrides=aw.dependency_overrides())
             await service_func(**values)
         ```
     """
