@@ -213,7 +213,7 @@ class Worker:
         """Claim jobs into the buffer and start those admitted, until stopped."""
         self._jobs_group = jobs
         while not self._stopping.is_set():
-            self._start_admitted()
+            await self._start_admitted()
             room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
             if room <= 0:
                 await self._wait_slot()
@@ -312,8 +312,12 @@ class Worker:
         self._buffer.extendleft(reversed(held))
         return admitted
 
-    def _start_admitted(self) -> None:
-        """Start every buffered job the admission step lets through."""
+    async def _start_admitted(self) -> None:
+        """Start every buffered job the admission step lets through.
+
+        Async on purpose: this is where a store call made right before jobs run (marking
+        the admitted claims started, in one batch) belongs.
+        """
         if self._stopping.is_set() or self._jobs_group is None:
             return
         for claim in self._admitted():
@@ -390,7 +394,7 @@ class Worker:
                 # shutdown we stop waiting for it.
                 await _first(run.thread_done, self._stopping)
             self._slots -= 1
-            self._start_admitted()
+            await self._start_admitted()
             self._notify_slot()
 
     async def _shutdown(self) -> None:
