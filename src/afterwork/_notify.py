@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 __all__ = ("Broadcaster", "Notifier", "Subscription")
@@ -68,6 +69,10 @@ class Notifier:
                     pass
 
 
+#: Loads a subscription's backlog on its first read (items published before it subscribed).
+Replay = Callable[[], Awaitable[Sequence[T]]]
+
+
 class _Subscriber(Generic[T]):
     __slots__ = ("dropped", "items", "loop", "wakeup")
 
@@ -81,51 +86,117 @@ class _Subscriber(Generic[T]):
 class Broadcaster(Generic[T]):
     """Fan items out to every subscriber; a slow subscriber loses its oldest items.
 
-    Publishing never blocks and never fails because of a subscriber.
+    Publishing never blocks and never fails because of a subscriber. With ``lost``, a
+    subscriber that lost items reads ``lost()`` before the items it still has.
+
+    With ``history``, the last ``history`` items are kept with their positions (1, 2, 3, …
+    in publishing order; ``stamp`` writes the position into the item), and a subscriber
+    may start after a position: the retained items after it come first, then live ones,
+    with nothing missed and nothing twice, because both are taken under one lock.
     """
 
-    def __init__(self, maxlen: int = 10_000) -> None:
+    def __init__(
+        self,
+        maxlen: int = 10_000,
+        *,
+        history: int = 0,
+        stamp: Callable[[T, int], T] | None = None,
+        lost: Callable[[], T] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._subscribers: list[_Subscriber[T]] = []
         self._maxlen = maxlen
         self._closed = False
+        self._history: deque[tuple[int, T]] = deque(maxlen=max(history, 1))
+        self._keep = history > 0
+        self._stamp = stamp
+        self._lost = lost
+        self._position = 0
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, item: T) -> None:
+    @property
+    def position(self) -> int:
+        """The position of the last item published (0: none yet)."""
+        return self._position
+
+    def publish(self, item: T) -> T:
+        """Hand ``item`` to every subscriber; return it (stamped with its position)."""
         with self._lock:
+            # Under the lock, so that a subscriber starting after a position sees each item
+            # exactly once: in its backlog or live, never both.
+            self._position += 1
+            if self._stamp is not None:
+                item = self._stamp(item, self._position)
+            if self._keep:
+                self._history.append((self._position, item))
             subscribers = list(self._subscribers)
+            for sub in subscribers:
+                if len(sub.items) == sub.items.maxlen:
+                    sub.dropped += 1
+                sub.items.append(item)
         for sub in subscribers:
-            if len(sub.items) == sub.items.maxlen:
-                sub.dropped += 1
-            sub.items.append(item)
             sub.wakeup.notify()
+        return item
 
     def close(self) -> None:
         """End every subscription (each iterator returns after draining what it has)."""
         with self._lock:
             self._closed = True
             subscribers, self._subscribers = self._subscribers, []
+            for sub in subscribers:
+                sub.items.append(None)
         for sub in subscribers:
-            sub.items.append(None)
             sub.wakeup.notify()
 
     def reopen(self) -> None:
         with self._lock:
             self._closed = False
 
-    def subscribe(self) -> Subscription[T]:
-        """Items published from now on (the subscription starts at once), until :meth:`close`."""
-        sub: _Subscriber[T] = _Subscriber(asyncio.get_running_loop(), self._maxlen)
+    def subscribe(
+        self,
+        *,
+        after: int | None = None,
+        gap: T | None = None,
+        replay: Replay[T] | None = None,
+    ) -> Subscription[T]:
+        """Items published from now on (the subscription starts at once), until :meth:`close`.
+
+        Args:
+            after: a position: first the kept items after it, then live ones. If items
+                after it are no longer kept (or it is not a position this broadcaster
+                gave), ``gap`` comes first instead, then live items.
+            gap: the item that says "history truncated".
+            replay: items to yield before the live ones, loaded on the first read (a
+                backlog kept elsewhere, e.g. in a table).
+        """
+        backlog: list[T] = []
         with self._lock:
             closed = self._closed
+            if after is not None:
+                backlog = self._backlog(after, gap)
+            sub: _Subscriber[T] = _Subscriber(
+                asyncio.get_running_loop(), self._maxlen + len(backlog)
+            )
+            sub.items.extend(backlog)
             if not closed:
                 self._subscribers.append(sub)
         if closed:
             sub.items.append(None)
-        return Subscription(self, sub)
+        return Subscription(self, sub, replay)
+
+    def _backlog(self, after: int, gap: T | None) -> list[T]:
+        oldest = self._history[0][0] if self._history else self._position + 1
+        if not self._keep or after > self._position or after < oldest - 1:
+            return [] if gap is None else [gap]
+        return [item for position, item in self._history if position > after]
+
+    def _prepend(self, sub: _Subscriber[T], items: Sequence[T]) -> None:
+        if items:
+            with self._lock:  # publish appends under this lock: no item is lost in the swap
+                sub.items = deque([*items, *sub.items], maxlen=(sub.items.maxlen or 0) + len(items))
 
     def _remove(self, sub: _Subscriber[T]) -> None:
         with self._lock:
@@ -136,9 +207,13 @@ class Broadcaster(Generic[T]):
 class Subscription(Generic[T]):
     """An async iterator over a broadcaster's items; ``aclose()`` unsubscribes."""
 
-    def __init__(self, owner: Broadcaster[T], sub: _Subscriber[T]) -> None:
+    def __init__(
+        self, owner: Broadcaster[T], sub: _Subscriber[T], replay: Replay[T] | None = None
+    ) -> None:
         self._owner = owner
         self._sub = sub
+        self._replay = replay
+        self._reported = 0
         self._done = False
 
     def __aiter__(self) -> Subscription[T]:
@@ -146,8 +221,16 @@ class Subscription(Generic[T]):
 
     async def __anext__(self) -> T:
         sub = self._sub
+        if self._replay is not None:
+            # Cancelled (a reader's timeout) or failed: kept, so the next read loads it again.
+            backlog = await self._replay()
+            self._replay = None
+            self._owner._prepend(sub, backlog)
         while not self._done:
             ticket = sub.wakeup.ticket()
+            if sub.dropped != self._reported and self._owner._lost is not None:
+                self._reported = sub.dropped  # this reader fell behind: say so, not silently
+                return self._owner._lost()
             if sub.items:
                 item = sub.items.popleft()
                 if item is None:

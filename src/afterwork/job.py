@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback as _traceback
 from collections.abc import Mapping
@@ -91,14 +92,30 @@ def check_transition(old: JobStatus, new: JobStatus) -> None:
         raise InvalidTransition(f"a job cannot go from {old.value!r} to {new.value!r}")
 
 
+_last_id = 0
+_id_lock = threading.Lock()
+
+
 def new_job_id() -> str:
-    """A 32-hex-digit id that sorts by creation time (UUIDv7 layout: 48 bits of ms, then random)."""
+    """A 32-hex-digit id that sorts by creation time (UUIDv7 layout: 48 bits of ms, then random).
+
+    Ids made by one process are strictly increasing, even within one millisecond (the
+    random part counts up, as RFC 9562's monotonic method does), so jobs enqueued in the
+    same millisecond still run in the order they were enqueued.
+    """
+    global _last_id
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(os.urandom(10), "big") >> 2  # leave room to count up
     value = (ms << 80) | rand
     # Set the version (7) and variant bits so the id is a valid UUIDv7 in hex.
     value = (value & ~(0xF << 76)) | (0x7 << 76)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    with _id_lock:
+        if value <= _last_id:
+            value = _last_id + 1
+            if (value >> 62) & 0x3 != 0x2:  # the counter ran into the variant bits
+                value = (value & ~(0x3 << 62)) | (0x2 << 62)
+        _last_id = value
     return f"{value:032x}"
 
 

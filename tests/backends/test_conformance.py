@@ -264,6 +264,9 @@ async def test_lease_fencing_and_recovery(aw: Afterwork, clock: FakeClock) -> No
     await backend.enqueue([new(max_attempts=2)])
     (claim,) = await backend.claim("w1", queues=None, limit=5, lease_ttl=10.0)
     assert claim.job.status is JobStatus.RUNNING and claim.job.worker == "w1"
+    assert claim.job.attempts == 0 and claim.job.started_at is None  # claimed, not started
+    (begun,) = await backend.begin([claim.lease])
+    assert begun is not None and begun.attempts == 1 and begun.started_at is not None
     # While the lease holds, nobody else can claim the job, and recovery leaves it alone.
     assert await backend.claim("w2", queues=None, limit=5, lease_ttl=10.0) == []
     clock.advance(9)
@@ -279,7 +282,10 @@ async def test_lease_fencing_and_recovery(aw: Afterwork, clock: FakeClock) -> No
     assert recovered.error is not None and recovered.error.type == "afterwork.WorkerLost"
     (second,) = await backend.claim("w2", queues=None, limit=5, lease_ttl=10.0)
     assert second.token != claim.token
-    assert second.job.attempts == 2
+    assert second.job.attempts == 1
+    assert await backend.begin([claim.lease]) == [None]  # the stale worker cannot start it
+    (begun,) = await backend.begin([second.lease])
+    assert begun is not None and begun.attempts == 2
     # The stale worker can neither renew nor write an outcome.
     stale = await backend.heartbeat([claim.lease], lease_ttl=10.0)
     assert stale.lost == frozenset({claim.job.id})
@@ -291,19 +297,43 @@ async def test_lease_fencing_and_recovery(aw: Afterwork, clock: FakeClock) -> No
 
 
 async def test_recovery_gives_up_after_max_recoveries(aw: Afterwork, clock: FakeClock) -> None:
+    """A job whose worker dies while running it is failed after exactly max_recoveries deaths."""
     backend = aw.backend
     (job,) = await backend.enqueue([new(max_attempts=1)])
     for round_ in range(3):
         (claim,) = await backend.claim("w", queues=None, limit=1, lease_ttl=1.0)
+        await backend.begin([claim.lease])
         clock.advance(2)
-        (recovered,) = await backend.recover_expired(max_recoveries=2)
+        (recovered,) = await backend.recover_expired(max_recoveries=3)
+        assert recovered.recoveries == round_ + 1
         if round_ < 2:
             assert recovered.status is JobStatus.QUEUED
         else:
             assert recovered.status is JobStatus.FAILED
             assert recovered.error is not None and recovered.error.type == "afterwork.WorkerLost"
+            assert "3 worker(s) died" in recovered.error.message
     final = await backend.get(job.id)
     assert final is not None and final.status is JobStatus.FAILED and final.recoveries == 3
+    assert final.attempts == 3
+
+
+async def test_unstarted_claims_go_back_uncharged_and_first(
+    aw: Afterwork, clock: FakeClock
+) -> None:
+    """Jobs a dead worker had only prefetched are not charged and keep their place."""
+    backend = aw.backend
+    (first,) = await backend.enqueue([new()])
+    clock.advance(1)
+    (claim,) = await backend.claim("w", queues=None, limit=5, lease_ttl=1.0)
+    (newer,) = await backend.enqueue([new()])
+    clock.advance(2)
+    (back,) = await backend.recover_expired(max_recoveries=1)
+    assert back.id == first.id and back.status is JobStatus.QUEUED
+    assert back.recoveries == 0 and back.attempts == 0 and back.error is None
+    assert await backend.begin([claim.lease]) == [None]
+    (again,) = await backend.claim("w2", queues=None, limit=1, lease_ttl=10.0)
+    assert again.job.id == first.id  # ahead of the newer job
+    assert newer.id != first.id
 
 
 async def test_inline_job_is_failed_not_requeued_when_its_process_dies(
@@ -320,12 +350,16 @@ async def test_release_does_not_spend_an_attempt(aw: Afterwork) -> None:
     backend = aw.backend
     (job,) = await backend.enqueue([new()])
     (claim,) = await backend.claim("w", queues=None, limit=1, lease_ttl=10.0)
-    assert claim.job.attempts == 1
+    (begun,) = await backend.begin([claim.lease])
+    assert begun is not None and begun.attempts == 1
     released = await backend.finish(claim.lease, Outcome.released())
     assert released is not None
     assert released.status is JobStatus.QUEUED and released.attempts == 0
     (again,) = await backend.claim("w", queues=None, limit=1, lease_ttl=10.0)
-    assert again.job.id == job.id and again.job.attempts == 1
+    assert again.job.id == job.id and again.job.attempts == 0
+    # A claim released before it started gives back nothing: it spent nothing.
+    unstarted = await backend.finish(again.lease, Outcome.released())
+    assert unstarted is not None and unstarted.attempts == 0
 
 
 async def test_claims_never_hand_out_a_job_twice(aw: Afterwork) -> None:

@@ -68,7 +68,7 @@ async def test_an_enqueued_jobs_events_arrive_on_the_stream(client: httpx.AsyncC
             assert response.headers["content-type"].startswith("text/event-stream")
             events = EventReader(response)
             ready = await events.until("ready")
-            assert ready.data == {"resumed": False}  # the memory backend keeps no history
+            assert ready.data == {"resumed": False}  # no Last-Event-ID: nothing to resume
 
             job = await enqueue(client, "add", args=[2], kwargs={"b": 3})
             kinds = []

@@ -357,6 +357,7 @@ async def test_events_written_by_another_connection_are_delivered_with_ids(
         (job,) = await worker.enqueue([NewJob(id=new_job_id(), task="new")])
         (claim,) = await worker.claim("w", queues=None, limit=1, lease_ttl=10)
         assert claim.job.id != job.id  # the older job is claimed first
+        await worker.begin([claim.lease])  # a claim starts nothing: beginning does
         events = []
         async with asyncio.timeout(10):
             async for event in stream:

@@ -290,6 +290,7 @@ async def test_expired_lease_is_recovered_by_a_live_worker() -> None:
         job = await quick.enqueue()
         # A "dead" worker claims it and never heartbeats.
         (claim,) = await aw.backend.claim("dead", queues=None, limit=1, lease_ttl=0.3)
+        await aw.backend.begin([claim.lease])  # it had started running the job
         async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
             done = await job.wait(timeout=WAIT)
         assert done.status is JobStatus.SUCCEEDED

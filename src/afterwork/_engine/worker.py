@@ -109,6 +109,7 @@ class Worker:
         self._jobs_group: TaskGroup | None = None
         self._runs: dict[str, JobRun] = {}
         self._per_task: Counter[str] = Counter()
+        self._solo: str | None = None  # a job that runs alone (see _admit)
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
@@ -289,16 +290,23 @@ class Worker:
     def _admit(self, claim: Claim, admitting: Sequence[Claim]) -> bool:
         """May this claimed job start now, beside the running jobs and ``admitting``?
 
-        The one place that decides when a job of the prefetch buffer starts. A job not
-        admitted stays buffered (leased, heartbeated, cancellable) and is offered again
-        when a job ends. Today's rule is a task's per-process ``concurrency``; fleet-wide
-        limits, rate limits and "a recovered job runs alone" go here too.
+        The one place where start rules live. A job not admitted stays buffered (leased,
+        heartbeated, cancellable) and is offered again when a job ends.
+
+        * A job that was running on a worker that died (``recoveries > 0``) may have
+          killed it: it runs alone, so that if it kills this worker too, no job beside
+          it is charged for the crash. Nothing else starts while it runs.
+        * A task's local ``concurrency`` caps its running jobs in this process.
         """
-        name = claim.job.task
-        limit = self._local_limit(name)
+        job = claim.job
+        if self._solo is not None or any(other.job.recoveries > 0 for other in admitting):
+            return False
+        if job.recoveries > 0:
+            return self._slots == 0 and not admitting
+        limit = self._local_limit(job.task)
         if limit is None:
             return True
-        same = self._per_task[name] + sum(1 for other in admitting if other.job.task == name)
+        same = self._per_task[job.task] + sum(1 for o in admitting if o.job.task == job.task)
         return same < limit
 
     def _admitted(self) -> list[Claim]:
@@ -315,8 +323,8 @@ class Worker:
     async def _start_admitted(self) -> None:
         """Start every buffered job the admission step lets through.
 
-        Async on purpose: this is where a store call made right before jobs run (marking
-        the admitted claims started, in one batch) belongs.
+        Async on purpose: a store call for the admitted claims as a batch belongs here
+        (today each started job marks itself begun, in :meth:`_begin`).
         """
         if self._stopping.is_set() or self._jobs_group is None:
             return
@@ -353,6 +361,8 @@ class Worker:
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
         run = JobRun(claim)
+        if claim.job.recoveries > 0:
+            self._solo = claim.job.id
         self._runs[claim.job.id] = run
         self._per_task[claim.job.task] += 1
         self._slots += 1
@@ -362,6 +372,9 @@ class Worker:
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
         try:
+            if not await self._begin(run):
+                return
+            job = run.job
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "job %s (%s) started",
@@ -384,6 +397,8 @@ class Worker:
                 self._lost += 1
             self._finished += 1
         finally:
+            if self._solo == job.id:
+                self._solo = None
             del self._runs[job.id]
             self._per_task[job.task] -= 1
             if self._per_task[job.task] <= 0:
@@ -396,6 +411,31 @@ class Worker:
             self._slots -= 1
             await self._start_admitted()
             self._notify_slot()
+
+    async def _begin(self, run: JobRun) -> bool:
+        """Mark the attempt started in the store before any of its code runs.
+
+        A job is charged for a worker's death only once this returned, so the mark must
+        be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
+        """
+        try:
+            (started,) = await self.host.backend.begin([run.claim.lease])
+        except Exception:
+            logger.warning(
+                "job %s (%s) could not be started; it will be recovered when its lease expires",
+                run.job.id,
+                run.job.task,
+                exc_info=True,
+                extra=log_extra("job_begin_failed", run.job, self.id),
+            )
+            run.reason = LOST
+            return False
+        if started is None:
+            run.reason = LOST
+            self._lost += 1
+            return False
+        run.claim = Claim(started, run.claim.token)
+        return True
 
     async def _shutdown(self) -> None:
         if self._buffer:

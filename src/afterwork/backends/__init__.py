@@ -44,8 +44,5 @@ def from_url(url: str, *, clock: Clock | None = None, **options: Any) -> Store:
             ) from None
         raise
     factory = getattr(module, class_name)
-    if scheme == "memory":
-        backend: Store = factory(clock=clock)
-    else:
-        backend = factory.from_url(url, clock=clock, **options)
+    backend: Store = factory.from_url(url, clock=clock, **options)
     return backend

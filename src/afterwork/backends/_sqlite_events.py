@@ -8,6 +8,12 @@ in-process subscribers, so ``events()`` in a web process sees what worker proces
 Latency: a commit in this process wakes the pump at once; commits by other processes are
 seen at the next poll, within ``poll_interval`` (0.1 s by default). The table keeps the
 last ``retention`` events; older rows are trimmed as new ones are written.
+
+Resuming (``subscribe(since=id)``): the pump's cursor is read and the subscriber registered
+under the pump's lock, and the pump publishes under that lock too; the rows after ``id``
+up to that cursor are then read from the table on the first ``anext``, and live rows (after
+the cursor) follow. Row ids are consecutive (rows are only ever trimmed from the oldest
+end), so a missing row after ``id`` means it was trimmed: the stream says so.
 """
 
 from __future__ import annotations
@@ -15,20 +21,23 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
+
 from .._notify import Broadcaster, Subscription
 from ..job import JobEvent, JobStatus
+from .base import TRUNCATED, Clock, EventStream, truncated_event
 
 __all__ = ("EventPump",)
 
 logger: logging.Logger = logging.getLogger(__name__)
 
-_SELECT = (
-    "SELECT id, kind, job_id, task, queue, status, attempts, at, progress, message"
-    " FROM afterwork_events WHERE id > ? ORDER BY id LIMIT 1000"
-)
+_COLUMNS = "id, kind, job_id, task, queue, status, attempts, at, progress, message"
+_SELECT = f"SELECT {_COLUMNS} FROM afterwork_events WHERE id > ? ORDER BY id LIMIT 1000"
+_SELECT_RANGE = f"SELECT {_COLUMNS} FROM afterwork_events WHERE id > ? AND id <= ? ORDER BY id"
 
 
 def _event(row: tuple[Any, ...]) -> JobEvent | None:
@@ -55,11 +64,18 @@ class EventPump:
     """Tails ``afterwork_events`` in a daemon thread while anyone is subscribed."""
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], *, poll_interval: float = 0.1
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        poll_interval: float = 0.1,
+        clock: Clock = time.time,
     ) -> None:
         self._connect = connect
+        self._clock = clock
         self.poll_interval = poll_interval
-        self._broadcaster: Broadcaster[JobEvent] = Broadcaster()
+        self._broadcaster: Broadcaster[JobEvent] = Broadcaster(
+            lost=lambda: truncated_event(None, self._clock())
+        )
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._conn: sqlite3.Connection | None = None
@@ -90,14 +106,29 @@ class EventPump:
         if self._broadcaster.subscriber_count:
             self._wake.set()
 
-    def subscribe(self) -> Subscription[JobEvent]:
-        """Events committed from now on (the cursor is read before this returns)."""
+    def subscribe(self, since: str | None = None) -> EventStream:
+        """Events committed from now on (the cursor is read before this returns).
+
+        With ``since`` (a row id), the rows after it come first, then live ones; if some of
+        them were trimmed, a ``truncated`` marker comes first instead, then live ones.
+        """
         with self._lock:
             closed = self._closed
             if not closed and self._broadcaster.subscriber_count == 0:
                 # Nobody was listening: start from the table's end, not from stale rows.
                 self._cursor = self._max_id()
-            subscription = self._broadcaster.subscribe()
+            stream: EventStream
+            if since is None or closed:
+                stream = self._broadcaster.subscribe()
+            else:
+                after = int(since) if since.isdigit() else -1
+                until = self._cursor
+                subscription = self._broadcaster.subscribe(
+                    replay=lambda: anyio.to_thread.run_sync(self._read_after, since, after, until)
+                )
+                # ``since`` may be ahead of this pump (another process read it sooner):
+                # the live rows up to it were seen already.
+                stream = _After(subscription, after) if after > until else subscription
             if not closed and self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="afterwork-sqlite-events", daemon=True
@@ -106,7 +137,25 @@ class EventPump:
         if closed:
             self._broadcaster.close()
         self._wake.set()
-        return subscription
+        return stream
+
+    def _read_after(self, since: str, after: int, until: int) -> list[JobEvent]:
+        """The events after row ``after`` up to row ``until``, or the truncated marker."""
+        conn = self._connect()  # a connection of its own: the pump's belongs to its thread
+        try:
+            conn.execute("BEGIN")  # one snapshot for every read
+            (oldest, newest) = conn.execute(
+                "SELECT min(id), max(id) FROM afterwork_events"
+            ).fetchone()
+            rows = conn.execute(_SELECT_RANGE, (after, until)).fetchall() if after < until else []
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        if after < 0 or after > (newest or 0):
+            return [truncated_event(since, self._clock())]  # not an id of this table
+        if after < until and (oldest is None or int(oldest) > after + 1):
+            return [truncated_event(since, self._clock())]  # rows after ``since`` were trimmed
+        return [event for event in map(_event, rows) if event is not None]
 
     # -- the pump thread -----------------------------------------------------------------
 
@@ -134,11 +183,38 @@ class EventPump:
                 except sqlite3.Error:
                     logger.warning("could not read job events", exc_info=True)
                     continue
+                if rows and int(rows[0][0]) > self._cursor + 1:
+                    # Rows were trimmed before this pump read them: say so, never skip them.
+                    self._broadcaster.publish(truncated_event(str(self._cursor), self._clock()))
                 if rows:
                     self._cursor = int(rows[-1][0])
-            for row in rows:
-                event = _event(row)
-                if event is not None:
-                    self._broadcaster.publish(event)
+                # Published under the lock: a subscriber resuming from the cursor gets each
+                # row once, from the table (up to the cursor) or from here (after it).
+                for row in rows:
+                    event = _event(row)
+                    if event is not None:
+                        self._broadcaster.publish(event)
             if len(rows) == 1000:
                 self._wake.set()  # more are waiting
+
+
+class _After:
+    """A subscription that skips the events up to row ``after`` (already seen elsewhere)."""
+
+    def __init__(self, inner: Subscription[JobEvent], after: int) -> None:
+        self._inner = inner
+        self._after = after
+
+    def __aiter__(self) -> _After:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        while True:
+            event = await anext(self._inner)
+            if event.kind == TRUNCATED:
+                self._after = -1  # ``since`` was no id of this store: skip nothing
+            if event.id is None or not event.id.isdigit() or int(event.id) > self._after:
+                return event
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

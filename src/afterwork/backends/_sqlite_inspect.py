@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import _lifecycle as life
 from ..job import JobStatus
 from ._sqlite_rows import ACTIVE_SQL, SELECT, TERMINAL_SQL, Tx, load
 from .base import Clock, JobFilter, NewJob, QueueStats
@@ -81,31 +81,21 @@ class InspectorMixin:
     async def retry(self, job_id: str) -> Job | None:
         def retry(tx: Tx) -> Job | None:
             job = tx.get(job_id)
-            if job is None or job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                return job
-            key = job.key
-            if key is not None and tx.select(f"key = ? AND status IN {ACTIVE_SQL}", (key,)):
-                key = None  # another unfinished job holds the key now
-            new = replace(
-                job,
-                status=JobStatus.QUEUED,
-                attempts=0,
-                recoveries=0,
-                key=key,
-                run_at=tx.now,
-                started_at=None,
-                finished_at=None,
-                result=None,
-                progress=None,
-                progress_message=None,
+            if job is None:
+                return None
+            key_free = job.key is None or not tx.select(
+                f"key = ? AND status IN {ACTIVE_SQL}", (job.key,)
             )
+            change = life.retry(job, now=tx.now, key_free=key_free)
             # ``result`` may be a default standing in for a corrupt value: clear it for real.
-            return tx.save(job, new, kind="retried", force=("result",))
+            return tx.apply(job, change, force=("result",)) or job
 
         return await self._write(retry)
 
     async def purge(self, *, older_than: float | None = None) -> int:
         def purge(tx: Tx) -> int:
+            # The set-based form of ``life.purgeable``: ``expires_at`` is the finished
+            # time plus ``result_ttl``, written when the job finished.
             conn, now = tx.conn, tx.now
             deleted = conn.execute(
                 "DELETE FROM afterwork_jobs WHERE expires_at <= ?", (now,)

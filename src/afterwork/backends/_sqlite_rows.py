@@ -6,9 +6,11 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _lifecycle as life
+from .._lifecycle import MALFORMED, Change
 from ..job import WAITING_STATUSES, Job, JobError, JobStatus
 from ._sqlite_schema import COLUMNS
 from .base import NewJob
@@ -17,10 +19,9 @@ __all__ = ("ACTIVE_SQL", "MALFORMED", "SELECT", "TERMINAL_SQL", "Tx", "dumps", "
 
 logger: logging.Logger = logging.getLogger(__name__)
 
-MALFORMED = "afterwork.MalformedRecord"
-
 COLS = ", ".join(COLUMNS)
 SELECT = f"SELECT {COLS} FROM afterwork_jobs"
+SELECT_HELD = f"SELECT {COLS}, token FROM afterwork_jobs"
 ACTIVE_SQL = "('scheduled', 'queued', 'running')"
 TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
 
@@ -177,8 +178,37 @@ class Tx:
         jobs = self.select("id = ?", (job_id,))
         return jobs[0] if jobs else None
 
+    def held(self, job_id: str) -> tuple[Job | None, str | None]:
+        """The job and the lease token the store holds for it."""
+        row = self.conn.execute(f"{SELECT_HELD} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None, None
+        return load(row)[0], row[len(COLUMNS)]
+
+    def apply(
+        self,
+        old: Job,
+        change: Change | None,
+        *,
+        token: str | None = None,
+        force: Sequence[str] = (),
+    ) -> Job | None:
+        """Persist a transition decided by :mod:`afterwork._lifecycle` (``None``: no change)."""
+        if change is None:
+            return None
+        return self.save(
+            old, change.job, kind=change.event, message=change.message, token=token, force=force
+        )
+
     def save(
-        self, old: Job, new: Job, *, kind: str | None = None, force: Sequence[str] = ()
+        self,
+        old: Job,
+        new: Job,
+        *,
+        kind: str | None = None,
+        message: str | None = None,
+        token: str | None = None,
+        force: Sequence[str] = (),
     ) -> Job:
         """Write the fields in which ``new`` differs from ``old`` (plus ``force``d ones).
 
@@ -192,6 +222,8 @@ class Tx:
         }
         if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
             columns["token"] = None
+        if token is not None:
+            columns["token"] = token
         if new.finished_at != old.finished_at or "finished_at" in columns:
             columns["expires_at"] = (
                 None
@@ -205,7 +237,7 @@ class Tx:
                 (*columns.values(), new.id),
             )
         if kind is not None:
-            self.emit(kind, new)
+            self.emit(kind, new, message)
         return new
 
     def insert(
@@ -221,39 +253,19 @@ class Tx:
         If its key is held by an unfinished job, or its id exists, nothing is written and
         that existing job is returned.
         """
-        now = self.now
-        running = worker is not None
-        delay = 0.0 if running else max(new.delay, 0.0)
-        if running:
-            status = JobStatus.RUNNING
+        if worker is None:
+            change = life.create(new, self.now)
         else:
-            status = JobStatus.SCHEDULED if delay > 0 else JobStatus.QUEUED
-        job = Job(
-            id=new.id,
-            task=new.task,
-            queue=new.queue,
-            status=status,
-            args=list(new.args),
-            kwargs=dict(new.kwargs),
-            priority=new.priority,
-            attempts=1 if running else 0,
-            max_attempts=new.max_attempts,
-            key=new.key,
-            created_at=now,
-            run_at=now + delay,
-            started_at=now if running else None,
-            timeout=new.timeout,
-            result_ttl=new.result_ttl,
-            worker=worker,
-            lease_expires_at=now + lease_ttl if running else None,
-        )
+            change = life.start_now(new, worker=worker, now=self.now, lease_ttl=lease_ttl)
+        job = change.job
+        now = job.created_at
         cursor = self.conn.execute(
             _INSERT,
             (
                 job.id,
                 job.task,
                 job.queue,
-                status.value,
+                job.status.value,
                 dumps(job.args),
                 dumps(job.kwargs),
                 job.priority,
@@ -265,13 +277,14 @@ class Tx:
                 job.started_at,
                 job.timeout,
                 job.result_ttl,
-                worker,
+                job.worker,
                 token,
                 job.lease_expires_at,
             ),
         )
         if cursor.rowcount == 1:
-            self.emit("started" if running else "enqueued", job)
+            assert change.event is not None
+            self.emit(change.event, job)
             return job
         # A conflict: the key is held by an unfinished job, or the id exists.
         if job.key is not None:
@@ -285,18 +298,11 @@ class Tx:
 
     def quarantine(self, job: Job) -> Job:
         """Fail a claimed job whose record cannot be decoded, instead of running it."""
-        error = job.error or JobError.from_message(MALFORMED, "the stored job record is malformed")
-        failed = replace(
-            job,
-            status=JobStatus.FAILED,
-            error=error,
-            finished_at=self.now,
-            worker=None,
-            lease_expires_at=None,
-            cancel_requested=False,
-        )
-        self.save(job, failed, force=("error",))
-        self.emit("failed", failed, error.message)
+        change = life.quarantine(job, now=self.now, reason="the stored job record is malformed")
+        failed = change.job
+        error = failed.error
+        assert error is not None
+        self.save(job, failed, kind=change.event, message=change.message, force=("error",))
         logger.error(
             "job %s (%s) quarantined as failed: %s",
             job.id,

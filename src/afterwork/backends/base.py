@@ -15,7 +15,10 @@ Contract (what must hold even on failure):
   token is the job's current token and the lease has not been recovered. A stale worker
   whose lease was taken over gets ``None`` / its job back in ``lost`` and changes nothing.
 * ``recover_expired`` takes back jobs whose lease expired (their worker died or froze):
-  they are queued again, or failed once ``max_recoveries`` is spent.
+  a job only claimed goes back uncharged; a started one is queued again, or failed once
+  ``max_recoveries`` workers died running it.
+* Every decision about a job's state is made by :mod:`afterwork._lifecycle`; a store only
+  loads, persists atomically (compare-and-set on the lease token) and keeps its indexes.
 * Time is the store's clock (:meth:`now`), so all processes agree on when a lease expires
   and when a delayed job is due.
 * Backends never unpickle anything. Arguments and results are JSON.
@@ -24,16 +27,19 @@ Contract (what must hold even on failure):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from ..job import Job, JobError, JobEvent, JobStatus
+from .._lifecycle import Claim, Lease, NewJob, Outcome
+from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
+    "TRUNCATED",
     "Backend",
     "CancelWatch",
     "Claim",
     "Clock",
+    "EventHistory",
     "EventStream",
     "HeartbeatReply",
     "Inspector",
@@ -44,6 +50,7 @@ __all__ = (
     "QueueStats",
     "Store",
     "Ticks",
+    "truncated_event",
 )
 
 
@@ -59,77 +66,6 @@ class EventStream(Protocol):
 
 #: Seconds since the epoch. Backends take one to make tests independent of real time.
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewJob:
-    """A job to create. Arguments are already validated and JSON-ready."""
-
-    id: str
-    task: str
-    queue: str = "default"
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
-    max_attempts: int = 1
-    """``retries + 1``. 0 marks a job run in-process only: recovery fails it, never requeues it."""
-    key: str | None = None
-    delay: float = 0.0
-    """Seconds from the store's now until the job is due (0: queued at once)."""
-    timeout: float | None = None
-    result_ttl: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A worker's hold on a running job."""
-
-    job_id: str
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A claimed job and the token that proves the claim."""
-
-    job: Job
-    token: str
-
-    @property
-    def lease(self) -> Lease:
-        return Lease(self.job.id, self.token)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """How an attempt ended. Build one with the class methods."""
-
-    status: JobStatus
-    result: Any = None
-    error: JobError | None = None
-    delay: float = 0.0
-    """For a retry: seconds from the store's now until the next attempt is due."""
-
-    @classmethod
-    def succeeded(cls, result: Any = None) -> Outcome:
-        return cls(status=JobStatus.SUCCEEDED, result=result)
-
-    @classmethod
-    def failed(cls, error: JobError) -> Outcome:
-        return cls(status=JobStatus.FAILED, error=error)
-
-    @classmethod
-    def retry(cls, error: JobError, delay: float) -> Outcome:
-        return cls(status=JobStatus.SCHEDULED, error=error, delay=max(delay, 0.0))
-
-    @classmethod
-    def cancelled(cls, error: JobError | None = None) -> Outcome:
-        return cls(status=JobStatus.CANCELLED, error=error)
-
-    @classmethod
-    def released(cls) -> Outcome:
-        """Back to the queue without spending an attempt (graceful stop)."""
-        return cls(status=JobStatus.QUEUED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +139,17 @@ class Backend(Protocol):
         """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
 
         ``queues`` ``None`` means every queue. Jobs of ``exclude_tasks`` are left alone.
+        A claim holds the lease but does not start the attempt (``started_at`` stays
+        unset): see :meth:`begin`.
+        """
+        ...
+
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        """Start the claimed attempts of ``leases``, in one atomic step per call.
+
+        Called right before a claimed job's code runs: only a started attempt counts as
+        an attempt and is charged a recovery if its worker dies. Returns each job as
+        started, or ``None`` where the lease is no longer the caller's.
         """
         ...
 
@@ -299,3 +246,47 @@ class CancelWatch(Protocol):
 
 class Store(Backend, Inspector, Ticks, Protocol):
     """A backend that is also an inspector and keeps ticks (all of afterwork's own)."""
+
+
+#: The ``kind`` of the marker an ``events(since=...)`` stream yields first when it cannot
+#: resume: events after ``since`` were trimmed from the history (or ``since`` is not an id of
+#: this store). Also yielded, on memory and SQLite, when a reader fell so far behind that its
+#: buffer overflowed. The reader missed events and should reload the state it shows.
+TRUNCATED = "truncated"
+
+
+def truncated_event(since: str | None, at: float) -> JobEvent:
+    """The marker that says "events were lost": not a job's event (``job_id`` is empty).
+
+    ``message`` is the id the reader asked to resume after (``None`` when a live reader
+    fell too far behind and lost its oldest buffered events).
+    """
+    return JobEvent(
+        kind=TRUNCATED, job_id="", task="", queue="", status=JobStatus.QUEUED, at=at, message=since
+    )
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """Optional: a store that keeps a bounded, ordered history of its events.
+
+    Every event it publishes has an :attr:`~afterwork.JobEvent.id` that orders it in the
+    store (memory and SQLite: increasing integers; Redis: stream ids), and a reader can
+    resume after one.
+
+    Contract: ``events(since=id)`` yields the events published after ``id``, in order, then
+    live events, with none missed and none twice, including those published while the
+    history is being read. If some of them are no longer kept (older than the retention)
+    or ``id`` is not one of this store's ids, the stream yields a :data:`TRUNCATED` marker
+    first, then live events: it never skips events silently. ``events()`` behaves as
+    :meth:`Backend.events`.
+    """
+
+    @property
+    def event_retention(self) -> int:
+        """About how many recent events are kept (at least this many on memory and SQLite)."""
+        ...
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events after ``since`` (kept ones first), then live ones; from now if ``None``."""
+        ...

@@ -14,17 +14,19 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+from .. import _lifecycle as life
+from .._lifecycle import Change
 from .._notify import Broadcaster, Notifier
+from ..exceptions import ConfigurationError
 from ..job import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     WAITING_STATUSES,
     Job,
-    JobError,
     JobEvent,
     JobStatus,
-    check_transition,
 )
 from .base import (
     Claim,
@@ -36,31 +38,57 @@ from .base import (
     NewJob,
     Outcome,
     QueueStats,
+    truncated_event,
 )
 
 __all__ = ("MemoryBackend",)
 
-WORKER_LOST = "afterwork.WorkerLost"
-
 
 class MemoryBackend:
-    """Jobs in a dict, queues in heaps, one lock. Thread-safe and loop-agnostic."""
+    """Jobs in a dict, queues in heaps, one lock. Thread-safe and loop-agnostic.
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    Args:
+        clock: seconds since the epoch (default ``time.time``; tests pass a fake one).
+        event_retention: how many recent events are kept, so that ``events(since=id)`` can
+            resume a reader (``memory://?event_retention=N``). Event ids are ``1``, ``2``,
+            … in publishing order.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, event_retention: int = 10_000) -> None:
+        if event_retention < 1:
+            raise ConfigurationError("event_retention must be at least 1")
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._keys: dict[str, str] = {}
-        # Ready jobs per queue: (-priority, sequence, id). Delayed jobs: (run_at, sequence, id).
+        # Ready jobs per queue, in ``life.ready_order``. Delayed jobs: (run_at, sequence, id).
         # Entries are deleted lazily: an entry whose job moved on is skipped when popped.
         self._ready: dict[str, list[tuple[int, int, str]]] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
         self._ticks: dict[str, float] = {}
         self._tick_marks: set[tuple[str, float]] = set()
-        self._events: Broadcaster[JobEvent] = Broadcaster()
+        self.event_retention: int = event_retention
+        self._events: Broadcaster[JobEvent] = Broadcaster(
+            history=event_retention,
+            stamp=lambda event, position: replace(event, id=str(position)),
+            lost=lambda: truncated_event(None, self._clock()),
+        )
         self._work = Notifier()
+        self._wake = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> MemoryBackend:
+        """``memory://``; ``?event_retention=N`` sets that option."""
+        for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+            if name != "event_retention":
+                raise ConfigurationError(f"unknown memory URL option {name!r} in {url!r}")
+            try:
+                options.setdefault(name, int(value))
+            except ValueError:
+                raise ConfigurationError(f"bad value for {name!r} in {url!r}") from None
+        return cls(clock=clock, **options)
 
     def __repr__(self) -> str:
         return f"MemoryBackend(jobs={len(self._jobs)})"
@@ -84,18 +112,33 @@ class MemoryBackend:
 
     def _push(self, job: Job) -> None:
         if job.status is JobStatus.QUEUED:
-            heap = self._ready.setdefault(job.queue, [])
-            heapq.heappush(heap, (-job.priority, next(self._sequence), job.id))
+            heapq.heappush(self._ready.setdefault(job.queue, []), (*life.ready_order(job),))
         elif job.status is JobStatus.SCHEDULED:
             heapq.heappush(self._delayed, (job.run_at, next(self._sequence), job.id))
 
-    def _set(self, job: Job, new: Job) -> Job:
-        if job.status is not new.status:
-            check_transition(job.status, new.status)
+    def _apply(self, change: Change | None, *, token: str | None = None) -> Job | None:
+        """Persist what a transition decided: the record, its indexes, its event."""
+        if change is None:
+            return None
+        new = change.job
+        old = self._jobs.get(new.id)
         self._jobs[new.id] = new
-        if new.status in TERMINAL_STATUSES and new.key is not None:
-            if self._keys.get(new.key) == new.id:
-                del self._keys[new.key]
+        if new.status is not JobStatus.RUNNING:
+            self._tokens.pop(new.id, None)
+        elif token is not None:
+            self._tokens[new.id] = token
+        if new.key is not None:
+            if new.status in TERMINAL_STATUSES:
+                if self._keys.get(new.key) == new.id:
+                    del self._keys[new.key]
+            else:
+                self._keys[new.key] = new.id
+        if old is None or old.status is not new.status:
+            self._push(new)
+            if new.status in WAITING_STATUSES:
+                self._wake = True
+        if change.event is not None:
+            self._emit(change.event, new, change.message)
         return new
 
     def _promote(self, now: float) -> None:
@@ -104,33 +147,15 @@ class MemoryBackend:
             job = self._jobs.get(job_id)
             if job is None or job.status is not JobStatus.SCHEDULED or job.run_at != run_at:
                 continue
-            self._push(self._set(job, replace(job, status=JobStatus.QUEUED)))
+            self._apply(life.promote(job, now))
 
-    def _owned(self, lease: Lease) -> Job | None:
-        job = self._jobs.get(lease.job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            return None
-        if self._tokens.get(lease.job_id) != lease.token:
-            return None
-        return job
+    def _held(self, job_id: str) -> tuple[Job | None, str | None]:
+        return self._jobs.get(job_id), self._tokens.get(job_id)
 
-    def _create(self, new: NewJob, now: float) -> Job:
-        due = now + max(new.delay, 0.0)
-        return Job(
-            id=new.id,
-            task=new.task,
-            queue=new.queue,
-            status=JobStatus.SCHEDULED if new.delay > 0 else JobStatus.QUEUED,
-            args=list(new.args),
-            kwargs=dict(new.kwargs),
-            priority=new.priority,
-            max_attempts=new.max_attempts,
-            key=new.key,
-            created_at=now,
-            run_at=due,
-            timeout=new.timeout,
-            result_ttl=new.result_ttl,
-        )
+    def _notify_if_woken(self) -> None:
+        if self._wake:
+            self._wake = False
+            self._work.notify()
 
     # -- the Backend protocol ------------------------------------------------------------
 
@@ -141,36 +166,22 @@ class MemoryBackend:
             for new in jobs:
                 if new.key is not None and new.key in self._keys:
                     created.append(self._jobs[self._keys[new.key]])
-                    continue
-                if new.id in self._jobs:
+                elif new.id in self._jobs:
                     created.append(self._jobs[new.id])
-                    continue
-                job = self._create(new, now)
-                self._jobs[job.id] = job
-                if job.key is not None:
-                    self._keys[job.key] = job.id
-                self._push(job)
-                self._emit("enqueued", job)
-                created.append(job)
-        self._work.notify()
+                else:
+                    job = self._apply(life.create(new, now))
+                    assert job is not None
+                    created.append(job)
+        self._notify_if_woken()
         return created
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         with self._lock:
-            now = self._clock()
             token = secrets.token_hex(16)
-            created = replace(
-                self._create(replace(job, delay=0.0), now),
-                status=JobStatus.RUNNING,
-                attempts=1,
-                started_at=now,
-                worker=worker,
-                lease_expires_at=now + lease_ttl,
-            )
-            self._jobs[created.id] = created
-            self._tokens[created.id] = token
-            self._emit("started", created)
-            return Claim(created, token)
+            change = life.start_now(job, worker=worker, now=self._clock(), lease_ttl=lease_ttl)
+            started = self._apply(change, token=token)
+            assert started is not None
+            return Claim(started, token)
 
     async def claim(
         self,
@@ -193,8 +204,12 @@ class MemoryBackend:
                     heap = self._ready[name]
                     while heap:
                         job = self._jobs.get(heap[0][2])
-                        if job is None or job.status is not JobStatus.QUEUED:
-                            heapq.heappop(heap)  # stale entry
+                        if (
+                            job is None
+                            or job.status is not JobStatus.QUEUED
+                            or life.ready_order(job) != heap[0]
+                        ):
+                            heapq.heappop(heap)  # stale: the job moved on (or came back later)
                             continue
                         if job.task in exclude_tasks:
                             skipped.append((name, heapq.heappop(heap)))
@@ -205,26 +220,28 @@ class MemoryBackend:
                 if best is None:
                     break
                 heapq.heappop(self._ready[best[1]])
-                job = self._jobs[best[0][2]]
                 token = secrets.token_hex(16)
-                job = self._set(
-                    job,
-                    replace(
-                        job,
-                        status=JobStatus.RUNNING,
-                        attempts=job.attempts + 1,
-                        started_at=now,
-                        worker=worker,
-                        lease_expires_at=now + lease_ttl,
-                        cancel_requested=False,
-                    ),
+                change = life.claim(
+                    self._jobs[best[0][2]], worker=worker, now=now, lease_ttl=lease_ttl
                 )
-                self._tokens[job.id] = token
-                self._emit("started", job)
-                claims.append(Claim(job, token))
+                claimed = self._apply(change, token=token)
+                assert claimed is not None
+                claims.append(Claim(claimed, token))
             for name, entry in skipped:
                 heapq.heappush(self._ready[name], entry)
         return claims
+
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        with self._lock:
+            now = self._clock()
+            begun: list[Job | None] = []
+            for lease in leases:
+                job, held = self._held(lease.job_id)
+                change = (
+                    None if job is None else life.begin(job, held=held, token=lease.token, now=now)
+                )
+                begun.append(self._apply(change))
+            return begun
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         lost: set[str] = set()
@@ -232,109 +249,59 @@ class MemoryBackend:
         with self._lock:
             now = self._clock()
             for lease in leases:
-                job = self._owned(lease)
-                if job is None:
+                job, held = self._held(lease.job_id)
+                renewed = (
+                    None
+                    if job is None
+                    else life.heartbeat(
+                        job, held=held, token=lease.token, now=now, lease_ttl=lease_ttl
+                    )
+                )
+                if renewed is None:
                     lost.add(lease.job_id)
                     continue
-                self._jobs[job.id] = replace(job, lease_expires_at=now + lease_ttl)
-                if job.cancel_requested:
-                    cancel.add(job.id)
+                self._jobs[renewed.id] = renewed
+                if renewed.cancel_requested:
+                    cancel.add(renewed.id)
         return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
         with self._lock:
-            job = self._owned(lease)
-            if job is None:
-                return None
-            now = self._clock()
-            common: dict[str, Any] = {
-                "worker": None,
-                "lease_expires_at": None,
-                "cancel_requested": False,
-            }
-            status = outcome.status
-            if status is JobStatus.SUCCEEDED:
-                new = replace(job, status=status, result=outcome.result, finished_at=now, **common)
-                kind = "succeeded"
-            elif status is JobStatus.FAILED:
-                new = replace(job, status=status, error=outcome.error, finished_at=now, **common)
-                kind = "failed"
-            elif status is JobStatus.CANCELLED:
-                new = replace(job, status=status, error=outcome.error, finished_at=now, **common)
-                kind = "cancelled"
-            elif status is JobStatus.SCHEDULED:
-                new = replace(
-                    job, status=status, error=outcome.error, run_at=now + outcome.delay, **common
+            job, held = self._held(lease.job_id)
+            change = (
+                None
+                if job is None
+                else life.finish(
+                    job, held=held, token=lease.token, outcome=outcome, now=self._clock()
                 )
-                kind = "retrying"
-            elif status is JobStatus.QUEUED:
-                new = replace(
-                    job, status=status, attempts=max(job.attempts - 1, 0), run_at=now, **common
-                )
-                kind = "released"
-            else:
-                raise ValueError(f"not an outcome: {status!r}")
-            self._set(job, new)
-            del self._tokens[job.id]
-            self._push(new)
-            self._emit(kind, new)
-        if new.status in WAITING_STATUSES:
-            self._work.notify()
-        return new
+            )
+            done = self._apply(change)
+        self._notify_if_woken()
+        return done
 
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         with self._lock:
-            job = self._owned(lease)
-            if job is None:
-                return False
-            job = replace(job, progress=progress, progress_message=message)
-            self._jobs[job.id] = job
-            self._emit("progress", job, message)
-            return True
+            job, held = self._held(lease.job_id)
+            change = (
+                None
+                if job is None
+                else life.progress(
+                    job, held=held, token=lease.token, progress=progress, message=message
+                )
+            )
+            return self._apply(change) is not None
 
     async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
         recovered: list[Job] = []
         with self._lock:
             now = self._clock()
-            for job in list(self._jobs.values()):
-                if job.status is not JobStatus.RUNNING or job.lease_expires_at is None:
-                    continue
-                if job.lease_expires_at > now:
-                    continue
-                recoveries = job.recoveries + 1
-                message = f"the worker {job.worker} stopped renewing its lease"
-                if recoveries > max_recoveries or job.max_attempts <= 0:
-                    error = JobError.from_message(
-                        WORKER_LOST, f"{message}; given up after {recoveries} recoveries"
-                    )
-                    new = replace(
-                        job,
-                        status=JobStatus.FAILED,
-                        recoveries=recoveries,
-                        error=error,
-                        finished_at=now,
-                        worker=None,
-                        lease_expires_at=None,
-                    )
-                    kind = "failed"
-                else:
-                    new = replace(
-                        job,
-                        status=JobStatus.QUEUED,
-                        recoveries=recoveries,
-                        error=JobError.from_message(WORKER_LOST, message),
-                        run_at=now,
-                        worker=None,
-                        lease_expires_at=None,
-                    )
-                    kind = "recovered"
-                self._set(job, new)
-                self._tokens.pop(job.id, None)
-                self._push(new)
-                self._emit(kind, new)
-                recovered.append(new)
-        if recovered:
-            self._work.notify()
+            expired = [job for job in self._jobs.values() if life.lease_expired(job, now)]
+            for job in sorted(expired, key=life.recovery_order):
+                change = life.recover(job, now=now, max_recoveries=max_recoveries)
+                back = self._apply(change)
+                assert back is not None
+                recovered.append(back)
+        self._notify_if_woken()
         return recovered
 
     async def get(self, job_id: str) -> Job | None:
@@ -344,18 +311,9 @@ class MemoryBackend:
     async def cancel(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status in TERMINAL_STATUSES:
-                return job
-            if job.status is JobStatus.RUNNING:
-                job = replace(job, cancel_requested=True)
-                self._jobs[job.id] = job
-                self._emit("cancel_requested", job)
-                return job
-            job = self._set(
-                job, replace(job, status=JobStatus.CANCELLED, finished_at=self._clock())
-            )
-            self._emit("cancelled", job)
-            return job
+            if job is None:
+                return None
+            return self._apply(life.cancel(job, now=self._clock())) or job
 
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         ticket = self._work.ticket()
@@ -372,8 +330,17 @@ class MemoryBackend:
                 timeout = min(timeout, max(self._delayed[0][0] - now, 0.0))
         await self._work.wait(ticket, timeout)
 
-    def events(self) -> EventStream:
-        return self._events.subscribe()
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since``, first the kept events after that id.
+
+        If events after ``since`` are no longer kept (or ``since`` is not an id of this
+        store), a ``truncated`` marker comes first instead, then live events.
+        """
+        if since is None:
+            return self._events.subscribe()
+        after = int(since) if since.isdigit() else -1
+        gap = truncated_event(since, self._clock())
+        return self._events.subscribe(after=after, gap=gap)
 
     # -- the Inspector protocol ----------------------------------------------------------
 
@@ -414,33 +381,12 @@ class MemoryBackend:
     async def retry(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-                return job
-            key = job.key
-            if key is not None and key in self._keys:
-                key = None  # another unfinished job holds the key now
-            new = self._set(
-                job,
-                replace(
-                    job,
-                    status=JobStatus.QUEUED,
-                    attempts=0,
-                    recoveries=0,
-                    key=key,
-                    run_at=self._clock(),
-                    started_at=None,
-                    finished_at=None,
-                    result=None,
-                    progress=None,
-                    progress_message=None,
-                ),
-            )
-            if key is not None:
-                self._keys[key] = new.id
-            self._push(new)
-            self._emit("retried", new)
-        self._work.notify()
-        return new
+            if job is None:
+                return None
+            key_free = job.key is None or job.key not in self._keys
+            retried = self._apply(life.retry(job, now=self._clock(), key_free=key_free))
+        self._notify_if_woken()
+        return retried or job
 
     async def purge(self, *, older_than: float | None = None) -> int:
         with self._lock:
@@ -448,12 +394,7 @@ class MemoryBackend:
             doomed = [
                 job
                 for job in self._jobs.values()
-                if job.status in TERMINAL_STATUSES
-                and job.finished_at is not None
-                and (
-                    (older_than is not None and job.finished_at <= now - older_than)
-                    or (job.result_ttl is not None and job.finished_at + job.result_ttl <= now)
-                )
+                if life.purgeable(job, now=now, older_than=older_than)
             ]
             for job in doomed:
                 del self._jobs[job.id]

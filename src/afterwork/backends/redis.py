@@ -124,6 +124,8 @@ class RedisBackend:
         self._cancel_callbacks: list[Callable[[str], object]] = []
         self._finishes: list[tuple[list[str], asyncio.Future[Job | None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._begins: list[tuple[list[Lease], asyncio.Future[list[Job | None]]]] = []
+        self._beginner: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
         self._closed = True
 
@@ -195,13 +197,17 @@ class RedisBackend:
         self._closed = True
         for stream in list(self._streams):
             stream.close()
-        tasks = {t for t in (self._listener, self._flusher) if t is not None and not t.done()}
+        tasks = {
+            t
+            for t in (self._listener, self._flusher, self._beginner)
+            if t is not None and not t.done()
+        }
         for task in tasks:
             task.cancel()
         if tasks:
             # redis-py's pub/sub read may swallow a cancel; the loop also checks _closed.
             await asyncio.wait(tasks, timeout=2.0)
-        self._listener = self._flusher = None
+        self._listener = self._flusher = self._beginner = None
         self._subscribed.clear()
         for client in (self._redis, self._blocking):
             if client is not None:
@@ -335,6 +341,36 @@ class RedisBackend:
         error = JobError.from_message(MALFORMED, f"the stored record cannot be read: {reason}")
         await self.finish(Lease(record[0], record[TOKEN]), Outcome.failed(error))
 
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        if not leases:
+            return []
+        # Starts asked for in the same loop turn share one script call (like finishes).
+        future: asyncio.Future[list[Job | None]] = asyncio.get_running_loop().create_future()
+        self._begins.append((list(leases), future))
+        if self._beginner is None or self._beginner.done():
+            self._beginner = asyncio.create_task(self._flush_begins())
+        return await future
+
+    async def _flush_begins(self) -> None:
+        while self._begins:
+            batch, self._begins = self._begins[:_FINISH_BATCH], self._begins[_FINISH_BATCH:]
+            args: list[str] = []
+            for leases, _ in batch:
+                for lease in leases:
+                    args.extend((lease.job_id, lease.token))
+            try:
+                # Safe to retry: beginning twice under one lease changes nothing.
+                reply = iter(await self._eval(SCRIPTS["begin"], *args))
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for leases, future in batch:
+                records = [next(reply) for _ in leases]
+                if not future.done():
+                    future.set_result([None if r == 0 else self._parse(r) for r in records])
+
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
             return HeartbeatReply()
@@ -453,11 +489,21 @@ class RedisBackend:
                 timeout = min(timeout, due)
         await self._wake.wait(ticket, timeout)
 
-    def events(self) -> EventStream:
+    @property
+    def event_retention(self) -> int:
+        """About how many events the stream keeps (``events_maxlen``; trimmed with ``~``)."""
+        return int(self._maxlen)
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since`` (a stream id), first the kept ones after it.
+
+        If entries after ``since`` may have been trimmed, a ``truncated`` marker comes first
+        instead, then live events.
+        """
         # Stream ids are the server's milliseconds: start a second before "now" so that
         # nothing published after this call can be missed (a few older events may come).
         start = int((time.time() + self._offset) * 1000) - 1000
-        stream = StreamEvents(self, f"{max(start, 0)}-0")
+        stream = StreamEvents(self, f"{max(start, 0)}-0", since)
         if self._closed:
             stream.close()
         self._streams.add(stream)

@@ -24,13 +24,13 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import ConfigurationError, SchemaVersionError
-from ..job import TERMINAL_STATUSES, Job, JobError, JobStatus
+from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import EventPump
 from ._sqlite_inspect import InspectorMixin
@@ -44,9 +44,8 @@ logger: logging.Logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-WORKER_LOST = "afterwork.WorkerLost"
 _FINISH_BATCH = 256
-_PendingFinish = tuple[Lease, Outcome, "asyncio.Future[Job | None]"]
+_Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 _SYNCHRONOUS = {"off", "normal", "full", "extra"}
 
 
@@ -125,9 +124,10 @@ class SQLiteBackend(InspectorMixin):
         self._pump = EventPump(
             lambda: connect(self.path, busy_timeout=busy_timeout, synchronous="NORMAL"),
             poll_interval=event_poll_interval,
+            clock=self._clock,
         )
         self._work = Notifier()
-        self._finishes: list[_PendingFinish] = []
+        self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
         self._finish_loop: asyncio.AbstractEventLoop | None = None
 
@@ -288,23 +288,26 @@ class SQLiteBackend(InspectorMixin):
         # INDEXED BY pins the partial indexes: without ANALYZE statistics the planner would
         # pick the (status, id) index and sort the whole backlog on every claim.
         every_queue = (
-            "SELECT priority, run_at, seq FROM afterwork_jobs INDEXED BY afterwork_jobs_ready_all"
-            f" WHERE status = 'queued'{not_in}{order}"
+            f"SELECT priority, run_at, seq, {COLS} FROM afterwork_jobs"
+            f" INDEXED BY afterwork_jobs_ready_all WHERE status = 'queued'{not_in}{order}"
         )
         one_queue = (
-            "SELECT priority, run_at, seq FROM afterwork_jobs INDEXED BY afterwork_jobs_ready"
+            f"SELECT priority, run_at, seq, {COLS} FROM afterwork_jobs"
+            " INDEXED BY afterwork_jobs_ready"
             f" WHERE status = 'queued' AND queue = ?{not_in}{order}"
         )
 
         def claim(tx: Tx) -> list[Claim]:
             conn, now = tx.conn, tx.now
-            # Delayed jobs and retries that fell due join the queue in the same step.
+            # Delayed jobs and retries that fell due join the queue in the same step: the
+            # set-based form of ``life.promote``, whose change (the status alone, no
+            # event) does not depend on the record.
             conn.execute(
                 "UPDATE afterwork_jobs INDEXED BY afterwork_jobs_due SET status = 'queued'"
                 " WHERE status = 'scheduled' AND run_at <= ?",
                 (now,),
             )
-            candidates: list[tuple[int, float, int]] = []
+            candidates: list[Any] = []
             if queues is None:
                 candidates = conn.execute(every_queue, (*excluded, limit)).fetchall()
             else:
@@ -313,23 +316,40 @@ class SQLiteBackend(InspectorMixin):
                     candidates += conn.execute(one_queue, (queue, *excluded, limit)).fetchall()
                 candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
             claims: list[Claim] = []
-            for _, _, seq in candidates[:limit]:
-                token = secrets.token_hex(16)
-                row = conn.execute(
-                    "UPDATE afterwork_jobs SET status = 'running', attempts = attempts + 1,"
-                    " started_at = ?, worker = ?, token = ?, lease_expires_at = ?,"
-                    f" cancel_requested = 0 WHERE seq = ? AND status = 'queued' RETURNING {COLS}",
-                    (now, worker, token, now + lease_ttl, seq),
-                ).fetchone()
-                job, problems = load(row)
+            for row in candidates[:limit]:
+                job, problems = load(row[3:])
                 if problems:
                     tx.quarantine(job)
                     continue
-                tx.emit("started", job)
-                claims.append(Claim(job, token))
+                token = secrets.token_hex(16)
+                change = life.claim(job, worker=worker, now=now, lease_ttl=lease_ttl)
+                claimed = tx.apply(job, change, token=token)
+                assert claimed is not None
+                claims.append(Claim(claimed, token))
             return claims
 
         return await self._write(claim)
+
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        if not leases:
+            return []
+
+        def begin(tx: Tx) -> list[Job | None]:
+            begun: list[Job | None] = []
+            for lease in leases:
+                job, held = tx.held(lease.job_id)
+                change = (
+                    None
+                    if job is None
+                    else life.begin(job, held=held, token=lease.token, now=tx.now)
+                )
+                begun.append(None if job is None else tx.apply(job, change))
+            return begun
+
+        # Starts ride in the same group commit as finishes: a slot freed by a finish is
+        # usually taken by a start in the next transaction.
+        result: list[Job | None] = await self._grouped(begin)
+        return result
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
@@ -339,24 +359,23 @@ class SQLiteBackend(InspectorMixin):
             lost: set[str] = set()
             cancel: set[str] = set()
             for lease in leases:
-                row = tx.conn.execute(
-                    "UPDATE afterwork_jobs SET lease_expires_at = ?"
-                    " WHERE id = ? AND token = ? AND status = 'running'"
-                    " RETURNING cancel_requested",
-                    (tx.now + lease_ttl, lease.job_id, lease.token),
-                ).fetchone()
-                if row is None:
+                job, held = tx.held(lease.job_id)
+                renewed = (
+                    None
+                    if job is None
+                    else life.heartbeat(
+                        job, held=held, token=lease.token, now=tx.now, lease_ttl=lease_ttl
+                    )
+                )
+                if job is None or renewed is None:
                     lost.add(lease.job_id)
-                elif row[0]:
+                    continue
+                tx.save(job, renewed)
+                if renewed.cancel_requested:
                     cancel.add(lease.job_id)
             return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
         return await self._write(heartbeat)
-
-    @staticmethod
-    def _owned(tx: Tx, lease: Lease) -> Job | None:
-        jobs = tx.select("id = ? AND token = ? AND status = 'running'", (lease.job_id, lease.token))
-        return jobs[0] if jobs else None
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
         status = outcome.status
@@ -366,18 +385,33 @@ class SQLiteBackend(InspectorMixin):
         ):
             raise ValueError(f"not an outcome: {status!r}")
 
+        def finish(tx: Tx) -> Job | None:
+            job, held = tx.held(lease.job_id)
+            if job is None:
+                return None
+            change = life.finish(job, held=held, token=lease.token, outcome=outcome, now=tx.now)
+            return tx.apply(job, change)
+
+        result: Job | None = await self._grouped(finish)
+        return result
+
+    async def _grouped(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a write transaction shared with the calls made in the same turn.
+
+        Finishes and starts issued together share one transaction (group commit); each
+        is still fenced by its own token.
+        """
         loop = asyncio.get_running_loop()
         if self._finish_loop not in (None, loop):
             # Another event loop is group-committing: its futures are not ours to settle.
-            return await self._write(lambda tx: self._finish_in(tx, lease, outcome))
-        # Finishes issued together (jobs ending in the same loop turn) share one write
-        # transaction: group commit, each still fenced by its own token.
-        future: asyncio.Future[Job | None] = loop.create_future()
-        self._finishes.append((lease, outcome, future))
+            return await self._write(fn)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._finishes.append((fn, future))
         if self._finisher is None or self._finisher.done():
             self._finish_loop = loop
             self._finisher = loop.create_task(self._flush_finishes())
-        return await future
+        result: T = await future
+        return result
 
     async def _flush_finishes(self) -> None:
         try:
@@ -387,55 +421,31 @@ class SQLiteBackend(InspectorMixin):
                     self._finishes[_FINISH_BATCH:],
                 )
 
-                def run(tx: Tx, batch: list[_PendingFinish] = batch) -> list[Job | None]:
-                    return [self._finish_in(tx, lease, outcome) for lease, outcome, _ in batch]
+                def run(tx: Tx, batch: list[_Pending] = batch) -> list[Any]:
+                    return [fn(tx) for fn, _ in batch]
 
                 try:
                     results = await self._write(run)
                 except Exception as exc:
-                    for _, _, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, _, future), result in zip(batch, results, strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
             self._finish_loop = None
 
-    def _finish_in(self, tx: Tx, lease: Lease, outcome: Outcome) -> Job | None:
-        job = self._owned(tx, lease)
-        if job is None:
-            return None
-        status = outcome.status
-        now = tx.now
-        new = replace(job, status=status, worker=None, lease_expires_at=None)
-        new = replace(new, cancel_requested=False)
-        if status is JobStatus.SUCCEEDED:
-            new, kind = replace(new, result=outcome.result, finished_at=now), "succeeded"
-        elif status in TERMINAL_STATUSES:
-            new, kind = replace(new, error=outcome.error, finished_at=now), status.value
-        elif status is JobStatus.SCHEDULED:
-            new, kind = (
-                replace(new, error=outcome.error, run_at=now + outcome.delay),
-                "retrying",
-            )
-        else:
-            attempts = max(job.attempts - 1, 0)
-            new, kind = replace(new, attempts=attempts, run_at=now), "released"
-        return tx.save(job, new, kind=kind)
-
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         def set_progress(tx: Tx) -> bool:
-            row = tx.conn.execute(
-                "UPDATE afterwork_jobs SET progress = ?, progress_message = ?"
-                f" WHERE id = ? AND token = ? AND status = 'running' RETURNING {COLS}",
-                (progress, message, lease.job_id, lease.token),
-            ).fetchone()
-            if row is None:
+            job, held = tx.held(lease.job_id)
+            if job is None:
                 return False
-            tx.emit("progress", load(row)[0], message)
-            return True
+            change = life.progress(
+                job, held=held, token=lease.token, progress=progress, message=message
+            )
+            return tx.apply(job, change) is not None
 
         return await self._write(set_progress)
 
@@ -444,31 +454,16 @@ class SQLiteBackend(InspectorMixin):
             now = tx.now
             recovered: list[Job] = []
             expired = tx.select(
-                "status = 'running' AND lease_expires_at <= ?",
+                "status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at, id",
                 (now,),
                 index="afterwork_jobs_leases",
             )
             for job in expired:
-                recoveries = job.recoveries + 1
-                message = f"the worker {job.worker} stopped renewing its lease"
-                common: dict[str, Any] = {
-                    "recoveries": recoveries,
-                    "worker": None,
-                    "lease_expires_at": None,
-                }
-                if recoveries > max_recoveries or job.max_attempts <= 0:
-                    error = JobError.from_message(
-                        WORKER_LOST, f"{message}; given up after {recoveries} recoveries"
-                    )
-                    new = replace(
-                        job, status=JobStatus.FAILED, error=error, finished_at=now, **common
-                    )
-                    kind = "failed"
-                else:
-                    error = JobError.from_message(WORKER_LOST, message)
-                    new = replace(job, status=JobStatus.QUEUED, error=error, run_at=now, **common)
-                    kind = "recovered"
-                recovered.append(tx.save(job, new, kind=kind))
+                if life.lease_expired(job, now):
+                    change = life.recover(job, now=now, max_recoveries=max_recoveries)
+                    back = tx.apply(job, change)
+                    assert back is not None
+                    recovered.append(back)
             return recovered
 
         return await self._write(recover)
@@ -481,12 +476,9 @@ class SQLiteBackend(InspectorMixin):
     async def cancel(self, job_id: str) -> Job | None:
         def cancel(tx: Tx) -> Job | None:
             job = tx.get(job_id)
-            if job is None or job.status in TERMINAL_STATUSES:
-                return job
-            if job.status is JobStatus.RUNNING:
-                return tx.save(job, replace(job, cancel_requested=True), kind="cancel_requested")
-            cancelled = replace(job, status=JobStatus.CANCELLED, finished_at=tx.now)
-            return tx.save(job, cancelled, kind="cancelled")
+            if job is None:
+                return None
+            return tx.apply(job, life.cancel(job, now=tx.now)) or job
 
         return await self._write(cancel)
 
@@ -537,5 +529,14 @@ class SQLiteBackend(InspectorMixin):
                 return
             interval = min(interval * 2, self._max_poll_interval)
 
-    def events(self) -> EventStream:
-        return self._pump.subscribe()
+    @property
+    def event_retention(self) -> int:
+        """How many recent events the events table keeps (``events(since=id)`` resumes)."""
+        return self._event_retention
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since`` (an event id), first the kept ones after it.
+
+        If events after ``since`` were trimmed, a ``truncated`` marker comes first instead.
+        """
+        return self._pump.subscribe(since)

@@ -5,6 +5,11 @@ unsubscribes), when the :class:`~afterwork.Afterwork` instance closes (its store
 subscription: what the lifespan does at shutdown), or after ``lifetime`` seconds: then the
 browser's ``EventSource`` reconnects by itself. That last bound matters because uvicorn waits
 for open responses to finish *before* it runs the lifespan's shutdown.
+
+Resuming: every event goes out with its store id (``id:``); a client that comes back with
+``Last-Event-ID`` (or ``?since=``) gets what it missed first, exactly once, from the store's
+history (:class:`~afterwork.backends.base.EventHistory`). If the history no longer reaches
+back that far, a ``truncated`` event says so and the client should reload.
 """
 
 from __future__ import annotations
@@ -12,36 +17,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..backends.base import EventStream
+from ..backends.base import TRUNCATED, EventHistory, EventStream
 from ..job import JobEvent
 
 if TYPE_CHECKING:
     from ..app import Afterwork
 
-__all__ = ("EventReplay", "event_stream", "format_event")
+__all__ = ("SNAPSHOT", "event_stream", "format_event")
 
 logger: logging.Logger = logging.getLogger(__name__)
 
 #: What a browser waits before it reconnects a dropped stream, in milliseconds.
 RETRY_MS = 3_000
 
-
-@runtime_checkable
-class EventReplay(Protocol):
-    """A backend that keeps its events in a stream can resume a client after an event id.
-
-    The event ids it hands out go in :attr:`JobEvent.id`; ``events_after(id)`` yields the
-    events after that one, then live events, like ``events()``. The memory backend keeps no
-    history and does not implement this: a reconnecting client starts from live events.
-    """
-
-    def events_after(self, event_id: str) -> EventStream:
-        """Events after ``event_id`` (subscribed from the call on), then live ones."""
-        ...
+#: The ``kind`` of the event that opens a per-job stream: the job as it is now.
+SNAPSHOT = "snapshot"
 
 
 def format_event(data: dict[str, Any], *, event: str | None = None, id: str | None = None) -> str:
@@ -69,25 +63,33 @@ async def event_stream(
 ) -> AsyncIterator[str]:
     """SSE text for job events: a ``ready`` event, then job events and ``: ping`` comments.
 
+    A per-job stream (``job_id``) sends the job's current state first (a ``snapshot`` event),
+    unless it resumes, then that job's changes.
+
     Args:
         aw: whose store to follow.
         job_id: only this job's events (``None``: every job's).
-        last_event_id: the ``Last-Event-ID`` a reconnecting client sent.
+        last_event_id: the id of the last event the client saw (``Last-Event-ID``, or
+            ``?since=``): resume after it.
         heartbeat: seconds of silence after which a comment is sent, so proxies keep the
             connection open and a vanished client is noticed.
         lifetime: seconds after which the stream ends (the client reconnects).
     """
     await aw.open()
     backend = aw.backend
-    stream: EventStream
-    resumed = bool(last_event_id) and isinstance(backend, EventReplay)
-    if resumed and isinstance(backend, EventReplay) and last_event_id:
-        stream = backend.events_after(last_event_id)
-    else:
-        stream = backend.events()
+    since = last_event_id or None
+    resumed = since is not None and isinstance(backend, EventHistory)
+    # Subscribe before anything is read, so nothing falls between a snapshot and the stream.
+    stream: EventStream = (
+        backend.events(since=since)
+        if resumed and isinstance(backend, EventHistory)
+        else backend.events()
+    )
     try:
         # Subscribed: a client may now act and be sure to see what follows.
         yield f"retry: {RETRY_MS}\n" + format_event({"resumed": resumed}, event="ready")
+        if job_id is not None and not resumed:
+            yield await _snapshot(aw, job_id)
         deadline = anyio.current_time() + lifetime
         while True:
             remaining = deadline - anyio.current_time()
@@ -102,8 +104,25 @@ async def event_stream(
                     return
             if item is None:
                 yield ": ping\n\n"
+            elif item.kind == TRUNCATED:
+                # Events after the client's id are gone from the history: it must reload.
+                yield format_event({"since": item.message}, event="truncated")
+                if job_id is not None:
+                    yield await _snapshot(aw, job_id)
             elif job_id is None or item.job_id == job_id:
                 yield format_event(item.to_dict(), id=item.id)
     finally:
         with anyio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _snapshot(aw: Afterwork, job_id: str) -> str:
+    """The job as it is now, as a ``snapshot`` event (no ``id:``: it is no stream position).
+
+    It is read after the subscription started, so a change made while it is read may also
+    follow it as an event: events carry the whole status, so applying them in order is safe.
+    """
+    job = await aw.get_job(job_id)
+    if job is None:
+        return format_event({"job_id": job_id}, event="gone")
+    return format_event(JobEvent.of(SNAPSHOT, job, aw.backend.now()).to_dict())

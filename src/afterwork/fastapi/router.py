@@ -29,12 +29,13 @@ from fastapi.routing import APIRoute
 from starlette.types import Message
 
 from ..__about__ import __version__
+from ..backends.base import EventHistory
 from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, TaskNotFound
 from ..job import Job, JobStatus
 from . import _extras
 from ._options import AuthDependency, RouterOptions
 from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
-from ._sse import EventReplay, event_stream
+from ._sse import event_stream
 
 if TYPE_CHECKING:
     from ..app import Afterwork
@@ -216,7 +217,7 @@ def create_router(
             csrf_header=CSRF_HEADER,
             schedules=bool(aw.schedules),
             services=bool(aw.services),
-            event_resume=isinstance(aw.backend, EventReplay),
+            event_resume=isinstance(aw.backend, EventHistory),
         )
 
     if dashboard:
@@ -322,11 +323,18 @@ def _add_event_routes(
     async def events(
         request: Request,
         job: Annotated[str | None, Query(max_length=128, description="Only this job")] = None,
+        since: Annotated[
+            str | None, Query(max_length=64, description="Resume after this event id")
+        ] = None,
     ) -> StreamingResponse:
+        if job is not None and await aw.get_job(job) is None:
+            raise HTTPException(404, f"no job with id {job!r}")
+        # A reconnecting EventSource sends the last id it saw, which beats the URL's.
+        last_event_id = request.headers.get("last-event-id") or since
         stream = event_stream(
             aw,
             job_id=job,
-            last_event_id=request.headers.get("last-event-id"),
+            last_event_id=last_event_id[:64] if last_event_id else None,
             heartbeat=heartbeat,
             lifetime=stream_lifetime,
         )

@@ -11,6 +11,7 @@ if not status or TERMINAL[status] then
   return record(id)
 end
 if status == 'running' then
+  if redis.call('HGET', jkey(id), 'cancel') == '1' then return record(id) end -- asked already
   redis.call('HSET', jkey(id), 'cancel', '1')
   emit('cancel_requested', id, f[3], queue, 'running', f[4])
   redis.call('PUBLISH', P .. ':cancel', id)

@@ -11,15 +11,15 @@ for i = 9 + nq, #ARGV do excluded[ARGV[i]] = true end
 -- Promote due delayed jobs (retries included) to their ready queues.
 local due = redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', NOW, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  local f = fields(id, 'status', 'queue', 'prio')
+  local f = fields(id, 'status', 'queue', 'prio', 'run_at')
   if f == nil then
     quarantine(id, nil)
   else
     redis.call('ZREM', P .. ':delayed', id)
-    if f[1] == 'scheduled' then
+    if f[1] == 'scheduled' then -- life.promote: the status alone, no event
       redis.call('HSET', jkey(id), 'status', 'queued')
       count(f[2], 'scheduled', 'queued')
-      ready(id, f[2], f[3])
+      ready(id, f[2], f[3], f[4])
     end
   end
 end
@@ -65,13 +65,13 @@ for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = c[2]
   redis.call('ZREM', c[3], id)
-  local attempts = redis.call('HINCRBY', jkey(id), 'attempts', 1)
-  redis.call('HSET', jkey(id), 'status', 'running', 'started', NOW, 'worker', worker,
+  -- life.claim: the lease, not the start (no attempt counted, no event); its change does
+  -- not depend on the record, so it is applied as is.
+  redis.call('HDEL', jkey(id), 'started')
+  redis.call('HSET', jkey(id), 'status', 'running', 'worker', worker,
     'lease', lease, 'cancel', '0', 'token', base .. i)
   redis.call('ZADD', P .. ':leases', lease, id)
   count(c[4], 'queued', 'running')
-  local rec = record(id)
-  emit('started', id, rec[2], c[4], 'running', tostring(attempts))
-  out[#out + 1] = rec
+  out[#out + 1] = record(id)
 end
 return {skipped, out}

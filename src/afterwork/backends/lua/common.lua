@@ -42,12 +42,14 @@ local function count(queue, from, to)
   if to then redis.call('HINCRBY', h, to, 1) end
 end
 
--- Ready queues are sorted sets: higher priority first, then first come (a sequence).
-local function ready(id, queue, prio)
+-- Ready queues are sorted sets in the model's order (afterwork._lifecycle.ready_order):
+-- higher priority first, then earlier due time (ms), then the smaller id (equal scores sort
+-- by member). Priorities are within +-1000, so the score stays an exact double.
+local function ready(id, queue, prio, run_at)
   local p = tonumber(prio) or 0
-  if p > 8000 then p = 8000 elseif p < -8000 then p = -8000 end
-  local seq = redis.call('INCR', P .. ':seq')
-  redis.call('ZADD', P .. ':q:' .. queue, string.format('%.17g', -p * 1e12 + seq), id)
+  if p > 1000 then p = 1000 elseif p < -1000 then p = -1000 end
+  local ms = math.floor((tonumber(run_at) or now) * 1000)
+  redis.call('ZADD', P .. ':q:' .. queue, string.format('%.17g', -p * 4398046511104 + ms), id)
   wake = true
 end
 
@@ -121,7 +123,7 @@ local function create(i)
   redis.call('ZADD', P .. ':all', 0, id)
   redis.call('SADD', P .. ':queues', queue)
   count(queue, false, status)
-  if status == 'queued' then ready(id, queue, prio) else delay_until(id, run_at) end
+  if status == 'queued' then ready(id, queue, prio, run_at) else delay_until(id, run_at) end
   emit('enqueued', id, task, queue, status, '0')
   return false
 end

@@ -7,7 +7,7 @@ for i = 5, #ARGV, 6 do
   local id, token, status = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local result, err, delay = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
   local f = fields(id, 'status', 'token', 'queue', 'task', 'attempts', 'key', 'ttl', 'prio',
-    'done_token')
+    'done_token', 'started', 'run_at')
   if f == nil or f[1] ~= 'running' or f[2] ~= token then
     if replay and f ~= nil and f[9] == token then out[#out + 1] = record(id) else out[#out + 1] = 0 end
   else
@@ -27,10 +27,10 @@ for i = 5, #ARGV, 6 do
       redis.call('HSET', k, 'status', status, 'error', err, 'run_at', fmt(at))
       delay_until(id, at)
       kind = 'retrying'
-    else -- queued: released without spending an attempt
-      attempts = tostring(math.max(tonumber(attempts) - 1, 0))
-      redis.call('HSET', k, 'status', 'queued', 'attempts', attempts, 'run_at', NOW)
-      ready(id, queue, f[8])
+    else -- queued: released; a started attempt is given back, and the job keeps its place
+      if f[10] then attempts = tostring(math.max(tonumber(attempts) - 1, 0)) end
+      redis.call('HSET', k, 'status', 'queued', 'attempts', attempts)
+      ready(id, queue, f[8], f[11])
       kind = 'released'
     end
     count(queue, 'running', status)

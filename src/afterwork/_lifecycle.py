@@ -1,0 +1,409 @@
+"""A job's life, decided once: every transition as a pure function of the model.
+
+Each store (memory, SQLite, Redis, PostgreSQL) loads a record and the lease token it holds
+for it, calls one of these functions, and persists what comes back atomically (one
+transaction, or one script that compares the token before it writes). A store keeps its
+indexes and its clock; it never decides a transition itself. The model-based test in
+``tests/backends/test_model.py`` drives every store and this module side by side and
+requires them to agree on every state, attempt count, fencing refusal and event.
+
+Claiming and starting are two steps. A claim gives a worker the lease (the job shows
+``running`` with ``started_at`` unset); :func:`begin` marks the attempt as started right
+before the job's code runs. Only a started attempt is charged when its worker dies: jobs a
+worker had only prefetched go back to the queue uncharged, ahead of newer work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .job import (
+    TERMINAL_STATUSES,
+    WAITING_STATUSES,
+    Job,
+    JobError,
+    JobStatus,
+    check_transition,
+)
+
+__all__ = (
+    "MALFORMED",
+    "WORKER_LOST",
+    "Change",
+    "Claim",
+    "Lease",
+    "NewJob",
+    "Outcome",
+    "begin",
+    "cancel",
+    "claim",
+    "create",
+    "finish",
+    "heartbeat",
+    "lease_expired",
+    "progress",
+    "promote",
+    "purgeable",
+    "quarantine",
+    "ready_order",
+    "recover",
+    "recovery_order",
+    "retry",
+    "start_now",
+)
+
+#: The error type of an attempt whose worker died (its lease expired).
+WORKER_LOST = "afterwork.WorkerLost"
+#: The error type of a stored record that cannot be read as a job.
+MALFORMED = "afterwork.MalformedRecord"
+
+
+# -- the records a store is handed -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to create. Arguments are already validated and JSON-ready."""
+
+    id: str
+    task: str
+    queue: str = "default"
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 1
+    """``retries + 1``. 0 marks a job run in-process only: recovery fails it, never requeues it."""
+    key: str | None = None
+    delay: float = 0.0
+    """Seconds from the store's now until the job is due (0: queued at once)."""
+    timeout: float | None = None
+    result_ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a claimed job."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed job and the token that proves the claim."""
+
+    job: Job
+    token: str
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.job.id, self.token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How an attempt ended. Build one with the class methods."""
+
+    status: JobStatus
+    result: Any = None
+    error: JobError | None = None
+    delay: float = 0.0
+    """For a retry: seconds from the store's now until the next attempt is due."""
+
+    @classmethod
+    def succeeded(cls, result: Any = None) -> Outcome:
+        return cls(status=JobStatus.SUCCEEDED, result=result)
+
+    @classmethod
+    def failed(cls, error: JobError) -> Outcome:
+        return cls(status=JobStatus.FAILED, error=error)
+
+    @classmethod
+    def retry(cls, error: JobError, delay: float) -> Outcome:
+        return cls(status=JobStatus.SCHEDULED, error=error, delay=max(delay, 0.0))
+
+    @classmethod
+    def cancelled(cls, error: JobError | None = None) -> Outcome:
+        return cls(status=JobStatus.CANCELLED, error=error)
+
+    @classmethod
+    def released(cls) -> Outcome:
+        """Back to the queue without spending an attempt (graceful stop, or never started)."""
+        return cls(status=JobStatus.QUEUED)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a transition produced: the new record and the event to publish (if any)."""
+
+    job: Job
+    event: str | None
+    message: str | None = None
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _move(job: Job, status: JobStatus, **changes: Any) -> Job:
+    if status is not job.status:
+        check_transition(job.status, status)
+    return replace(job, status=status, **changes)
+
+
+def _owns(job: Job, held: str | None, token: str) -> bool:
+    return job.status is JobStatus.RUNNING and held is not None and held == token
+
+
+_LEASE_CLEARED: dict[str, Any] = {
+    "worker": None,
+    "lease_expires_at": None,
+    "cancel_requested": False,
+}
+
+
+def ready_order(job: Job) -> tuple[int, int, str]:
+    """The order in which due jobs are claimed: priority first, then due time, then age.
+
+    Due times compare at millisecond resolution (what every store can index exactly);
+    ties go to the older id (ids sort by creation time).
+    """
+    return (-job.priority, math.floor(job.run_at * 1000), job.id)
+
+
+# -- transitions -----------------------------------------------------------------------
+
+
+def create(new: NewJob, now: float) -> Change:
+    """A new job: ``queued``, or ``scheduled`` when it has a delay."""
+    delay = new.delay if new.delay > 0 else 0.0
+    job = Job(
+        id=new.id,
+        task=new.task,
+        queue=new.queue,
+        status=JobStatus.SCHEDULED if delay > 0 else JobStatus.QUEUED,
+        args=list(new.args),
+        kwargs=dict(new.kwargs),
+        priority=new.priority,
+        max_attempts=new.max_attempts,
+        key=new.key,
+        created_at=now,
+        run_at=now + delay,
+        timeout=new.timeout,
+        result_ttl=new.result_ttl,
+    )
+    return Change(job, "enqueued")
+
+
+def start_now(new: NewJob, *, worker: str, now: float, lease_ttl: float) -> Change:
+    """A new job created already claimed and started (work run in-process at once)."""
+    job = create(replace(new, delay=0.0), now).job
+    job = claim(job, worker=worker, now=now, lease_ttl=lease_ttl).job
+    return Change(replace(job, attempts=1, started_at=now), "started")
+
+
+def promote(job: Job, now: float) -> Change | None:
+    """A scheduled job whose time came joins its queue (no event: nothing ran)."""
+    if job.status is not JobStatus.SCHEDULED or job.run_at > now:
+        return None
+    return Change(_move(job, JobStatus.QUEUED), None)
+
+
+def claim(job: Job, *, worker: str, now: float, lease_ttl: float) -> Change:
+    """Hand a due waiting job to ``worker``: it holds the lease but has not started."""
+    if job.status not in WAITING_STATUSES or job.run_at > now:
+        raise ValueError(f"job {job.id} is not due for a claim ({job.status.value})")
+    claimed = _move(
+        job,
+        JobStatus.RUNNING,
+        worker=worker,
+        lease_expires_at=now + lease_ttl,
+        started_at=None,
+        cancel_requested=False,
+    )
+    return Change(claimed, None)
+
+
+def begin(job: Job, *, held: str | None, token: str, now: float) -> Change | None:
+    """The claimed attempt starts now; ``None`` if the lease is no longer the caller's.
+
+    Beginning twice under one lease changes nothing (a retried write is harmless).
+    """
+    if not _owns(job, held, token):
+        return None
+    if job.started_at is not None:
+        return Change(job, None)
+    return Change(replace(job, attempts=job.attempts + 1, started_at=now), "started")
+
+
+def heartbeat(
+    job: Job, *, held: str | None, token: str, now: float, lease_ttl: float
+) -> Job | None:
+    """The lease renewed until ``now + lease_ttl``; ``None`` if it is lost."""
+    if not _owns(job, held, token):
+        return None
+    return replace(job, lease_expires_at=now + lease_ttl)
+
+
+def progress(
+    job: Job, *, held: str | None, token: str, progress: float, message: str | None
+) -> Change | None:
+    """A running job's progress; ``None`` if the lease is lost."""
+    if not _owns(job, held, token):
+        return None
+    return Change(replace(job, progress=progress, progress_message=message), "progress", message)
+
+
+def finish(
+    job: Job, *, held: str | None, token: str, outcome: Outcome, now: float
+) -> Change | None:
+    """How an attempt ended, if the caller's lease still holds (fencing); else ``None``."""
+    if not _owns(job, held, token):
+        return None
+    status = outcome.status
+    if status is JobStatus.SUCCEEDED:
+        done = _move(job, status, result=outcome.result, finished_at=now, **_LEASE_CLEARED)
+        return Change(done, "succeeded")
+    if status is JobStatus.FAILED or status is JobStatus.CANCELLED:
+        done = _move(job, status, error=outcome.error, finished_at=now, **_LEASE_CLEARED)
+        return Change(done, status.value)
+    if status is JobStatus.SCHEDULED:
+        at = now + max(outcome.delay, 0.0)
+        later = _move(job, status, error=outcome.error, run_at=at, **_LEASE_CLEARED)
+        return Change(later, "retrying")
+    if status is JobStatus.QUEUED:
+        # Released: the attempt is given back, and the job keeps its place in the queue.
+        attempts = job.attempts - 1 if job.started_at is not None else job.attempts
+        back = _move(job, status, attempts=max(attempts, 0), **_LEASE_CLEARED)
+        return Change(back, "released")
+    raise ValueError(f"not an outcome: {status!r}")
+
+
+def recovery_order(job: Job) -> tuple[float, str]:
+    """The order in which expired leases are taken back: earliest expiry first, then id."""
+    return (job.lease_expires_at or 0.0, job.id)
+
+
+def lease_expired(job: Job, now: float) -> bool:
+    """Whether ``job`` is held under a lease that ran out by ``now``."""
+    return (
+        job.status is JobStatus.RUNNING
+        and job.lease_expires_at is not None
+        and job.lease_expires_at <= now
+    )
+
+
+def recover(job: Job, *, now: float, max_recoveries: int) -> Change:
+    """Take back a job whose worker stopped renewing its lease.
+
+    Only a started attempt is charged: a job that was only claimed (prefetched) goes back
+    uncharged, keeping its place ahead of newer work. A started one counts a recovery and
+    is failed once ``max_recoveries`` workers died running it (so a job that kills its
+    worker is failed after exactly that many crashes); otherwise it is queued again.
+    A job someone asked to cancel is cancelled instead.
+    """
+    if job.status is not JobStatus.RUNNING:
+        raise ValueError(f"job {job.id} is not running ({job.status.value})")
+    worker = job.worker or "?"
+    if job.started_at is None:
+        if job.cancel_requested:
+            return _cancelled_on_recovery(job, now, "before it started")
+        back = _move(job, JobStatus.QUEUED, **_LEASE_CLEARED)
+        return Change(back, "recovered", f"worker {worker} died before starting it")
+    recoveries = job.recoveries + 1
+    message = f"the worker {worker} stopped renewing its lease during attempt {job.attempts}"
+    if job.cancel_requested:
+        return _cancelled_on_recovery(replace(job, recoveries=recoveries), now, message)
+    if job.max_attempts <= 0:
+        error = JobError.from_message(WORKER_LOST, f"{message}; it ran in-process only")
+        failed = _move(
+            job,
+            JobStatus.FAILED,
+            recoveries=recoveries,
+            error=error,
+            finished_at=now,
+            **_LEASE_CLEARED,
+        )
+        return Change(failed, "failed", error.message)
+    if recoveries >= max_recoveries:
+        error = JobError.from_message(
+            WORKER_LOST,
+            f"{message}; failed: {recoveries} worker(s) died running this job"
+            f" (max_recoveries={max_recoveries})",
+        )
+        failed = _move(
+            job,
+            JobStatus.FAILED,
+            recoveries=recoveries,
+            error=error,
+            finished_at=now,
+            **_LEASE_CLEARED,
+        )
+        return Change(failed, "failed", error.message)
+    error = JobError.from_message(WORKER_LOST, message)
+    back = _move(
+        job, JobStatus.QUEUED, recoveries=recoveries, error=error, run_at=now, **_LEASE_CLEARED
+    )
+    return Change(back, "recovered", message)
+
+
+def _cancelled_on_recovery(job: Job, now: float, why: str) -> Change:
+    error = JobError.from_message("afterwork.Cancelled", f"cancelled; its worker died {why}")
+    done = _move(job, JobStatus.CANCELLED, error=error, finished_at=now, **_LEASE_CLEARED)
+    return Change(done, "cancelled", error.message)
+
+
+def cancel(job: Job, *, now: float) -> Change | None:
+    """Cancel a waiting job at once, or ask the worker of a running one to stop it.
+
+    ``None`` when there is nothing to change (finished, or a cancel already asked for).
+    """
+    if job.status in TERMINAL_STATUSES:
+        return None
+    if job.status is JobStatus.RUNNING:
+        if job.cancel_requested:
+            return None
+        return Change(replace(job, cancel_requested=True), "cancel_requested")
+    return Change(_move(job, JobStatus.CANCELLED, finished_at=now), "cancelled")
+
+
+def retry(job: Job, *, now: float, key_free: bool) -> Change | None:
+    """Queue a failed or cancelled job again with a fresh budget; ``None`` for any other.
+
+    ``key_free`` says whether the job's key may be taken back (no unfinished job holds it).
+    """
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return None
+    again = _move(
+        job,
+        JobStatus.QUEUED,
+        attempts=0,
+        recoveries=0,
+        key=job.key if key_free else None,
+        run_at=now,
+        started_at=None,
+        finished_at=None,
+        result=None,
+        progress=None,
+        progress_message=None,
+        **_LEASE_CLEARED,
+    )
+    return Change(again, "retried")
+
+
+def quarantine(job: Job, *, now: float, reason: str) -> Change:
+    """Fail a job whose stored record cannot be read, instead of running it."""
+    error = job.error if job.error is not None and job.error.type == MALFORMED else None
+    error = error or JobError.from_message(MALFORMED, reason)
+    failed = replace(job, status=JobStatus.FAILED, error=error, finished_at=now, **_LEASE_CLEARED)
+    return Change(failed, "failed", error.message)
+
+
+def purgeable(job: Job, *, now: float, older_than: float | None) -> bool:
+    """Whether a finished job may be deleted: past its ``result_ttl``, or ``older_than``."""
+    if job.status not in TERMINAL_STATUSES or job.finished_at is None:
+        return False
+    if older_than is not None and job.finished_at <= now - older_than:
+        return True
+    return job.result_ttl is not None and job.finished_at + job.result_ttl <= now
