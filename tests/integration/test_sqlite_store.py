@@ -483,3 +483,39 @@ async def test_result_and_error_json_round_trip_through_raw_rows(
     assert json.loads(args) == ["é", {"k": [1.5, None]}]
     assert json.loads(result) == {"ok": True}
     assert expires is None  # no result_ttl: kept until purged by age
+
+
+async def test_a_reaper_whose_clock_runs_ahead_takes_back_no_live_lease(db_path: str) -> None:
+    """Lease expiry is judged by the passing of the reaper's own time, not by comparing
+    two processes' wall clocks: a process 20 s ahead fails nobody's job."""
+    honest = FakeClock(1_700_000_000.0)
+    ahead = FakeClock(1_700_000_020.0)
+    worker = SQLiteBackend(db_path, clock=honest)
+    skewed = SQLiteBackend(db_path, clock=ahead)
+    await worker.open()
+    await skewed.open()
+
+    def tick(seconds: float) -> None:
+        honest.advance(seconds)
+        ahead.advance(seconds)
+
+    try:
+        (job,) = await worker.enqueue([NewJob(id=new_job_id(), task="t")])
+        (claim,) = await worker.claim("w", queues=None, limit=1, lease_ttl=10.0)
+        await worker.begin([claim.lease])
+        # By the skewed clock this lease is overdue from the start; it is renewed on time.
+        for _ in range(8):
+            assert await skewed.recover_expired(max_recoveries=3) == []
+            tick(3)
+            assert (await worker.heartbeat([claim.lease], lease_ttl=10.0)).lost == frozenset()
+        # The worker dies. The skewed reaper takes the job back one lease after it saw the
+        # last renewal, not before.
+        assert await skewed.recover_expired(max_recoveries=3) == []
+        tick(9.5)
+        assert await skewed.recover_expired(max_recoveries=3) == []
+        tick(0.5)
+        (back,) = await skewed.recover_expired(max_recoveries=3)
+        assert back.id == job.id and back.status is JobStatus.QUEUED and back.recoveries == 1
+    finally:
+        await worker.aclose()
+        await skewed.aclose()

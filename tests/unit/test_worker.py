@@ -329,3 +329,44 @@ async def test_worker_does_not_spin_when_only_limited_work_is_waiting(aw: Afterw
         done = await second.wait(timeout=WAIT)
     assert done.status is JobStatus.SUCCEEDED
     assert (await aw.get_job(first.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+async def test_a_job_recovered_from_a_dead_worker_runs_alone() -> None:
+    """It may have killed that worker: nothing starts beside it, so a second crash charges
+    no bystander."""
+    from afterwork.testing import FakeClock
+
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, lease_ttl=5.0, poll_interval=0.05)
+    beside: dict[str, set[str]] = {}
+    running: set[str] = set()
+    order: list[str] = []
+
+    @aw.task(name="step", retries=1)
+    async def step(name: str) -> None:
+        order.append(name)
+        running.add(name)
+        beside[name] = set(running)
+        for _ in range(20):  # hold the slot for a few loop turns
+            await asyncio.sleep(0)
+        beside[name] |= running
+        running.discard(name)
+
+    async with aw:
+        suspect = await step.enqueue("suspect")
+        (claim,) = await aw.backend.claim("dead", queues=None, limit=1, lease_ttl=5.0)
+        await aw.backend.begin([claim.lease])
+        # Two jobs due before it (they start first), two after it (they wait for it).
+        others = [await step.enqueue(f"other{n}") for n in range(2)]
+        clock.advance(6)
+        (recovered,) = await aw.backend.recover_expired(max_recoveries=3)
+        assert recovered.recoveries == 1
+        clock.advance(1)
+        others += [await step.enqueue(f"other{n}") for n in range(2, 4)]
+        async with aw.worker(concurrency=4), asyncio.timeout(WAIT):
+            for job in [suspect, *others]:
+                assert (await job.wait(timeout=WAIT)).status is JobStatus.SUCCEEDED
+    assert beside["suspect"] == {"suspect"}
+    assert all("suspect" not in beside[f"other{n}"] for n in range(4))
+    # It waits for the jobs due before it, and nothing due after it overtakes it.
+    assert order.index("suspect") == 2

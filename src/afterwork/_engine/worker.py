@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import random
@@ -32,6 +33,15 @@ class _Waitable(Protocol):
 
 # The logger keeps the name it had when this module was ``afterwork.worker``.
 logger: logging.Logger = logging.getLogger("afterwork.worker")
+
+
+class _Admission(enum.Enum):
+    START = "start"
+    """Start it now."""
+    HOLD = "hold"
+    """Not yet; jobs behind it may start."""
+    BLOCK = "block"
+    """Not yet, and nothing behind it either."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +297,7 @@ class Worker:
 
     # -- admission -----------------------------------------------------------------------
 
-    def _admit(self, claim: Claim, admitting: Sequence[Claim]) -> bool:
+    def _admit(self, claim: Claim, admitting: Sequence[Claim]) -> _Admission:
         """May this claimed job start now, beside the running jobs and ``admitting``?
 
         The one place where start rules live. A job not admitted stays buffered (leased,
@@ -295,28 +305,37 @@ class Worker:
 
         * A job that was running on a worker that died (``recoveries > 0``) may have
           killed it: it runs alone, so that if it kills this worker too, no job beside
-          it is charged for the crash. Nothing else starts while it runs.
-        * A task's local ``concurrency`` caps its running jobs in this process.
+          it is charged for the crash. Until the running jobs end, nothing queued behind
+          it starts either (it would wait forever under a steady load).
+        * A task's local ``concurrency`` caps its running jobs in this process; jobs of
+          other tasks may pass it.
         """
         job = claim.job
-        if self._solo is not None or any(other.job.recoveries > 0 for other in admitting):
-            return False
         if job.recoveries > 0:
-            return self._slots == 0 and not admitting
+            alone = self._slots == 0 and not admitting
+            return _Admission.START if alone else _Admission.BLOCK
         limit = self._local_limit(job.task)
         if limit is None:
-            return True
+            return _Admission.START
         same = self._per_task[job.task] + sum(1 for o in admitting if o.job.task == job.task)
-        return same < limit
+        return _Admission.START if same < limit else _Admission.HOLD
 
     def _admitted(self) -> list[Claim]:
         """Take out of the buffer, in claim order, the jobs admitted into free slots."""
         free = self.concurrency - self._slots
         admitted: list[Claim] = []
         held: list[Claim] = []
-        while self._buffer and len(admitted) < free:
+        while self._buffer and len(admitted) < free and self._solo is None:
             claim = self._buffer.popleft()
-            (admitted if self._admit(claim, admitted) else held).append(claim)
+            verdict = self._admit(claim, admitted)
+            if verdict is _Admission.START:
+                admitted.append(claim)
+                if claim.job.recoveries > 0:
+                    break  # it runs alone
+                continue
+            held.append(claim)  # waits for a running job to end
+            if verdict is _Admission.BLOCK:
+                break
         self._buffer.extendleft(reversed(held))
         return admitted
 

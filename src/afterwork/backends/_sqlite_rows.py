@@ -28,7 +28,8 @@ TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
 _INSERT = (
     "INSERT INTO afterwork_jobs (id, task, queue, status, args, kwargs, priority, attempts,"
     " max_attempts, key, created_at, run_at, started_at, timeout, result_ttl, worker, token,"
-    " lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " lease_expires_at, lease_ttl)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
 INSERT_EVENT = (
@@ -191,13 +192,20 @@ class Tx:
         change: Change | None,
         *,
         token: str | None = None,
+        lease_ttl: float | None = None,
         force: Sequence[str] = (),
     ) -> Job | None:
         """Persist a transition decided by :mod:`afterwork._lifecycle` (``None``: no change)."""
         if change is None:
             return None
         return self.save(
-            old, change.job, kind=change.event, message=change.message, token=token, force=force
+            old,
+            change.job,
+            kind=change.event,
+            message=change.message,
+            token=token,
+            lease_ttl=lease_ttl,
+            force=force,
         )
 
     def save(
@@ -208,6 +216,7 @@ class Tx:
         kind: str | None = None,
         message: str | None = None,
         token: str | None = None,
+        lease_ttl: float | None = None,
         force: Sequence[str] = (),
     ) -> Job:
         """Write the fields in which ``new`` differs from ``old`` (plus ``force``d ones).
@@ -224,6 +233,8 @@ class Tx:
             columns["token"] = None
         if token is not None:
             columns["token"] = token
+        if lease_ttl is not None:
+            columns["lease_ttl"] = lease_ttl
         if new.finished_at != old.finished_at or "finished_at" in columns:
             columns["expires_at"] = (
                 None
@@ -280,6 +291,7 @@ class Tx:
                 job.worker,
                 token,
                 job.lease_expires_at,
+                lease_ttl if worker is not None else None,
             ),
         )
         if cursor.rowcount == 1:

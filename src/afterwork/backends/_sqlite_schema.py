@@ -105,8 +105,16 @@ _V1 = (
     """,
 )
 
+# Version 2: how long each lease was taken for, so that a reaper judges expiry by its own
+# clock's passing time (a lease seen unchanged for that long), not by comparing the wall
+# clocks of two processes.
+_V2 = (
+    "ALTER TABLE afterwork_jobs ADD COLUMN lease_ttl REAL"
+    " CHECK (lease_ttl IS NULL OR lease_ttl > 0)",
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

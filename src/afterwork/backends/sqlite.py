@@ -111,6 +111,10 @@ class SQLiteBackend(InspectorMixin):
             raise ConfigurationError("event_retention must be at least 1")
         self.path: str = os.path.abspath(path)
         self._clock: Clock = clock or time.time
+        # Passing time for lease expiry: an injected clock stands for both.
+        self._monotonic: Clock = clock or time.monotonic
+        # Leases as this process last saw them: job id -> ((token, expiry stamp), seen at).
+        self._seen: dict[str, tuple[tuple[str, float], float]] = {}
         self._poll_interval = poll_interval
         self._max_poll_interval = max(max_poll_interval, poll_interval)
         self._event_retention = event_retention
@@ -266,10 +270,14 @@ class SQLiteBackend(InspectorMixin):
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = secrets.token_hex(16)
-        created = await self._write(
-            lambda tx: tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
-        )
-        return Claim(created, token)
+
+        def start(tx: Tx) -> Job:
+            created = tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
+            if created.status is JobStatus.RUNNING and created.worker == worker:
+                self._saw_lease(created, token)
+            return created
+
+        return Claim(await self._write(start), token)
 
     async def claim(
         self,
@@ -323,8 +331,9 @@ class SQLiteBackend(InspectorMixin):
                     continue
                 token = secrets.token_hex(16)
                 change = life.claim(job, worker=worker, now=now, lease_ttl=lease_ttl)
-                claimed = tx.apply(job, change, token=token)
+                claimed = tx.apply(job, change, token=token, lease_ttl=lease_ttl)
                 assert claimed is not None
+                self._saw_lease(claimed, token)
                 claims.append(Claim(claimed, token))
             return claims
 
@@ -370,7 +379,8 @@ class SQLiteBackend(InspectorMixin):
                 if job is None or renewed is None:
                     lost.add(lease.job_id)
                     continue
-                tx.save(job, renewed)
+                tx.save(job, renewed, lease_ttl=lease_ttl)
+                self._saw_lease(renewed, lease.token)
                 if renewed.cancel_requested:
                     cancel.add(lease.job_id)
             return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
@@ -449,21 +459,53 @@ class SQLiteBackend(InspectorMixin):
 
         return await self._write(set_progress)
 
+    def _saw_lease(self, job: Job, token: str) -> None:
+        """This process wrote the lease: it has seen it since now."""
+        assert job.lease_expires_at is not None
+        self._seen[job.id] = ((token, job.lease_expires_at), self._monotonic())
+
+    def _expired_leases(self, conn: sqlite3.Connection, now: float) -> list[str]:
+        """Leases this process has seen unchanged for as long as they were taken for.
+
+        The store has no clock of its own, and the processes sharing the file may not
+        agree on the time: a lease is judged by the passing of *this* process's monotonic
+        clock since it first saw the lease as it is (a renewal changes it). So a process
+        whose wall clock runs ahead never takes back a live worker's job; a process that
+        just started waits one lease before it takes anything back. Leases written before
+        ``lease_ttl`` was stored fall back to this process's wall clock.
+        """
+        mono = self._monotonic()
+        rows = conn.execute(
+            "SELECT id, token, lease_expires_at, lease_ttl FROM afterwork_jobs"
+            " INDEXED BY afterwork_jobs_leases WHERE status = 'running'"
+            " ORDER BY lease_expires_at, id"
+        ).fetchall()
+        expired: list[str] = []
+        seen: dict[str, tuple[tuple[str, float], float]] = {}
+        for job_id, token, stamp, ttl in rows:
+            lease = (token, stamp)
+            previous = self._seen.get(job_id)
+            since = previous[1] if previous is not None and previous[0] == lease else mono
+            seen[job_id] = (lease, since)
+            if ttl is None:
+                if stamp <= now:
+                    expired.append(job_id)
+            elif mono - since >= ttl:
+                expired.append(job_id)
+        self._seen = seen  # leases that ended are forgotten
+        return expired
+
     async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
         def recover(tx: Tx) -> list[Job]:
-            now = tx.now
             recovered: list[Job] = []
-            expired = tx.select(
-                "status = 'running' AND lease_expires_at <= ? ORDER BY lease_expires_at, id",
-                (now,),
-                index="afterwork_jobs_leases",
-            )
-            for job in expired:
-                if life.lease_expired(job, now):
-                    change = life.recover(job, now=now, max_recoveries=max_recoveries)
-                    back = tx.apply(job, change)
-                    assert back is not None
-                    recovered.append(back)
+            for job_id in self._expired_leases(tx.conn, tx.now):
+                job, _ = tx.held(job_id)
+                if job is None or job.status is not JobStatus.RUNNING:
+                    continue
+                change = life.recover(job, now=tx.now, max_recoveries=max_recoveries)
+                back = tx.apply(job, change)
+                assert back is not None
+                recovered.append(back)
             return recovered
 
         return await self._write(recover)
