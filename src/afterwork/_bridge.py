@@ -8,14 +8,28 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .app import Afterwork
+from ._settings import Settings
 
 __all__ = ("Portal", "run_sync")
 
 T = TypeVar("T")
+
+
+class Bridged(Protocol):
+    """The state of an ``Afterwork`` instance that sync callers need (not the facade)."""
+
+    _loop: asyncio.AbstractEventLoop | None
+    _portal: Portal | None
+
+    @property
+    def config(self) -> Settings: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Portal:
@@ -43,7 +57,7 @@ async def _as_coroutine(func: Callable[[], Awaitable[T]]) -> T:
     return await func()
 
 
-def run_sync(aw: Afterwork, func: Callable[[], Awaitable[T]]) -> T:
+def run_sync(aw: Bridged, func: Callable[[], Awaitable[T]]) -> T:
     """Run ``func()`` for ``aw`` from sync code (see :meth:`Afterwork.run_sync`)."""
     try:
         asyncio.get_running_loop()
@@ -66,7 +80,7 @@ def run_sync(aw: Afterwork, func: Callable[[], Awaitable[T]]) -> T:
     return aw._portal.call(_as_coroutine(func), timeout)
 
 
-def close_portal(aw: Afterwork) -> None:
+def close_portal(aw: Bridged) -> None:
     """Stop ``aw``'s private loop (at interpreter exit), closing the store it opened."""
     portal, aw._portal = aw._portal, None
     if portal is None:

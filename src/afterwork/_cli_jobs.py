@@ -10,21 +10,22 @@ Exit codes: 0 done; 1 no such job, or the job is in a state the command cannot c
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .app import DEFAULT_URL, Afterwork
 from .exceptions import AfterworkError, BackendError
 from .job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from .app import Afterwork
 
 __all__ = ("jobs_app", "purge", "queues")
 
@@ -73,6 +74,7 @@ class Abort(Exception):
 
 
 def _store(app: str | None, url: str | None) -> Afterwork:
+    from .app import DEFAULT_URL, Afterwork  # loaded here: `--help` need not pay for it
     from .cli import CLIError, load_afterwork
 
     if app is not None and url is not None:
@@ -97,6 +99,8 @@ def _store(app: str | None, url: str | None) -> Afterwork:
 
 def _run(app: str | None, url: str | None, action: Callable[[Afterwork], Awaitable[T]]) -> T:
     """Open the store, run ``action``, close it; turn failures into exit codes."""
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     try:
         aw = _store(app, url)
 

@@ -13,13 +13,15 @@ import math
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError
+from typing import TYPE_CHECKING, Any
 
 from .context import JobContext
 from .exceptions import DependencyError, EnqueueError, PayloadTooLarge
+
+if TYPE_CHECKING:
+    # pydantic is imported when the first annotated task is declared, not with afterwork:
+    # the CLI and web-only processes start faster for it.
+    from pydantic import TypeAdapter
 
 __all__ = ("ArgumentCodec", "Injected", "encode_payload", "ensure_json")
 
@@ -96,6 +98,12 @@ def encode_payload(payload: Any, limit: int, *, task: str) -> bytes:
     return data
 
 
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(annotation)
+
+
 @dataclass(frozen=True, slots=True)
 class _Param:
     name: str
@@ -138,9 +146,7 @@ class ArgumentCodec:
                 self.injected.append(injected)
                 continue
             plain = annotation is Any or annotation is inspect.Parameter.empty
-            params.append(
-                _Param(param.name, param.kind, None if plain else TypeAdapter(annotation))
-            )
+            params.append(_Param(param.name, param.kind, None if plain else _adapter(annotation)))
             kept.append(param)
         if self.injected and any(p.kind is p.VAR_POSITIONAL for p in kept):
             raise TypeError(
@@ -205,21 +211,33 @@ class ArgumentCodec:
             if encode:
                 return spec.adapter.dump_python(validated, mode="json")
             return validated
-        except ValidationError as exc:
+        except Exception as exc:
+            rejected = self._rejected(spec, path, exc)
+            if rejected is None:
+                raise
+            raise rejected from None
+
+    def _rejected(self, spec: _Param, path: str, exc: Exception) -> EnqueueError | None:
+        """The EnqueueError for a value pydantic refused (pydantic is loaded by then)."""
+        from pydantic import ValidationError
+        from pydantic_core import PydanticSerializationError
+
+        if isinstance(exc, ValidationError):
             errors = "; ".join(
                 f"{'.'.join(str(p) for p in (path, *e['loc']))}: {e['msg']}" for e in exc.errors()
             )
-            raise EnqueueError(
+            return EnqueueError(
                 f"{self.task_name}: invalid argument {path!r}: {errors}",
                 param=spec.name,
                 task=self.task_name,
-            ) from None
-        except (PydanticSerializationError, ValueError, TypeError) as exc:
-            raise EnqueueError(
+            )
+        if isinstance(exc, PydanticSerializationError | ValueError | TypeError):
+            return EnqueueError(
                 f"{self.task_name}: argument {path!r} cannot be stored as JSON: {exc}",
                 param=spec.name,
                 task=self.task_name,
-            ) from None
+            )
+        return None
 
     def encode(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]

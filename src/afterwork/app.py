@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
@@ -15,7 +16,18 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
-from . import _bridge, dependencies
+from . import _bridge, _signature
+from ._engine import dependencies
+from ._engine.local import LocalRuns
+from ._engine.scheduler import (
+    CronTrigger,
+    IntervalTrigger,
+    Misfire,
+    Schedule,
+    ScheduleInfo,
+    Scheduler,
+)
+from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
 from ._settings import Settings
 from ._signature import encode_payload
 from .backends import from_url
@@ -24,18 +36,15 @@ from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
-from .scheduler import CronTrigger, IntervalTrigger, Misfire, Schedule, ScheduleInfo, Scheduler
-from .services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
 from .task import Task, TaskOptions
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from .fastapi.router import AuthDependency, RouterOptions
-    from .runner import JobRun
-    from .worker import Worker
+    from ._engine.worker import Worker
+    from .fastapi._options import AuthDependency, RouterOptions
 
-__all__ = ("Afterwork", "Settings")
+__all__ = ("Afterwork", "ServiceContext", "Settings")
 
 logger: logging.Logger = logging.getLogger(__name__)
 
@@ -88,22 +97,14 @@ class Afterwork:
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
         self.rng: random.Random = random.Random(seed)
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._workers: set[Worker] = set()
+        self._local_runs = LocalRuns(self)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _bridge.Portal | None = None
-        self._inline_id: str | None = None
-        self._inline_runs: dict[str, JobRun] = {}
-        self._inline_limiter = anyio.CapacityLimiter(40)
-        self._injectors: list[
-            Callable[
-                [Task[Any, Any], JobContext, contextlib.AsyncExitStack], Awaitable[dict[str, Any]]
-            ]
-        ] = [dependencies.inject_job]
         self._app: Any = None  # the app served through ``lifespan``: its dependency_overrides
         self.scheduler: Scheduler = Scheduler(self)
-        self.supervisor: ServiceSupervisor = ServiceSupervisor(self)
+        self.supervisor: ServiceSupervisor = ServiceSupervisor(self, self._service_context)
 
     def __repr__(self) -> str:
         return f"Afterwork({self.url!r}, tasks={len(self.tasks)})"
@@ -217,8 +218,7 @@ class Afterwork:
         Decorates a function (registered as a task with default options) or a task
         (``@aw.cron(...)`` above ``@aw.task(...)``) and returns the task. Each tick is
         enqueued exactly once however many processes run the scheduler. See
-        :class:`afterwork.scheduler.CronTrigger` for the DST rule and
-        :class:`afterwork.scheduler.Schedule` for ``misfire``.
+        ``docs/schedules.md`` for the DST rule and for ``misfire``.
 
         Args:
             expr: five fields (``minute hour day month weekday``), or six with seconds first.
@@ -322,7 +322,7 @@ class Afterwork:
         """Declare a supervised long-running coroutine (bare ``@aw.service`` or with options).
 
         ``aw.runtime()`` (so ``aw.lifespan`` and ``afterwork worker``) starts it, restarts it
-        as ``restart`` says and stops it; see :mod:`afterwork.services` for the contract.
+        as ``restart`` says and stops it; see ``docs/services.md`` for the contract.
         Returns the function unchanged.
 
         Args:
@@ -380,8 +380,7 @@ class Afterwork:
 
     async def aclose(self) -> None:
         """Stop local workers and disconnect from the store."""
-        for worker in list(self._workers):
-            worker.stop(now=True)
+        self._local_runs.stop_workers()
         if self._open:
             self._open = False
             self._loop = None
@@ -476,13 +475,7 @@ class Afterwork:
         await self._ensure_open()
         job = await self.backend.cancel(job_id)
         if job is not None and job.status is JobStatus.RUNNING:
-            for worker in list(self._workers):
-                worker.cancel_local(job_id)
-            inline = self._inline_runs.get(job_id)
-            if inline is not None:
-                from .runner import CANCEL
-
-                inline.stop(CANCEL)
+            self._local_runs.cancel(job_id)
         return None if job is None else job.bind(self)
 
     async def retry(self, job_id: str) -> Job | None:
@@ -603,7 +596,7 @@ class Afterwork:
         grace: float | None,
         name: str | None,
     ) -> AsyncIterator[Worker]:
-        from .worker import Worker
+        from ._engine.worker import Worker
 
         await self._ensure_open()
         worker = Worker(
@@ -624,7 +617,7 @@ class Afterwork:
         self, *, queues: Sequence[str] | None = None, concurrency: int | None = None
     ) -> int:
         """Run jobs until none is due, then return how many ran (tests, scripts)."""
-        from .worker import Worker
+        from ._engine.worker import Worker
 
         await self._ensure_open()
         worker = Worker(
@@ -640,13 +633,25 @@ class Afterwork:
         self, task: Task[Any, Any], context: JobContext, stack: contextlib.AsyncExitStack
     ) -> dict[str, Any]:
         """Values for the parameters afterwork injects into ``task`` (context, dependencies)."""
-        values: dict[str, Any] = {}
-        for injected in task.codec.injected:
-            if injected.kind == "context":
-                values[injected.name] = context
-        for injector in self._injectors:
-            values.update(await injector(task, context, stack))
-        return values
+        return await dependencies.inject_job(task, context, stack, self.dependency_overrides())
+
+    def dependency_overrides(self) -> Mapping[Callable[..., Any], Callable[..., Any]]:
+        """The ``dependency_overrides`` of the FastAPI app served through ``aw.lifespan``.
+
+        They apply to the dependencies of jobs and services; empty when no app is served.
+        """
+        overrides = getattr(self._app, "dependency_overrides", None)
+        return overrides if isinstance(overrides, Mapping) else {}
+
+    @property
+    def local_runs(self) -> LocalRuns:
+        """The jobs this process runs: its workers and the runner of ``Jobs.add_task``."""
+        return self._local_runs
+
+    def _service_context(
+        self, name: str, *, restarts: int, stop: anyio.Event, on_ready: Callable[[], None]
+    ) -> ServiceContext:
+        return ServiceContext(name, self, restarts=restarts, stop=stop, on_ready=on_ready)
 
     # -- FastAPI -------------------------------------------------------------------------
 
@@ -780,3 +785,71 @@ class Afterwork:
                     self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
                 )
             yield running
+
+
+class ServiceContext:
+    """Passed to a service that asks for it by annotation: ``ctx: ServiceContext``.
+
+    It lives beside :class:`Afterwork` (not in the engine) because it hands the service
+    the instance itself, typed.
+
+    Example:
+        ```python
+        @aw.service(restart="on-failure", ready="explicit")
+        async def consumer(ctx: ServiceContext) -> None:
+            async with connect() as bus:
+                ctx.ready()  # the app starts serving only now
+                while not ctx.stopping:
+                    message = await bus.get()
+                    await handle.enqueue(message)
+        ```
+    """
+
+    def __init__(
+        self,
+        name: str,
+        afterwork: Afterwork,
+        *,
+        restarts: int,
+        stop: anyio.Event,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self.name = name
+        """The service's name."""
+        self.afterwork = afterwork
+        """The :class:`~afterwork.Afterwork` instance, to enqueue jobs and read the store."""
+        self.restarts = restarts
+        """How many times the service was started again before this run (0: first run)."""
+        self._stop = stop
+        self._on_ready = on_ready
+
+    def __repr__(self) -> str:
+        return f"<ServiceContext {self.name} restarts={self.restarts}>"
+
+    @property
+    def stopping(self) -> bool:
+        """``True`` once shutdown began. The task is also cancelled at its next ``await``."""
+        return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        """Return once shutdown began."""
+        await self._stop.wait()
+
+    def ready(self) -> None:
+        """Tell the runtime this service has started. Idempotent."""
+        self._on_ready()
+
+
+def _service_context_injector(
+    param: inspect.Parameter, annotation: Any
+) -> _signature.Injected | None:
+    if annotation is ServiceContext:
+        return _signature.Injected(param.name, "service_context")
+    return None
+
+
+# ServiceContext is found by annotation through the same hooks as JobContext and FastAPI's
+# Depends, so every injected kind is recognised in one place. The job runner never fills
+# "service_context": tasks cannot ask for one. A dependency of a service may ask for it.
+_signature.INJECTORS.append(_service_context_injector)
+dependencies.PROVIDED_TYPES.add(ServiceContext)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import logging
-import logging.config
 import os
 import signal
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import Afterwork
+if TYPE_CHECKING:
+    # Loaded by the commands that need it, so `afterwork --help` starts fast.
+    from .app import Afterwork
 
 __all__ = ("app", "load_afterwork", "main")
 
@@ -40,6 +40,8 @@ class CLIError(Exception):
 
 def configure_logging(level: str) -> None:
     """The CLI's log format. Library code never configures logging itself."""
+    import logging.config  # lazily: `afterwork --help` need not load it
+
     logging.config.dictConfig(
         {
             "version": 1,
@@ -61,6 +63,8 @@ def configure_logging(level: str) -> None:
 
 def load_afterwork(target: str) -> Afterwork:
     """Import ``module:attribute`` and return the :class:`Afterwork` it names."""
+    from .app import Afterwork
+
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise CLIError(f"expected MODULE:ATTRIBUTE (for example app.jobs:aw), not {target!r}")
@@ -96,6 +100,8 @@ async def run_worker(
     The first signal stops gracefully: nothing new is claimed, running jobs get ``grace``
     seconds, then are released. A second signal releases running jobs at once.
     """
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received = 0
@@ -144,6 +150,8 @@ def worker(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     configure_logging(log_level)
     try:
         aw = load_afterwork(target)
@@ -170,6 +178,8 @@ def schedules(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """List the schedules with their next and last run."""
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     try:
         aw = load_afterwork(target)
     except CLIError as exc:

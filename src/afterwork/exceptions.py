@@ -16,14 +16,18 @@ Every exception afterwork raises on purpose derives from :class:`AfterworkError`
     ├── BackendError                  the store failed; ``__cause__`` holds the driver's error
     │   ├── BackendUnavailable (ConnectionError)  the store cannot be reached
     │   └── SchemaVersionError        the store was written by a newer afterwork
-    └── JobFailed                     raised by ``Job.result_or_raise()`` for a failed job
+    └── JobFailed                     raised by ``Job.result_or_raise()`` for a failed or
+                                      cancelled job; ``.job`` and ``.error`` say why
 
 Control flow raised from job code (:class:`afterwork.Retry`) lives in ``afterwork.retry``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import Job, JobError
 
 __all__ = (
     "AfterworkError",
@@ -155,9 +159,26 @@ class SchemaVersionError(BackendError):
 
 
 class JobFailed(AfterworkError):
-    """The job ended without a result."""
+    """The job ended without a result (it failed, or was cancelled).
+
+    Raised by :meth:`afterwork.Job.result_or_raise`.
+
+    Attributes:
+        job_id: the job's id.
+        job: the finished job (``None`` if the raiser had none).
+        error: the job's recorded error (type, message, traceback), if any.
+    """
 
     job_id: str
+    job: Job | None
+    error: JobError | None
 
-    def __init__(self, message: str, *, job_id: str) -> None:
-        super().__init__(message, job_id=job_id)
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        job: Job | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        super().__init__(message, job_id=job_id, job=job, error=error)

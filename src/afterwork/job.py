@@ -10,12 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .exceptions import InvalidTransition
-
-if TYPE_CHECKING:
-    from .app import Afterwork
 
 __all__ = (
     "ACTIVE_STATUSES",
@@ -25,10 +22,22 @@ __all__ = (
     "Job",
     "JobError",
     "JobEvent",
+    "JobOwner",
     "JobStatus",
     "check_transition",
     "new_job_id",
 )
+
+
+class JobOwner(Protocol):
+    """What a :class:`Job` needs to refresh itself (an :class:`~afterwork.Afterwork`).
+
+    The model names this protocol, never the facade, so it imports nothing above itself.
+    """
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def wait_for_job(self, job_id: str, *, timeout: float | None = None) -> Job: ...
 
 
 class JobStatus(StrEnum):
@@ -176,13 +185,15 @@ class Job:
 
     A ``Job`` is a snapshot: :meth:`refresh` and :meth:`wait` fetch a newer one.
     Timestamps are seconds since the epoch, by the store's clock; the ``*_dt`` helpers
-    turn them into aware datetimes.
+    (:attr:`created_at_dt`, :attr:`run_at_dt`, :attr:`started_at_dt`,
+    :attr:`finished_at_dt`) turn them into aware UTC datetimes.
 
     Example:
         ```python
         job = await send_email.enqueue("ada@example.com", "Welcome")
         job = await job.wait(timeout=10)
         assert job.status is JobStatus.SUCCEEDED
+        result = job.result_or_raise()  # JobFailed if it failed or was cancelled
         ```
     """
 
@@ -213,7 +224,7 @@ class Job:
     worker: str | None = None
     lease_expires_at: float | None = None
     cancel_requested: bool = False
-    _owner: Afterwork | None = field(default=None, compare=False, repr=False)
+    _owner: JobOwner | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_finished(self) -> bool:
@@ -226,17 +237,71 @@ class Job:
 
     @property
     def created(self) -> datetime:
+        """When the job was created (the same as :attr:`created_at_dt`)."""
         return datetime.fromtimestamp(self.created_at, UTC)
 
     @property
     def scheduled_for(self) -> datetime:
+        """When the job is due (the same as :attr:`run_at_dt`)."""
         return datetime.fromtimestamp(self.run_at, UTC)
 
-    def bind(self, owner: Afterwork) -> Job:
+    @property
+    def created_at_dt(self) -> datetime:
+        """``created_at`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.created_at, UTC)
+
+    @property
+    def run_at_dt(self) -> datetime:
+        """``run_at`` (when the job is due) as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.run_at, UTC)
+
+    @property
+    def started_at_dt(self) -> datetime | None:
+        """``started_at`` as an aware UTC datetime (``None`` if it never started)."""
+        return timestamp(self.started_at)
+
+    @property
+    def finished_at_dt(self) -> datetime | None:
+        """``finished_at`` as an aware UTC datetime (``None`` while unfinished)."""
+        return timestamp(self.finished_at)
+
+    def result_or_raise(self) -> Any:
+        """The job's result if it succeeded; otherwise raise.
+
+        Raises:
+            JobFailed: the job failed or was cancelled; ``exc.job`` is this job and
+                ``exc.error`` its :class:`JobError` (type, message, traceback).
+            RuntimeError: the job has not finished yet (``await job.wait()`` first).
+
+        Example:
+            ```python
+            job = await transcode.enqueue(42)
+            report = (await job.wait(timeout=60)).result_or_raise()
+            ```
+        """
+        from .exceptions import JobFailed
+
+        if self.status is JobStatus.SUCCEEDED:
+            return self.result
+        if self.status is JobStatus.FAILED or self.status is JobStatus.CANCELLED:
+            error = self.error
+            why = f": {error.type}: {error.message}" if error is not None else ""
+            raise JobFailed(
+                f"job {self.id} ({self.task}) {self.status.value}{why}",
+                job_id=self.id,
+                job=self,
+                error=error,
+            )
+        raise RuntimeError(
+            f"job {self.id} ({self.task}) is {self.status.value}, not finished: it has no "
+            "result yet; await job.wait() (or job.refresh()) and call this on what it returns"
+        )
+
+    def bind(self, owner: JobOwner) -> Job:
         """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""
         return self if self._owner is owner else replace(self, _owner=owner)
 
-    def _require_owner(self) -> Afterwork:
+    def _require_owner(self) -> JobOwner:
         if self._owner is None:
             raise RuntimeError(
                 "this Job is not attached to an Afterwork instance; use aw.get_job(job.id)"

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
 
 from ._signature import ArgumentCodec
 from .exceptions import EnqueueError
 from .job import Job
 from .retry import Backoff, ExponentialBackoff
 
-if TYPE_CHECKING:
-    from .app import Afterwork
-
-__all__ = ("EnqueueOptions", "Task", "TaskCall", "TaskOptions")
+__all__ = ("EnqueueOptions", "Task", "TaskCall", "TaskOptions", "TaskOwner")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+class TaskOwner(Protocol):
+    """What a :class:`Task` enqueues through (an :class:`~afterwork.Afterwork`).
+
+    Tasks name this protocol, not the facade, so that the engine can use tasks without
+    depending on ``afterwork.app``.
+    """
+
+    async def enqueue_task(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> Job: ...
+
+    def run_sync(self, func: Callable[[], Awaitable[T]]) -> T: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,9 +113,9 @@ class Task(Generic[P, R]):
     """
 
     def __init__(
-        self, owner: Afterwork, func: Callable[P, R], *, name: str, options: TaskOptions
+        self, owner: TaskOwner, func: Callable[P, R], *, name: str, options: TaskOptions
     ) -> None:
-        self.owner = owner
+        self.owner: TaskOwner = owner
         self.func = func
         self.name = name
         self.opts = options

@@ -6,8 +6,7 @@ import anyio
 import pytest
 from fastapi import FastAPI
 
-from afterwork import Afterwork, Job
-from afterwork.services import ServiceState
+from afterwork import Afterwork, Job, ServiceState
 
 from ..waiting import eventually
 from .conftest import ROOT, python_blocks

@@ -28,8 +28,9 @@ from fastapi.security import SecurityScopes
 from pydantic import BaseModel
 
 from afterwork import Afterwork, EnqueueError, JobContext, JobStatus, Task
-from afterwork.dependencies import Dependency, dependencies_of, overrides_of, resolve
+from afterwork._engine.dependencies import overrides_of
 from afterwork.exceptions import DependencyError
+from afterwork.fastapi import Dependency, dependencies_of, resolve
 from afterwork.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

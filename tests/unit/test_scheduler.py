@@ -18,10 +18,10 @@ from anyio.abc import TaskStatus
 from typer.testing import CliRunner
 
 from afterwork import Afterwork, ConfigurationError, JobContext
+from afterwork._engine.scheduler import MAX_SLEEP, CronTrigger, IntervalTrigger, Scheduler
 from afterwork.backends.memory import MemoryBackend
 from afterwork.exceptions import ScheduleNotFound
 from afterwork.job import Job
-from afterwork.scheduler import MAX_SLEEP, CronTrigger, IntervalTrigger, Scheduler
 from afterwork.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -13,9 +13,9 @@ import anyio.lowlevel
 import pytest
 from fastapi import FastAPI
 
-from afterwork import Afterwork, ConfigurationError, JobContext, Retry, ServiceContext
+from afterwork import Afterwork, ConfigurationError, JobContext, Retry, ServiceContext, ServiceState
+from afterwork._engine.services import Restart, ServiceSpec
 from afterwork.exceptions import ServiceStartError
-from afterwork.services import Restart, ServiceSpec, ServiceState
 
 pytestmark = pytest.mark.anyio
 

@@ -9,14 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
 
-import anyio
 from fastapi import BackgroundTasks, Depends, Request
 
-from ..backends.base import NewJob
 from ..job import Job, new_job_id
-from ..runner import CANCEL, LOST, JobRun, Runner
-from ..task import Task, TaskOptions
-from ..worker import worker_id
+from ..task import Task
 
 if TYPE_CHECKING:
     from ..app import Afterwork
@@ -26,8 +22,6 @@ __all__ = ("Jobs", "JobsManager", "PendingJob", "get_afterwork")
 logger: logging.Logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
-
-INLINE_QUEUE = "inline"
 
 
 def get_afterwork(request: Request) -> Afterwork:
@@ -63,14 +57,6 @@ def _is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(func) or (
         not inspect.isfunction(func) and inspect.iscoroutinefunction(type(func).__call__)
     )
-
-
-def _safe_repr(value: Any, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<unrepresentable {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class JobsManager:
@@ -143,59 +129,11 @@ class JobsManager:
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Job | None:
-        """Run a plain callable here and now, tracked as a job.
-
-        The job is created already claimed by this process and kept leased while it runs;
-        if the process dies, recovery fails it (nobody else can run a plain callable).
-        """
-        aw = self.aw
-        await aw.open()
-        if aw._inline_id is None:
-            aw._inline_id = worker_id("inline")
-        options = TaskOptions(queue=INLINE_QUEUE)
-        new = NewJob(
-            id=job_id,
-            task=_describe(func),
-            queue=options.queue,
-            args=[_safe_repr(a) for a in args],
-            kwargs={k: _safe_repr(v) for k, v in kwargs.items()},
-            max_attempts=0,  # in-process only: never requeued by recovery
-            timeout=options.timeout,
-            result_ttl=options.result_ttl,
+        """Run a plain callable here and now, tracked as a job (see ``_engine/inline.py``)."""
+        await self.aw.open()
+        return await self.aw.local_runs.inline.run(
+            job_id, func, args, kwargs, name=_describe(func), is_async=_is_async_callable(func)
         )
-        lease_ttl = aw.config.lease_ttl
-        claim = await aw.backend.start(new, aw._inline_id, lease_ttl=lease_ttl)
-        run = JobRun(claim)
-        aw._inline_runs[job_id] = run
-        runner = Runner(aw, worker_id=aw._inline_id, limiter=aw._inline_limiter, rng=aw.rng)
-        interval = aw.config.heartbeat_interval or lease_ttl / 3
-
-        async def keep_alive() -> None:
-            while True:
-                await anyio.sleep(interval)
-                try:
-                    reply = await aw.backend.heartbeat([claim.lease], lease_ttl=lease_ttl)
-                except Exception:
-                    logger.warning("could not renew the lease of job %s", job_id, exc_info=True)
-                    continue
-                if job_id in reply.lost:
-                    run.stop(LOST)
-                elif job_id in reply.cancel:
-                    run.stop(CANCEL)
-
-        finished: Job | None = None
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(keep_alive)
-                try:
-                    finished = await runner.execute(
-                        run, func, args, kwargs, options, is_async=_is_async_callable(func)
-                    )
-                finally:
-                    group.cancel_scope.cancel()
-        finally:
-            del aw._inline_runs[job_id]
-        return None if finished is None else finished.bind(aw)
 
 
 def _jobs_dependency(request: Request, background: BackgroundTasks) -> JobsManager:

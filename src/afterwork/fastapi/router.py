@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.params import Depends as DependsParam
@@ -33,6 +33,7 @@ from ..backends.base import EventHistory
 from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, TaskNotFound
 from ..job import Job, JobStatus
 from . import _extras
+from ._options import AuthDependency, RouterOptions
 from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
 from ._sse import event_stream
 
@@ -78,21 +79,6 @@ STATIC_FILES = {
     "app.css": ("app.css", "text/css; charset=utf-8"),
     "favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
-
-AuthDependency = DependsParam | Callable[..., Any]
-
-
-class RouterOptions(TypedDict, total=False):
-    """Tuning of :func:`create_router` (all optional)."""
-
-    max_body: int
-    """Largest request body in bytes; default: the store's ``max_payload`` plus 64 KiB."""
-    heartbeat: float
-    """Seconds of silence before the event stream sends a keep-alive comment (default 15)."""
-    stream_lifetime: float
-    """Seconds after which an event stream ends and the browser reconnects (default 300)."""
-    dashboard: bool
-    """Serve the dashboard at ``GET /`` (default ``True``)."""
 
 
 class _SecureRoute(APIRoute):

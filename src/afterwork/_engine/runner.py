@@ -13,26 +13,28 @@ import inspect
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic_core import to_jsonable_python
 
-from .backends.base import Claim, Outcome
-from .context import JobContext
-from .exceptions import EnqueueError
-from .job import Job, JobError, JobStatus
-from .retry import Retry
-from .task import Task, TaskOptions
+from ..backends.base import Claim, HeartbeatReply, Outcome
+from ..context import JobContext
+from ..exceptions import EnqueueError
+from ..job import Job, JobError, JobStatus
+from ..retry import Retry
+from ..task import Task, TaskOptions
+from .dependencies import inject_job
 
 if TYPE_CHECKING:
-    from .app import Afterwork
+    from .host import Host
 
-__all__ = ("JobRun", "Runner")
+__all__ = ("JobRun", "Runner", "apply_heartbeat")
 
-logger: logging.Logger = logging.getLogger(__name__)
+# The logger keeps the name it had when this module was ``afterwork.runner``.
+logger: logging.Logger = logging.getLogger("afterwork.runner")
 
 #: Seconds the teardown of a job's dependencies may take before it is abandoned.
 CLEANUP_TIMEOUT = 30.0
@@ -79,8 +81,36 @@ class JobRun:
         self.scope.cancel()
 
 
+def apply_heartbeat(reply: HeartbeatReply, runs: Mapping[str, JobRun], worker_id: str) -> None:
+    """Stop the runs a heartbeat reply names: lost leases (write nothing) and cancels."""
+    for job_id in reply.lost:
+        run = runs.get(job_id)
+        if run is not None:
+            logger.warning(
+                "job %s (%s) lost its lease (another worker took it over); stopping it",
+                job_id,
+                run.job.task,
+                extra=log_extra("lease_lost", run.job, worker_id),
+            )
+            run.stop(LOST)
+    for job_id in reply.cancel:
+        run = runs.get(job_id)
+        if run is not None:
+            run.stop(CANCEL)
+
+
 class _Timeout(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """How an attempt ended: what to record, what to log, and what ended it."""
+
+    outcome: Outcome | None  # None: the lease was lost, record nothing
+    exc_to_log: BaseException | None = None
+    ended_by: BaseException | None = None
+    """The exception thrown into the job's dependencies as they are torn down."""
 
 
 class Runner:
@@ -88,13 +118,13 @@ class Runner:
 
     def __init__(
         self,
-        owner: Afterwork,
+        host: Host,
         *,
         worker_id: str,
         limiter: anyio.CapacityLimiter,
         rng: random.Random,
     ) -> None:
-        self.owner = owner
+        self.host = host
         self.worker_id = worker_id
         self.limiter = limiter
         self.rng = rng
@@ -104,12 +134,12 @@ class Runner:
     async def run_claim(self, run: JobRun) -> Job | None:
         """Run a job claimed from the store: find its task, decode its arguments, run it."""
         job = run.job
-        task = self.owner.tasks.get(job.task)
+        task = self.host.tasks.get(job.task)
         if task is None:
             error = JobError.from_message(
                 "afterwork.TaskNotFound",
                 f"no task named {job.task!r} is registered in this worker "
-                f"(registered: {', '.join(sorted(self.owner.tasks)) or 'none'})",
+                f"(registered: {', '.join(sorted(self.host.tasks)) or 'none'})",
             )
             return await self._give_up(run, error, None)
         try:
@@ -131,69 +161,94 @@ class Runner:
         is_async: bool | None = None,
     ) -> Job | None:
         """Call ``func`` for ``run`` and record how it ended."""
-        job = run.job
         # Only a task that injects something (a JobContext, dependencies) needs a context
         # and an exit stack; most jobs skip both (they are the hot path of a worker).
         injects = task is not None and bool(task.codec.injected)
-        if injects:
-            loop = asyncio.get_running_loop()
-            run.context = JobContext(job=job, _report=self._reporter(run, loop))
-        if is_async is None:
-            is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
-        timeout = job.timeout if job.timeout is not None else options.timeout
-        outcome: Outcome | None = None
-        exc_to_log: BaseException | None = None
         # Injected dependencies are torn down after the attempt, whatever its outcome; the
         # exception that ended it is thrown into them, as FastAPI does after a route.
         stack = contextlib.AsyncExitStack()
-        ended_by: BaseException | None = None
-        inject: Callable[[], Awaitable[dict[str, Any]]] | None = None
-        if injects:
-            assert task is not None and run.context is not None
-            inject = functools.partial(self.owner.resolve_injected, task, run.context, stack)
+        inject = self._prepare_injection(run, task, stack) if injects and task else None
+        if is_async is None:
+            is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
+        timeout = run.job.timeout if run.job.timeout is not None else options.timeout
         try:
-            with run.scope:
-                result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
-            if run.scope.cancelled_caught:
-                ended_by = anyio.get_cancelled_exc_class()()
-                outcome = self._stopped_outcome(run)
-            else:
-                outcome = self._success(job, result)
-        except _Timeout:
-            ended_by = TimeoutError(f"the job did not finish within its {timeout:g}s timeout")
-            error = JobError.from_message("TimeoutError", str(ended_by))
-            outcome, exc_to_log = self._after_failure(job, options, error, None)
-        except Retry as exc:
-            ended_by = exc
-            outcome, exc_to_log = self._after_failure(
-                job, options, JobError.from_exception(exc), exc, delay=exc.delay
-            )
-        except Exception as exc:
-            ended_by = exc
-            outcome, exc_to_log = self._after_failure(
-                job, options, JobError.from_exception(exc), exc
+            attempt = await self._attempt(
+                run, func, is_async, args, kwargs, timeout, options, inject
             )
         except BaseException as exc:  # cancelled from outside: clean up, then propagate
             if injects:
                 await self._close_stack(run, stack, exc, task)
             raise
-        cleanup_error = await self._close_stack(run, stack, ended_by, task) if injects else None
-        if cleanup_error is not None and ended_by is None and outcome is not None:
-            # The job returned but its dependencies could not be torn down (a failed commit):
-            # the attempt did not complete.
-            outcome, exc_to_log = self._after_failure(
-                job, options, JobError.from_exception(cleanup_error), cleanup_error
-            )
+        if injects:
+            attempt = await self._tear_down(run, stack, task, attempt, options)
         await self._flush_progress(run)
-        if outcome is None:  # the lease was lost: somebody else owns the job now
+        if attempt.outcome is None:  # the lease was lost: somebody else owns the job now
             logger.warning(
                 "job %s (%s) lost its lease; its outcome is discarded",
-                job.id,
-                job.task,
-                extra=log_extra("job_lease_lost", job, self.worker_id),
+                run.job.id,
+                run.job.task,
+                extra=log_extra("job_lease_lost", run.job, self.worker_id),
             )
             return None
-        return await self._record(run, outcome, exc_to_log)
+        return await self._record(run, attempt.outcome, attempt.exc_to_log)
+
+    def _prepare_injection(
+        self, run: JobRun, task: Task[Any, Any], stack: contextlib.AsyncExitStack
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """Give ``run`` its context; return what resolves the injected values in the call."""
+        loop = asyncio.get_running_loop()
+        context = run.context = JobContext(job=run.job, _report=self._reporter(run, loop))
+        overrides = self.host.dependency_overrides()
+        return functools.partial(inject_job, task, context, stack, overrides)
+
+    async def _attempt(
+        self,
+        run: JobRun,
+        func: Callable[..., Any],
+        is_async: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        options: TaskOptions,
+        inject: Callable[[], Awaitable[dict[str, Any]]] | None,
+    ) -> _Attempt:
+        """Call the job once and decide its outcome (cancellation from outside propagates)."""
+        job = run.job
+        try:
+            with run.scope:
+                result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
+        except _Timeout:
+            ended_by = TimeoutError(f"the job did not finish within its {timeout:g}s timeout")
+            error = JobError.from_message("TimeoutError", str(ended_by))
+            return _Attempt(*self._after_failure(job, options, error, None), ended_by=ended_by)
+        except Retry as exc:
+            error = JobError.from_exception(exc)
+            failure = self._after_failure(job, options, error, exc, delay=exc.delay)
+            return _Attempt(*failure, ended_by=exc)
+        except Exception as exc:
+            failure = self._after_failure(job, options, JobError.from_exception(exc), exc)
+            return _Attempt(*failure, ended_by=exc)
+        if run.scope.cancelled_caught:
+            cancelled = anyio.get_cancelled_exc_class()()
+            return _Attempt(self._stopped_outcome(run), ended_by=cancelled)
+        return _Attempt(self._success(job, result))
+
+    async def _tear_down(
+        self,
+        run: JobRun,
+        stack: contextlib.AsyncExitStack,
+        task: Task[Any, Any] | None,
+        attempt: _Attempt,
+        options: TaskOptions,
+    ) -> _Attempt:
+        """Close the job's dependencies; a failed teardown after a success fails the attempt."""
+        cleanup_error = await self._close_stack(run, stack, attempt.ended_by, task)
+        if cleanup_error is None or attempt.ended_by is not None or attempt.outcome is None:
+            return attempt
+        # The job returned but its dependencies could not be torn down (a failed commit):
+        # the attempt did not complete.
+        error = JobError.from_exception(cleanup_error)
+        return _Attempt(*self._after_failure(run.job, options, error, cleanup_error))
 
     async def _close_stack(
         self,
@@ -314,12 +369,13 @@ class Runner:
                     f"the job's result cannot be stored as JSON: {exc}",
                 )
             )
-        if size > self.owner.config.max_result:
+        max_result = self.host.config.max_result
+        if size > max_result:
             return Outcome.failed(
                 JobError.from_message(
                     "afterwork.ResultTooLarge",
                     f"the job's result takes {size} bytes as JSON, over the "
-                    f"{self.owner.config.max_result}-byte limit",
+                    f"{max_result}-byte limit",
                 )
             )
         return Outcome.succeeded(value)
@@ -347,7 +403,7 @@ class Runner:
 
     async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
         job = run.job
-        finished = await self.owner.backend.finish(run.claim.lease, outcome)
+        finished = await self.host.backend.finish(run.claim.lease, outcome)
         if finished is None:
             logger.warning(
                 "job %s (%s) lost its lease before its outcome was written; discarded",
@@ -418,7 +474,7 @@ class Runner:
             fraction, message = run._progress
             run._progress = None
             try:
-                await self.owner.backend.set_progress(run.claim.lease, fraction, message)
+                await self.host.backend.set_progress(run.claim.lease, fraction, message)
             except Exception:
                 logger.warning("could not record progress of job %s", run.job.id, exc_info=True)
 

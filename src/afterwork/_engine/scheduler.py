@@ -32,12 +32,12 @@ import anyio
 from anyio.abc import TaskStatus
 from cronsim import CronSim, CronSimError
 
-from .exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
+from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
 
 if TYPE_CHECKING:
-    from .app import Afterwork
-    from .job import Job
-    from .task import Task
+    from ..job import Job
+    from ..task import Task
+    from .host import Host
 
 __all__ = (
     "CronTrigger",
@@ -49,7 +49,8 @@ __all__ = (
     "Trigger",
 )
 
-logger: logging.Logger = logging.getLogger(__name__)
+# The logger keeps the name it had when this module was ``afterwork.scheduler``.
+logger: logging.Logger = logging.getLogger("afterwork.scheduler")
 
 #: What to do with ticks that passed while no scheduler ran (see :class:`Schedule`).
 Misfire = Literal["skip", "run_once"]
@@ -264,8 +265,8 @@ class Scheduler:
     the sleep short.
     """
 
-    def __init__(self, owner: Afterwork) -> None:
-        self.owner = owner
+    def __init__(self, host: Host) -> None:
+        self.host = host
         self.schedules: dict[str, Schedule] = {}
         self.passes: int = 0
         """Completed scheduling passes (for tests and statistics)."""
@@ -294,12 +295,12 @@ class Scheduler:
 
     def info(self) -> list[ScheduleInfo]:
         """Every schedule with its next run, by the store's clock."""
-        now = self.owner.backend.now()
+        now = self.host.backend.now()
         return [schedule.info(now) for schedule in self.schedules.values()]
 
     async def list_schedules(self) -> list[ScheduleInfo]:
         """Every schedule with its next run and the last tick the store recorded."""
-        backend = self.owner.backend
+        backend = self.host.backend
         now = backend.now()
         return [
             schedule.info(now, last_run=await backend.last_tick(schedule.name))
@@ -314,7 +315,7 @@ class Scheduler:
         A tick another process enqueued first is not returned (the store refused it).
         """
         created: list[Job] = []
-        now = self.owner.backend.now()
+        now = self.host.backend.now()
         for schedule in list(self.schedules.values()):
             job = await self._run_schedule(schedule, now)
             if job is not None:
@@ -326,17 +327,17 @@ class Scheduler:
         due = trigger.latest(now)
         if due is None or self._seen.get(schedule.name, -math.inf) >= due:
             return None
-        backend = self.owner.backend
+        backend = self.host.backend
         last = await backend.last_tick(schedule.name)
         tick = self._decide(schedule, now, due, last)
         job = None
         if tick is not None:
-            new = self.owner.build_job(
+            new = self.host.build_job(
                 schedule.task, (), {}, {"key": f"{schedule.name}@{_iso(tick)}"}
             )
             stored = await backend.enqueue_tick(schedule.name, tick, new)
             if stored is not None:
-                job = stored.bind(self.owner)
+                job = stored.bind(self.host)
                 logger.info(
                     "schedule %s: enqueued tick %s as job %s",
                     schedule.name,
@@ -396,7 +397,7 @@ class Scheduler:
             await self._passed.wait()
 
     def _next_wake(self) -> float:
-        now = self.owner.backend.now()
+        now = self.host.backend.now()
         upcoming = [
             tick
             for schedule in self.schedules.values()

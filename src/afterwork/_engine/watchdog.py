@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ("JOB_TASK_PREFIX", "BlockStatistics", "LoopWatchdog")
 
-logger: logging.Logger = logging.getLogger(__name__)
+# The logger keeps the name it had when this module was ``afterwork._watchdog``.
+logger: logging.Logger = logging.getLogger("afterwork._watchdog")
 
 #: The worker names each job's asyncio task ``JOB_TASK_PREFIX + job id``.
 JOB_TASK_PREFIX = "afterwork job "

@@ -46,30 +46,27 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import anyio.to_thread
-from fastapi import params
-from fastapi.security import SecurityScopes
-from starlette.background import BackgroundTasks
-from starlette.requests import HTTPConnection
-from starlette.responses import Response
 
-from ._signature import INJECTORS, Injected
-from .context import JobContext
-from .exceptions import DependencyError
+from .._signature import INJECTORS, Injected
+from ..context import JobContext
+from ..exceptions import DependencyError
 
 if TYPE_CHECKING:
-    from .app import Afterwork
-    from .task import Task
+    from ..task import Task
 
 __all__ = (
     "PROVIDED_TYPES",
     "Dependency",
     "dependencies_of",
+    "inject_job",
     "overrides_of",
     "resolve",
 )
@@ -79,12 +76,32 @@ __all__ = (
 #: services may add their own context type.
 PROVIDED_TYPES: set[type] = {JobContext}
 
-_REQUEST_TYPES: tuple[tuple[type, str], ...] = (
-    (HTTPConnection, "the request or websocket connection"),
-    (Response, "the response"),
-    (BackgroundTasks, "the response's background tasks"),
-    (SecurityScopes, "the security scopes of the route"),
+# FastAPI is never imported here: a signature can only hold a ``Depends`` (or ask for a
+# ``Request``) if its module imported FastAPI or Starlette already, so ``sys.modules`` tells
+# whether to look at all. ``import afterwork`` stays free of FastAPI that way.
+_REQUEST_TYPES: tuple[tuple[str, str, str], ...] = (
+    ("starlette.requests", "HTTPConnection", "the request or websocket connection"),
+    ("starlette.responses", "Response", "the response"),
+    ("starlette.background", "BackgroundTasks", "the response's background tasks"),
+    ("fastapi.security", "SecurityScopes", "the security scopes of the route"),
 )
+
+
+def _params() -> ModuleType | None:
+    """``fastapi.params`` if FastAPI is loaded (else no parameter can use it)."""
+    return sys.modules.get("fastapi.params")
+
+
+def _request_types() -> list[tuple[type, str]]:
+    """The request-bound classes among those already loaded."""
+    found = []
+    for module_name, name, what in _REQUEST_TYPES:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, name, None) if module is not None else None
+        if isinstance(cls, type):
+            found.append((cls, what))
+    return found
+
 
 Kind = Literal["function", "coroutine", "generator", "async_generator"]
 
@@ -143,20 +160,23 @@ def _kind(call: Any) -> Kind:
 def _split(annotation: Any, default: Any) -> tuple[Any, list[Any]]:
     """The bare type and the FastAPI markers of a parameter (``Annotated`` and default)."""
     markers: list[Any] = []
+    params = _params()
     if typing.get_origin(annotation) is Annotated:
         args = typing.get_args(annotation)
         annotation = args[0]
-        markers.extend(
-            a for a in args[1:] if isinstance(a, params.Depends | params.Param | params.Body)
-        )
-    if isinstance(default, params.Depends | params.Param | params.Body):
+        if params is not None:
+            kinds = (params.Depends, params.Param, params.Body)
+            markers.extend(a for a in args[1:] if isinstance(a, kinds))
+    if params is not None and isinstance(default, params.Depends | params.Param | params.Body):
         markers.append(default)
     return annotation, markers
 
 
 def _request_reason(annotation: Any, markers: list[Any]) -> str | None:
     """Why a parameter needs a request, or ``None`` if it does not."""
-    for marker in markers:
+    params = _params()
+    for marker in markers:  # markers are only found when FastAPI is loaded
+        assert params is not None
         if isinstance(marker, params.Security):
             return (
                 "it is a Security dependency, which checks the credentials and scopes of a request"
@@ -167,7 +187,7 @@ def _request_reason(annotation: Any, markers: list[Any]) -> str | None:
         if isinstance(marker, params.Body):
             return "it is read from the request body"
     if inspect.isclass(annotation):
-        for cls, what in _REQUEST_TYPES:
+        for cls, what in _request_types():
             if issubclass(annotation, cls):
                 return f"it asks for {what} ({annotation.__name__})"
     return None
@@ -189,6 +209,9 @@ def _dependency_param(
             "is no request in a job. Pass the value as a job argument instead.",
             param=path,
         )
+    params = _params()
+    if params is None:
+        return None
     depends = next((m for m in reversed(markers) if isinstance(m, params.Depends)), None)
     if depends is None:
         return None
@@ -302,10 +325,13 @@ INJECTORS.append(_injector)
 # -- resolution (at each run) --------------------------------------------------------------
 
 
-def overrides_of(aw: Afterwork) -> Mapping[Callable[..., Any], Callable[..., Any]]:
+class _ServesApp(Protocol):
+    def dependency_overrides(self) -> Mapping[Callable[..., Any], Callable[..., Any]]: ...
+
+
+def overrides_of(aw: _ServesApp) -> Mapping[Callable[..., Any], Callable[..., Any]]:
     """The ``dependency_overrides`` of the FastAPI app ``aw`` serves (empty if none)."""
-    overrides = getattr(getattr(aw, "_app", None), "dependency_overrides", None)
-    return overrides if isinstance(overrides, Mapping) else {}
+    return aw.dependency_overrides()
 
 
 _override_plans: dict[Callable[..., Any], Dependency] = {}
@@ -414,7 +440,7 @@ async def resolve(
     Example:
         ```python
         async with contextlib.AsyncExitStack() as stack:
-            values = await resolve(service_func, stack, overrides=overrides_of(aw))
+            values = await resolve(service_func, stack, overrides=aw.dependency_overrides())
             await service_func(**values)
         ```
     """
@@ -424,12 +450,16 @@ async def resolve(
 
 
 async def inject_job(
-    task: Task[Any, Any], context: JobContext, stack: AsyncExitStack
+    task: Task[Any, Any],
+    context: JobContext,
+    stack: AsyncExitStack,
+    overrides: Mapping[Callable[..., Any], Callable[..., Any]],
 ) -> dict[str, Any]:
-    """The dependency values of one run of ``task`` (an ``Afterwork`` injector)."""
+    """The values afterwork injects into one run of ``task``: its context, its dependencies."""
+    values: dict[str, Any] = {i.name: context for i in task.codec.injected if i.kind == "context"}
     plans = {i.name: i.spec for i in task.codec.injected if i.kind == "dependency"}
-    if not plans:
-        return {}
-    return await resolve(
-        plans, stack, overrides=overrides_of(task.owner), provide={JobContext: context}
-    )
+    if plans:
+        values.update(
+            await resolve(plans, stack, overrides=overrides, provide={JobContext: context})
+        )
+    return values

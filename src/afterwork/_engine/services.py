@@ -36,30 +36,32 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from . import _signature, dependencies
-from .exceptions import ConfigurationError, ServiceStartError
-from .job import JobError
-from .retry import Backoff, ExponentialBackoff
+from .. import _signature
+from ..exceptions import ConfigurationError, ServiceStartError
+from ..job import JobError
+from ..retry import Backoff, ExponentialBackoff
+from . import dependencies
 
 if TYPE_CHECKING:
-    from .app import Afterwork
+    from .host import Host
 
 __all__ = (
+    "ContextFactory",
     "Readiness",
     "Restart",
-    "ServiceContext",
     "ServiceSpec",
     "ServiceState",
     "ServiceStatus",
     "ServiceSupervisor",
 )
 
-logger: logging.Logger = logging.getLogger(__name__)
+# The logger keeps the name it had when this module was ``afterwork.services``.
+logger: logging.Logger = logging.getLogger("afterwork.services")
 
 #: When a service that ended is started again.
 Restart = Literal["always", "on-failure", "never"]
@@ -86,69 +88,16 @@ class ServiceState(StrEnum):
     """Crashed and its policy does not restart it."""
 
 
-class ServiceContext:
-    """Passed to a service that asks for it by annotation: ``ctx: ServiceContext``.
+class ContextFactory(Protocol):
+    """Builds the context a service run receives (``afterwork.ServiceContext``).
 
-    Example:
-        ```python
-        @aw.service(restart="on-failure", ready="explicit")
-        async def consumer(ctx: ServiceContext) -> None:
-            async with connect() as bus:
-                ctx.ready()  # the app starts serving only now
-                while not ctx.stopping:
-                    message = await bus.get()
-                    await handle.enqueue(message)
-        ```
+    The facade provides it, so the engine never names the ``Afterwork`` type that the
+    context carries.
     """
 
-    def __init__(
-        self,
-        name: str,
-        afterwork: Afterwork,
-        *,
-        restarts: int,
-        stop: anyio.Event,
-        on_ready: Callable[[], None],
-    ) -> None:
-        self.name = name
-        """The service's name."""
-        self.afterwork = afterwork
-        """The :class:`~afterwork.Afterwork` instance, to enqueue jobs and read the store."""
-        self.restarts = restarts
-        """How many times the service was started again before this run (0: first run)."""
-        self._stop = stop
-        self._on_ready = on_ready
-
-    def __repr__(self) -> str:
-        return f"<ServiceContext {self.name} restarts={self.restarts}>"
-
-    @property
-    def stopping(self) -> bool:
-        """``True`` once shutdown began. The task is also cancelled at its next ``await``."""
-        return self._stop.is_set()
-
-    async def wait_stopping(self) -> None:
-        """Return once shutdown began."""
-        await self._stop.wait()
-
-    def ready(self) -> None:
-        """Tell the runtime this service has started. Idempotent."""
-        self._on_ready()
-
-
-def _service_context_injector(
-    param: inspect.Parameter, annotation: Any
-) -> _signature.Injected | None:
-    if annotation is ServiceContext:
-        return _signature.Injected(param.name, "service_context")
-    return None
-
-
-# ServiceContext is found by annotation through the same hooks as JobContext and FastAPI's
-# Depends, so every injected kind is recognised in one place. The job runner never fills
-# "service_context": tasks cannot ask for one. A dependency of a service may ask for it.
-_signature.INJECTORS.append(_service_context_injector)
-dependencies.PROVIDED_TYPES.add(ServiceContext)
+    def __call__(
+        self, name: str, *, restarts: int, stop: anyio.Event, on_ready: Callable[[], None]
+    ) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,7 +169,10 @@ def _injected(func: Callable[..., Any], name: str) -> tuple[_signature.Injected,
 
 
 async def _arguments(
-    spec: ServiceSpec, ctx: ServiceContext, stack: contextlib.AsyncExitStack
+    spec: ServiceSpec,
+    ctx: Any,
+    stack: contextlib.AsyncExitStack,
+    overrides: typing.Mapping[Callable[..., Any], Callable[..., Any]],
 ) -> dict[str, Any]:
     """Values of the injected parameters for one run (``stack`` cleans up after the run).
 
@@ -235,8 +187,8 @@ async def _arguments(
             await dependencies.resolve(
                 plans,
                 stack,
-                overrides=dependencies.overrides_of(ctx.afterwork),
-                provide={ServiceContext: ctx},
+                overrides=overrides,
+                provide={type(ctx): ctx},
             )
         )
     return values
@@ -288,6 +240,7 @@ class _Service:
         self.task: asyncio.Task[Any] | None = None
         self.stop_event = anyio.Event()
         self._changed = anyio.Event()
+        self._consecutive = 0  # crashes in a row (a stable run resets it)
 
     def status(self) -> ServiceStatus:
         running = self.state is ServiceState.RUNNING and self._started_mono is not None
@@ -318,15 +271,15 @@ class _Service:
         self.stop_event.set()
         self._notify()
 
-    async def _call(self, ctx: ServiceContext) -> None:
+    async def _call(self, ctx: Any) -> None:
+        overrides = self.supervisor.host.dependency_overrides()
         async with contextlib.AsyncExitStack() as stack:
-            kwargs = await _arguments(self.spec, ctx, stack)
+            kwargs = await _arguments(self.spec, ctx, stack, overrides)
             await self.spec.func(**kwargs)
 
     def _spawn(self) -> asyncio.Task[Any]:
-        ctx = ServiceContext(
+        ctx = self.supervisor.make_context(
             self.spec.name,
-            self.supervisor.owner,
             restarts=self.restarts,
             stop=self.stop_event,
             on_ready=self._mark_ready,
@@ -381,8 +334,6 @@ class _Service:
 
     async def supervise(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the service until stopped, restarting it as its policy says."""
-        spec = self.spec
-        consecutive = 0
         first = True
         try:
             while not self.stop_event.is_set():
@@ -391,77 +342,97 @@ class _Service:
                     await self._start(task)
                     task_status.started()
                     first = False
-                    logger.info(
-                        "service %s started",
-                        spec.name,
-                        extra={"action": "service_started", "service": {"name": spec.name}},
-                    )
-                elif spec.ready == "auto":
-                    await asyncio.sleep(0)
-                    if not task.done():
-                        self._mark_ready()
-                while not task.done() and not self.stop_event.is_set():
-                    await self._wait_change()
-                if not task.done():
+                    self._log_info("started", "service_started")
+                else:
+                    await self._ready_if_auto(task)
+                if not await self._wait_run(task):
                     break  # stopping: the finally clause cancels it
-                began = self._started_mono
-                self.started_at = self._started_mono = None
-                error: BaseException | None
-                if task.cancelled():
-                    error = asyncio.CancelledError("the service was cancelled from outside")
-                else:
-                    error = task.exception()
-                if error is None and spec.restart != "always":
-                    self.state = ServiceState.STOPPED
-                    logger.info(
-                        "service %s returned",
-                        spec.name,
-                        extra={"action": "service_returned", "service": {"name": spec.name}},
-                    )
-                    return
-                stable = began is not None and time.monotonic() - began >= STABLE_AFTER
-                consecutive = 1 if stable else consecutive + 1
-                if error is not None:
-                    self._record_crash(error)
-                if spec.restart == "never":
-                    self.state = ServiceState.FAILED
-                    logger.error(
-                        "service %s crashed; it is not restarted (restart='never')",
-                        spec.name,
-                        exc_info=error,
-                        extra={"action": "service_crashed", "service": {"name": spec.name}},
-                    )
-                    return
-                delay = spec.restart_delay(consecutive, self.supervisor.owner.rng)
-                self.state = ServiceState.RESTARTING
-                if error is not None:
-                    logger.error(
-                        "service %s crashed; restarting in %.2fs",
-                        spec.name,
-                        delay,
-                        exc_info=error,
-                        extra={"action": "service_crashed", "service": {"name": spec.name}},
-                    )
-                else:
-                    logger.info(
-                        "service %s returned; restarting in %.2fs (restart='always')",
-                        spec.name,
-                        delay,
-                        extra={"action": "service_returned", "service": {"name": spec.name}},
-                    )
-                with anyio.move_on_after(delay):
-                    await self.stop_event.wait()
-                if self.stop_event.is_set():
+                delay = self._after_run(task)
+                if delay is None or not await self._back_off(delay):
                     break
                 self.restarts += 1
         finally:
-            current = self.task
-            if current is not None and not current.done():
-                with anyio.CancelScope(shield=True):
-                    await self._stop_task(current)
-            if self.state is not ServiceState.FAILED:
-                self.state = ServiceState.STOPPED
-            self.started_at = self._started_mono = None
+            await self._cleanup()
+
+    async def _ready_if_auto(self, task: asyncio.Task[Any]) -> None:
+        if self.spec.ready == "auto":
+            await asyncio.sleep(0)  # the new task runs its first step (see _start)
+            if not task.done():
+                self._mark_ready()
+
+    async def _wait_run(self, task: asyncio.Task[Any]) -> bool:
+        """Wait until the run ends (``True``) or shutdown begins (``False``)."""
+        while not task.done() and not self.stop_event.is_set():
+            await self._wait_change()
+        return task.done()
+
+    def _after_run(self, task: asyncio.Task[Any]) -> float | None:
+        """Record how a run ended; the delay before the next run, ``None`` to stay down."""
+        spec = self.spec
+        began = self._started_mono
+        self.started_at = self._started_mono = None
+        error: BaseException | None
+        if task.cancelled():
+            error = asyncio.CancelledError("the service was cancelled from outside")
+        else:
+            error = task.exception()
+        if error is None and spec.restart != "always":
+            self.state = ServiceState.STOPPED
+            self._log_info("returned", "service_returned")
+            return None
+        stable = began is not None and time.monotonic() - began >= STABLE_AFTER
+        self._consecutive = 1 if stable else self._consecutive + 1
+        if error is not None:
+            self._record_crash(error)
+        if spec.restart == "never":
+            self.state = ServiceState.FAILED
+            logger.error(
+                "service %s crashed; it is not restarted (restart='never')",
+                spec.name,
+                exc_info=error,
+                extra={"action": "service_crashed", "service": {"name": spec.name}},
+            )
+            return None
+        delay = spec.restart_delay(self._consecutive, self.supervisor.host.rng)
+        self.state = ServiceState.RESTARTING
+        if error is not None:
+            logger.error(
+                "service %s crashed; restarting in %.2fs",
+                spec.name,
+                delay,
+                exc_info=error,
+                extra={"action": "service_crashed", "service": {"name": spec.name}},
+            )
+        else:
+            logger.info(
+                "service %s returned; restarting in %.2fs (restart='always')",
+                spec.name,
+                delay,
+                extra={"action": "service_returned", "service": {"name": spec.name}},
+            )
+        return delay
+
+    async def _back_off(self, delay: float) -> bool:
+        """Wait ``delay`` before a restart; ``False`` if shutdown began meanwhile."""
+        with anyio.move_on_after(delay):
+            await self.stop_event.wait()
+        return not self.stop_event.is_set()
+
+    async def _cleanup(self) -> None:
+        """Stop the current run if it still runs; settle the final state."""
+        current = self.task
+        if current is not None and not current.done():
+            with anyio.CancelScope(shield=True):
+                await self._stop_task(current)
+        if self.state is not ServiceState.FAILED:
+            self.state = ServiceState.STOPPED
+        self.started_at = self._started_mono = None
+
+    def _log_info(self, what: str, action: str) -> None:
+        name = self.spec.name
+        logger.info(
+            "service %s %s", name, what, extra={"action": action, "service": {"name": name}}
+        )
 
     async def _stop_task(self, task: asyncio.Task[Any]) -> None:
         """Cancel a run and wait for it at most ``shutdown_timeout``; log what went wrong."""
@@ -502,8 +473,9 @@ class _Service:
 class ServiceSupervisor:
     """Owns an :class:`~afterwork.Afterwork` instance's services and their tasks."""
 
-    def __init__(self, owner: Afterwork) -> None:
-        self.owner = owner
+    def __init__(self, host: Host, make_context: ContextFactory) -> None:
+        self.host = host
+        self.make_context = make_context
         self.specs: dict[str, ServiceSpec] = {}
         self._services: dict[str, _Service] = {}
         self.abandoned: set[asyncio.Task[Any]] = set()

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._watchdog import JOB_TASK_PREFIX, LoopWatchdog
-from .backends.base import CancelWatch, Claim, Inspector, Outcome
-from .job import JobError
-from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, log_extra
+from ..backends.base import CancelWatch, Claim, Inspector, Outcome
+from ..job import JobError
+from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
+from .watchdog import JOB_TASK_PREFIX, LoopWatchdog
 
 if TYPE_CHECKING:
-    from .app import Afterwork
+    from .host import Host
 
 __all__ = ("Worker", "WorkerStatistics")
 
@@ -31,7 +31,8 @@ class _Waitable(Protocol):
     async def wait(self) -> Any: ...
 
 
-logger: logging.Logger = logging.getLogger(__name__)
+# The logger keeps the name it had when this module was ``afterwork.worker``.
+logger: logging.Logger = logging.getLogger("afterwork.worker")
 
 
 class _Admission(enum.Enum):
@@ -86,7 +87,7 @@ class Worker:
 
     def __init__(
         self,
-        owner: Afterwork,
+        host: Host,
         *,
         concurrency: int,
         queues: Sequence[str] | None = None,
@@ -96,20 +97,20 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.owner: Afterwork = owner
+        self.host: Host = host
         self.concurrency: int = concurrency
         self.queues: list[str] | None = list(queues) if queues else None
         self.grace: float = grace
         self.burst: bool = burst
         self.id: str = worker_id(name)
-        config = owner.config
+        config = host.config
         self.lease_ttl: float = config.lease_ttl
         self.heartbeat_interval: float = config.heartbeat_interval or config.lease_ttl / 3
         self.runner: Runner = Runner(
-            owner,
+            host,
             worker_id=self.id,
             limiter=anyio.CapacityLimiter(concurrency),
-            rng=owner.rng,
+            rng=host.rng,
         )
         prefetch = config.prefetch
         self.prefetch: int = concurrency if prefetch is None else prefetch
@@ -121,6 +122,7 @@ class Worker:
         self._solo: str | None = None  # a job that runs alone (see _admit)
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
+        self._claim_failures = 0  # consecutive failed claims: the next try backs off
         self._stopping = anyio.Event()
         self._idle_scope: anyio.CancelScope | None = None
         self._started = 0
@@ -178,7 +180,7 @@ class Worker:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
         """Run until stopped (or, in burst mode, until nothing is due). Returns jobs run."""
-        self.owner._workers.add(self)
+        self.host.local_runs.attach(self)
         logger.info(
             "worker %s started (concurrency %d, queues %s)",
             self.id,
@@ -186,7 +188,7 @@ class Worker:
             ",".join(self.queues) if self.queues else "all",
             extra={"action": "worker_started", "worker": {"id": self.id}},
         )
-        backend = self.owner.backend
+        backend = self.host.backend
         # Cancel requests made in other processes reach this worker at once where the
         # store can push them (the heartbeat reply covers every store).
         unwatch = (
@@ -209,7 +211,7 @@ class Worker:
                 self.watchdog.stop()
             if unwatch is not None:
                 unwatch()
-            self.owner._workers.discard(self)
+            self.host.local_runs.detach(self)
             logger.info(
                 "worker %s stopped after %d job(s)",
                 self.id,
@@ -219,82 +221,87 @@ class Worker:
         return self._finished
 
     async def _claim_loop(self, jobs: TaskGroup) -> None:
-        backend = self.owner.backend
+        """Claim jobs into the buffer and start those admitted, until stopped."""
         self._jobs_group = jobs
-        failures = 0
         while not self._stopping.is_set():
-            self._start_buffered()
+            await self._start_admitted()
             room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
             if room <= 0:
                 await self._wait_slot()
                 continue
-            exclude = {
-                name
-                for name, count in self._per_task.items()
-                if (task := self.owner.tasks.get(name)) is not None
-                and task.opts.concurrency is not None
-                and count >= task.opts.concurrency
-            }
-            try:
-                claims = await backend.claim(
-                    self.id,
-                    queues=self.queues,
-                    limit=room,
-                    lease_ttl=self.lease_ttl,
-                    exclude_tasks=exclude,
-                )
-                failures = 0
-            except Exception:
-                failures += 1
-                delay = min(30.0, 0.1 * 2**failures) * (0.5 + random.random() / 2)
-                logger.warning(
-                    "worker %s could not claim jobs; trying again in %.1fs",
-                    self.id,
-                    delay,
-                    exc_info=True,
-                    extra={"action": "claim_failed", "worker": {"id": self.id}},
-                )
-                await self._idle(delay, wait_for_work=False)
-                continue
+            at_limit = self._tasks_at_limit()
+            claims = await self._claim(room, at_limit)
+            if claims is None:
+                continue  # the store failed; _claim waited out the backoff
             if self._stopping.is_set():
                 # Stopped while the claim was in flight: hand these back unstarted.
                 await self._release_unstarted(claims)
                 return
             if claims:
                 self._buffer.extend(claims)
-                self._start_buffered()
                 continue
-            if self.burst:
-                if not self._runs and not self._buffer:
-                    return
+            if not await self._wait_for_work(at_limit):
+                return
+
+    async def _claim(self, room: int, exclude: set[str]) -> list[Claim] | None:
+        """Claim up to ``room`` jobs; ``None`` if the store failed (after a backoff)."""
+        try:
+            claims = await self.host.backend.claim(
+                self.id,
+                queues=self.queues,
+                limit=room,
+                lease_ttl=self.lease_ttl,
+                exclude_tasks=exclude,
+            )
+        except Exception:
+            self._claim_failures += 1
+            delay = min(30.0, 0.1 * 2**self._claim_failures) * (0.5 + random.random() / 2)
+            logger.warning(
+                "worker %s could not claim jobs; trying again in %.1fs",
+                self.id,
+                delay,
+                exc_info=True,
+                extra={"action": "claim_failed", "worker": {"id": self.id}},
+            )
+            await self._idle(delay, wait_for_work=False)
+            return None
+        self._claim_failures = 0
+        return list(claims)
+
+    async def _wait_for_work(self, at_limit: set[str]) -> bool:
+        """Nothing was claimed: wait for a reason to claim again; ``False`` ends a burst."""
+        if self.burst:
+            if not self._runs and not self._buffer:
+                return False
+            await self._wait_slot()
+        elif at_limit or self._buffer:
+            # Work may be waiting only for tasks at their limit: wait_for_work would
+            # return at once and spin. Wait for one of our jobs to end instead.
+            with anyio.move_on_after(self.host.config.poll_interval):
                 await self._wait_slot()
-                continue
-            if exclude or self._buffer:
-                # Work may be waiting only for tasks at their limit: wait_for_work would
-                # return at once and spin. Wait for one of our jobs to end instead.
-                with anyio.move_on_after(self.owner.config.poll_interval):
-                    await self._wait_slot()
-                continue
-            await self._idle(self.owner.config.poll_interval, wait_for_work=True)
+        else:
+            await self._idle(self.host.config.poll_interval, wait_for_work=True)
+        return True
 
-    def _start_buffered(self) -> None:
-        """Start claimed jobs while slots are free and :meth:`_admit` lets them."""
-        if self._stopping.is_set() or self._jobs_group is None:
-            return
-        held: list[Claim] = []
-        while self._buffer and self._slots < self.concurrency and self._solo is None:
-            claim = self._buffer.popleft()
-            verdict = self._admit(claim)
-            if verdict is _Admission.START:
-                self._start(self._jobs_group, claim)
-                continue
-            held.append(claim)  # waits for a running job to end
-            if verdict is _Admission.BLOCK:
-                break
-        self._buffer.extendleft(reversed(held))
+    def _local_limit(self, task_name: str) -> int | None:
+        task = self.host.tasks.get(task_name)
+        return task.opts.concurrency if task is not None else None
 
-    def _admit(self, claim: Claim) -> _Admission:
-        """Whether a claimed job may start now: the one place where start rules live.
+    def _tasks_at_limit(self) -> set[str]:
+        """Tasks of which this worker runs as many jobs as their ``concurrency`` allows."""
+        return {
+            name
+            for name, count in self._per_task.items()
+            if (limit := self._local_limit(name)) is not None and count >= limit
+        }
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _admit(self, claim: Claim, admitting: Sequence[Claim]) -> _Admission:
+        """May this claimed job start now, beside the running jobs and ``admitting``?
+
+        The one place where start rules live. A job not admitted stays buffered (leased,
+        heartbeated, cancellable) and is offered again when a job ends.
 
         * A job that was running on a worker that died (``recoveries > 0``) may have
           killed it: it runs alone, so that if it kills this worker too, no job beside
@@ -305,12 +312,43 @@ class Worker:
         """
         job = claim.job
         if job.recoveries > 0:
-            return _Admission.START if self._slots == 0 else _Admission.BLOCK
-        task = self.owner.tasks.get(job.task)
-        limit = task.opts.concurrency if task is not None else None
-        if limit is None or self._per_task[job.task] < limit:
+            alone = self._slots == 0 and not admitting
+            return _Admission.START if alone else _Admission.BLOCK
+        limit = self._local_limit(job.task)
+        if limit is None:
             return _Admission.START
-        return _Admission.HOLD
+        same = self._per_task[job.task] + sum(1 for o in admitting if o.job.task == job.task)
+        return _Admission.START if same < limit else _Admission.HOLD
+
+    def _admitted(self) -> list[Claim]:
+        """Take out of the buffer, in claim order, the jobs admitted into free slots."""
+        free = self.concurrency - self._slots
+        admitted: list[Claim] = []
+        held: list[Claim] = []
+        while self._buffer and len(admitted) < free and self._solo is None:
+            claim = self._buffer.popleft()
+            verdict = self._admit(claim, admitted)
+            if verdict is _Admission.START:
+                admitted.append(claim)
+                if claim.job.recoveries > 0:
+                    break  # it runs alone
+                continue
+            held.append(claim)  # waits for a running job to end
+            if verdict is _Admission.BLOCK:
+                break
+        self._buffer.extendleft(reversed(held))
+        return admitted
+
+    async def _start_admitted(self) -> None:
+        """Start every buffered job the admission step lets through.
+
+        Async on purpose: a store call for the admitted claims as a batch belongs here
+        (today each started job marks itself begun, in :meth:`_begin`).
+        """
+        if self._stopping.is_set() or self._jobs_group is None:
+            return
+        for claim in self._admitted():
+            self._start(self._jobs_group, claim)
 
     async def _drop_buffered(self, lost: Collection[str], cancel: Collection[str]) -> None:
         """Take prefetched jobs out of the buffer: lost ones silently, cancelled ones ended."""
@@ -324,14 +362,14 @@ class Worker:
         for claim in cancelled:
             error = JobError.from_message("afterwork.Cancelled", "cancelled before it started")
             try:
-                await self.owner.backend.finish(claim.lease, Outcome.cancelled(error))
+                await self.host.backend.finish(claim.lease, Outcome.cancelled(error))
             except Exception:
                 logger.warning("could not record the cancel of job %s", claim.job.id, exc_info=True)
 
     async def _release_unstarted(self, claims: Sequence[Claim]) -> None:
         for claim in claims:
             try:
-                await self.owner.backend.finish(claim.lease, Outcome.released())
+                await self.host.backend.finish(claim.lease, Outcome.released())
             except Exception:
                 logger.warning(
                     "job %s could not be released; it will be recovered when its lease expires",
@@ -390,7 +428,7 @@ class Worker:
                 # shutdown we stop waiting for it.
                 await _first(run.thread_done, self._stopping)
             self._slots -= 1
-            self._start_buffered()
+            await self._start_admitted()
             self._notify_slot()
 
     async def _begin(self, run: JobRun) -> bool:
@@ -400,7 +438,7 @@ class Worker:
         be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
         """
         try:
-            (started,) = await self.owner.backend.begin([run.claim.lease])
+            (started,) = await self.host.backend.begin([run.claim.lease])
         except Exception:
             logger.warning(
                 "job %s (%s) could not be started; it will be recovered when its lease expires",
@@ -464,7 +502,7 @@ class Worker:
             if self._stopping.is_set():
                 return
             if wait_for_work:
-                await self.owner.backend.wait_for_work(self.queues, timeout)
+                await self.host.backend.wait_for_work(self.queues, timeout)
             else:
                 await anyio.sleep(timeout)
         self._idle_scope = None
@@ -472,43 +510,33 @@ class Worker:
     # -- background loops ----------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        backend = self.owner.backend
         while True:
             await anyio.sleep(self.heartbeat_interval)
-            runs = [run for run in self._runs.values() if run.reason is None]
-            leases = [run.claim.lease for run in runs] + [c.lease for c in self._buffer]
-            if not leases:
-                continue
-            try:
-                reply = await backend.heartbeat(leases, lease_ttl=self.lease_ttl)
-            except Exception:
-                logger.warning(
-                    "worker %s could not renew its leases",
-                    self.id,
-                    exc_info=True,
-                    extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
-                )
-                continue
-            if reply.lost or reply.cancel:
-                await self._drop_buffered(reply.lost, reply.cancel)
-            for job_id in reply.lost:
-                run = self._runs.get(job_id)
-                if run is not None:
-                    logger.warning(
-                        "job %s (%s) lost its lease (another worker took it over); stopping it",
-                        job_id,
-                        run.job.task,
-                        extra=log_extra("lease_lost", run.job, self.id),
-                    )
-                    run.stop(LOST)
-            for job_id in reply.cancel:
-                run = self._runs.get(job_id)
-                if run is not None:
-                    run.stop(CANCEL)
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of running and buffered jobs; stop those lost or cancelled."""
+        runs = [run for run in self._runs.values() if run.reason is None]
+        leases = [run.claim.lease for run in runs] + [c.lease for c in self._buffer]
+        if not leases:
+            return
+        try:
+            reply = await self.host.backend.heartbeat(leases, lease_ttl=self.lease_ttl)
+        except Exception:
+            logger.warning(
+                "worker %s could not renew its leases",
+                self.id,
+                exc_info=True,
+                extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
+            )
+            return
+        if reply.lost or reply.cancel:
+            await self._drop_buffered(reply.lost, reply.cancel)
+        apply_heartbeat(reply, self._runs, self.id)
 
     async def _reaper_loop(self) -> None:
-        backend = self.owner.backend
-        config = self.owner.config
+        backend = self.host.backend
+        config = self.host.config
         # Start at a random point in the interval so a fleet does not reap in lockstep.
         await anyio.sleep(config.reaper_interval * random.random())
         while True:

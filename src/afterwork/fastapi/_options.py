@@ -1,0 +1,26 @@
+"""The types of ``aw.router()``'s options, apart from the router so the facade can name them
+without importing it (``afterwork.app`` names these under ``TYPE_CHECKING`` only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from fastapi.params import Depends as DependsParam
+
+__all__ = ("AuthDependency", "RouterOptions")
+
+AuthDependency = DependsParam | Callable[..., Any]
+
+
+class RouterOptions(TypedDict, total=False):
+    """Tuning of :func:`create_router` (all optional)."""
+
+    max_body: int
+    """Largest request body in bytes; default: the store's ``max_payload`` plus 64 KiB."""
+    heartbeat: float
+    """Seconds of silence before the event stream sends a keep-alive comment (default 15)."""
+    stream_lifetime: float
+    """Seconds after which an event stream ends and the browser reconnects (default 300)."""
+    dashboard: bool
+    """Serve the dashboard at ``GET /`` (default ``True``)."""
