@@ -26,7 +26,7 @@ from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .scheduler import CronTrigger, IntervalTrigger, Misfire, Schedule, ScheduleInfo, Scheduler
 from .services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
-from .task import Task, TaskOptions
+from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -183,6 +183,9 @@ class Afterwork:
         if not callable(func):
             raise TypeError(f"a task must be a function, not {type(func).__name__}")
         task_name = name or f"{func.__module__}:{func.__qualname__}"
+        problem = text_problem(task_name, MAX_TASK_NAME)
+        if problem is not None:
+            raise ValueError(f"a task name {problem}: {task_name!r}")
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
@@ -440,6 +443,7 @@ class Afterwork:
         """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
+        check_options(options)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts

@@ -23,8 +23,9 @@ from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.types import Message
 
@@ -109,6 +110,8 @@ class _SecureRoute(APIRoute):
                 if request.method not in SAFE_METHODS:
                     request = _limit_body(request, limit)
                 response = await handler(request)
+            except RequestValidationError as exc:
+                return _validation_response(exc)
             except HTTPException as exc:
                 # Refusals (401 from auth, 403, 404, 413) carry the same headers.
                 exc.headers = {**SECURITY_HEADERS, **(exc.headers or {})}
@@ -118,6 +121,29 @@ class _SecureRoute(APIRoute):
             return response
 
         return secure_handler
+
+
+def _safe_text(value: object) -> str:
+    # A lone surrogate in a message cannot be encoded as UTF-8 JSON.
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _validation_response(exc: RequestValidationError) -> Response:
+    """FastAPI's 422, without echoing the input back.
+
+    FastAPI's own handler returns each error's ``input``: a ``NaN`` or a lone surrogate
+    there cannot be encoded as JSON, so the 422 became a 500. Nothing a client sent is
+    needed to tell it which field was wrong.
+    """
+    detail = [
+        {
+            "type": _safe_text(error.get("type", "")),
+            "loc": [loc if isinstance(loc, int) else _safe_text(loc) for loc in error["loc"]],
+            "msg": _safe_text(error.get("msg", "")),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422, headers=SECURITY_HEADERS)
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -289,9 +315,11 @@ def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
 
 
 def _enqueue_error(exc: EnqueueError, body: EnqueueBody) -> HTTPException:
-    if exc.param is not None:
+    if exc.field is not None:
+        loc: list[str] = ["body", "options", exc.field]
+    elif exc.param is not None:
         where = "kwargs" if exc.param in body.kwargs else "args"
-        loc: list[str] = ["body", where, exc.param]
+        loc = ["body", where, exc.param]
     elif "option" in exc.message:
         loc = ["body", "options"]
     else:
