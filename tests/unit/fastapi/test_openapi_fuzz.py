@@ -1,7 +1,8 @@
 """A bounded schemathesis run over the router's OpenAPI schema, on a SQLite store.
 
 Every operation gets a few examples (``max_examples`` each, well under a minute in all):
-no input may give a 500 or a response that breaks its own schema.
+no input may give a 500, a response that breaks its own schema, or a response without
+the security headers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import Depends, FastAPI
 from hypothesis import HealthCheck, settings
 
 from afterwork import Afterwork, JobContext
+from afterwork.fastapi.router import SECURITY_HEADERS
 
 from ...integration.conftest import AUTH, CSRF, require_admin
 
@@ -53,6 +55,14 @@ def _store_folder() -> Iterator[None]:
     shutil.rmtree(_folder, ignore_errors=True)
 
 
+@schemathesis.check
+def security_headers(ctx: schemathesis.CheckContext, response: Any, case: Any) -> bool:
+    missing = [name for name in SECURITY_HEADERS if name.lower() not in response.headers]
+    if missing:
+        raise AssertionError(f"{response.status_code} lacks {missing}")
+    return True
+
+
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_api_never_fails_on_any_input(case: schemathesis.Case[Any]) -> None:
@@ -64,4 +74,5 @@ def test_the_api_never_fails_on_any_input(case: schemathesis.Case[Any]) -> None:
             schemathesis.checks.status_code_conformance,
             schemathesis.checks.positive_data_acceptance,
         ],
+        additional_checks=[security_headers],
     )
