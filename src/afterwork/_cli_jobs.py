@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._cli_text import safe_block, safe_json, safe_line
 from .app import DEFAULT_URL, Afterwork
 from .exceptions import AfterworkError, BackendError
 from .job import Job, JobStatus
@@ -116,10 +117,8 @@ def _run(app: str | None, url: str | None, action: Callable[[Afterwork], Awaitab
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _safe(value: Any) -> str:
-    """Text for a terminal: control and bidi characters shown escaped, never interpreted."""
-    text = "" if value is None else str(value)
-    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+# Text for a terminal: control and bidi characters shown escaped, never interpreted.
+_safe = safe_line
 
 
 def _when(ts: float | None) -> str:
@@ -134,7 +133,7 @@ def _status(job: Job) -> Text:
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    typer.echo(safe_json(data))
 
 
 def _console() -> Console:
@@ -149,7 +148,7 @@ def _print_jobs(jobs: list[Job]) -> None:
     for job in jobs:
         error = "" if job.error is None else f"{job.error.type}: {job.error.message}"
         table.add_row(
-            Text(job.id),
+            Text(_safe(job.id)),
             Text(_safe(job.task)),
             Text(_safe(job.queue)),
             _status(job),
@@ -193,7 +192,7 @@ def _print_job(job: Job) -> None:
     console = _console()
     console.print(table)
     if job.error is not None and job.error.traceback:
-        console.print(Text("\n" + job.error.traceback, style="dim"))
+        console.print(Text("\n" + safe_block(job.error.traceback), style="dim"))
 
 
 async def _get(aw: Afterwork, job_id: str) -> Job:
@@ -268,10 +267,10 @@ def _change(
     if as_json:
         _print_json(after.to_dict())
     if message is None:
-        typer.echo(f"error: job {job_id} is {before.status.value}; nothing to do", err=True)
+        typer.echo(f"error: job {_safe(job_id)} is {before.status.value}; nothing to do", err=True)
         raise typer.Exit(EXIT_NOT_APPLICABLE)
     if not as_json:
-        typer.echo(message)
+        typer.echo(_safe(message))
 
 
 @jobs_app.command("cancel")

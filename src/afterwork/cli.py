@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import logging.config
 import os
@@ -176,26 +175,9 @@ def schedules(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     rows = asyncio.run(_list_schedules(aw))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    from ._cli_schedules import print_schedules
 
-    table = Table(title=f"{len(rows)} schedule(s)")
-    for column in ("name", "task", "schedule", "tz", "misfire", "next run (UTC)", "last run"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["task"],
-            f"{row['kind']} {row['spec']}",
-            row["tz"],
-            row["misfire"],
-            row["next_run_at"] or "never",
-            row["last_run_at"] or "-",
-        )
-    Console().print(table)
+    print_schedules(rows, as_json=as_json)
 
 
 def _register() -> None:
