@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import logging.config
-import os
 import signal
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -28,8 +25,23 @@ app: typer.Typer = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .__about__ import __version__
+
+        typer.echo(f"afterwork {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
     """afterwork: run workers, inspect and steer jobs."""
 
 
@@ -59,27 +71,14 @@ def configure_logging(level: str) -> None:
 
 
 def load_afterwork(target: str) -> Afterwork:
-    """Import ``module:attribute`` and return the :class:`Afterwork` it names."""
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise CLIError(f"expected MODULE:ATTRIBUTE (for example app.jobs:aw), not {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if exc.name == module_name:
-            raise CLIError(f"cannot import module {module_name!r}: {exc}") from None
-        raise
-    obj: Any = module
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(obj, Afterwork):
-        raise CLIError(f"{target} is a {type(obj).__name__}, not an Afterwork instance")
-    return obj
+    """Import ``module:attribute`` and return the :class:`Afterwork` it names.
+
+    Raises:
+        CLIError: in one line, whatever went wrong (see ``_cli_target``).
+    """
+    from ._cli_target import load_target
+
+    return load_target(target, CLIError)
 
 
 async def run_worker(
