@@ -145,6 +145,11 @@ def _status(job: Job) -> Text:
     return Text(label, style=_STYLES.get(job.status, ""))
 
 
+def _print_store(where: str) -> None:
+    """The header line: which store this is (a relative default path hides mistakes)."""
+    typer.echo(f"store: {_safe(where)}")
+
+
 def _print_json(data: Any) -> None:
     typer.echo(safe_json(data))
 
@@ -271,15 +276,17 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
 
-    async def action(aw: Afterwork) -> list[Job]:
-        return await aw.list_jobs(
+    async def action(aw: Afterwork) -> tuple[list[Job], str]:
+        jobs = await aw.list_jobs(
             status=status or None, queue=queue, task=task, before=before, limit=limit
         )
+        return jobs, aw.location
 
-    jobs = _run(app, url, action)
+    jobs, where = _run(app, url, action)
     if as_json:
         _print_json([job.to_dict() for job in jobs])
     else:
+        _print_store(where)
         _print_jobs(jobs)
 
 
@@ -367,10 +374,10 @@ def queues(
 ) -> None:
     """Count each queue's jobs per state."""
 
-    async def action(aw: Afterwork) -> tuple[list[QueueStats], float]:
-        return await aw.stats(), aw.backend.now()
+    async def action(aw: Afterwork) -> tuple[list[QueueStats], float, str]:
+        return await aw.stats(), aw.backend.now(), aw.location
 
-    stats, now = _run(app, url, action)
+    stats, now, where = _run(app, url, action)
     if as_json:
         _print_json(
             [
@@ -383,6 +390,7 @@ def queues(
             ]
         )
         return
+    _print_store(where)
     console = _console()
     wide = console.width >= WIDE
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 import anyio
 
 from . import _bridge, dependencies
+from ._location import store_location
 from ._settings import Settings
 from ._signature import encode_payload
+from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
@@ -182,7 +184,8 @@ class Afterwork:
             raise TypeError(f"{func!r} is already a task")
         if not callable(func):
             raise TypeError(f"a task must be a function, not {type(func).__name__}")
-        task_name = name or f"{func.__module__}:{func.__qualname__}"
+        # A function of a script run as __main__ is named after the module a worker imports.
+        task_name = name or default_task_name(func)
         problem = text_problem(task_name, MAX_TASK_NAME)
         if problem is not None:
             raise ValueError(f"a task name {problem}: {task_name!r}")
@@ -201,7 +204,7 @@ class Afterwork:
         try:
             return self.tasks[name]
         except KeyError:
-            raise TaskNotFound(name) from None
+            raise TaskNotFound(unknown_task_message(name, self.tasks)) from None
 
     # -- schedules and services (logic in scheduler.py and services.py) -------------------
 
@@ -380,6 +383,11 @@ class Afterwork:
         await self.backend.open()
         self._loop = loop
         self._open = True
+        logger.info(
+            "afterwork store: %s",
+            self.location,
+            extra={"action": "store_opened", "store": self.location},
+        )
 
     async def aclose(self) -> None:
         """Stop local workers and disconnect from the store."""
@@ -444,6 +452,8 @@ class Afterwork:
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
         check_options(options)
+        if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
+            raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
@@ -460,6 +470,18 @@ class Afterwork:
             timeout=opts.timeout,
             result_ttl=opts.result_ttl,
         )
+
+    def _runs_here(self) -> bool:
+        """Whether jobs enqueued now run in this process: a ``memory://`` store, or a worker
+        of this instance (the lifespan's) is running. Only then can a ``__main__`` task run."""
+        from .backends.memory import MemoryBackend
+
+        return isinstance(self.backend, MemoryBackend) or bool(self._workers)
+
+    @property
+    def location(self) -> str:
+        """Where the store is: an absolute path for SQLite, the URL without password."""
+        return store_location(self.backend, self.url)
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import to_jsonable_python
 
+from ._task_names import unknown_task_message
 from .backends.base import Claim, Outcome
 from .context import JobContext
 from .exceptions import EnqueueError
@@ -107,9 +108,7 @@ class Runner:
         task = self.owner.tasks.get(job.task)
         if task is None:
             error = JobError.from_message(
-                "afterwork.TaskNotFound",
-                f"no task named {job.task!r} is registered in this worker "
-                f"(registered: {', '.join(sorted(self.owner.tasks)) or 'none'})",
+                "afterwork.TaskNotFound", unknown_task_message(job.task, self.owner.tasks)
             )
             return await self._give_up(run, error, None)
         try:
