@@ -53,8 +53,9 @@ class Afterwork:
 
     Args:
         url: where jobs are stored: ``sqlite:///./afterwork.db`` (the default),
-            ``memory://``, ``redis://host:6379/0``, ``postgresql://…``. ``None`` reads the
-            ``AFTERWORK_URL`` environment variable, then falls back to the default.
+            ``memory://`` or ``redis://host:6379/0`` (``postgresql://`` is not supported
+            yet). ``None`` reads the ``AFTERWORK_URL`` environment variable, then falls
+            back to the default.
         backend: a backend object to use instead of ``url``.
         clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
         seed: seeds the random source of backoff jitter (for reproducible tests).
