@@ -140,9 +140,20 @@ def worker(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload", help="restart on changes to .py files here (development; needs watchfiles)"
+        ),
+    ] = False,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
     configure_logging(log_level)
+    if reload:
+        from ._cli_reload import reload_worker
+
+        reload_worker(target, concurrency, queues, grace, name, log_level)
+        return
     try:
         aw = load_afterwork(target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
