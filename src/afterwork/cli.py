@@ -156,6 +156,9 @@ def worker(
         return
     try:
         aw = load_afterwork(target)
+        from ._cli_lost import warn_if_lost
+
+        warn_if_lost(aw, target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         asyncio.run(
             run_worker(aw, concurrency=concurrency, queues=queue_list, grace=grace, name=name)

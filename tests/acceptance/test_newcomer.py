@@ -114,3 +114,30 @@ def test_a_task_in_main_that_no_worker_can_import_is_refused_for_a_shared_store(
         "stored: __main__:main.<locals>.send 1",
         "in-process: succeeded",
     ]
+
+
+def test_the_worker_command_says_when_the_jobs_are_elsewhere(tmp_path: Path) -> None:
+    from .test_worker_reload import Lines
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "jobs.py").write_text(SCRIPT)
+    assert run(["jobs.py"], project).returncode == 0  # a job in project/afterwork.db
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT), str(project)])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "afterwork", "worker", "jobs:aw"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": path},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = Lines(process)
+    try:
+        warning = lines.wait_for("holds no jobs")
+        assert f"{project}/afterwork.db exists next to" in warning
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        lines.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,45 @@ async def test_a_worker_meeting_a_main_task_says_how_to_fix_it() -> None:
         assert "@aw.task(name='send')" in failed.error.message
         with pytest.raises(TaskNotFound, match="move it into a module"):
             aw.get_task("__main__:send")
+
+
+async def test_a_worker_started_from_another_folder_says_where_the_jobs_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    from afterwork._cli_lost import lost_store_warning
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    module = project / "lost_store_app.py"
+    module.write_text(
+        "from afterwork import Afterwork\naw = Afterwork('sqlite:///./afterwork.db')\n"
+    )
+    # The jobs are in the store beside the app (enqueued from the project's folder).
+    async with Afterwork(f"sqlite:///{project}/afterwork.db") as there:
+
+        @there.task(name="t")
+        async def t() -> None: ...
+
+        await t.enqueue()
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.chdir(elsewhere)
+    lost_store_app = importlib.import_module("lost_store_app")
+    request.addfinalizer(lambda: sys.modules.pop("lost_store_app", None))
+
+    message = lost_store_warning(lost_store_app.aw, "lost_store_app:aw")
+    assert message is not None
+    assert f"store {elsewhere}/afterwork.db holds no jobs" in message
+    assert f"{project}/afterwork.db exists next to" in message
+    # From the project's folder, the same app opens the right store: nothing to say.
+    monkeypatch.chdir(project)
+    assert lost_store_warning(Afterwork("sqlite:///./afterwork.db"), "lost_store_app:aw") is None
+    # A store of its own that holds work: nothing to say either.
+    async with Afterwork(f"sqlite:///{elsewhere}/afterwork.db") as own:
+
+        @own.task(name="t")
+        async def t2() -> None: ...
+
+        await t2.enqueue()
+    monkeypatch.chdir(elsewhere)
+    assert lost_store_warning(lost_store_app.aw, "lost_store_app:aw") is None
