@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def afterwork(
     *args: str, url: str | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    # src first: the checkout under test, whatever afterwork the environment installed.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
     env.pop("AFTERWORK_URL", None)
     if url is not None:
         env["AFTERWORK_URL"] = url
