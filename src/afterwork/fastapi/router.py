@@ -36,6 +36,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Message
@@ -382,13 +383,28 @@ def create_router(
     return router
 
 
+class _AnyPath(Convertor[str]):
+    """Like ``:path``, but also across newlines (``%0A``), so no path escapes the fallback."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("afterwork_any", _AnyPath())
+
+
 def _add_fallback_route(router: APIRouter) -> None:
     """Answer every other path under the router, so its 404s, 405s and redirects get the
     security headers too (the app's own would not). Added last; auth still runs first."""
     routes = list(router.routes)
 
     @router.api_route(
-        "/{path:path}",
+        "/{path:afterwork_any}",
         methods=[],  # no methods listed: every method, even QUERY or TRACE
         operation_id="afterwork_fallback",  # FastAPI's default id needs a method
         include_in_schema=False,

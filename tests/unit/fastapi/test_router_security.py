@@ -193,3 +193,11 @@ async def test_a_500_carries_the_headers_and_an_apps_own_handler_still_runs(
     assert "the auth backend is down" in caplog.text
     handled = await client.get(f"{PREFIX}/jobs", headers={"x-login": "1"})
     assert (handled.status_code, handled.text) == (401, "log in first")
+
+
+async def test_paths_with_newlines_get_the_headers_too(make_client: Factory) -> None:
+    client = make_client()
+    for path in ["/tasks/a%0Ab/enqueue", "/jobs/x%0A", "/%0A", "/static/%0Aapp.js"]:
+        response = await client.post(PREFIX + path, headers={**AUTH, **CSRF}, json={})
+        assert response.status_code in (404, 405), (path, response.status_code)
+        assert_secured(response)
