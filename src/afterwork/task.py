@@ -37,9 +37,9 @@ R = TypeVar("R")
 # The limits of what a job may carry, checked here once, above the stores, so that every
 # store holds the same jobs or refuses the same input (docs/concepts.md, "Limits").
 #: Priorities run from ``PRIORITY_MIN`` to ``PRIORITY_MAX``: the range Redis orders exactly
-#: (its ready-queue score is ``-priority * 1e12 + sequence``, a double).
-PRIORITY_MIN = -8000
-PRIORITY_MAX = 8000
+#: (its ready-queue score, ``-priority * 2**42 + due time in ms``, stays an exact double).
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
 #: The longest ``delay``: ten years, in seconds.
 MAX_DELAY = 10 * 365 * 86_400.0
 MAX_KEY = 512
@@ -121,7 +121,7 @@ class EnqueueOptions(TypedDict, total=False):
     key: str
     """Dedupe key: while an unfinished job holds it, enqueue returns that job."""
     priority: int
-    """Higher runs first; from ``PRIORITY_MIN`` (-8000) to ``PRIORITY_MAX`` (8000)."""
+    """Higher runs first; from ``PRIORITY_MIN`` (-1000) to ``PRIORITY_MAX`` (1000)."""
     queue: str
 
 
