@@ -16,11 +16,13 @@ from fastapi import (
     Depends,
     FastAPI,
     HTTPException,
+    Request,
     Response,
     WebSocket,
     WebSocketDisconnect,
+    status,
 )
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import update
 
@@ -70,14 +72,30 @@ api = APIRouter(prefix="/api/v1")
 
 
 @api.post("/auth/login")
-async def login(credentials: Login, db: DbSession, response: Response) -> Token:
-    """Exchange staff credentials for a bearer token (and the dashboard's cookie)."""
-    opened = await auth.login(db, credentials.username, credentials.password)
+async def login(credentials: Login, db: DbSession, request: Request, response: Response) -> Token:
+    """Exchange staff credentials for a bearer token (and the browser's cookies)."""
+    address = request.client.host if request.client else ""
+    try:
+        opened = await auth.login(db, credentials.username, credentials.password, address)
+    except auth.TooManyAttempts as exc:
+        raise HTTPException(
+            429, str(exc), headers={"Retry-After": str(int(exc.retry_after) + 1)}
+        ) from None
     if opened is None:
         raise HTTPException(401, "wrong username or password")
     token, expires_at = opened
-    auth.set_dashboard_cookie(response, token, expires_at)
+    auth.set_dashboard_cookie(response, token, expires_at, secure=request.url.scheme == "https")
     return Token(access_token=token, expires_at=expires_at)
+
+
+@api.post("/auth/logout", status_code=204)
+async def logout(db: DbSession, request: Request, bearer: auth.Bearer) -> Response:
+    """End this session now: its token stops working and the browser's cookies go."""
+    token = bearer.credentials if bearer else request.cookies.get(auth.SCREEN_COOKIE)
+    await auth.logout(db, token)
+    response = Response(status_code=204)
+    auth.clear_cookies(response)
+    return response
 
 
 @api.post("/doctors/assign-doctor", dependencies=[Depends(auth.require_staff)])
@@ -136,7 +154,15 @@ app.include_router(aw.router(auth=Depends(auth.require_admin)), prefix="/afterwo
 
 @app.websocket("/ws/queue")
 async def queue_socket(websocket: WebSocket, db: DbSession) -> None:
-    """Push the queue to a screen: a snapshot now, then every update."""
+    """Push the queue to a screen: a snapshot now, then every update.
+
+    Patients' names are on it: only staff (a bearer header, or the screen cookie of a
+    logged-in browser) may listen, and only from a page of this site.
+    """
+    if not auth.same_origin(websocket) or await auth.screen_staff(db, websocket) is None:
+        await db.close()
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION)  # the handshake gets 403
+        return
 
     async def snapshot() -> QueueUpdate:
         return await queue_snapshot(db, "connected")
@@ -152,9 +178,11 @@ async def queue_socket(websocket: WebSocket, db: DbSession) -> None:
         hub.disconnect(websocket)
 
 
-@app.get("/queue-screen", include_in_schema=False)
-async def queue_screen() -> FileResponse:
-    """The waiting-room screen: a static page that listens on ``/ws/queue``."""
+@app.get("/queue-screen", include_in_schema=False, response_model=None)
+async def queue_screen(db: DbSession, request: Request) -> FileResponse | RedirectResponse:
+    """The waiting-room screen: a static page that listens on ``/ws/queue`` (staff only)."""
+    if await auth.page_staff(db, request) is None:
+        return RedirectResponse("/login?next=/queue-screen", status_code=303)
     return FileResponse(STATIC / "queue.html", headers=PAGE_HEADERS)
 
 

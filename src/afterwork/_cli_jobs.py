@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._cli_text import safe_block, safe_json, safe_line
 from .exceptions import AfterworkError, BackendError
-from .job import Job, JobStatus
+from .job import TERMINAL_STATUSES, Job, JobStatus
 
 if TYPE_CHECKING:
     from .app import Afterwork
+    from .backends.base import QueueStats
 
 __all__ = ("jobs_app", "purge", "queues")
 
@@ -62,6 +66,16 @@ _STYLES = {
     JobStatus.SUCCEEDED: "green",
     JobStatus.FAILED: "red",
     JobStatus.CANCELLED: "magenta",
+}
+
+
+_SHORT = {
+    JobStatus.SCHEDULED: "sched",
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "run",
+    JobStatus.SUCCEEDED: "ok",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancel",
 }
 
 
@@ -120,10 +134,8 @@ def _run(app: str | None, url: str | None, action: Callable[[Afterwork], Awaitab
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _safe(value: Any) -> str:
-    """Text for a terminal: control and bidi characters shown escaped, never interpreted."""
-    text = "" if value is None else str(value)
-    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+# Text for a terminal: control and bidi characters shown escaped, never interpreted.
+_safe = safe_line
 
 
 def _when(ts: float | None) -> str:
@@ -137,31 +149,74 @@ def _status(job: Job) -> Text:
     return Text(label, style=_STYLES.get(job.status, ""))
 
 
+def _print_store(where: str) -> None:
+    """The header line: which store this is (a relative default path hides mistakes)."""
+    typer.echo(f"store: {_safe(where)}")
+
+
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    typer.echo(safe_json(data))
 
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
+#: Below this many columns, tables drop their least needed columns instead of wrapping.
+WIDE = 120
+
+
+def _age(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
 def _print_jobs(jobs: list[Job]) -> None:
-    table = Table(title=None, show_lines=False)
-    table.add_column("id", no_wrap=True, min_width=32)
-    for name in ("task", "queue", "status", "attempts", "created", "error"):
-        table.add_column(name, overflow="ellipsis")
+    console = _console()
+    wide = console.width >= WIDE
+    # One line per job at any width: the id is always whole (``jobs show`` takes it), long
+    # task names and errors end in "…", and narrow terminals drop queue and created.
+    rows: list[dict[str, Text]] = []
     for job in jobs:
         error = "" if job.error is None else f"{job.error.type}: {job.error.message}"
-        table.add_row(
-            Text(job.id),
-            Text(_safe(job.task)),
-            Text(_safe(job.queue)),
-            _status(job),
-            Text(f"{job.attempts}/{job.max_attempts}"),
-            Text(_when(job.created_at)),
-            Text(_safe(error)[:80]),
+        rows.append(
+            {
+                "id": Text(_safe(job.id)),
+                "task": Text(_safe(job.task)),
+                "queue": Text(_safe(job.queue)),
+                "status": _status(job),
+                "tries": Text(f"{job.attempts}/{job.max_attempts}"),
+                "created": Text(_when(job.created_at)),
+                "error": Text(_safe(error)[:500]),
+            }
         )
-    _console().print(table)
+    names = ["id", "task", "queue", "status", "tries", "created", "error"]
+    if not wide:
+        names = [name for name in names if name not in ("queue", "created")]
+    natural = {name: max([len(name), *(row[name].cell_len for row in rows)]) for name in names}
+    if "queue" in natural:
+        natural["queue"] = min(natural["queue"], 20)
+    # Columns are three characters apart; the last character of a line stays free.
+    room = console.width - 1 - 3 * (len(names) - 1)
+    fixed = sum(width for name, width in natural.items() if name not in ("task", "error"))
+    flexible = max(room - fixed, 16)
+    task = min(natural["task"], max(12, flexible * 2 // 5))
+    widths = {**natural, "task": task, "error": max(flexible - task, 5)}
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name in names:
+        table.add_column(
+            name,
+            width=widths[name],
+            no_wrap=True,
+            overflow="ellipsis",
+            justify="right" if name == "tries" else "left",
+        )
+    for row in rows:
+        table.add_row(*(row[name] for name in names))
+    console.print(table)
     if not jobs:
         typer.echo("no jobs")
 
@@ -197,7 +252,7 @@ def _print_job(job: Job) -> None:
     console = _console()
     console.print(table)
     if job.error is not None and job.error.traceback:
-        console.print(Text("\n" + job.error.traceback, style="dim"))
+        console.print(Text("\n" + safe_block(job.error.traceback), style="dim"))
 
 
 async def _get(aw: Afterwork, job_id: str) -> Job:
@@ -225,15 +280,17 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
 
-    async def action(aw: Afterwork) -> list[Job]:
-        return await aw.list_jobs(
+    async def action(aw: Afterwork) -> tuple[list[Job], str]:
+        jobs = await aw.list_jobs(
             status=status or None, queue=queue, task=task, before=before, limit=limit
         )
+        return jobs, aw.location
 
-    jobs = _run(app, url, action)
+    jobs, where = _run(app, url, action)
     if as_json:
         _print_json([job.to_dict() for job in jobs])
     else:
+        _print_store(where)
         _print_jobs(jobs)
 
 
@@ -272,10 +329,10 @@ def _change(
     if as_json:
         _print_json(after.to_dict())
     if message is None:
-        typer.echo(f"error: job {job_id} is {before.status.value}; nothing to do", err=True)
+        typer.echo(f"error: job {_safe(job_id)} is {before.status.value}; nothing to do", err=True)
         raise typer.Exit(EXIT_NOT_APPLICABLE)
     if not as_json:
-        typer.echo(message)
+        typer.echo(_safe(message))
 
 
 @jobs_app.command("cancel")
@@ -320,7 +377,11 @@ def queues(
     as_json: JsonOption = False,
 ) -> None:
     """Count each queue's jobs per state."""
-    stats = _run(app, url, lambda aw: aw.stats())
+
+    async def action(aw: Afterwork) -> tuple[list[QueueStats], float, str]:
+        return await aw.stats(), aw.backend.now(), aw.location
+
+    stats, now, where = _run(app, url, action)
     if as_json:
         _print_json(
             [
@@ -333,20 +394,51 @@ def queues(
             ]
         )
         return
-    table = Table()
-    table.add_column("queue")
+    _print_store(where)
+    console = _console()
+    wide = console.width >= WIDE
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("queue", overflow="fold")
     for status in JobStatus:
-        table.add_column(status.value, justify="right", style=_STYLES[status])
-    table.add_column("oldest waiting")
+        # Narrow terminals get short headers, so no count is ever cut.
+        header = status.value if wide else _SHORT[status]
+        table.add_column(header, justify="right", style=_STYLES[status], no_wrap=True)
+    table.add_column("oldest waiting" if wide else "waited", no_wrap=True)
     for s in stats:
+        waited = s.oldest_waiting_at
+        if waited is None:
+            oldest = ""
+        elif wide:
+            oldest = _when(waited)
+        else:
+            oldest = _age(now - waited)
         table.add_row(
             Text(_safe(s.queue)),
             *(Text(str(s.counts.get(status, 0))) for status in JobStatus),
-            Text(_when(s.oldest_waiting_at)),
+            Text(oldest),
         )
-    _console().print(table)
+    console.print(table)
     if not stats:
         typer.echo("no jobs")
+
+
+async def _purgeable(aw: Afterwork, older_than: float | None) -> int:
+    """How many jobs ``aw.purge(older_than=...)`` would delete now (for ``--dry-run``)."""
+    now = aw.backend.now()
+    count = 0
+    before: str | None = None
+    while True:
+        page = await aw.list_jobs(status=TERMINAL_STATUSES, before=before, limit=1000)
+        for job in page:
+            finished = job.finished_at
+            if finished is None:
+                continue
+            expired = job.result_ttl is not None and finished + job.result_ttl <= now
+            old = older_than is not None and finished <= now - older_than
+            count += expired or old
+        if len(page) < 1000:
+            return count
+        before = page[-1].id
 
 
 def purge(
@@ -354,11 +446,36 @@ def purge(
         float | None,
         typer.Option("--older-than", min=0, help="also delete jobs finished this many seconds ago"),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only count what would be deleted")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="delete without asking")] = False,
     app: AppOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete finished jobs past their result TTL (or finished --older-than seconds ago)."""
+    """Delete finished jobs past their result TTL (or finished --older-than seconds ago).
+
+    Asks first, in a terminal; elsewhere (scripts, CI) it needs --yes.
+    """
+    pending = _run(app, url, lambda aw: _purgeable(aw, older_than))
+    if dry_run:
+        if as_json:
+            _print_json({"would_purge": pending})
+        else:
+            typer.echo(f"would purge {pending} finished job(s); nothing was deleted")
+        return
+    if pending and not yes:
+        if not sys.stdin.isatty():
+            typer.echo(
+                f"error: purge would delete {pending} finished job(s); pass --yes to confirm "
+                "(or --dry-run to only count them)",
+                err=True,
+            )
+            raise typer.Exit(EXIT_USAGE)
+        if not typer.confirm(f"Delete {pending} finished job(s)?", default=False, err=True):
+            typer.echo("nothing was deleted", err=True)
+            raise typer.Exit(EXIT_NOT_APPLICABLE)
     count = _run(app, url, lambda aw: aw.purge(older_than=older_than))
     if as_json:
         _print_json({"purged": count})

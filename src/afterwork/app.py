@@ -28,15 +28,17 @@ from ._engine.scheduler import (
     Scheduler,
 )
 from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
+from ._location import store_location
 from ._settings import Settings
 from ._signature import encode_payload
+from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
-from .task import Task, TaskOptions
+from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -60,8 +62,9 @@ class Afterwork:
 
     Args:
         url: where jobs are stored: ``sqlite:///./afterwork.db`` (the default),
-            ``memory://``, ``redis://host:6379/0``, ``postgresql://…``. ``None`` reads the
-            ``AFTERWORK_URL`` environment variable, then falls back to the default.
+            ``memory://`` or ``redis://host:6379/0`` (``postgresql://`` is not supported
+            yet). ``None`` reads the ``AFTERWORK_URL`` environment variable, then falls
+            back to the default.
         backend: a backend object to use instead of ``url``.
         clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
         seed: seeds the random source of backoff jitter (for reproducible tests).
@@ -183,7 +186,11 @@ class Afterwork:
             raise TypeError(f"{func!r} is already a task")
         if not callable(func):
             raise TypeError(f"a task must be a function, not {type(func).__name__}")
-        task_name = name or f"{func.__module__}:{func.__qualname__}"
+        # A function of a script run as __main__ is named after the module a worker imports.
+        task_name = name or default_task_name(func)
+        problem = text_problem(task_name, MAX_TASK_NAME)
+        if problem is not None:
+            raise ValueError(f"a task name {problem}: {task_name!r}")
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
@@ -199,7 +206,7 @@ class Afterwork:
         try:
             return self.tasks[name]
         except KeyError:
-            raise TaskNotFound(name) from None
+            raise TaskNotFound(unknown_task_message(name, self.tasks)) from None
 
     # -- schedules and services (logic in scheduler.py and services.py) -------------------
 
@@ -377,6 +384,11 @@ class Afterwork:
         await self.backend.open()
         self._loop = loop
         self._open = True
+        logger.info(
+            "afterwork store: %s",
+            self.location,
+            extra={"action": "store_opened", "store": self.location},
+        )
 
     async def aclose(self) -> None:
         """Stop local workers and disconnect from the store."""
@@ -439,6 +451,9 @@ class Afterwork:
         """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
+        check_options(options)
+        if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
+            raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
@@ -455,6 +470,18 @@ class Afterwork:
             timeout=opts.timeout,
             result_ttl=opts.result_ttl,
         )
+
+    def _runs_here(self) -> bool:
+        """Whether jobs enqueued now run in this process: a ``memory://`` store, or a worker
+        of this instance (the lifespan's) is running. Only then can a ``__main__`` task run."""
+        from .backends.memory import MemoryBackend
+
+        return isinstance(self.backend, MemoryBackend) or self._local_runs.has_workers
+
+    @property
+    def location(self) -> str:
+        """Where the store is: an absolute path for SQLite, the URL without password."""
+        return store_location(self.backend, self.url)
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""

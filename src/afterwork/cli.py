@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
-import os
 import signal
-import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -29,8 +25,23 @@ app: typer.Typer = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .__about__ import __version__
+
+        typer.echo(f"afterwork {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
     """afterwork: run workers, inspect and steer jobs."""
 
 
@@ -62,29 +73,14 @@ def configure_logging(level: str) -> None:
 
 
 def load_afterwork(target: str) -> Afterwork:
-    """Import ``module:attribute`` and return the :class:`Afterwork` it names."""
-    from .app import Afterwork
+    """Import ``module:attribute`` and return the :class:`Afterwork` it names.
 
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise CLIError(f"expected MODULE:ATTRIBUTE (for example app.jobs:aw), not {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if exc.name == module_name:
-            raise CLIError(f"cannot import module {module_name!r}: {exc}") from None
-        raise
-    obj: Any = module
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(obj, Afterwork):
-        raise CLIError(f"{target} is a {type(obj).__name__}, not an Afterwork instance")
-    return obj
+    Raises:
+        CLIError: in one line, whatever went wrong (see ``_cli_target``).
+    """
+    from ._cli_target import load_target
+
+    return load_target(target, CLIError)
 
 
 async def run_worker(
@@ -148,13 +144,27 @@ def worker(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload", help="restart on changes to .py files here (development; needs watchfiles)"
+        ),
+    ] = False,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
     import asyncio  # lazily: `afterwork --help` need not load it
 
     configure_logging(log_level)
+    if reload:
+        from ._cli_reload import reload_worker
+
+        reload_worker(target, concurrency, queues, grace, name, log_level)
+        return
     try:
         aw = load_afterwork(target)
+        from ._cli_lost import warn_if_lost
+
+        warn_if_lost(aw, target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         asyncio.run(
             run_worker(aw, concurrency=concurrency, queues=queue_list, grace=grace, name=name)
@@ -186,26 +196,9 @@ def schedules(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     rows = asyncio.run(_list_schedules(aw))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
+    from ._cli_schedules import print_schedules
 
-    table = Table(title=f"{len(rows)} schedule(s)")
-    for column in ("name", "task", "schedule", "tz", "misfire", "next run (UTC)", "last run"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["task"],
-            f"{row['kind']} {row['spec']}",
-            row["tz"],
-            row["misfire"],
-            row["next_run_at"] or "never",
-            row["last_run_at"] or "-",
-        )
-    Console().print(table)
+    print_schedules(rows, as_json=as_json)
 
 
 def _register() -> None:

@@ -84,12 +84,21 @@ class EnqueueError(AfterworkError, ValueError):
     """The job's arguments or options were rejected; nothing was stored."""
 
     param: str | None
+    """The task parameter whose argument was rejected, if one was."""
     task: str | None
+    field: str | None
+    """The enqueue option that was rejected (``"delay"``, ``"key"``, ``"priority"``,
+    ``"queue"``), if one was."""
 
     def __init__(
-        self, message: str | None = None, *, param: str | None = None, task: str | None = None
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        task: str | None = None,
+        field: str | None = None,
     ) -> None:
-        super().__init__(message, param=param, task=task)
+        super().__init__(message, param=param, task=task, field=field)
 
 
 class PayloadTooLarge(EnqueueError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
@@ -13,7 +15,19 @@ from .exceptions import EnqueueError
 from .job import Job
 from .retry import Backoff, ExponentialBackoff
 
-__all__ = ("EnqueueOptions", "Task", "TaskCall", "TaskOptions", "TaskOwner")
+__all__ = (
+    "MAX_DELAY",
+    "MAX_KEY",
+    "MAX_QUEUE",
+    "MAX_TASK_NAME",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "EnqueueOptions",
+    "Task",
+    "TaskCall",
+    "TaskOptions",
+    "TaskOwner",
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,6 +50,54 @@ class TaskOwner(Protocol):
     ) -> Job: ...
 
     def run_sync(self, func: Callable[[], Awaitable[T]]) -> T: ...
+
+
+# The limits of what a job may carry, checked here once, above the stores, so that every
+# store holds the same jobs or refuses the same input (docs/concepts.md, "Limits").
+#: Priorities run from ``PRIORITY_MIN`` to ``PRIORITY_MAX``: the range Redis orders exactly
+#: (its ready-queue score, ``-priority * 2**42 + due time in ms``, stays an exact double).
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+#: The longest ``delay``: ten years, in seconds.
+MAX_DELAY = 10 * 365 * 86_400.0
+MAX_KEY = 512
+MAX_QUEUE = 200
+MAX_TASK_NAME = 500
+
+# Lone surrogates cannot be encoded as UTF-8 (SQLite and Redis store UTF-8); control
+# characters (NUL, escapes, newlines) would reach terminals and logs as they are.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def text_problem(value: object, max_length: int) -> str | None:
+    """Why ``value`` cannot be a key, queue or task name, or ``None`` if it can."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > max_length:
+        return f"must be at most {max_length} characters long"
+    bad = _UNSAFE_TEXT.search(value)
+    if bad is not None:
+        char = bad.group()
+        kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+        return f"must not contain {kind} ({ascii(char)} at index {bad.start()})"
+    return None
+
+
+def priority_problem(value: object) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"must be an integer, not {type(value).__name__}"
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        return f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}, not {value}"
+    return None
+
+
+def queue_problem(value: object) -> str | None:
+    problem = text_problem(value, MAX_QUEUE)
+    if problem is None and isinstance(value, str) and value.startswith("_"):
+        return "must not start with '_' (reserved)"
+    return problem
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,10 +123,12 @@ class TaskOptions:
             raise ValueError("concurrency must be at least 1")
         if self.result_ttl is not None and self.result_ttl < 0:
             raise ValueError("result_ttl must not be negative")
-        if not self.queue or self.queue.startswith("_"):
-            raise ValueError(
-                f"queue names must be non-empty and not start with '_': {self.queue!r}"
-            )
+        problem = queue_problem(self.queue)
+        if problem is not None:
+            raise ValueError(f"queue {problem}: {self.queue!r}")
+        problem = priority_problem(self.priority)
+        if problem is not None:
+            raise ValueError(f"priority {problem}")
 
 
 class EnqueueOptions(TypedDict, total=False):
@@ -75,26 +139,43 @@ class EnqueueOptions(TypedDict, total=False):
     key: str
     """Dedupe key: while an unfinished job holds it, enqueue returns that job."""
     priority: int
-    """Higher runs first."""
+    """Higher runs first; from ``PRIORITY_MIN`` (-1000) to ``PRIORITY_MAX`` (1000)."""
     queue: str
 
 
-def _check_options(options: Mapping[str, Any]) -> None:
+def _delay_problem(value: object) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"must be a number of seconds, not {type(value).__name__}"
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        return f"must be at most {MAX_DELAY:.0f} seconds (ten years)"
+    if math.isnan(seconds):
+        return "must be a number of seconds, not NaN"
+    if seconds < 0:
+        return f"must not be negative, not {seconds!r}"
+    if seconds > MAX_DELAY:
+        return f"must be at most {MAX_DELAY:.0f} seconds (ten years), not {seconds!r}"
+    return None
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Raise :class:`EnqueueError`, naming the field, for an option no store can hold."""
     unknown = set(options) - set(EnqueueOptions.__annotations__)
     if unknown:
         raise EnqueueError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
-    delay = options.get("delay", 0.0)
-    if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
-        raise EnqueueError(f"delay must be a non-negative number of seconds, not {delay!r}")
-    key = options.get("key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
-        raise EnqueueError("key must be a non-empty string of at most 512 characters")
-    priority = options.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise EnqueueError(f"priority must be an integer, not {priority!r}")
-    queue = options.get("queue", "default")
-    if not isinstance(queue, str) or not queue or queue.startswith("_") or len(queue) > 200:
-        raise EnqueueError(f"queue must be a name of 1 to 200 characters, not {queue!r}")
+    problems: list[tuple[str, str | None]] = []
+    if "delay" in options:
+        problems.append(("delay", _delay_problem(options["delay"])))
+    if options.get("key") is not None:
+        problems.append(("key", text_problem(options["key"], MAX_KEY)))
+    if "priority" in options:
+        problems.append(("priority", priority_problem(options["priority"])))
+    if "queue" in options:
+        problems.append(("queue", queue_problem(options["queue"])))
+    for field_name, problem in problems:
+        if problem is not None:
+            raise EnqueueError(f"{field_name} {problem}", field=field_name)
 
 
 class Task(Generic[P, R]):
@@ -131,7 +212,7 @@ class Task(Generic[P, R]):
 
     def options(self, **options: Unpack[EnqueueOptions]) -> TaskCall:
         """Options for one enqueue: ``delay``, ``key``, ``priority``, ``queue``."""
-        _check_options(options)
+        check_options(options)
         return TaskCall(self, dict(options))
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job:
@@ -163,7 +244,7 @@ class TaskCall:
         return f"<TaskCall {self.task.name} {self._options}>"
 
     def options(self, **options: Unpack[EnqueueOptions]) -> TaskCall:
-        _check_options(options)
+        check_options(options)
         return TaskCall(self.task, {**self._options, **options})
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job:

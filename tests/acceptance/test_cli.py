@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def afterwork(
     *args: str, url: str | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    # src first: the checkout under test, whatever afterwork the environment installed.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
     env.pop("AFTERWORK_URL", None)
     if url is not None:
         env["AFTERWORK_URL"] = url
@@ -147,7 +149,7 @@ def test_queues_and_purge(store: Store) -> None:
     table = afterwork("queues", url=store.url)
     assert table.returncode == 0 and "media" in table.stdout and "default" in table.stdout
     assert as_json(afterwork("purge", "--json", url=store.url)) == {"purged": 0}
-    purged = afterwork("purge", "--older-than", "0", url=store.url)
+    purged = afterwork("purge", "--older-than", "0", "--yes", url=store.url)
     assert purged.returncode == 0 and "purged 2 finished job(s)" in purged.stdout
     remaining = as_json(afterwork("jobs", "list", "--json", url=store.url))
     assert {j["status"] for j in remaining} == {"queued", "running"}

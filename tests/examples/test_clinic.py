@@ -9,12 +9,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import pytest
+from examples.clinic import auth as clinic_auth
 from examples.clinic import jobs as clinic_jobs
 from examples.clinic.app import app
 from examples.clinic.db import database, utcnow
@@ -52,6 +54,11 @@ class Clinic:
     client: httpx.AsyncClient
     admin: httpx.AsyncClient
     ws_url: str
+
+    def screen(self) -> connect:
+        """A queue screen's socket, opened with reception's token (screens are staff-only)."""
+        auth_header = {"Authorization": self.client.headers["Authorization"]}
+        return connect(self.ws_url, additional_headers=auth_header)
 
     async def assign(self, patient_id: int, doctor_id: int) -> dict[str, Any]:
         response = await self.client.post(
@@ -108,6 +115,7 @@ async def clinic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Clinic]:
     caplog.set_level(logging.INFO)
+    monkeypatch.setattr(clinic_auth, "throttle", clinic_auth.Throttle())  # fresh counts
     monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
     # A fresh SQLite job store per test; the module-level ``aw`` is closed between tests.
     monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/afterwork.db"))
@@ -137,7 +145,7 @@ async def clinic(
 async def test_assigned_patient_reaches_the_queue_the_screens_and_the_outbox(
     clinic: Clinic,
 ) -> None:
-    async with connect(clinic.ws_url) as screen:
+    async with clinic.screen() as screen:
         first = await next_update(screen)
         ada = next(e for e in first.entries if e.patient_name == "Ada Lovelace")
         assert ada.status == "waiting" and ada.doctor_id is None
@@ -186,7 +194,7 @@ async def test_a_failing_broadcast_is_retried_and_recorded(
         return await real_broadcast(update)
 
     monkeypatch.setattr(hub, "broadcast", first_attempt_fails)
-    async with connect(clinic.ws_url) as screen:
+    async with clinic.screen() as screen:
         await next_update(screen)
         assigned = await clinic.assign(patient_id=2, doctor_id=1)
         # delivered by the second attempt
@@ -312,7 +320,7 @@ async def test_room_devices_reach_the_supervised_status_updater_which_survives_a
         (service,) = (await clinic.admin.get("/afterwork/services")).json()
         return service if service["crashes"] == 1 and service["state"] == "running" else None
 
-    async with connect(clinic.ws_url) as screen:
+    async with clinic.screen() as screen:
         await report("in_consultation")  # crashes the consumer: afterwork restarts it
         service = await eventually(updater)
         assert service["name"] == "examples.clinic.jobs:status_updater"
@@ -364,7 +372,13 @@ async def test_in_a_browser_the_queue_screen_updates_live_and_admins_reach_the_d
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("response", lambda r: errors.append(r.url) if r.status >= 400 else None)
     with anyio.fail_after(60):
+        # The screen shows patients' names: it sends a browser to log in first, then back.
         await page.goto(f"{base}/queue-screen")
+        await page.wait_for_url(f"{base}/login?next=/queue-screen")
+        await page.fill("input[name=username]", "reception")
+        await page.fill("input[name=password]", "reception-demo")
+        await page.click("button[type=submit]")
+        await page.wait_for_url(f"{base}/queue-screen")
         await page.wait_for_selector("#connection.online")
         assert await page.locator("#waiting li").count() == 6
 
@@ -384,3 +398,130 @@ async def test_in_a_browser_the_queue_screen_updates_live_and_admins_reach_the_d
         await page.wait_for_selector(f'tr[data-job="{job}"] td.status-succeeded')
     await context.close()
     assert errors == []
+
+
+async def test_the_queue_socket_is_for_staff_and_this_site_only(clinic: Clinic) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    token = clinic.client.headers["Authorization"].removeprefix("Bearer ")
+    host = clinic.ws_url.removeprefix("ws://").partition("/")[0]
+    refused: list[dict[str, str]] = [
+        {},  # anonymous
+        {"Authorization": "Bearer not-a-token"},
+        {"Cookie": "clinic_screen=not-a-token"},
+        # a logged-in browser, but the page opening the socket is on another site
+        {"Cookie": f"clinic_screen={token}", "Origin": "https://evil.example"},
+        {"Cookie": f"clinic_screen={token}", "Origin": f"https://{host}"},
+    ]
+    for headers in refused:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(clinic.ws_url, additional_headers=headers):
+                pass
+        assert info.value.response.status_code == 403, headers
+    # This site's page with the browser's cookie, and a device with a bearer token, get in.
+    own = {"Cookie": f"clinic_screen={token}", "Origin": f"http://{host}"}
+    async with connect(clinic.ws_url, additional_headers=own) as screen:
+        assert (await next_update(screen)).reason == "connected"
+    async with clinic.screen() as screen:
+        assert (await next_update(screen)).reason == "connected"
+    # The page itself sends an anonymous browser to the login form.
+    async with httpx.AsyncClient(base_url=str(clinic.client.base_url)) as anonymous:
+        page = await anonymous.get("/queue-screen")
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/queue-screen"
+
+
+async def test_login_takes_as_long_for_an_unknown_user(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    real_verify = clinic_auth.verify_password
+
+    def spy(password: str, stored: str) -> bool:
+        checked.append(password)
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(clinic_auth, "verify_password", spy)
+
+    async def seconds(username: str) -> float:
+        start = anyio.current_time()
+        response = await clinic.client.post(
+            "/api/v1/auth/login", json={"username": username, "password": "wrong-password"}
+        )
+        assert response.status_code == 401
+        return anyio.current_time() - start
+
+    unknown = sorted([await seconds(f"nobody{n}") for n in range(3)])[1]
+    known = sorted([await seconds(name) for name in ("admin", "reception", "dr.okafor")])[1]
+    # The password is checked (a scrypt) whether or not the user exists...
+    assert checked == ["wrong-password"] * 6
+    # ...so the medians are of one size (it was 3 ms against 139 ms).
+    assert unknown > known * 0.3, (unknown, known)
+
+
+async def test_repeated_wrong_passwords_are_throttled(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(clinic_auth.throttle, "clock", lambda: now[0])
+    base = str(clinic.client.base_url)
+
+    async def attempt(client: httpx.AsyncClient, password: str) -> httpx.Response:
+        return await client.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": password}
+        )
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as guesser:
+        for n in range(clinic_auth.throttle.limit):
+            assert (await attempt(guesser, f"guess{n}")).status_code == 401
+        locked = await attempt(guesser, "admin-demo")  # even the right password, for now
+        assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+        assert "access_token" not in locked.text
+        # Another user is not locked out by admin's guesser.
+        assert (
+            await clinic.client.post(
+                "/api/v1/auth/login", json={"username": "reception", "password": "reception-demo"}
+            )
+        ).status_code == 200
+        now[0] += clinic_auth.throttle.window + 1
+        assert (await attempt(guesser, "admin-demo")).status_code == 200
+        # A success clears the count.
+        for n in range(clinic_auth.throttle.limit - 1):
+            assert (await attempt(guesser, f"again{n}")).status_code == 401
+        assert (await attempt(guesser, "admin-demo")).status_code == 200
+
+
+async def test_logout_ends_the_session_and_sessions_are_short(clinic: Clinic) -> None:
+    async with httpx.AsyncClient(base_url=str(clinic.client.base_url), timeout=10) as browser:
+        response = await browser.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": "admin-demo"}
+        )
+        body = response.json()
+        expires_at = datetime.fromisoformat(body["expires_at"]).replace(tzinfo=None)
+        assert expires_at - utcnow() <= timedelta(hours=1)
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        assert (await browser.get("/api/v1/queue/all", headers=headers)).status_code == 200
+        assert (await browser.get("/afterwork/")).status_code == 200  # the cookie
+        out = await browser.post("/api/v1/auth/logout", headers=headers)
+        assert out.status_code == 204
+        assert "clinic_admin" not in browser.cookies and "clinic_screen" not in browser.cookies
+        assert (await browser.get("/api/v1/queue/all", headers=headers)).status_code == 401
+        cookie = {"Cookie": f"clinic_admin={body['access_token']}"}
+        assert (await browser.get("/afterwork/", headers=cookie)).status_code == 401
+
+
+async def test_cookies_are_secure_over_https(clinic: Clinic) -> None:
+    # The same app, reached as https (what uvicorn --proxy-headers reports behind TLS).
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://clinic.example") as tls:
+        response = await tls.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": "admin-demo"}
+        )
+        assert response.status_code == 200
+        cookies = response.headers.get_list("set-cookie")
+        assert len(cookies) == 2
+        for header in cookies:
+            assert "Secure" in header and "HttpOnly" in header and "SameSite=strict" in header
+    plain = await clinic.client.post(
+        "/api/v1/auth/login", json={"username": "admin", "password": "admin-demo"}
+    )
+    assert all("Secure" not in h for h in plain.headers.get_list("set-cookie"))

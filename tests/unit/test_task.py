@@ -260,3 +260,18 @@ async def test_task_of_another_instance_is_refused(aw: Afterwork) -> None:
 
     with pytest.raises(EnqueueError, match="another Afterwork"):
         aw.build_job(foreign, (), {}, {})
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "tab\there", "\ud800", "x" * 501, "\x1b[31mred"])
+def test_task_names_no_store_can_hold_are_refused(name: str) -> None:
+    aw = Afterwork("memory://")
+    with pytest.raises(ValueError, match="task name"):
+        aw.register(lambda: None, name=name)
+    assert aw.tasks == {}
+
+
+@pytest.mark.parametrize("options", [{"priority": 1001}, {"queue": "a\x00"}, {"queue": "\udc80"}])
+def test_task_options_outside_the_limits_are_refused(options: dict[str, Any]) -> None:
+    aw = Afterwork("memory://")
+    with pytest.raises(ValueError):
+        aw.task(**options)

@@ -1,5 +1,13 @@
-// Logs in through the JSON API; the response sets the dashboard's cookie, then we go there.
+// Logs in through the JSON API; the response sets the browser's cookies, then we go on:
+// to ?next= when it is a path of this site, else to the afterwork dashboard.
 "use strict";
+
+function destination() {
+  const next = new URLSearchParams(location.search).get("next") || "";
+  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\")
+    ? next
+    : "/afterwork/";
+}
 
 document.getElementById("login").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -10,7 +18,9 @@ document.getElementById("login").addEventListener("submit", async (event) => {
     body: JSON.stringify({ username: form.get("username"), password: form.get("password") }),
   });
   if (response.ok) {
-    location.assign("/afterwork/");
+    location.assign(destination());
+  } else if (response.status === 429) {
+    document.getElementById("error").textContent = "Too many attempts; try again later.";
   } else {
     document.getElementById("error").textContent = "Wrong username or password.";
   }

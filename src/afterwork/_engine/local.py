@@ -40,6 +40,11 @@ class LocalRuns:
             self._inline = InlineRunner(self._host)
         return self._inline
 
+    @property
+    def has_workers(self) -> bool:
+        """Whether a worker of this instance runs in this process now."""
+        return bool(self._workers)
+
     def cancel(self, job_id: str) -> bool:
         """Cancel ``job_id`` wherever it runs in this process; ``True`` if it ran here."""
         found = False

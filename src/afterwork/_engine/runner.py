@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import to_jsonable_python
 
+from .._task_names import unknown_task_message
 from ..backends.base import Claim, HeartbeatReply, Outcome
 from ..context import JobContext
 from ..exceptions import EnqueueError
@@ -137,9 +138,7 @@ class Runner:
         task = self.host.tasks.get(job.task)
         if task is None:
             error = JobError.from_message(
-                "afterwork.TaskNotFound",
-                f"no task named {job.task!r} is registered in this worker "
-                f"(registered: {', '.join(sorted(self.host.tasks)) or 'none'})",
+                "afterwork.TaskNotFound", unknown_task_message(job.task, self.host.tasks)
             )
             return await self._give_up(run, error, None)
         try:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
 from .._notify import Notifier
-from ..exceptions import ConfigurationError, SchemaVersionError
+from ..exceptions import BackendUnavailable, ConfigurationError, SchemaVersionError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import EventPump
@@ -65,6 +65,24 @@ def path_from_url(url: str) -> str:
     return path
 
 
+def _create_private(path: str, mode: int) -> None:
+    """Create the database file with ``mode`` if it does not exist yet.
+
+    SQLite would create it ``0644`` (less the umask); created here first, it stays private,
+    and SQLite copies the database file's mode to the ``-wal`` and ``-shm`` files it makes.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot create the SQLite store at {path!r}: {exc}") from exc
+    try:
+        os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
+    finally:
+        os.close(fd)
+
+
 class SQLiteBackend(InspectorMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
@@ -81,6 +99,9 @@ class SQLiteBackend(InspectorMixin):
         max_poll_interval: the longest interval between those looks.
         event_poll_interval: how often the events table is tailed for subscribers.
         event_retention: how many recent events the events table keeps.
+        file_mode: permissions of the database file when this creates it (default
+            ``0o600``: owner only, since jobs hold arguments and results); SQLite gives its
+            ``-wal`` and ``-shm`` files the same. An existing file keeps its mode.
 
     Example:
         ```python
@@ -100,7 +121,11 @@ class SQLiteBackend(InspectorMixin):
         max_poll_interval: float = 0.5,
         event_poll_interval: float = 0.1,
         event_retention: int = 10_000,
+        file_mode: int = 0o600,
     ) -> None:
+        if not 0 <= file_mode <= 0o777:
+            raise ConfigurationError(f"file_mode must be permission bits, not {file_mode!r}")
+        self.file_mode: int = file_mode
         if synchronous.lower() not in _SYNCHRONOUS:
             raise ConfigurationError(
                 f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, not {synchronous!r}"
@@ -156,6 +181,8 @@ class SQLiteBackend(InspectorMixin):
                     query[name] = float(value)
                 elif name == "event_retention":
                     query[name] = int(value)
+                elif name == "file_mode":
+                    query[name] = int(value, 8)
                 elif name == "synchronous":
                     query[name] = value
                 else:
@@ -181,6 +208,7 @@ class SQLiteBackend(InspectorMixin):
         if self._db.is_open:
             return
         try:
+            _create_private(self.path, self.file_mode)
             await self._db.open(self._setup)
         except BaseException:
             await self._db.aclose()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
 
-from fastapi import BackgroundTasks, Depends, Request
+from fastapi import BackgroundTasks, Depends, HTTPException, Request
 
+from ..backends.base import NewJob
+from ..exceptions import BackendError
 from ..job import Job, new_job_id
 from ..task import Task
 
@@ -64,8 +66,11 @@ class JobsManager:
 
     Prefer the ``Jobs`` annotation in a route's parameters.
 
-    * A registered task (``@aw.task``) is enqueued after the response, with its own retry
-      and timeout policy; any worker may run it.
+    * A registered task (``@aw.task``) is validated when added and stored **before the
+      response is sent** (all of a request's tasks in one round trip), with its own retry
+      and timeout policy; any worker may run it. If the store cannot be reached, the
+      request fails with ``503`` and nothing was enqueued: never a ``200`` for a job that
+      was never stored.
     * Any other callable, sync or async, runs in this process after the response, as a
       job with a status, a timing, and its error and traceback recorded and logged. Its
       arguments stay in memory (they need not be JSON), so it is not retried and does not
@@ -77,7 +82,32 @@ class JobsManager:
     def __init__(self, aw: Afterwork, background: BackgroundTasks) -> None:
         self.aw = aw
         self._pending: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._new: list[NewJob] = []  # registered tasks' jobs, stored by ``store()``
         background.add_task(self._run_all)
+
+    async def store(self) -> None:
+        """Store the jobs of registered tasks added so far, in one round trip.
+
+        The ``Jobs`` dependency calls this after the route returns and before the response
+        is sent, so a store that cannot be reached fails the request (``503``).
+        """
+        new, self._new = self._new, []
+        if not new:
+            return
+        try:
+            await self.aw.enqueue_many(new)
+        except BackendError as exc:
+            logger.error(
+                "could not store %d job(s) added with jobs.add_task: %s",
+                len(new),
+                exc,
+                extra={"action": "add_task_unstored", "jobs": [job.id for job in new]},
+            )
+            raise HTTPException(
+                503,
+                "the job store cannot be reached; nothing was enqueued",
+                headers={"Retry-After": "1"},
+            ) from exc
 
     @overload
     def add_task(self, func: Task[Any, Any], /, *args: Any, **kwargs: Any) -> PendingJob: ...
@@ -91,24 +121,26 @@ class JobsManager:
         """Run ``func(*args, **kwargs)`` after the response is sent, as a tracked job."""
         if not callable(func):
             raise TypeError(f"add_task() needs a callable, not {type(func).__name__}")
-        job_id = new_job_id()
         if isinstance(func, Task):
             # Validate now, in the route, so bad arguments fail the request, not silently.
-            self.aw.build_job(func, args, kwargs, {})
-            name = func.name
-        else:
-            name = _describe(func)
+            new = self.aw.build_job(func, args, kwargs, {})
+            self._new.append(new)
+            return PendingJob(new.id, func.name)
+        job_id = new_job_id()
         self._pending.append((job_id, func, args, kwargs))
-        return PendingJob(job_id, name)
+        return PendingJob(job_id, _describe(func))
 
     async def _run_all(self) -> None:
+        if self._new:
+            # A manager built by hand, without the ``Jobs`` dependency: store them now.
+            try:
+                await self.store()
+            except HTTPException:
+                pass  # logged by store()
         pending, self._pending = self._pending, []
         for job_id, func, args, kwargs in pending:
             try:
-                if isinstance(func, Task):
-                    await self._enqueue(job_id, func, args, kwargs)
-                else:
-                    await self._run_inline(job_id, func, args, kwargs)
+                await self._run_inline(job_id, func, args, kwargs)
             except Exception:
                 logger.exception(
                     "background task %s (job %s) could not be run",
@@ -116,15 +148,6 @@ class JobsManager:
                     job_id,
                     extra={"action": "add_task_failed", "job": {"id": job_id}},
                 )
-
-    async def _enqueue(
-        self, job_id: str, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Job:
-        from dataclasses import replace
-
-        new = replace(self.aw.build_job(task, args, kwargs, {}), id=job_id)
-        (job,) = await self.aw.enqueue_many([new])
-        return job
 
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -136,9 +159,15 @@ class JobsManager:
         )
 
 
-def _jobs_dependency(request: Request, background: BackgroundTasks) -> JobsManager:
-    return JobsManager(get_afterwork(request), background)
+async def _jobs_dependency(
+    request: Request, background: BackgroundTasks
+) -> AsyncIterator[JobsManager]:
+    manager = JobsManager(get_afterwork(request), background)
+    yield manager
+    # Runs when the route returned, before the response is sent (scope="function"): a
+    # failure to store is the request's own error. A route that raised stores nothing.
+    await manager.store()
 
 
 #: Use as a route parameter: ``async def route(jobs: Jobs): jobs.add_task(...)``.
-Jobs = Annotated[JobsManager, Depends(_jobs_dependency)]
+Jobs = Annotated[JobsManager, Depends(_jobs_dependency, scope="function")]

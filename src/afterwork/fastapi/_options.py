@@ -3,7 +3,7 @@ without importing it (``afterwork.app`` names these under ``TYPE_CHECKING`` only
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypedDict
 
 from fastapi.params import Depends as DependsParam
@@ -24,3 +24,6 @@ class RouterOptions(TypedDict, total=False):
     """Seconds after which an event stream ends and the browser reconnects (default 300)."""
     dashboard: bool
     """Serve the dashboard at ``GET /`` (default ``True``)."""
+    trusted_origins: Collection[str]
+    """Origins (``https://admin.example.com``) allowed to send state-changing requests;
+    default: the request's own scheme and host."""

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends.base import QueueStats
 from ..job import Job, JobStatus
-from ..task import Task
+from ..task import MAX_DELAY, MAX_KEY, MAX_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Task
 
 __all__ = (
     "EnqueueBody",
@@ -126,10 +126,18 @@ class EnqueueOptionsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    delay: float | None = Field(default=None, ge=0, description="Seconds before the job is due.")
-    key: str | None = Field(default=None, min_length=1, max_length=512)
-    priority: int | None = None
-    queue: str | None = Field(default=None, min_length=1, max_length=200)
+    delay: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="Seconds before the job is due (at most ten years).",
+    )
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY)
+    priority: int | None = Field(
+        default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="Higher runs first."
+    )
+    queue: str | None = Field(default=None, min_length=1, max_length=MAX_QUEUE)
 
 
 class EnqueueBody(BaseModel):

@@ -5,27 +5,40 @@ Security model, in one place:
 * **Authentication.** The caller's ``auth`` dependency is a dependency of the router itself,
   so it runs before every route it serves: JSON, the event stream, the dashboard page and
   its static files. Serving it open takes ``insecure_no_auth=True``, which logs a warning.
+  Authentication comes before the body is parsed: a caller without credentials gets its
+  401/403 even for a body that is not JSON, never a 422 that tells it the route exists.
 * **Cross-site requests.** Every state-changing request must carry the custom header
   ``X-Afterwork-CSRF: 1`` (a plain HTML form cannot set one, and a cross-site ``fetch`` that
   sets one needs a CORS preflight the router never grants), and an ``Origin``, when sent,
-  must be this host. Nothing here sets ``Access-Control-Allow-Origin``.
-* **Injection.** Responses carry a strict ``Content-Security-Policy`` (scripts and styles
-  from this origin only: no inline code, no ``eval``), ``X-Content-Type-Options: nosniff``
-  and ``frame-ancestors 'none'``. The dashboard inserts job data with ``textContent`` only.
+  must be one of ``trusted_origins`` (default: the request's own scheme and host). Nothing
+  here sets ``Access-Control-Allow-Origin``.
+* **DNS rebinding.** Served without authentication, the router answers only requests whose
+  ``Host`` is a loopback name (``localhost``, ``127.0.0.1``, ``[::1]``) or the host of a
+  trusted origin: a page on another name that resolves to this machine gets 403.
+* **Injection.** Every response under the router (its 401s, 404s, 405s, 422s, 500s and
+  redirects included) carries a strict ``Content-Security-Policy`` (scripts and styles from
+  this origin only: no inline code, no ``eval``), ``X-Content-Type-Options: nosniff``,
+  ``frame-ancestors 'none'``, ``Referrer-Policy: no-referrer`` and ``Cache-Control:
+  no-store``. The dashboard inserts job data with ``textContent`` only.
 * **Size.** Request bodies are capped while they are read (``413``), not after.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Message
 
 from ..__about__ import __version__
@@ -90,20 +103,103 @@ class _SecureRoute(APIRoute):
         handler = super().get_route_handler()
         limit = self.max_body
 
+        takes_model = _takes_model_body(self)
+
         async def secure_handler(request: Request) -> Response:
             try:
                 if request.method not in SAFE_METHODS:
                     request = _limit_body(request, limit)
-                response = await handler(request)
-            except HTTPException as exc:
+                try:
+                    response = await handler(request)
+                except RequestValidationError as exc:
+                    if takes_model and _is_undecodable(exc):
+                        await _authenticate_first(handler, request)
+                    return _validation_response(exc)
+            except StarletteHTTPException as exc:
                 # Refusals (401 from auth, 403, 404, 413) carry the same headers.
                 exc.headers = {**SECURITY_HEADERS, **(exc.headers or {})}
                 raise
+            except Exception as exc:
+                if _app_handles(request, exc):
+                    raise
+                logger.exception(
+                    "afterwork API: %s %s failed",
+                    request.method,
+                    request.url.path,
+                    extra={"action": "api_error"},
+                )
+                return JSONResponse(
+                    {"detail": "Internal Server Error"}, status_code=500, headers=SECURITY_HEADERS
+                )
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
 
         return secure_handler
+
+
+def _takes_model_body(route: APIRoute) -> bool:
+    field = route.body_field
+    annotation = getattr(getattr(field, "field_info", None), "annotation", None)
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _is_undecodable(exc: RequestValidationError) -> bool:
+    return any(error.get("type") == "json_invalid" for error in exc.errors())
+
+
+async def _authenticate_first(
+    handler: Callable[[Request], Coroutine[Any, Any, Response]], request: Request
+) -> None:
+    """Run the route's dependencies (auth first) for a body FastAPI could not decode.
+
+    FastAPI decodes a JSON body before it runs any dependency, so a body that is not JSON
+    answered 422 to anyone. The handler runs again on the body ``[]``, which decodes but
+    can never validate as the route's model: its dependencies run, auth refusing with its
+    own 401/403, and the endpoint never does.
+    """
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": b"[]", "more_body": False}
+
+    try:
+        await handler(Request(request.scope, receive))
+    except RequestValidationError:
+        return
+
+
+def _app_handles(request: Request, exc: Exception) -> bool:
+    """Whether the app registered a handler for ``exc`` (then it answers, not the router)."""
+    handlers, _ = request.scope.get("starlette.exception_handlers", ({}, {}))
+    return any(cls in handlers for cls in type(exc).__mro__ if cls is not Exception)
+
+
+def _safe_text(value: object) -> str:
+    # A lone surrogate in a message cannot be encoded as UTF-8 JSON.
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _validation_response(exc: RequestValidationError) -> Response:
+    """FastAPI's 422, without echoing the input back.
+
+    FastAPI's own handler returns each error's ``input``: a ``NaN`` or a lone surrogate
+    there cannot be encoded as JSON, so the 422 became a 500. Nothing a client sent is
+    needed to tell it which field was wrong.
+    """
+    detail = [
+        {
+            "type": _safe_text(error.get("type", "")),
+            "loc": [loc if isinstance(loc, int) else _safe_text(loc) for loc in error["loc"]],
+            "msg": _safe_text(error.get("msg", "")),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422, headers=SECURITY_HEADERS)
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -131,19 +227,57 @@ def _limit_body(request: Request, limit: int) -> Request:
     return Request(request.scope, limited_receive)
 
 
-def require_csrf_header(request: Request) -> None:
-    """Refuse a state-changing request that a cross-site page could have sent."""
-    if request.method in SAFE_METHODS:
-        return
-    if request.headers.get(CSRF_HEADER) != "1":
-        raise HTTPException(403, f"state-changing requests need the header {CSRF_HEADER}: 1")
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        raise HTTPException(403, "cross-site request refused")
-    origin = request.headers.get("origin")
-    if origin is not None:
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _origin(value: str) -> str:
+    return value.strip().rstrip("/").lower()
+
+
+def _hostname(host: str) -> str:
+    """``example.com`` of ``example.com:8000``, ``[::1]`` of ``[::1]:8000``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
+
+
+def request_guard(
+    trusted_origins: Collection[str] | None, *, check_host: bool
+) -> Callable[[Request], None]:
+    """A dependency that refuses requests a cross-site page (or a rebound name) could send.
+
+    Args:
+        trusted_origins: origins allowed to send state-changing requests; ``None``: the
+            request's own scheme and host.
+        check_host: refuse a ``Host`` that is neither a loopback name nor the host of a
+            trusted origin (the router is served without authentication).
+    """
+    trusted = frozenset(_origin(origin) for origin in trusted_origins or ())
+    for origin in trusted:
+        if "://" not in origin:
+            raise ConfigurationError(
+                f"trusted_origins holds scheme://host[:port] values, not {origin!r}"
+            )
+    trusted_hosts = LOOPBACK_HOSTS | {_hostname(o.partition("://")[2]) for o in trusted}
+
+    def guard(request: Request) -> None:
         host = request.headers.get("host", "")
-        if origin.partition("://")[2] != host:
-            raise HTTPException(403, "cross-origin request refused")
+        if check_host and _hostname(host) not in trusted_hosts:
+            raise HTTPException(403, "unknown host refused (see trusted_origins)")
+        if request.method in SAFE_METHODS:
+            return
+        if request.headers.get(CSRF_HEADER) != "1":
+            raise HTTPException(403, f"state-changing requests need the header {CSRF_HEADER}: 1")
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise HTTPException(403, "cross-site request refused")
+        origin = request.headers.get("origin")
+        if origin is not None:
+            allowed = trusted or {_origin(f"{request.url.scheme}://{host}")}
+            if _origin(origin) not in allowed:
+                raise HTTPException(403, "cross-origin request refused")
+
+    return guard
 
 
 def _auth_dependency(auth: AuthDependency | None, insecure_no_auth: bool) -> list[DependsParam]:
@@ -178,6 +312,7 @@ def create_router(
     heartbeat: float = 15.0,
     stream_lifetime: float = 300.0,
     dashboard: bool = True,
+    trusted_origins: Collection[str] | None = None,
 ) -> APIRouter:
     """The REST API, the event stream and the dashboard of ``aw``, as an ``APIRouter``.
 
@@ -192,12 +327,17 @@ def create_router(
         heartbeat: seconds of silence before the event stream sends a keep-alive comment.
         stream_lifetime: seconds after which an event stream ends (the browser reconnects).
         dashboard: serve the dashboard at ``GET /``.
+        trusted_origins: origins (``scheme://host[:port]``) allowed to send state-changing
+            requests; default: the request's own scheme and host. Served without auth,
+            only loopback hosts and the hosts of these origins are answered at all.
 
     Raises:
         ConfigurationError: no ``auth`` and no ``insecure_no_auth``.
     """
     dependencies = _auth_dependency(auth, insecure_no_auth)
-    dependencies.append(Depends(require_csrf_header))
+    if isinstance(trusted_origins, str):
+        raise ConfigurationError("trusted_origins is a list of origins, not one string")
+    dependencies.append(Depends(request_guard(trusted_origins, check_host=insecure_no_auth)))
     if heartbeat <= 0 or stream_lifetime <= 0:
         raise ConfigurationError("heartbeat and stream_lifetime must be positive")
     limit = max_body if max_body is not None else aw.config.max_payload + 64 * 1024
@@ -222,7 +362,55 @@ def create_router(
 
     if dashboard:
         _add_dashboard_routes(router)
+    _add_fallback_route(router)
     return router
+
+
+class _AnyPath(Convertor[str]):
+    """Like ``:path``, but also across newlines (``%0A``), so no path escapes the fallback."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("afterwork_any", _AnyPath())
+
+
+def _add_fallback_route(router: APIRouter) -> None:
+    """Answer every other path under the router, so its 404s, 405s and redirects get the
+    security headers too (the app's own would not). Added last; auth still runs first."""
+    routes = list(router.routes)
+
+    @router.api_route(
+        "/{path:afterwork_any}",
+        methods=[],  # no methods listed: every method, even QUERY or TRACE
+        operation_id="afterwork_fallback",  # FastAPI's default id needs a method
+        include_in_schema=False,
+    )
+    async def fallback(request: Request, path: str) -> Response:
+        # ``routes`` hold the paths before the app's prefix: match what follows it.
+        scope = {**request.scope, "path": "/" + path, "root_path": ""}
+        allowed = sorted(
+            {
+                method
+                for route in routes
+                if isinstance(route, APIRoute) and route.matches(scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+        )
+        if allowed:
+            raise HTTPException(405, "method not allowed", headers={"Allow": ", ".join(allowed)})
+        if path.endswith("/"):
+            stripped = {**scope, "path": "/" + path.rstrip("/")}
+            if any(route.matches(stripped)[0] is not Match.NONE for route in routes):
+                url = request.url.replace(path=request.url.path.rstrip("/"))
+                return RedirectResponse(str(url), status_code=307)
+        raise HTTPException(404, "Not Found")
 
 
 def _job_or_404(job: Job | None, job_id: str) -> JobOut:
@@ -275,9 +463,11 @@ def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
 
 
 def _enqueue_error(exc: EnqueueError, body: EnqueueBody) -> HTTPException:
-    if exc.param is not None:
+    if exc.field is not None:
+        loc: list[str] = ["body", "options", exc.field]
+    elif exc.param is not None:
         where = "kwargs" if exc.param in body.kwargs else "args"
-        loc: list[str] = ["body", where, exc.param]
+        loc = ["body", where, exc.param]
     elif "option" in exc.message:
         loc = ["body", "options"]
     else:
