@@ -152,9 +152,16 @@ async def test_sigkill_a_worker_mid_run(
     ids = await enqueue(client, 60, 0.4)
     victim = fleet.spawn()
     fleet.spawn()
-    await until(
-        lambda: sum(1 for r in fleet.records() if r["pid"] == victim.pid) >= 6, 30, "starts"
-    )
+
+    def victim_busy() -> bool:
+        # Past its first jobs, and holding one right now (a kill between two rounds of jobs
+        # would leave nothing in flight to recover).
+        records = [r for r in fleet.records() if r["pid"] == victim.pid]
+        starts = {(r["job"], r["attempt"]) for r in records if r["ev"] == "start"}
+        ends = {(r["job"], r["attempt"]) for r in records if r["ev"] == "end"}
+        return len(starts) >= 3 and bool(starts - ends)
+
+    await until(victim_busy, 30, "the victim to be running jobs")
     fleet.kill(victim)
     killed_at = time.time_ns()
     records = fleet.records()
