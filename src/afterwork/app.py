@@ -68,6 +68,10 @@ class Afterwork:
         backend: a backend object to use instead of ``url``.
         clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
         seed: seeds the random source of backoff jitter (for reproducible tests).
+        eager: run registered tasks inline, for tests (``docs/testing.md``): ``enqueue``
+            runs the job before it returns, ``jobs.add_task`` after the response; the
+            arguments are still validated and JSON round-tripped. Also an attribute
+            (``aw.eager = True`` in a test's setup).
         **settings: any field of :class:`Settings`.
 
     Example:
@@ -88,6 +92,7 @@ class Afterwork:
         backend: Store | None = None,
         clock: Clock | None = None,
         seed: int | None = None,
+        eager: bool = False,
         **settings: Any,
     ) -> None:
         unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -99,9 +104,12 @@ class Afterwork:
         self.url: str = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
         self.rng: random.Random = random.Random(seed)
+        self.eager: bool = eager
+        """Registered tasks run inline (tests); see the ``eager`` argument."""
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._local_runs = LocalRuns(self)
         self._open = False
+        self._reconnecting = False
         self._open_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _bridge.Portal | None = None
@@ -384,6 +392,8 @@ class Afterwork:
         await self.backend.open()
         self._loop = loop
         self._open = True
+        if self._reconnecting:
+            return  # said once already, when first opened
         logger.info(
             "afterwork store: %s",
             self.location,
@@ -411,8 +421,33 @@ class Afterwork:
         await self.aclose()
 
     async def _ensure_open(self) -> None:
+        if self._open and self._loop is not None and self._loop.is_closed():
+            # Opened lazily on a loop that has ended since (a ``TestClient`` used without
+            # ``with`` runs each request on a loop of its own): reconnect on this one.
+            self._open = False
+            with contextlib.suppress(Exception):
+                await self.backend.aclose()
+            self._reconnecting = True
+            try:
+                await self.open()
+            finally:
+                self._reconnecting = False
         if not self._open:
             await self.open()
+
+    def attach(self, app: Any) -> None:
+        """Make ``app`` use this instance without ``aw.lifespan`` (``Jobs`` finds it).
+
+        For apps whose lifespan does not enter ``aw.lifespan`` (a lifespan of your own,
+        a mounted sub-application, a test that never runs the lifespan). The store opens
+        on first use; no worker runs unless you start one. See ``docs/fastapi.md``.
+        """
+        state = getattr(app, "state", None)
+        if state is None:
+            raise TypeError(f"{type(app).__name__} is not a Starlette/FastAPI app")
+        state.afterwork = self
+        if self._app is None:
+            self._app = app
 
     # -- sync bridging -------------------------------------------------------------------
 
@@ -438,7 +473,18 @@ class Afterwork:
         """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
+        if self.eager and not new.delay and new.key is None:
+            return await self.run_eager(new)
         (job,) = await self.backend.enqueue([new])
+        return job.bind(self)
+
+    async def run_eager(self, new: NewJob) -> Job:
+        """Store ``new`` and run it here and now (eager mode); return the job after it."""
+        await self._ensure_open()
+        job = await self._local_runs.inline.run_task(new)
+        if job is None:  # the lease was lost meanwhile: report the job as it is
+            job = await self.backend.get(new.id)
+            assert job is not None
         return job.bind(self)
 
     def build_job(
@@ -581,6 +627,30 @@ class Afterwork:
                                 break
                             if event.job_id == job_id:
                                 break
+
+    async def join(self, *, timeout: float | None = None) -> None:
+        """Wait until no job is due or running: queued, scheduled with its time come,
+        or running (a worker's, or a plain callable of ``Jobs.add_task``).
+
+        For tests and scripts: assert on a job's side effects after it. Jobs delayed
+        into the future are not waited for. In eager mode, due jobs run here.
+
+        Raises:
+            TimeoutError: some were still due or running after ``timeout`` seconds.
+        """
+        from . import _join
+
+        await self._ensure_open()
+        await _join.join(
+            self.backend,
+            timeout=timeout,
+            poll_interval=self.config.poll_interval,
+            run_due=self.drain if self.eager else None,
+        )
+
+    def join_sync(self, *, timeout: float | None = None) -> None:
+        """:meth:`join` from sync code (a test using ``TestClient``)."""
+        self.run_sync(lambda: self.join(timeout=timeout))
 
     def events(self) -> EventStream:
         """Every job's state changes from this call on (in-process subscribers, SSE).
@@ -745,6 +815,7 @@ class Afterwork:
             def factory(app: Any) -> AbstractAsyncContextManager[None]:
                 return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
 
+            factory.afterwork = self  # type: ignore[attr-defined]  # how Jobs finds it unstarted
             return factory
         return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
 

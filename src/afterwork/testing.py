@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-__all__ = ("FakeClock",)
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = ("FakeClock", "eager")
 
 
 class FakeClock:
@@ -41,3 +47,48 @@ class FakeClock:
     def set(self, now: float) -> None:
         with self._lock:
             self._now = float(now)
+
+
+# -- eager mode and pytest fixtures (docs/testing.md) ---------------------------------------
+
+
+@contextlib.contextmanager
+def eager(aw: Afterwork, enabled: bool = True) -> Iterator[Afterwork]:
+    """Run ``aw``'s registered tasks inline for the ``with`` block (see ``docs/testing.md``).
+
+    Example:
+        ```python
+        with eager(aw):
+            client.post("/signup", json={"email": "a@example.com"})
+        assert outbox == ["a@example.com"]
+        ```
+    """
+    previous, aw.eager = aw.eager, enabled
+    try:
+        yield aw
+    finally:
+        aw.eager = previous
+
+
+#: How long the ``afterwork_joined`` fixture waits after a test, in seconds.
+JOIN_TIMEOUT = 10.0
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - fixtures only exist where pytest does
+    pass
+else:
+
+    @pytest.fixture
+    def afterwork_eager(afterwork_app: Afterwork) -> Iterator[Afterwork]:
+        """``afterwork_app`` (a fixture of yours returning your instance) in eager mode for
+        the test, then back. Enable with ``pytest_plugins = ["afterwork.testing"]``."""
+        with eager(afterwork_app):
+            yield afterwork_app
+
+    @pytest.fixture
+    def afterwork_joined(afterwork_app: Afterwork) -> Iterator[Afterwork]:
+        """``afterwork_app``; after the test, waits (``JOIN_TIMEOUT`` at most) until no job
+        is due or running, so a test's jobs never leak into the next one (sync tests)."""
+        yield afterwork_app
+        afterwork_app.join_sync(timeout=JOIN_TIMEOUT)

@@ -142,7 +142,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "TaskOptions",
         "TaskOwner",
     ),
-    "afterwork.testing": ("FakeClock",),
+    "afterwork.testing": ("FakeClock", "eager"),
 }
 
 #: Modules that moved into the engine: importable from the old path, with a warning.

@@ -8,7 +8,7 @@ else can run a plain callable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -89,16 +89,37 @@ class InlineRunner:
         )
         lease_ttl = self.host.config.lease_ttl
         claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
-        run = JobRun(claim)
+
+        async def call(run: JobRun) -> Job | None:
+            return await self._runner.execute(run, func, args, kwargs, options, is_async=is_async)
+
+        return await self._supervised(JobRun(claim), call)
+
+    async def run_task(self, new: NewJob) -> Job | None:
+        """Store ``new`` (a registered task's job) already claimed here and run it now.
+
+        What eager mode (``Afterwork(..., eager=True)``) does instead of waiting for a
+        worker: the arguments are decoded from the stored JSON, exactly as a worker would,
+        and the attempt is recorded like any other (a failure with retries left is
+        scheduled again). Returns the job as the attempt left it, or ``None`` if its lease
+        was lost.
+        """
+        lease_ttl = self.host.config.lease_ttl
+        claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
+        return await self._supervised(JobRun(claim), self._runner.run_claim)
+
+    async def _supervised(
+        self, run: JobRun, call: Callable[[JobRun], Awaitable[Job | None]]
+    ) -> Job | None:
+        """Run ``call(run)`` with its lease kept alive; the finished job bound to the host."""
+        job_id = run.job.id
         self._runs[job_id] = run
         finished: Job | None = None
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_alive, run)
                 try:
-                    finished = await self._runner.execute(
-                        run, func, args, kwargs, options, is_async=is_async
-                    )
+                    finished = await call(run)
                 finally:
                     group.cancel_scope.cancel()
         finally:

@@ -26,15 +26,55 @@ logger: logging.Logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 
 
+def _declared(app: Any) -> Afterwork | None:
+    """The instance ``app`` names: attached (lifespan, ``aw.attach``) or as its lifespan."""
+    from ..app import Afterwork
+
+    aw = getattr(getattr(app, "state", None), "afterwork", None)
+    if isinstance(aw, Afterwork):
+        return aw
+    # FastAPI(lifespan=aw.lifespan) or lifespan=aw.lifespan(worker=False), not run (yet):
+    # a module-level TestClient(app) without ``with`` never runs the lifespan.
+    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+    found = getattr(lifespan, "__self__", None) or getattr(lifespan, "afterwork", None)
+    return found if isinstance(found, Afterwork) else None
+
+
+_announced: set[int] = set()  # instances whose lazy use was logged (once each)
+
+
+def _announce(aw: Afterwork) -> None:
+    if id(aw) in _announced:
+        return
+    _announced.add(id(aw))
+    logger.info(
+        "Jobs: the app's lifespan has not started afterwork; the store (%s) opens on first "
+        "use and no worker runs in this process: registered tasks wait for a worker%s",
+        aw.location,
+        " (eager mode: they run inline here)" if aw.eager else "",
+        extra={"action": "jobs_lazy_open", "store": aw.location},
+    )
+
+
 def get_afterwork(request: Request) -> Afterwork:
-    """The :class:`Afterwork` instance serving this app (set by ``aw.lifespan``)."""
+    """The :class:`Afterwork` instance serving this app.
+
+    Set by ``aw.lifespan`` or ``aw.attach(app)``; found without either when the app was
+    created with ``lifespan=aw.lifespan`` but the lifespan did not run (a ``TestClient``
+    used without ``with``): the store then opens on first use, as logged once.
+    """
     aw = getattr(request.app.state, "afterwork", None)
-    if aw is None:
+    if aw is not None:
+        return aw  # type: ignore[no-any-return]
+    found = _declared(request.app)
+    if found is None:
         raise RuntimeError(
             "no Afterwork instance is attached to this app: create it with "
-            "FastAPI(lifespan=aw.lifespan), or enter aw.lifespan(app) in your own lifespan"
+            "FastAPI(lifespan=aw.lifespan), enter aw.lifespan(app) in your own lifespan, "
+            "or call aw.attach(app)"
         )
-    return aw  # type: ignore[no-any-return]
+    _announce(found)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +83,16 @@ class PendingJob:
 
     id: str
     task: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A plain callable given to ``add_task``: run in this process after the response."""
+
+    id: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 def _describe(func: Callable[..., Any]) -> str:
@@ -81,7 +131,9 @@ class JobsManager:
 
     def __init__(self, aw: Afterwork, background: BackgroundTasks) -> None:
         self.aw = aw
-        self._pending: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        # In call order: a plain callable (run here after the response), or a registered
+        # task's job in eager mode (run here after the response, stored as it starts).
+        self._pending: list[_Plain | NewJob] = []
         self._new: list[NewJob] = []  # registered tasks' jobs, stored by ``store()``
         background.add_task(self._run_all)
 
@@ -124,10 +176,13 @@ class JobsManager:
         if isinstance(func, Task):
             # Validate now, in the route, so bad arguments fail the request, not silently.
             new = self.aw.build_job(func, args, kwargs, {})
-            self._new.append(new)
+            if self.aw.eager:
+                self._pending.append(new)
+            else:
+                self._new.append(new)
             return PendingJob(new.id, func.name)
         job_id = new_job_id()
-        self._pending.append((job_id, func, args, kwargs))
+        self._pending.append(_Plain(job_id, func, args, kwargs))
         return PendingJob(job_id, _describe(func))
 
     async def _run_all(self) -> None:
@@ -138,15 +193,19 @@ class JobsManager:
             except HTTPException:
                 pass  # logged by store()
         pending, self._pending = self._pending, []
-        for job_id, func, args, kwargs in pending:
+        for entry in pending:
             try:
-                await self._run_inline(job_id, func, args, kwargs)
+                if isinstance(entry, _Plain):
+                    await self._run_inline(entry.id, entry.func, entry.args, entry.kwargs)
+                else:
+                    await self.aw.run_eager(entry)
             except Exception:
+                name = _describe(entry.func) if isinstance(entry, _Plain) else entry.task
                 logger.exception(
                     "background task %s (job %s) could not be run",
-                    _describe(func),
-                    job_id,
-                    extra={"action": "add_task_failed", "job": {"id": job_id}},
+                    name,
+                    entry.id,
+                    extra={"action": "add_task_failed", "job": {"id": entry.id}},
                 )
 
     async def _run_inline(
