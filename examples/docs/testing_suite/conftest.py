@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from examples.docs.testing_app import aw
 
 from afterwork import Afterwork
+from examples.docs.testing_app import aw
 
 pytest_plugins = ["afterwork.testing"]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from examples.docs.testing_app import OUTBOX, app, aw
 from fastapi.testclient import TestClient
 
 from afterwork import Afterwork
 from afterwork.testing import eager
+from examples.docs.testing_app import OUTBOX, app, aw
 
 client = TestClient(app)  # module level, no ``with``: the lifespan does not run
 
