@@ -381,6 +381,11 @@ class Afterwork:
     async def open(self) -> None:
         """Connect to the store. Idempotent; every client call opens on first use."""
         if self._open:
+            if self._loop is None or not self._loop.is_closed():
+                return
+            # Opened lazily on a loop that has ended since (a ``TestClient`` used without
+            # ``with`` runs each request on a loop of its own): reconnect on this one.
+            await self._reconnect()
             return
         loop = asyncio.get_running_loop()
         if self._portal is not None and loop is not self._portal.loop:
@@ -420,20 +425,18 @@ class Afterwork:
     ) -> None:
         await self.aclose()
 
-    async def _ensure_open(self) -> None:
-        if self._open and self._loop is not None and self._loop.is_closed():
-            # Opened lazily on a loop that has ended since (a ``TestClient`` used without
-            # ``with`` runs each request on a loop of its own): reconnect on this one.
-            self._open = False
-            with contextlib.suppress(Exception):
-                await self.backend.aclose()
-            self._reconnecting = True
-            try:
-                await self.open()
-            finally:
-                self._reconnecting = False
-        if not self._open:
+    async def _reconnect(self) -> None:
+        self._open = False
+        with contextlib.suppress(Exception):
+            await self.backend.aclose()
+        self._reconnecting = True
+        try:
             await self.open()
+        finally:
+            self._reconnecting = False
+
+    async def _ensure_open(self) -> None:
+        await self.open()
 
     def attach(self, app: Any) -> None:
         """Make ``app`` use this instance without ``aw.lifespan`` (``Jobs`` finds it).

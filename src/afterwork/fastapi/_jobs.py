@@ -131,11 +131,16 @@ class JobsManager:
 
     def __init__(self, aw: Afterwork, background: BackgroundTasks) -> None:
         self.aw = aw
-        # In call order: a plain callable (run here after the response), or a registered
-        # task's job in eager mode (run here after the response, stored as it starts).
-        self._pending: list[_Plain | NewJob] = []
+        self._background = background
+        # Added and not run yet: a plain callable (run here after the response), or a
+        # registered task's job in eager mode. Each is queued on the request's
+        # BackgroundTasks when added, so Jobs and BackgroundTasks tasks run in call order.
+        self._pending: dict[str, _Plain | NewJob] = {}
         self._new: list[NewJob] = []  # registered tasks' jobs, stored by ``store()``
-        background.add_task(self._run_all)
+        self._managed = False  # the ``Jobs`` dependency stores ``_new`` before the response
+        self._late_store = False  # a manager built by hand stores ``_new`` after it
+        self._background_ran = False  # the request's background tasks ran to our marker
+        self._over = False  # the request is over: nothing can be added
 
     async def store(self) -> None:
         """Store the jobs of registered tasks added so far, in one round trip.
@@ -173,40 +178,57 @@ class JobsManager:
         """Run ``func(*args, **kwargs)`` after the response is sent, as a tracked job."""
         if not callable(func):
             raise TypeError(f"add_task() needs a callable, not {type(func).__name__}")
+        if self._over:
+            raise RuntimeError(
+                "jobs.add_task() after the request is over: nothing would run it. Enqueue "
+                "a registered task instead (`await task.enqueue(...)`)"
+            )
         if isinstance(func, Task):
             # Validate now, in the route, so bad arguments fail the request, not silently.
             new = self.aw.build_job(func, args, kwargs, {})
             if self.aw.eager:
-                self._pending.append(new)
+                self._queue(new)
             else:
                 self._new.append(new)
+                if not self._managed and not self._late_store:
+                    self._late_store = True
+                    self._background.add_task(self._store_late)
             return PendingJob(new.id, func.name)
-        job_id = new_job_id()
-        self._pending.append(_Plain(job_id, func, args, kwargs))
-        return PendingJob(job_id, _describe(func))
+        entry = _Plain(new_job_id(), func, args, kwargs)
+        self._queue(entry)
+        return PendingJob(entry.id, _describe(func))
 
-    async def _run_all(self) -> None:
-        if self._new:
-            # A manager built by hand, without the ``Jobs`` dependency: store them now.
-            try:
-                await self.store()
-            except HTTPException:
-                pass  # logged by store()
-        pending, self._pending = self._pending, []
-        for entry in pending:
-            try:
-                if isinstance(entry, _Plain):
-                    await self._run_inline(entry.id, entry.func, entry.args, entry.kwargs)
-                else:
-                    await self.aw.run_eager(entry)
-            except Exception:
-                name = _describe(entry.func) if isinstance(entry, _Plain) else entry.task
-                logger.exception(
-                    "background task %s (job %s) could not be run",
-                    name,
-                    entry.id,
-                    extra={"action": "add_task_failed", "job": {"id": entry.id}},
-                )
+    def _queue(self, entry: _Plain | NewJob) -> None:
+        self._pending[entry.id] = entry
+        self._background.add_task(self._run_entry, entry.id)
+
+    async def _mark_background_ran(self) -> None:
+        self._background_ran = True
+
+    async def _store_late(self) -> None:
+        # A manager built by hand, without the ``Jobs`` dependency: store them now.
+        try:
+            await self.store()
+        except HTTPException:
+            pass  # logged by store()
+
+    async def _run_entry(self, job_id: str) -> None:
+        entry = self._pending.pop(job_id, None)
+        if entry is None:
+            return
+        try:
+            if isinstance(entry, _Plain):
+                await self._run_inline(entry.id, entry.func, entry.args, entry.kwargs)
+            else:
+                await self.aw.run_eager(entry)
+        except Exception:
+            name = _describe(entry.func) if isinstance(entry, _Plain) else entry.task
+            logger.exception(
+                "background task %s (job %s) could not be run",
+                name,
+                entry.id,
+                extra={"action": "add_task_failed", "job": {"id": entry.id}},
+            )
 
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -217,15 +239,90 @@ class JobsManager:
             job_id, func, args, kwargs, name=_describe(func), is_async=_is_async_callable(func)
         )
 
+    async def finish_request(self) -> None:
+        """Once the request is over: record every task that will never run as cancelled.
+
+        A route that returns a ``Response`` with a ``background`` of its own replaces the
+        request's background tasks, so the tasks added here never run; their ids must
+        still exist (``aw.get_job(id)``): each is recorded as cancelled, with the reason,
+        and the request logs it once.
+        """
+        self._over = True
+        leftovers: list[_Plain | NewJob] = [*self._pending.values(), *self._new]
+        self._pending, self._new = {}, []
+        if not leftovers:
+            return
+        if self._background_ran:
+            reason = (
+                "never ran: added after the request's background tasks had run (from a "
+                "dependency's teardown?); add it in the route or before the yield"
+            )
+        else:
+            reason = (
+                "never ran: the route returned a Response with a background of its own, "
+                "which replaces the request's background tasks (add these to that "
+                "background, or return the content instead of a Response)"
+            )
+        logger.warning(
+            "%d task(s) added with jobs.add_task will never run (%s); recorded as cancelled: %s",
+            len(leftovers),
+            ", ".join(_name(entry) for entry in leftovers),
+            reason,
+            extra={"action": "add_task_never_run", "jobs": [entry.id for entry in leftovers]},
+        )
+        inline = self.aw.local_runs.inline
+        await self.aw.open()
+        for entry in leftovers:
+            try:
+                if isinstance(entry, _Plain):
+                    await inline.record_never_run(
+                        inline.plain_job(entry.id, _describe(entry.func), entry.args, entry.kwargs),
+                        reason,
+                    )
+                else:
+                    await inline.record_never_run(entry, reason)
+            except Exception:
+                logger.exception("could not record job %s as cancelled", entry.id)
+
+
+def _name(entry: _Plain | NewJob) -> str:
+    return _describe(entry.func) if isinstance(entry, _Plain) else entry.task
+
+
+@dataclass(slots=True)
+class _Managers:
+    """The ``Jobs`` managers of one request (one, unless overrides made more)."""
+
+    managers: list[JobsManager]
+
+
+async def _request_end() -> AsyncIterator[_Managers]:
+    held = _Managers([])
+    yield held
+    # Request scope: runs once the response and its background tasks are done.
+    for manager in held.managers:
+        await manager.finish_request()
+
 
 async def _jobs_dependency(
-    request: Request, background: BackgroundTasks
+    request: Request,
+    background: BackgroundTasks,
+    request_end: Annotated[_Managers, Depends(_request_end)],
 ) -> AsyncIterator[JobsManager]:
     manager = JobsManager(get_afterwork(request), background)
-    yield manager
+    manager._managed = True
+    try:
+        yield manager
+    except BaseException:
+        # A route that raised stores nothing and runs nothing: no id left the request.
+        manager._pending.clear()
+        manager._new.clear()
+        raise
+    request_end.managers.append(manager)
     # Runs when the route returned, before the response is sent (scope="function"): a
-    # failure to store is the request's own error. A route that raised stores nothing.
+    # failure to store is the request's own error.
     await manager.store()
+    background.add_task(manager._mark_background_ran)
 
 
 #: Use as a route parameter: ``async def route(jobs: Jobs): jobs.add_task(...)``.
