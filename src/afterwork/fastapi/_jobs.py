@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
 
+import anyio.to_thread
 from fastapi import BackgroundTasks, Depends, HTTPException, Request
 
+from .._engine.dependencies import Dependency, dependencies_of, resolve
 from ..backends.base import NewJob
-from ..exceptions import BackendError
+from ..exceptions import BackendError, DependencyError
 from ..job import Job, new_job_id
 from ..task import Task
 
@@ -93,6 +96,42 @@ class _Plain:
     func: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    dependencies: Mapping[str, Dependency] = field(default_factory=dict)
+
+
+def _dependencies(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Dependency]:
+    """The ``Depends`` parameters of a plain function that the call leaves unbound.
+
+    Raises:
+        DependencyError: one needs the request (``Request``, ``Security``, a header...):
+            the job runs after the response, outside any request.
+    """
+    if not (inspect.isfunction(func) or inspect.ismethod(func)):
+        return {}  # partials, builtins, callable objects: passed as they are
+    try:
+        plans = dependencies_of(func)
+    except DependencyError as exc:
+        if exc.param is None and not _mentions_depends(func):
+            return {}  # annotations that cannot be resolved, and no Depends among them
+        raise DependencyError(
+            f"jobs.add_task: {exc.message}. A job runs after the "
+            "response, outside the request: pass the value it needs as an argument",
+            param=exc.param,
+        ) from None
+    if not plans:
+        return {}
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = {}
+    return {name: plan for name, plan in plans.items() if name not in bound}
+
+
+def _mentions_depends(func: Callable[..., Any]) -> bool:
+    params = inspect.signature(func).parameters.values()
+    return any("Depends(" in str(p.annotation) or "Security(" in str(p.annotation) for p in params)
 
 
 def _describe(func: Callable[..., Any]) -> str:
@@ -194,7 +233,7 @@ class JobsManager:
                     self._late_store = True
                     self._background.add_task(self._store_late)
             return PendingJob(new.id, func.name)
-        entry = _Plain(new_job_id(), func, args, kwargs)
+        entry = _Plain(new_job_id(), func, args, kwargs, _dependencies(func, args, kwargs))
         self._queue(entry)
         return PendingJob(entry.id, _describe(func))
 
@@ -218,7 +257,10 @@ class JobsManager:
             return
         try:
             if isinstance(entry, _Plain):
-                await self._run_inline(entry.id, entry.func, entry.args, entry.kwargs)
+                func = entry.func
+                if entry.dependencies:
+                    func = self._with_dependencies(func, entry.dependencies)
+                await self._run_inline(entry.id, func, entry.args, entry.kwargs)
             else:
                 await self.aw.run_eager(entry)
         except Exception:
@@ -229,6 +271,25 @@ class JobsManager:
                 entry.id,
                 extra={"action": "add_task_failed", "job": {"id": entry.id}},
             )
+
+    def _with_dependencies(
+        self, func: Callable[..., Any], plans: Mapping[str, Dependency]
+    ) -> Callable[..., Any]:
+        """``func`` with its ``Depends`` resolved in a job scope, torn down after the call
+        (the call's exception thrown into them, as FastAPI does after a route)."""
+        is_async = _is_async_callable(func)
+        aw = self.aw
+
+        @functools.wraps(func)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            async with contextlib.AsyncExitStack() as stack:
+                values = await resolve(plans, stack, overrides=aw.dependency_overrides())
+                if is_async:
+                    return await func(*args, **kwargs, **values)
+                bound = functools.partial(func, *args, **kwargs, **values)
+                return await anyio.to_thread.run_sync(bound)
+
+        return call
 
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
