@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import random
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
@@ -449,6 +450,7 @@ class Afterwork:
         if state is None:
             raise TypeError(f"{type(app).__name__} is not a Starlette/FastAPI app")
         state.afterwork = self
+        _remember_router(app, self)
         if self._app is None:
             self._app = app
 
@@ -834,6 +836,7 @@ class Afterwork:
         state = getattr(app, "state", None)
         if state is not None:
             state.afterwork = self
+        _remember_router(app, self)
         previous, self._app = self._app, app
         try:
             async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
@@ -886,6 +889,29 @@ class Afterwork:
                     self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
                 )
             yield running
+
+
+#: The instance each served app's router belongs to, by ``id`` (routers are not hashable):
+#: requests to a mounted sub-application carry the outermost router (``scope["router"]``),
+#: so ``Jobs`` finds the instance there.
+_ROUTERS: dict[int, tuple[weakref.ref[Any], Afterwork]] = {}
+
+
+def _remember_router(app: Any, aw: Afterwork) -> None:
+    router = getattr(app, "router", None)
+    if router is None:
+        return
+    for key, (ref, _) in list(_ROUTERS.items()):
+        if ref() is None:
+            del _ROUTERS[key]
+    with contextlib.suppress(TypeError):  # not weak-referenceable: found otherwise
+        _ROUTERS[id(router)] = (weakref.ref(router), aw)
+
+
+def served_by(router: Any) -> Afterwork | None:
+    """The instance that served (or attached) the app whose router is ``router``."""
+    entry = _ROUTERS.get(id(router))
+    return entry[1] if entry is not None and entry[0]() is router else None
 
 
 class ServiceContext:

@@ -14,6 +14,7 @@ import anyio.to_thread
 from fastapi import BackgroundTasks, Depends, HTTPException, Request
 
 from .._engine.dependencies import Dependency, dependencies_of, resolve
+from ..app import served_by
 from ..backends.base import NewJob
 from ..exceptions import BackendError, DependencyError
 from ..job import Job, new_job_id
@@ -36,11 +37,30 @@ def _declared(app: Any) -> Afterwork | None:
     aw = getattr(getattr(app, "state", None), "afterwork", None)
     if isinstance(aw, Afterwork):
         return aw
+    return _declared_router(getattr(app, "router", None))
+
+
+def _declared_router(router: Any) -> Afterwork | None:
+    """The instance whose lifespan ``router`` runs, even if it has not run (yet)."""
+    from ..app import Afterwork
+
     # FastAPI(lifespan=aw.lifespan) or lifespan=aw.lifespan(worker=False), not run (yet):
     # a module-level TestClient(app) without ``with`` never runs the lifespan.
-    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
-    found = getattr(lifespan, "__self__", None) or getattr(lifespan, "afterwork", None)
-    return found if isinstance(found, Afterwork) else None
+    # ``include_router`` merges the routers' lifespans into a closure holding both: look
+    # inside (a few levels; no match means ``aw.attach(app)`` is needed).
+    todo: list[tuple[Any, int]] = [(getattr(router, "lifespan_context", None), 0)]
+    while todo:
+        lifespan, depth = todo.pop()
+        found = getattr(lifespan, "__self__", None) or getattr(lifespan, "afterwork", None)
+        if isinstance(found, Afterwork):
+            return found
+        cells = getattr(lifespan, "__closure__", None) or ()
+        if depth < 4:
+            for cell in cells:
+                with contextlib.suppress(ValueError):  # an empty cell
+                    if callable(cell.cell_contents):
+                        todo.append((cell.cell_contents, depth + 1))
+    return None
 
 
 _announced: set[int] = set()  # instances whose lazy use was logged (once each)
@@ -69,12 +89,19 @@ def get_afterwork(request: Request) -> Afterwork:
     aw = getattr(request.app.state, "afterwork", None)
     if aw is not None:
         return aw  # type: ignore[no-any-return]
-    found = _declared(request.app)
+    # A mounted sub-application: the outermost app's router is in the scope.
+    root = request.scope.get("router")
+    if root is not None:
+        served = served_by(root)
+        if served is not None:
+            return served
+    found = _declared(request.app) or (_declared_router(root) if root is not None else None)
     if found is None:
         raise RuntimeError(
             "no Afterwork instance is attached to this app: create it with "
             "FastAPI(lifespan=aw.lifespan), enter aw.lifespan(app) in your own lifespan, "
-            "or call aw.attach(app)"
+            "or call aw.attach(app) (for a mounted sub-application: on the app that "
+            "mounts it, or on the sub-application)"
         )
     _announce(found)
     return found
