@@ -9,7 +9,15 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
@@ -37,7 +45,7 @@ from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
-from .job import Job, JobStatus, new_job_id
+from .job import Job, JobEvent, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
@@ -656,6 +664,35 @@ class Afterwork:
     def join_sync(self, *, timeout: float | None = None) -> None:
         """:meth:`join` from sync code (a test using ``TestClient``)."""
         self.run_sync(lambda: self.join(timeout=timeout))
+
+    async def watch(
+        self, job_id: str, *, since: str | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """One job's state, then every change, ending at a final state (end-user progress).
+
+        The first item is a ``snapshot`` event (the job as it is now); then each of the
+        job's events (``progress``, ``retrying``, ...), in order; the iteration ends after
+        the first one whose status is final. Every event but a snapshot has an ``id``: pass
+        the last one seen as ``since`` to resume after a reconnect, missing nothing (on a
+        store that keeps an event history; if it no longer reaches back, a fresh snapshot
+        comes first). ``afterwork.fastapi.job_event_stream`` serves this as SSE.
+
+        Raises:
+            JobNotFound: there is no such job.
+
+        Example:
+            ```python
+            async for event in aw.watch(job.id):
+                print(event.status, event.progress)
+            ```
+        """
+        from . import _watch
+
+        await self._ensure_open()
+        events = _watch.watch(self.backend, job_id, self.get_job, since=since)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
 
     def events(self) -> EventStream:
         """Every job's state changes from this call on (in-process subscribers, SSE).

@@ -14,7 +14,9 @@ from .conftest import ROOT, assert_blocks_are_code
 
 
 def test_the_page_shows_the_tested_code() -> None:
-    assert_blocks_are_code("fastapi.md", ROOT / "examples/docs/fastapi_app.py")
+    assert_blocks_are_code(
+        "fastapi.md", ROOT / "examples/docs/fastapi_app.py", ROOT / "examples/docs/progress_app.py"
+    )
 
 
 def test_routers_mounted_apps_and_depends() -> None:
@@ -45,3 +47,13 @@ def test_a_response_with_its_own_background() -> None:
     )
     assert cancelled and cancelled[0].error is not None
     assert cancelled[0].error.type == "afterwork.NeverRun"
+
+
+def test_the_browser_example_is_the_page_the_app_serves() -> None:
+    import re
+
+    from examples.docs.progress_app import PAGE
+
+    text = (ROOT / "docs/fastapi.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```html\n(.*?)```", text, flags=re.DOTALL)
+    assert block.strip() in PAGE

@@ -111,7 +111,9 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "PendingJob",
         "dependencies_of",
         "get_afterwork",
+        "job_event_stream",
         "resolve",
+        "send_job_events",
     ),
     "afterwork.fastapi.router": ("CSRF_HEADER", "RouterOptions", "create_router"),
     "afterwork.job": (
