@@ -42,7 +42,17 @@ from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
-from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
+from .backends.base import (
+    Channels,
+    Clock,
+    EventStream,
+    Inspector,
+    JobFilter,
+    MessageStream,
+    NewJob,
+    QueueStats,
+    Store,
+)
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobEvent, JobStatus, new_job_id
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from ._engine.worker import Worker
+    from ._pubsub import Subscription
     from .fastapi._options import AuthDependency, RouterOptions
 
 __all__ = ("Afterwork", "ServiceContext", "Settings")
@@ -693,6 +704,47 @@ class Afterwork:
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
+
+    async def publish(self, channel: str, data: Any) -> None:
+        """Send ``data`` (JSON) to every subscriber of ``channel``, in every process that
+        shares the store (memory: this process).
+
+        At most once per subscriber, in the order this process published; it never waits
+        for subscribers. See ``docs/fastapi.md`` (events across processes).
+
+        Raises:
+            EnqueueError: a bad channel name, or ``data`` is not JSON.
+            PayloadTooLarge: the JSON is larger than ``max_payload``.
+        """
+        from ._pubsub import encode_message
+
+        text = encode_message(channel, data, self.config.max_payload)
+        await self._ensure_open()
+        await self._channels().publish(channel, text)
+
+    def subscribe(self, channel: str) -> Subscription:
+        """The messages published on ``channel`` from now on, from every process.
+
+        ``async for message in aw.subscribe("screen")``: each ``message.data`` is the
+        published JSON, decoded; ``message.missed`` marks a gap (this subscriber fell
+        behind, or reconnected). ``async with aw.subscribe(channel) as messages:`` is
+        subscribed when the block starts.
+        """
+        from ._pubsub import MAX_CHANNEL, Subscription
+
+        if not channel or len(channel) > MAX_CHANNEL:
+            raise EnqueueError(f"a channel name must be 1 to {MAX_CHANNEL} characters")
+
+        async def open_stream() -> MessageStream:
+            await self._ensure_open()
+            return await self._channels().subscribe(channel)
+
+        return Subscription(channel, open_stream)
+
+    def _channels(self) -> Channels:
+        if not isinstance(self.backend, Channels):
+            raise TypeError(f"{type(self.backend).__name__} does not support channels")
+        return self.backend
 
     def events(self) -> EventStream:
         """Every job's state changes from this call on (in-process subscribers, SSE).
