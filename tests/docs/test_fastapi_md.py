@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from examples.docs.fastapi_app import AUDIT, app, aw, log_visit
 from fastapi.testclient import TestClient
@@ -15,7 +17,10 @@ from .conftest import ROOT, assert_blocks_are_code
 
 def test_the_page_shows_the_tested_code() -> None:
     assert_blocks_are_code(
-        "fastapi.md", ROOT / "examples/docs/fastapi_app.py", ROOT / "examples/docs/progress_app.py"
+        "fastapi.md",
+        ROOT / "examples/docs/fastapi_app.py",
+        ROOT / "examples/docs/progress_app.py",
+        Path(__file__),
     )
 
 
@@ -57,3 +62,20 @@ def test_the_browser_example_is_the_page_the_app_serves() -> None:
     text = (ROOT / "docs/fastapi.md").read_text(encoding="utf-8")
     (block,) = re.findall(r"```html\n(.*?)```", text, flags=re.DOTALL)
     assert block.strip() in PAGE
+
+
+@pytest.mark.anyio
+async def test_publish_and_subscribe() -> None:
+    from afterwork import Afterwork
+
+    aw = Afterwork("memory://")  # SQLite and Redis: every process sharing the store
+    seen: list[object] = []
+    async with aw:
+        async with aw.subscribe("queue-screen") as messages:  # subscribed from here on
+            await aw.publish("queue-screen", {"ticket": "A002", "room": "102"})
+            async for message in messages:
+                if message.missed:  # this subscriber fell behind: reload what it shows
+                    continue
+                seen.append(message.data)
+                break
+    assert seen == [{"ticket": "A002", "room": "102"}]
