@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
@@ -63,13 +64,13 @@ def _declared_router(router: Any) -> Afterwork | None:
     return None
 
 
-_announced: set[int] = set()  # instances whose lazy use was logged (once each)
+_announced: weakref.WeakSet[Afterwork] = weakref.WeakSet()  # lazy use logged, once each
 
 
 def _announce(aw: Afterwork) -> None:
-    if id(aw) in _announced:
+    if aw in _announced:
         return
-    _announced.add(id(aw))
+    _announced.add(aw)
     logger.info(
         "Jobs: the app's lifespan has not started afterwork; the store (%s) opens on first "
         "use and no worker runs in this process: registered tasks wait for a worker%s",
