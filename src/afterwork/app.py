@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 import anyio
 
 from . import _bridge, _signature
+from ._clock import EngineClock, engine_clock
 from ._engine import dependencies
 from ._engine.local import LocalRuns
 from ._engine.scheduler import (
@@ -86,7 +87,10 @@ class Afterwork:
             yet). ``None`` reads the ``AFTERWORK_URL`` environment variable, then falls
             back to the default.
         backend: a backend object to use instead of ``url``.
-        clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
+        clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`,
+            which the engine's loops (heartbeats, reaper, claim backoff, scheduler,
+            service restart backoff) then also sleep on. A bare ``() -> float`` only sets
+            the store's time; the loops wait in real time.
         seed: seeds the random source of backoff jitter (for reproducible tests).
         eager: run registered tasks inline, for tests (``docs/testing.md``): ``enqueue``
             runs the job before it returns, ``jobs.add_task`` after the response; the
@@ -123,6 +127,8 @@ class Afterwork:
             raise ConfigurationError("pass a url or a backend, not both")
         self.url: str = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
+        self.clock: EngineClock = engine_clock(clock)
+        """What the engine's loops wait on (real time unless ``clock`` can sleep)."""
         self.rng: random.Random = random.Random(seed)
         self.eager: bool = eager
         """Registered tasks run inline (tests); see the ``eager`` argument."""

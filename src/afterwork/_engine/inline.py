@@ -145,7 +145,7 @@ class InlineRunner:
         config = self.host.config
         interval = config.heartbeat_interval or config.lease_ttl / 3
         while True:
-            await anyio.sleep(interval)
+            await self.host.clock.sleep(interval)
             try:
                 reply = await self.host.backend.heartbeat(
                     [run.claim.lease], lease_ttl=config.lease_ttl
