@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ("FakeClock",)
+if TYPE_CHECKING:
+    from .app import Afterwork
+
+__all__ = ("FakeClock", "eager")
 
 #: ``pass_time`` gives up after this many wake-ups: a loop that never stops waking is a bug.
 _MAX_STEPS = 100_000
@@ -311,3 +315,48 @@ class FakeClock:
             func()
         elif not loop.is_closed():
             loop.call_soon_threadsafe(func)
+
+
+# -- eager mode and pytest fixtures (docs/testing.md) ---------------------------------------
+
+
+@contextlib.contextmanager
+def eager(aw: Afterwork, enabled: bool = True) -> Iterator[Afterwork]:
+    """Run ``aw``'s registered tasks inline for the ``with`` block (see ``docs/testing.md``).
+
+    Example:
+        ```python
+        with eager(aw):
+            client.post("/signup", json={"email": "a@example.com"})
+        assert outbox == ["a@example.com"]
+        ```
+    """
+    previous, aw.eager = aw.eager, enabled
+    try:
+        yield aw
+    finally:
+        aw.eager = previous
+
+
+#: How long the ``afterwork_joined`` fixture waits after a test, in seconds.
+JOIN_TIMEOUT = 10.0
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - fixtures only exist where pytest does
+    pass
+else:
+
+    @pytest.fixture
+    def afterwork_eager(afterwork_app: Afterwork) -> Iterator[Afterwork]:
+        """``afterwork_app`` (a fixture of yours returning your instance) in eager mode for
+        the test, then back. Enable with ``pytest_plugins = ["afterwork.testing"]``."""
+        with eager(afterwork_app):
+            yield afterwork_app
+
+    @pytest.fixture
+    def afterwork_joined(afterwork_app: Afterwork) -> Iterator[Afterwork]:
+        """``afterwork_app``; after the test, waits (``JOIN_TIMEOUT`` at most) until no job
+        is due or running, so a test's jobs never leak into the next one (sync tests)."""
+        yield afterwork_app
+        afterwork_app.join_sync(timeout=JOIN_TIMEOUT)

@@ -1,7 +1,11 @@
-"""docs/testing.md: every block of the page is one of these tests, verbatim."""
+"""docs/testing.md: every block of the page is one of these tests, verbatim, or the
+example app and suite (examples/docs/testing_*), which runs in a pytest of its own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,13 +15,21 @@ import pytest
 from afterwork import Afterwork, JobContext, JobStatus, Retry
 from afterwork.testing import FakeClock
 
-from .conftest import assert_blocks_are_code
+from .conftest import ROOT, assert_blocks_are_code
 
 pytestmark = pytest.mark.anyio
 
+SUITE = ROOT / "examples/docs/testing_suite"
+
 
 def test_the_page_shows_these_tests() -> None:
-    assert_blocks_are_code("testing.md", Path(__file__))
+    assert_blocks_are_code(
+        "testing.md",
+        Path(__file__),
+        ROOT / "examples/docs/testing_app.py",
+        SUITE / "conftest.py",
+        SUITE / "test_signup.py",
+    )
 
 
 async def test_a_retry_waits_out_its_backoff() -> None:
@@ -77,3 +89,17 @@ async def test_heartbeats_keep_a_long_job_leased() -> None:
             running = await job.refresh()
             assert running.status is JobStatus.RUNNING and running.recoveries == 0
             await aw.cancel(job.id)
+
+
+def test_the_example_suite_passes() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(SUITE)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
