@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
@@ -132,6 +132,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -148,6 +150,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (bare ``@aw.task`` or ``@aw.task(...)``).
 
@@ -161,6 +165,11 @@ class Afterwork:
             concurrency: most jobs of this task running at once in one worker process.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
+            isolation: ``"process"`` runs each attempt in a child process of a reused pool:
+                a crash, a hard timeout or a memory cap ends that child, never the worker
+                (docs/isolation.md). ``None``: the worker's default (``--isolation``).
+            max_memory_mb: with process isolation, the child is killed past this resident
+                memory and the attempt fails with ``afterwork.MemoryLimitExceeded``.
         """
         options = TaskOptions(
             queue=queue,
@@ -171,6 +180,8 @@ class Afterwork:
             concurrency=concurrency,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
+            isolation=isolation,
+            max_memory_mb=max_memory_mb,
         )
 
         def decorate(fn: Callable[P, R]) -> Task[P, R]:

@@ -207,6 +207,8 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                await self.runner.aclose()
             if self.watchdog is not None:
                 self.watchdog.stop()
             if unwatch is not None:
