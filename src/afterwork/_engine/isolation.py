@@ -7,7 +7,8 @@ kill ends that child only, and the attempt fails with an error naming the signal
 code. The timeout is hard (SIGTERM, then SIGKILL after a grace), memory is capped per
 child, and a cancel kills the child.
 
-Children come from a ``forkserver`` (``spawn`` where there is none) and are reused: the
+Children are fresh interpreters (as multiprocessing's ``spawn`` starts them, without its
+pickling: the worker and its children speak JSON over a socket pair) and are reused: the
 cost of a process start is paid once per child, not per job. Arguments and results cross
 as JSON; the child imports the task's module, finds the task by name, decodes the
 arguments and resolves its dependencies itself, exactly as the worker would.
@@ -20,22 +21,19 @@ import contextlib
 import importlib
 import json
 import logging
-import multiprocessing
 import os
 import signal
-import time
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.context import ForkServerContext
 from typing import TYPE_CHECKING, Any
 
 from ..job import Job, JobError, JobStatus
 
 if TYPE_CHECKING:
-    from multiprocessing.context import SpawnContext
-    from multiprocessing.process import BaseProcess
-
     from ..task import Task
 
 __all__ = ("ChildDied", "ChildResult", "ProcessPool", "memory_limit_error", "task_location")
@@ -98,9 +96,11 @@ def _exit_error(exitcode: int | None) -> JobError:
             "afterwork.ProcessDied",
             f"the job's process was killed by {name} (signal {-exitcode})",
         )
-    return JobError.from_message(
-        "afterwork.ProcessDied", f"the job's process exited with code {exitcode}"
-    )
+    if exitcode is None:
+        message = "the job's process closed its connection to the worker"
+    else:
+        message = f"the job's process exited with code {exitcode}"
+    return JobError.from_message("afterwork.ProcessDied", message)
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
@@ -157,15 +157,17 @@ async def _run_in_child(
         return task.func(*args, **kwargs)
 
 
-def _child_main(conn: Connection) -> None:  # pragma: no cover - runs in the child
-    """Run attempts sent over ``conn`` until it closes."""
+def child_main(fd: int) -> None:  # pragma: no cover - runs in the child
+    """Run attempts sent over the socket ``fd`` until it closes (the child's entry point)."""
     from pydantic_core import to_jsonable_python
 
     from ..retry import Retry
 
+    conn = Connection(fd)
     # The terminal's Ctrl-C reaches the whole process group: the worker decides when its
     # children stop. SIGTERM keeps its default action (the hard timeout relies on it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -213,6 +215,18 @@ def _attempt(
     return reply
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: the kernel kills this child if the worker dies (SIGKILL included)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    # The worker may have died before the line above ran.
+    if os.getppid() == 1:
+        os._exit(1)
+
+
 def _job_fields(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -237,18 +251,21 @@ def _job_fields(job: Job) -> dict[str, Any]:
 
 
 class _Child:
-    """One child process and the worker's end of its pipe."""
+    """One child process and the worker's end of its socket."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
         self.process = process
         self.conn = conn
         self.jobs = 0
 
     @property
     def pid(self) -> int:
-        pid = self.process.pid
-        assert pid is not None
-        return pid
+        return self.process.pid
+
+
+_CHILD_CODE = (
+    "import sys; from afterwork._engine.isolation import child_main; child_main(int(sys.argv[1]))"
+)
 
 
 class ProcessPool:
@@ -262,17 +279,6 @@ class ProcessPool:
     """
 
     def __init__(self, *, max_jobs_per_child: int | None, kill_grace: float) -> None:
-        # forkserver: each child is forked from a small clean server process, not from the
-        # worker (whose threads and connections must not be copied); spawn elsewhere.
-        self._context: ForkServerContext | SpawnContext = (
-            multiprocessing.get_context("forkserver")
-            if "forkserver" in multiprocessing.get_all_start_methods()
-            else multiprocessing.get_context("spawn")
-        )
-        if isinstance(self._context, ForkServerContext):
-            # The server imports afterwork once, so each child starts warm. (The default
-            # preload, __main__, would run an unguarded script in the server.)
-            self._context.set_forkserver_preload(["afterwork._engine.isolation"])
         self.max_jobs_per_child = max_jobs_per_child
         self.kill_grace = kill_grace
         self._idle: list[_Child] = []
@@ -285,29 +291,35 @@ class ProcessPool:
         return {"idle": len(self._idle), "busy": len(self._busy), "started": self.started}
 
     def _spawn(self) -> _Child:
-        ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_child_main, args=(theirs,), name="afterwork-job", daemon=True
-        )
-        process.start()
-        theirs.close()
+        # A fresh interpreter (like multiprocessing's spawn, without its pickling): nothing
+        # of the worker (threads, connections, locks) is copied into the child. It finds
+        # modules where the worker does.
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.started += 1
-        return _Child(process, ours)
+        return _Child(process, Connection(ours.detach()))
 
-    async def _acquire(self) -> _Child:
+    def _acquire(self) -> _Child:
         while self._idle:
             child = self._idle.pop()
-            if child.process.is_alive():
+            if child.process.poll() is None:
                 return child
-            self._discard(child)
-        # Starting a process blocks for a few milliseconds (forkserver) or longer: off the loop.
-        return await asyncio.to_thread(self._spawn)
-
-    def _discard(self, child: _Child) -> None:
-        child.conn.close()
-        child.process.join(0)
-        if child.process.exitcode is not None:
-            child.process.close()
+            child.conn.close()
+        # On the loop's thread: the child dies with the thread that started it (Linux
+        # PDEATHSIG), so it must not be a short-lived pool thread.
+        return self._spawn()
 
     def _release(self, child: _Child) -> None:
         self._busy.discard(child)
@@ -329,18 +341,13 @@ class ProcessPool:
         process = child.process
         with contextlib.suppress(OSError):
             child.conn.close()
-        if kill and process.exitcode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-        deadline = time.monotonic() + self.kill_grace
-        while process.exitcode is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-            process.join(0)
-        if process.exitcode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await asyncio.to_thread(process.join)
-        process.close()
+        if kill and process.poll() is None:
+            process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(process.wait, self.kill_grace)
+        if process.poll() is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
 
     async def run(
         self,
@@ -354,7 +361,7 @@ class ProcessPool:
         module, qualname = task_location(task)
         request = {"task": task.name, "module": module, "qualname": qualname}
         payload = json.dumps({**request, "job": _job_fields(job)}).encode()
-        child = await self._acquire()
+        child = self._acquire()
         self._busy.add(child)
         done = False
         try:
@@ -393,8 +400,11 @@ class ProcessPool:
             try:
                 message = json.loads(child.conn.recv_bytes())
             except (EOFError, OSError):
-                await asyncio.to_thread(child.process.join, 5)
-                raise ChildDied(_exit_error(child.process.exitcode)) from None
+                try:
+                    code: int | None = await asyncio.to_thread(child.process.wait, 5)
+                except subprocess.TimeoutExpired:  # it closed its socket but lives on
+                    code = None
+                raise ChildDied(_exit_error(code)) from None
             if "progress" in message:
                 fraction, text = message["progress"]
                 on_progress(fraction, text)
