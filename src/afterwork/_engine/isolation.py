@@ -42,6 +42,9 @@ logger: logging.Logger = logging.getLogger("afterwork.isolation")
 
 #: Seconds between two looks at a busy child's memory.
 MEMORY_POLL = 0.02
+#: Seconds a child may take to start an attempt (import the task's module) before it is
+#: killed and the attempt failed.
+STARTUP_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,7 @@ def _attempt(
     task: Task[Any, Any] | None = None
     try:
         task = _find_task(request["module"], request["qualname"], request["task"])
+        send({"started": True})
         value = loop.run_until_complete(_run_in_child(task, Job(**request["job"]), send))
     except Exception as exc:
         error = JobError.from_exception(exc)
@@ -354,6 +358,7 @@ class ProcessPool:
         task: Task[Any, Any],
         job: Job,
         *,
+        timeout: float | None,
         max_memory_mb: int | None,
         on_progress: Callable[[float, str | None], None],
     ) -> ChildResult:
@@ -366,7 +371,7 @@ class ProcessPool:
         done = False
         try:
             child.conn.send_bytes(payload)
-            result = await self._wait(child, max_memory_mb, on_progress)
+            result = await self._wait(child, timeout, max_memory_mb, on_progress)
             done = True
             return result
         finally:
@@ -378,20 +383,36 @@ class ProcessPool:
     async def _wait(
         self,
         child: _Child,
+        timeout: float | None,
         max_memory_mb: int | None,
         on_progress: Callable[[float, str | None], None],
     ) -> ChildResult:
         loop = asyncio.get_running_loop()
         fd = child.conn.fileno()
+        # Until the child says it started the attempt (a new child imports the task's
+        # module first), the start-up bound applies; then the job's own timeout.
+        deadline: float | None = loop.time() + STARTUP_TIMEOUT
+        started = False
         while True:
             readable = loop.create_future()
             loop.add_reader(fd, _set_once, readable)
             try:
+                left = None if deadline is None else max(deadline - loop.time(), 0)
                 wait = MEMORY_POLL if max_memory_mb is not None else None
+                wait = left if wait is None else wait if left is None else min(wait, left)
                 await asyncio.wait({readable}, timeout=wait)
             finally:
                 loop.remove_reader(fd)
             if not readable.done():
+                if deadline is not None and loop.time() >= deadline:
+                    if started:
+                        raise TimeoutError
+                    raise ChildDied(
+                        JobError.from_message(
+                            "afterwork.ProcessDied",
+                            f"the job's process did not start within {STARTUP_TIMEOUT:g}s",
+                        )
+                    )
                 if max_memory_mb is not None:
                     used = _rss_mb(child.pid)
                     if used is not None and used > max_memory_mb:
@@ -405,6 +426,10 @@ class ProcessPool:
                 except subprocess.TimeoutExpired:  # it closed its socket but lives on
                     code = None
                 raise ChildDied(_exit_error(code)) from None
+            if "started" in message:
+                started = True
+                deadline = None if timeout is None else loop.time() + timeout
+                continue
             if "progress" in message:
                 fraction, text = message["progress"]
                 on_progress(fraction, text)
