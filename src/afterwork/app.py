@@ -35,7 +35,7 @@ from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unkn
 from .backends import from_url
 from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
 from .context import JobContext
-from .exceptions import ConfigurationError, EnqueueError
+from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
 from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
@@ -449,8 +449,30 @@ class Afterwork:
         """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
-        (job,) = await self.backend.enqueue([new])
+        (job,) = await self._store_new([new])
         return job.bind(self)
+
+    async def _store_new(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Enqueue ``jobs``; an unconfirmed write says whether they may exist.
+
+        The stores retry a transient failure themselves, with the same ids (a job id is
+        made before the write, and a store keeps one job per id), so a retry never makes a
+        second job.
+        """
+        try:
+            return await self.backend.enqueue(jobs)
+        except BackendUnavailable as exc:
+            may_exist = exc.may_have_applied
+            ids = ", ".join(job.id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else "")
+            raise EnqueueUnconfirmed(
+                f"{exc}; the job(s) {ids} "
+                + ("may have been stored" if may_exist else "were not stored")
+                + ": retrying the same enqueue is safe",
+                job_ids=tuple(job.id for job in jobs),
+                may_exist=may_exist,
+                may_have_applied=may_exist,
+                jobs=tuple(jobs),
+            ) from exc
 
     def build_job(
         self,
@@ -497,7 +519,7 @@ class Afterwork:
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
-        return [job.bind(self) for job in await self.backend.enqueue(jobs)]
+        return [job.bind(self) for job in await self._store_new(jobs)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``."""
