@@ -57,7 +57,7 @@ async def test_paused_redis_leaves_no_phantom_and_no_double_job(redis_url: str) 
 
         async def pauser() -> None:
             await pause.wait()
-            await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            await admin.client_pause(1500, all=True)
 
         await asyncio.gather(stream(), pauser())
         assert ambiguous, "the pause caused no unconfirmed enqueue: the test proved nothing"
