@@ -230,6 +230,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task on a cron schedule: ``@aw.cron("0 9 * * *", tz="Europe/Paris")``.
 
@@ -245,9 +246,11 @@ class Afterwork:
             misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
                 scheduler ran (never more than one job).
             misfire_grace: seconds after its instant a tick still counts as on time.
+            catch_up: ticks missed while the store was unreachable are each enqueued when
+                it answers again if at most this many seconds old; ``misfire`` beyond.
         """
         trigger = CronTrigger(expr, tz)
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def every(
         self,
@@ -257,6 +260,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task every ``interval``: ``@aw.every(timedelta(seconds=30))``.
 
@@ -265,7 +269,7 @@ class Afterwork:
         """
         seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
         trigger = IntervalTrigger(float(seconds))
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def _schedule(
         self,
@@ -274,6 +278,7 @@ class Afterwork:
         name: str | None,
         misfire: Misfire,
         misfire_grace: float,
+        catch_up: float = 60.0,
     ) -> Task[P, R]:
         task = func if isinstance(func, Task) else self.register(func)
         if task.owner is not self:
@@ -284,6 +289,7 @@ class Afterwork:
             trigger=trigger,
             misfire=misfire,
             misfire_grace=misfire_grace,
+            catch_up=catch_up,
         )
         self.scheduler.add(schedule)
         return task
