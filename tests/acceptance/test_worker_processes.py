@@ -141,3 +141,71 @@ def test_processes_must_be_a_number_or_auto(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--processes must be a number or 'auto', not 'many'" in done.stderr
+
+
+HOLD_APP = """
+import logging
+from pathlib import Path
+
+import anyio
+
+from afterwork import Afterwork
+
+HERE = Path(__file__).parent
+aw = Afterwork(f"sqlite:///{HERE}/afterwork.db", poll_interval=0.1, grace=60)
+
+
+@aw.task(name="hold")
+async def hold() -> str:
+    logging.getLogger("afterwork.test_app").info("hold is running")
+    while not (HERE / "release").exists():
+        await anyio.sleep(0.02)
+    return "released"
+"""
+
+
+def test_a_second_signal_stops_every_process_at_once(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(HOLD_APP)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "afterwork", "worker", "app:aw", "--processes", "2", "-c", "1"],
+        cwd=tmp_path,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = Lines(supervisor)
+    try:
+        for _ in range(2):
+            lines.wait_for("afterwork.worker: worker")
+        code = "import app; print(app.hold.enqueue_sync().id)"
+        job_id = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=env(),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        ).stdout.strip()
+        lines.wait_for("hold is running")
+        supervisor.send_signal(signal.SIGTERM)
+        lines.wait_for("stopping 2 worker process(es) gracefully")
+        # The idle process stops; the busy one waits for its job (grace=60).
+        supervisor.send_signal(signal.SIGTERM)
+        lines.wait_for("received SIGTERM again: stopping now")
+        assert supervisor.wait(TIMEOUT) == 0  # well before the 60 s grace
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        lines.close()
+    check = f"import asyncio, app; print(asyncio.run(app.aw.get_job({job_id!r})).status.value)"
+    status = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    ).stdout.strip()
+    assert status == "queued"  # released at once, not run to the end, not lost
