@@ -160,7 +160,7 @@ async def _run_in_child(
         return task.func(*args, **kwargs)
 
 
-def child_main(fd: int) -> None:  # pragma: no cover - runs in the child
+def child_main(fd: int, parent: int) -> None:  # pragma: no cover - runs in the child
     """Run attempts sent over the socket ``fd`` until it closes (the child's entry point)."""
     from pydantic_core import to_jsonable_python
 
@@ -170,7 +170,7 @@ def child_main(fd: int) -> None:  # pragma: no cover - runs in the child
     # The terminal's Ctrl-C reaches the whole process group: the worker decides when its
     # children stop. SIGTERM keeps its default action (the hard timeout relies on it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -198,7 +198,9 @@ def _attempt(
     try:
         task = _find_task(request["module"], request["qualname"], request["task"])
         send({"started": True})
-        value = loop.run_until_complete(_run_in_child(task, Job(**request["job"]), send))
+        fields = request["job"]
+        job = Job(**{**fields, "status": JobStatus(fields["status"])})
+        value = loop.run_until_complete(_run_in_child(task, job, send))
     except Exception as exc:
         error = JobError.from_exception(exc)
         if isinstance(exc, retry_type):
@@ -219,15 +221,15 @@ def _attempt(
     return reply
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
     """Linux: the kernel kills this child if the worker dies (SIGKILL included)."""
     with contextlib.suppress(Exception):
         import ctypes
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    # The worker may have died before the line above ran.
-    if os.getppid() == 1:
+    # The worker may have died before the line above ran (then we were re-parented).
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -268,7 +270,8 @@ class _Child:
 
 
 _CHILD_CODE = (
-    "import sys; from afterwork._engine.isolation import child_main; child_main(int(sys.argv[1]))"
+    "import sys; from afterwork._engine.isolation import child_main; "
+    "child_main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 
 
@@ -302,7 +305,7 @@ class ProcessPool:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno())],
+                [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
