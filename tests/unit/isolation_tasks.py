@@ -103,3 +103,8 @@ def unserializable() -> object:
 @aw.task
 def in_process() -> int:
     return os.getpid()
+
+
+@aw.task(isolation="process", timeout=30)
+def timed_but_quick(n: int) -> int:
+    return n + 1

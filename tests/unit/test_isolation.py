@@ -196,3 +196,11 @@ async def test_a_task_a_child_cannot_import_fails_with_an_actionable_error(aw: A
     assert job.status is JobStatus.FAILED
     assert job.error is not None and job.error.type == "TypeError"
     assert "define it at module level in an importable module" in job.error.message
+
+
+async def test_a_job_within_its_timeout_succeeds_on_a_fresh_child_and_a_reused_one(
+    aw: Afterwork,
+) -> None:
+    jobs = await drain(aw, *[await t.timed_but_quick.enqueue(n) for n in range(3)], concurrency=1)
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * 3
+    assert [job.result for job in jobs] == [1, 2, 3]

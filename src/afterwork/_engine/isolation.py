@@ -111,6 +111,21 @@ def _set_once(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+async def _readable(fd: int, wait: float | None) -> bool:
+    """Wait until ``fd`` can be read, at most ``wait`` seconds; whether it can."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    loop.add_reader(fd, _set_once, readable)
+    try:
+        if wait is None:
+            await readable
+        else:
+            await asyncio.wait({readable}, timeout=wait)
+    finally:
+        loop.remove_reader(fd)
+    return readable.done()
+
+
 def _rss_mb(pid: int) -> float | None:
     """Resident memory of ``pid`` in MB (Linux ``/proc``; ``None`` where unreadable)."""
     try:
@@ -197,7 +212,8 @@ def _attempt(
     task: Task[Any, Any] | None = None
     try:
         task = _find_task(request["module"], request["qualname"], request["task"])
-        send({"started": True})
+        if request.get("timed"):  # the worker starts the job's clock on this message
+            send({"started": True})
         fields = request["job"]
         job = Job(**{**fields, "status": JobStatus(fields["status"])})
         value = loop.run_until_complete(_run_in_child(task, job, send))
@@ -367,7 +383,12 @@ class ProcessPool:
     ) -> ChildResult:
         """Run one attempt of ``job`` in a child; see the class docstring for the contract."""
         module, qualname = task_location(task)
-        request = {"task": task.name, "module": module, "qualname": qualname}
+        request = {
+            "task": task.name,
+            "module": module,
+            "qualname": qualname,
+            "timed": timeout is not None,  # then the child says when it started
+        }
         payload = json.dumps({**request, "job": _job_fields(job)}).encode()
         child = self._acquire()
         self._busy.add(child)
@@ -393,20 +414,15 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         fd = child.conn.fileno()
         # Until the child says it started the attempt (a new child imports the task's
-        # module first), the start-up bound applies; then the job's own timeout.
-        deadline: float | None = loop.time() + STARTUP_TIMEOUT
+        # module first), the start-up bound applies; then the job's own timeout. A job
+        # without a timeout has neither (nor does its child send "started").
+        deadline = None if timeout is None else loop.time() + STARTUP_TIMEOUT
         started = False
         while True:
-            readable = loop.create_future()
-            loop.add_reader(fd, _set_once, readable)
-            try:
-                left = None if deadline is None else max(deadline - loop.time(), 0)
-                wait = MEMORY_POLL if max_memory_mb is not None else None
-                wait = left if wait is None else wait if left is None else min(wait, left)
-                await asyncio.wait({readable}, timeout=wait)
-            finally:
-                loop.remove_reader(fd)
-            if not readable.done():
+            left = None if deadline is None else max(deadline - loop.time(), 0)
+            wait = MEMORY_POLL if max_memory_mb is not None else None
+            wait = left if wait is None else wait if left is None else min(wait, left)
+            if not await _readable(fd, wait):
                 if deadline is not None and loop.time() >= deadline:
                     if started:
                         raise TimeoutError
