@@ -7,7 +7,8 @@ Usage::
 Without ``--url`` a private redis-server is started (the one the tests use). For each
 process count, a fresh key prefix; the worker command starts, and once every process logged
 "started", the jobs are enqueued in batches of 500 and the clock runs until the store counts
-them all succeeded. Each job does a little CPU work (a sum over 2,000 squares) and returns.
+them all succeeded. Each job does a little CPU work (a sum over ``--work`` squares, default
+2,000: about 0.1 ms) and returns.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 APP = """
+import os
+
 from afterwork import Afterwork
 
 aw = Afterwork(poll_interval=0.1)
+WORK = int(os.environ.get("BENCH_WORK", "2000"))
 
 
 @aw.task(name="light")
 def light(n: int) -> int:
-    return sum(i * i for i in range(2000)) + n
+    return sum(i * i for i in range(WORK)) + n
 """
 
 
@@ -101,7 +105,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--url", default=None)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--work", type=int, default=2000, help="squares summed per job")
     args = parser.parse_args()
+    os.environ["BENCH_WORK"] = str(args.work)
     server = None
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
