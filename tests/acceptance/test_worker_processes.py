@@ -209,3 +209,16 @@ def test_a_second_signal_stops_every_process_at_once(tmp_path: Path) -> None:
         timeout=TIMEOUT,
     ).stdout.strip()
     assert status == "queued"  # released at once, not run to the end, not lost
+
+
+def test_isolation_must_be_process_or_none(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "afterwork", "worker", "app:aw", "--isolation", "thread"],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert "--isolation must be 'process' or 'none', not 'thread'" in done.stderr
