@@ -21,7 +21,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
@@ -55,7 +55,7 @@ from .backends.base import (
     Store,
 )
 from .context import JobContext
-from .exceptions import ConfigurationError, EnqueueError
+from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
 from .job import Job, JobEvent, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
@@ -166,6 +166,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -182,6 +184,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (bare ``@aw.task`` or ``@aw.task(...)``).
 
@@ -195,6 +199,11 @@ class Afterwork:
             concurrency: most jobs of this task running at once in one worker process.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
+            isolation: ``"process"`` runs each attempt in a child process of a reused pool:
+                a crash, a hard timeout or a memory cap ends that child, never the worker
+                (docs/isolation.md). ``None``: the worker's default (``--isolation``).
+            max_memory_mb: with process isolation, the child is killed past this resident
+                memory and the attempt fails with ``afterwork.MemoryLimitExceeded``.
         """
         options = TaskOptions(
             queue=queue,
@@ -205,6 +214,8 @@ class Afterwork:
             concurrency=concurrency,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
+            isolation=isolation,
+            max_memory_mb=max_memory_mb,
         )
 
         def decorate(fn: Callable[P, R]) -> Task[P, R]:
@@ -253,6 +264,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task on a cron schedule: ``@aw.cron("0 9 * * *", tz="Europe/Paris")``.
 
@@ -268,9 +280,11 @@ class Afterwork:
             misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
                 scheduler ran (never more than one job).
             misfire_grace: seconds after its instant a tick still counts as on time.
+            catch_up: ticks missed while the store was unreachable are each enqueued when
+                it answers again if at most this many seconds old; ``misfire`` beyond.
         """
         trigger = CronTrigger(expr, tz)
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def every(
         self,
@@ -280,6 +294,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task every ``interval``: ``@aw.every(timedelta(seconds=30))``.
 
@@ -288,7 +303,7 @@ class Afterwork:
         """
         seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
         trigger = IntervalTrigger(float(seconds))
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def _schedule(
         self,
@@ -297,6 +312,7 @@ class Afterwork:
         name: str | None,
         misfire: Misfire,
         misfire_grace: float,
+        catch_up: float = 60.0,
     ) -> Task[P, R]:
         task = func if isinstance(func, Task) else self.register(func)
         if task.owner is not self:
@@ -307,6 +323,7 @@ class Afterwork:
             trigger=trigger,
             misfire=misfire,
             misfire_grace=misfire_grace,
+            catch_up=catch_up,
         )
         self.scheduler.add(schedule)
         return task
@@ -505,7 +522,7 @@ class Afterwork:
         await self._ensure_open()
         if self.eager and not new.delay and new.key is None:
             return await self.run_eager(new)
-        (job,) = await self.backend.enqueue([new])
+        (job,) = await self._store_new([new])
         return job.bind(self)
 
     async def run_eager(self, new: NewJob) -> Job:
@@ -516,6 +533,28 @@ class Afterwork:
             job = await self.backend.get(new.id)
             assert job is not None
         return job.bind(self)
+
+    async def _store_new(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Enqueue ``jobs``; an unconfirmed write says whether they may exist.
+
+        The stores retry a transient failure themselves, with the same ids (a job id is
+        made before the write, and a store keeps one job per id), so a retry never makes a
+        second job.
+        """
+        try:
+            return await self.backend.enqueue(jobs)
+        except BackendUnavailable as exc:
+            may_exist = exc.may_have_applied
+            ids = ", ".join(job.id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else "")
+            raise EnqueueUnconfirmed(
+                f"{exc}; the job(s) {ids} "
+                + ("may have been stored" if may_exist else "were not stored")
+                + ": retrying the same enqueue is safe",
+                job_ids=tuple(job.id for job in jobs),
+                may_exist=may_exist,
+                may_have_applied=may_exist,
+                jobs=tuple(jobs),
+            ) from exc
 
     def build_job(
         self,
@@ -562,7 +601,7 @@ class Afterwork:
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
-        return [job.bind(self) for job in await self.backend.enqueue(jobs)]
+        return [job.bind(self) for job in await self._store_new(jobs)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``."""

@@ -97,6 +97,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "ConfigurationError",
         "DependencyError",
         "EnqueueError",
+        "EnqueueUnconfirmed",
         "InvalidTransition",
         "JobFailed",
         "JobNotFound",

@@ -13,6 +13,8 @@ from afterwork import Afterwork, JobContext, JobStatus, Retry
 from afterwork.backends.base import Outcome
 from afterwork.testing import FakeClock
 
+from ..waiting import eventually
+
 pytestmark = pytest.mark.anyio
 
 WAIT = 10  # seconds: the bound on every wait below; none is reached when things work
@@ -75,6 +77,39 @@ async def test_sync_job_timeout_marks_failed_and_keeps_the_slot(aw: Afterwork) -
         ran = await waiting.wait(timeout=WAIT)
     assert ran.status is JobStatus.SUCCEEDED
     assert after == ["ran"]
+
+
+async def test_a_sync_thread_overrunning_its_timeout_is_logged_by_name(
+    aw: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    @aw.task(timeout=0.2)
+    def overruns() -> None:
+        release.wait(WAIT)
+
+    job = await overruns.enqueue()
+    with caplog.at_level(logging.WARNING, logger="afterwork.worker"):
+        async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+            done = await job.wait(timeout=WAIT)
+            assert done.status is JobStatus.FAILED
+
+            def logged(action: str) -> list[logging.LogRecord]:
+                return [r for r in caplog.records if getattr(r, "action", "") == action]
+
+            async def overrun() -> list[logging.LogRecord] | None:
+                return logged("job_thread_overrun") or None
+
+            async def returned() -> list[logging.LogRecord] | None:
+                return logged("job_thread_returned") or None
+
+            (record,) = await eventually(overrun, timeout=WAIT)
+            assert job.id in record.getMessage() and "overruns" in record.getMessage()
+            assert "a thread cannot be stopped" in record.getMessage()
+            assert not release.is_set()  # the thread was still running when it was logged
+            release.set()
+            (back,) = await eventually(returned, timeout=WAIT)
+            assert job.id in back.getMessage()
 
 
 async def test_cancel_running_async_job_promptly(aw: Afterwork) -> None:

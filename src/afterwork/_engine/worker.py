@@ -207,6 +207,8 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True):
+                await self.runner.aclose()
             if self.watchdog is not None:
                 self.watchdog.stop()
             if unwatch is not None:
@@ -426,10 +428,32 @@ class Worker:
                 # A sync job timed out or was cancelled, but its thread still runs: keep
                 # its slot until it returns, so runaway threads cannot pile up. On
                 # shutdown we stop waiting for it.
-                await _first(run.thread_done, self._stopping)
+                await self._wait_overrun(run)
             self._slots -= 1
             await self._start_admitted()
             self._notify_slot()
+
+    async def _wait_overrun(self, run: JobRun) -> None:
+        """Hold the slot of a sync job whose thread outlived its attempt, saying so."""
+        job, done = run.job, run.thread_done
+        assert done is not None
+        logger.warning(
+            "job %s (%s) is over, but its thread still runs: a thread cannot be stopped, so it "
+            "keeps its slot until it returns (isolation='process' makes the timeout hard)",
+            job.id,
+            job.task,
+            extra=log_extra("job_thread_overrun", job, self.id),
+        )
+        started = anyio.current_time()
+        await _first(done, self._stopping)
+        if done.is_set():
+            logger.warning(
+                "job %s (%s): its thread returned %.1fs after the attempt ended; slot freed",
+                job.id,
+                job.task,
+                anyio.current_time() - started,
+                extra=log_extra("job_thread_returned", job, self.id),
+            )
 
     async def _begin(self, run: JobRun) -> bool:
         """Mark the attempt started in the store before any of its code runs.

@@ -70,6 +70,17 @@ __all__ = ("RedisBackend",)
 logger: logging.Logger = logging.getLogger(__name__)
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _before_sending(exc: BaseException) -> bool:
+    """Whether ``exc`` happened before a request could go out (connecting, refused)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    # redis-py words every failure to connect "Error ... connecting to ..." / "Timeout
+    # connecting to server"; failures after that (reading the reply) say otherwise.
+    return "connecting to" in str(exc)
+
+
 _FINISH_BATCH = 256
 _CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
@@ -270,14 +281,18 @@ class RedisBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._retry_for if retry_for is None else retry_for)
         attempt = 0
+        sent = False  # whether a request may have reached Redis (its reply then lost)
         while True:
             try:
                 return await call()
             except _TRANSIENT as exc:
                 attempt += 1
+                sent = sent or not _before_sending(exc)
                 delay = min(0.5, 0.02 * 2**attempt) * (0.5 + random.random() / 2)
                 if self._closed or loop.time() + delay > deadline:
-                    raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
+                    raise BackendUnavailable(
+                        f"Redis cannot be reached: {exc}", may_have_applied=sent
+                    ) from exc
                 logger.debug("Redis unreachable (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 if on_retry is not None:
