@@ -28,6 +28,7 @@ from ._engine.scheduler import (
     Scheduler,
 )
 from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
+from ._flow import check_flow_key, keyed
 from ._location import store_location
 from ._settings import Settings
 from ._signature import encode_payload
@@ -130,6 +131,8 @@ class Afterwork:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        local_concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
@@ -146,6 +149,8 @@ class Afterwork:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        local_concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
@@ -158,7 +163,11 @@ class Afterwork:
             retries: how many times a failed attempt is retried.
             backoff: delay between retries; default ``Retry.exponential()``.
             timeout: seconds an attempt may run before it is cancelled and counted failed.
-            concurrency: most jobs of this task running at once in one worker process.
+            concurrency: most jobs of this task running at once across every process
+                sharing the store (the store enforces it when it hands out jobs).
+            concurrency_key: the name of an argument: the ``concurrency`` cap then holds
+                per value of it (a JSON scalar).
+            local_concurrency: most jobs of this task running at once in one worker process.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
         """
@@ -169,6 +178,8 @@ class Afterwork:
             backoff=backoff if backoff is not None else ExponentialBackoff(),
             timeout=timeout,
             concurrency=concurrency,
+            concurrency_key=concurrency_key,
+            local_concurrency=local_concurrency,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
         )
@@ -194,6 +205,7 @@ class Afterwork:
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
+        check_flow_key(task)
         if any(injected.kind == "service_context" for injected in task.codec.injected):
             raise TypeError(f"{task_name}: only services take a ServiceContext; use JobContext")
         self.tasks[task_name] = task
@@ -455,6 +467,8 @@ class Afterwork:
         if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
             raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
+        if task.opts.concurrency_key is not None:
+            json_args, json_kwargs = keyed(task, json_args, json_kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
         return NewJob(

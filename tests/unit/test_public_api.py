@@ -71,6 +71,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Clock",
         "EventHistory",
         "EventStream",
+        "FlowLimit",
         "HeartbeatReply",
         "Inspector",
         "JobFilter",

@@ -26,11 +26,11 @@ Contract (what must hold even on failure):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .._lifecycle import Claim, Lease, NewJob, Outcome
+from .._lifecycle import Claim, FlowLimit, Lease, NewJob, Outcome
 from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
@@ -41,6 +41,7 @@ __all__ = (
     "Clock",
     "EventHistory",
     "EventStream",
+    "FlowLimit",
     "HeartbeatReply",
     "Inspector",
     "JobFilter",
@@ -135,10 +136,15 @@ class Backend(Protocol):
         limit: int,
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
 
         ``queues`` ``None`` means every queue. Jobs of ``exclude_tasks`` are left alone.
+        ``limits`` caps, per task name, the jobs running across the fleet: a job whose
+        group (:func:`~afterwork._lifecycle.flow_group`) already has ``limit`` jobs
+        ``running`` in the store (this claim's included) is passed over, and the jobs
+        behind it may be claimed (no head-of-line blocking).
         A claim holds the lease but does not start the attempt (``started_at`` stays
         unset): see :meth:`begin`.
         """

@@ -102,7 +102,9 @@ class TaskOut(BaseModel):
     priority: int
     retries: int
     timeout: float | None
-    concurrency: int | None
+    concurrency: int | None = Field(description="Most running jobs across the fleet.")
+    concurrency_key: str | None = None
+    local_concurrency: int | None = Field(None, description="Most running jobs per process.")
     result_ttl: float | None
     arguments: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 
@@ -116,6 +118,8 @@ class TaskOut(BaseModel):
             retries=opts.retries,
             timeout=opts.timeout,
             concurrency=opts.concurrency,
+            concurrency_key=opts.concurrency_key,
+            local_concurrency=opts.local_concurrency,
             result_ttl=opts.result_ttl,
             arguments=task.codec.json_schema(),
         )
