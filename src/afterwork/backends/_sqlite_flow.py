@@ -37,6 +37,8 @@ class Groups:
         flow = self.limits.get(task)
         if flow is None:
             return None
+        if flow.key is None:
+            return task, flow.limit
         try:
             decoded = json.loads(kwargs or "{}")
         except ValueError:
@@ -48,7 +50,8 @@ class Groups:
         tasks = list(self.limits)
         marks = ", ".join("?" * len(tasks))
         query = (
-            "SELECT task, kwargs FROM afterwork_jobs"
+            # The partial index of running jobs: the running ones only, never the backlog.
+            "SELECT task, kwargs FROM afterwork_jobs INDEXED BY afterwork_jobs_leases"
             f" WHERE status = 'running' AND task IN ({marks})"
         )
         for task, kwargs in conn.execute(query, tasks):
@@ -63,7 +66,7 @@ class Groups:
         """
         taken = Counter(self.used)
         found: list[Any] = []
-        page, offset = limit + 64, 0
+        page, offset = limit, 0
         while len(found) < limit and offset < _SCAN:
             rows = fetch(page, offset)
             for row in rows:
@@ -75,6 +78,7 @@ class Groups:
             if len(rows) < page:
                 break
             offset += page
+            page = min(page * 4, _SCAN)  # passing over full groups: read further ahead
         return found
 
     def admit(self, row: Any) -> bool:

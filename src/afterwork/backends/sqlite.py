@@ -514,6 +514,8 @@ class SQLiteBackend(InspectorMixin):
             return tx.apply(job, change)
 
         result: Job | None = await self._grouped(finish)
+        if result is not None and self._flow_skipped:
+            self._work.notify()  # a slot of a fleet limit is free: claim again
         return result
 
     async def _grouped(self, fn: Callable[[Tx], T]) -> T:
