@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -451,7 +452,7 @@ class Afterwork:
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
         (job,) = await self.backend.enqueue([new])
-        return job.bind(self)
+        return _told(job, new).bind(self)
 
     def build_job(
         self,
@@ -500,7 +501,8 @@ class Afterwork:
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
-        return [job.bind(self) for job in await self.backend.enqueue(jobs)]
+        stored = await self.backend.enqueue(jobs)
+        return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``."""
@@ -894,3 +896,8 @@ def _service_context_injector(
 # "service_context": tasks cannot ask for one. A dependency of a service may ask for it.
 _signature.INJECTORS.append(_service_context_injector)
 dependencies.PROVIDED_TYPES.add(ServiceContext)
+
+
+def _told(job: Job, new: NewJob) -> Job:
+    """``job`` as an enqueue of ``new`` returned it, saying whether it was created now."""
+    return dataclasses.replace(job, created_now=job.id == new.id)

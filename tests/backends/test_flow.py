@@ -152,3 +152,23 @@ async def test_two_instances_sharing_the_store_obey_one_cap(
             done = await asyncio.gather(one.drain(concurrency=4), two.drain(concurrency=4))
     assert sum(done) == 12
     assert peak == 2
+
+
+async def test_enqueue_tells_whether_it_created_the_job(aw: Afterwork) -> None:
+    @aw.task
+    async def greet(name: str) -> None: ...
+
+    first = await greet.options(key="greet:ada").enqueue("ada")
+    again = await greet.options(key="greet:ada").enqueue("ada")
+    other = await greet.enqueue("bob")
+    assert (first.created_now, again.created_now, other.created_now) == (True, False, True)
+    assert again.id == first.id
+    fetched = await aw.get_job(first.id)
+    assert fetched is not None and fetched.created_now is None and fetched == first
+    batch = await aw.enqueue_many(
+        [
+            aw.build_job(greet, ("ada",), {}, {"key": "greet:ada"}),
+            aw.build_job(greet, ("cy",), {}, {}),
+        ]
+    )
+    assert [job.created_now for job in batch] == [False, True]

@@ -486,9 +486,15 @@ def _add_task_routes(router: APIRouter, aw: Afterwork) -> None:
         response_model=JobOut,
         status_code=201,
         summary="Enqueue a job of a task",
-        responses={404: {"description": "No such task"}, 413: {"description": "Too large"}},
+        responses={
+            200: {"description": "An unfinished job holds the key: that job, not a new one"},
+            404: {"description": "No such task"},
+            413: {"description": "Too large"},
+        },
     )
-    async def enqueue(name: Annotated[str, Path(max_length=500)], body: EnqueueBody) -> JobOut:
+    async def enqueue(
+        name: Annotated[str, Path(max_length=500)], body: EnqueueBody, response: Response
+    ) -> JobOut:
         try:
             task = aw.get_task(name)
         except TaskNotFound:
@@ -498,6 +504,8 @@ def _add_task_routes(router: APIRouter, aw: Afterwork) -> None:
             job = await task.options(**options).enqueue(*body.args, **body.kwargs)
         except EnqueueError as exc:
             raise _enqueue_error(exc, body) from None
+        if job.created_now is False:
+            response.status_code = 200
         return JobOut.of(job)
 
 

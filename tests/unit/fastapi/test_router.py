@@ -300,3 +300,15 @@ async def test_the_api_is_in_the_apps_openapi_schema(client: httpx.AsyncClient) 
         assert PREFIX + path in schema["paths"], path
     assert "JobOut" in schema["components"]["schemas"]
     assert PREFIX + "/" not in schema["paths"]  # the dashboard is not an API
+
+
+async def test_enqueue_answers_201_for_a_new_job_and_200_for_the_job_holding_the_key(
+    aw: Afterwork, client: httpx.AsyncClient
+) -> None:
+    url = f"{PREFIX}/tasks/echo/enqueue"
+    body = {"args": ["hi"], "options": {"key": "greeting"}}
+    first = await client.post(url, json=body, headers={**AUTH, **CSRF})
+    again = await client.post(url, json=body, headers={**AUTH, **CSRF})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert len(await aw.list_jobs()) == 1
