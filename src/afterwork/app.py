@@ -35,12 +35,21 @@ from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
-from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
+from .backends.base import (
+    Clock,
+    EventStream,
+    Inspector,
+    JobFilter,
+    NewJob,
+    QueuePause,
+    QueueStats,
+    Store,
+)
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
-from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
+from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, queue_problem, text_problem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -510,6 +519,30 @@ class Afterwork:
         job = await self.backend.get(job_id)
         return None if job is None else job.bind(self)
 
+    async def pause(self, queue: str) -> None:
+        """Pause ``queue`` across the fleet: enqueues are accepted, no worker starts its jobs.
+
+        Jobs already running finish. The state is kept in the store, so it survives
+        restarts, until :meth:`resume`.
+        """
+        await self._ensure_open()
+        await self._queue_pause().pause_queue(_checked_queue(queue))
+
+    async def resume(self, queue: str) -> None:
+        """Let workers start the jobs of ``queue`` again."""
+        await self._ensure_open()
+        await self._queue_pause().resume_queue(_checked_queue(queue))
+
+    async def paused_queues(self) -> frozenset[str]:
+        """The queues paused now."""
+        await self._ensure_open()
+        return await self._queue_pause().paused_queues()
+
+    def _queue_pause(self) -> QueuePause:  # callers open the store first
+        if not isinstance(self.backend, QueuePause):
+            raise ConfigurationError(f"{type(self.backend).__name__} cannot pause queues")
+        return self.backend
+
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one at once, a running one within a heartbeat.
 
@@ -901,3 +934,10 @@ dependencies.PROVIDED_TYPES.add(ServiceContext)
 def _told(job: Job, new: NewJob) -> Job:
     """``job`` as an enqueue of ``new`` returned it, saying whether it was created now."""
     return dataclasses.replace(job, created_now=job.id == new.id)
+
+
+def _checked_queue(queue: str) -> str:
+    problem = queue_problem(queue)
+    if problem is not None:
+        raise ValueError(f"queue {problem}: {queue!r}")
+    return queue

@@ -78,6 +78,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Lease",
         "NewJob",
         "Outcome",
+        "QueuePause",
         "QueueStats",
         "Store",
         "Ticks",

@@ -48,6 +48,7 @@ __all__ = (
     "Lease",
     "NewJob",
     "Outcome",
+    "QueuePause",
     "QueueStats",
     "Store",
     "Ticks",
@@ -247,6 +248,27 @@ class CancelWatch(Protocol):
 
     def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
         """Call ``callback(job_id)`` on each cancel request; return a function to stop."""
+        ...
+
+
+@runtime_checkable
+class QueuePause(Protocol):
+    """Paused queues, kept in the store: every worker sharing it obeys, across restarts.
+
+    A claim never hands out a job of a paused queue (and ``wait_for_work`` does not count
+    them as work); enqueues are accepted, and jobs already claimed run to their end.
+    """
+
+    async def pause_queue(self, queue: str) -> None:
+        """Start nothing more from ``queue`` until it is resumed. Idempotent."""
+        ...
+
+    async def resume_queue(self, queue: str) -> None:
+        """Let workers claim from ``queue`` again. Idempotent."""
+        ...
+
+    async def paused_queues(self) -> frozenset[str]:
+        """The queues paused now."""
         ...
 
 

@@ -79,6 +79,7 @@ class MemoryBackend:
         self._work = Notifier()
         self._wake = False
         self._flow_skipped = False
+        self._paused: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> MemoryBackend:
@@ -202,7 +203,11 @@ class MemoryBackend:
             now = self._clock()
             self._promote(now)
             used = self._flow_used(limits) if limits else None
-            names = list(self._ready) if queues is None else [q for q in queues if q in self._ready]
+            names = [
+                q
+                for q in (self._ready if queues is None else queues)
+                if q in self._ready and q not in self._paused
+            ]
             skipped: list[tuple[str, tuple[int, int, str]]] = []
             while len(claims) < limit:
                 best: tuple[tuple[int, int, str], str] | None = None
@@ -353,6 +358,8 @@ class MemoryBackend:
             self._promote(now)
             names = list(self._ready) if queues is None else queues
             for name in names:
+                if name in self._paused:
+                    continue
                 for _, _, job_id in self._ready.get(name, ()):
                     job = self._jobs.get(job_id)
                     if job is not None and job.status is JobStatus.QUEUED:
@@ -430,6 +437,21 @@ class MemoryBackend:
             for job in doomed:
                 del self._jobs[job.id]
         return len(doomed)
+
+    # -- the QueuePause protocol ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        with self._lock:
+            self._paused.add(queue)
+
+    async def resume_queue(self, queue: str) -> None:
+        with self._lock:
+            self._paused.discard(queue)
+        self._work.notify()
+
+    async def paused_queues(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._paused)
 
     # -- the Ticks protocol ---------------------------------------------------------------
 

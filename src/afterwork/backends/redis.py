@@ -584,6 +584,19 @@ class RedisBackend:
         except MalformedRecord as exc:
             return unreadable_job(job_id or str(record[0]), record, str(exc))
 
+    # -- the QueuePause protocol -----------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        await self._command("SADD", self._key("paused"), queue)
+
+    async def resume_queue(self, queue: str) -> None:
+        await self._command("SREM", self._key("paused"), queue)
+        await self._command("PUBLISH", self._key("wake"), "1")  # its jobs are work again
+
+    async def paused_queues(self) -> frozenset[str]:
+        members = await self._command("SMEMBERS", self._key("paused"))
+        return frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         self._ensure_listener()
         ticket = self._wake.ticket()

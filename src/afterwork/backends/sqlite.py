@@ -35,6 +35,7 @@ from ._sqlite_db import Database, connect
 from ._sqlite_events import EventPump
 from ._sqlite_flow import Groups
 from ._sqlite_inspect import InspectorMixin
+from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
 from .base import Claim, Clock, EventStream, FlowLimit, HeartbeatReply, Lease, NewJob, Outcome
@@ -84,7 +85,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin):
+class SQLiteBackend(InspectorMixin, PauseMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:
@@ -358,11 +359,13 @@ class SQLiteBackend(InspectorMixin):
                 (now,),
             )
             candidates: list[Any] = []
+            held = paused_queues(conn)
             if queues is None:
-                candidates = conn.execute(every_queue, (*excluded, limit)).fetchall()
+                query, head = without_paused(every_queue, held)
+                candidates = conn.execute(query, (*head, *excluded, limit)).fetchall()
             else:
                 # One indexed range per queue, merged here: never a sort over a backlog.
-                for queue in dict.fromkeys(queues):
+                for queue in dict.fromkeys(q for q in queues if q not in held):
                     candidates += conn.execute(one_queue, (queue, *excluded, limit)).fetchall()
                 candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
             claims: list[Claim] = []
@@ -418,9 +421,10 @@ class SQLiteBackend(InspectorMixin):
                 (now,),
             )
             groups.count_running(conn)
+            held = paused_queues(conn)
             # One indexed range per queue (or across them all), merged here.
-            scans: list[tuple[str, tuple[str, ...]]] = [(every_queue, ())] if queues is None else []
-            scans += [(one_queue, (queue,)) for queue in dict.fromkeys(queues or ())]
+            scans = [without_paused(every_queue, held)] if queues is None else []
+            scans += [(one_queue, (q,)) for q in dict.fromkeys(queues or ()) if q not in held]
             candidates: list[Any] = []
             for query, head in scans:
 
@@ -638,12 +642,22 @@ class SQLiteBackend(InspectorMixin):
         return await self._write(cancel)
 
     def _due_in(self, conn: sqlite3.Connection, queues: Sequence[str] | None) -> float | None:
-        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due."""
+        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due.
+
+        Paused queues are left out: their jobs are not work this worker may start.
+        """
         where = ""
         params: tuple[str, ...] = ()
+        held = paused_queues(conn)
         if queues is not None:
+            queues = [q for q in queues if q not in held]
+            if not queues:
+                return None
             where = f" AND queue IN ({', '.join('?' * len(queues))})"
             params = tuple(queues)
+        elif held:
+            where = f" AND queue NOT IN ({', '.join('?' * len(held))})"
+            params = tuple(sorted(held))
         ready = conn.execute(
             f"SELECT 1 FROM afterwork_jobs WHERE status = 'queued'{where} LIMIT 1", params
         ).fetchone()

@@ -11,6 +11,14 @@ local nq = tonumber(ARGV[8])
 local queues = {}
 for i = 1, nq do queues[i] = ARGV[8 + i] end
 if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
+-- Paused queues (P:paused) start nothing.
+local open_queues = {}
+for _, queue in ipairs(queues) do
+  if redis.call('SISMEMBER', P .. ':paused', queue) == 0 then
+    open_queues[#open_queues + 1] = queue
+  end
+end
+queues = open_queues
 local ne = tonumber(ARGV[9 + nq])
 local excluded = {}
 for i = 10 + nq, 9 + nq + ne do excluded[ARGV[i]] = true end
