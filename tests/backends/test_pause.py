@@ -87,7 +87,7 @@ async def test_a_worker_does_not_spin_on_a_paused_queue(aw: Afterwork) -> None:
     calls = {"n": 0}
     original = aw.backend.claim
 
-    async def counting_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def counting_claim(*args, **kwargs):
         calls["n"] += 1
         return await original(*args, **kwargs)
 
