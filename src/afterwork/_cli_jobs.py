@@ -378,10 +378,10 @@ def queues(
 ) -> None:
     """Count each queue's jobs per state."""
 
-    async def action(aw: Afterwork) -> tuple[list[QueueStats], float, str]:
-        return await aw.stats(), aw.backend.now(), aw.location
+    async def action(aw: Afterwork) -> tuple[list[QueueStats], frozenset[str], float, str]:
+        return await aw.stats(), await aw.paused_queues(), aw.backend.now(), aw.location
 
-    stats, now, where = _run(app, url, action)
+    stats, paused, now, where = _run(app, url, action)
     if as_json:
         _print_json(
             [
@@ -389,6 +389,7 @@ def queues(
                     "queue": s.queue,
                     "counts": {status.value: count for status, count in s.counts.items()},
                     "oldest_waiting_at": s.oldest_waiting_at,
+                    "paused": s.queue in paused,
                 }
                 for s in stats
             ]
@@ -413,11 +414,13 @@ def queues(
         else:
             oldest = _age(now - waited)
         table.add_row(
-            Text(_safe(s.queue)),
+            Text(_safe(s.queue) + (" (paused)" if s.queue in paused else "")),
             *(Text(str(s.counts.get(status, 0))) for status in JobStatus),
             Text(oldest),
         )
     console.print(table)
+    if paused:
+        console.print(Text("paused: " + ", ".join(_safe(q) for q in sorted(paused))))
     if not stats:
         typer.echo("no jobs")
 

@@ -179,3 +179,18 @@ def test_clear_errors_and_exit_codes(tmp_path: Path, store: Store) -> None:
     newer = afterwork("queues", url=store.url)
     assert newer.returncode == 3 and "newer afterwork" in newer.stderr
     assert "Traceback" not in newer.stderr
+
+
+def test_queues_pause_and_resume(store: Store) -> None:
+    paused = afterwork("queues", "pause", "media", url=store.url)
+    assert paused.returncode == 0 and "queue media: paused" in paused.stdout
+    stats = {s["queue"]: s for s in as_json(afterwork("queues", "--json", url=store.url))}
+    assert (stats["media"]["paused"], stats["default"]["paused"]) == (True, False)
+    table = afterwork("queues", url=store.url)
+    assert "media (paused)" in table.stdout and "paused: media" in table.stdout
+    resumed = afterwork("queues", "resume", "media", url=store.url)
+    assert resumed.returncode == 0 and "queue media: resumed" in resumed.stdout
+    stats = {s["queue"]: s for s in as_json(afterwork("queues", "--json", url=store.url))}
+    assert stats["media"]["paused"] is False
+    bad = afterwork("queues", "pause", "", url=store.url)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
