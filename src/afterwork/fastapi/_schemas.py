@@ -18,6 +18,7 @@ __all__ = (
     "JobOut",
     "JobPage",
     "QueueOut",
+    "QueuePauseOut",
     "TaskOut",
 )
 
@@ -71,6 +72,13 @@ class JobPage(BaseModel):
     next_cursor: str | None = None
 
 
+class QueuePauseOut(BaseModel):
+    """A queue's pause state after a pause or resume."""
+
+    queue: str
+    paused: bool
+
+
 class QueueOut(BaseModel):
     """A queue's job counts per status, and how long its oldest due job has waited."""
 
@@ -82,10 +90,13 @@ class QueueOut(BaseModel):
         default=None, description="Seconds the oldest due job has waited, by the store's clock."
     )
 
+    paused: bool = Field(default=False, description="No worker starts this queue's jobs.")
+
     @classmethod
-    def of(cls, stats: QueueStats, now: float) -> QueueOut:
+    def of(cls, stats: QueueStats, now: float, *, paused: bool = False) -> QueueOut:
         oldest = stats.oldest_waiting_at
         return cls(
+            paused=paused,
             queue=stats.queue,
             counts={status: stats.counts.get(status, 0) for status in JobStatus},
             total=sum(stats.counts.values()),

@@ -45,9 +45,10 @@ from ..__about__ import __version__
 from ..backends.base import EventHistory
 from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, TaskNotFound
 from ..job import Job, JobStatus
+from ..task import MAX_QUEUE, queue_problem
 from . import _extras
 from ._options import AuthDependency, RouterOptions
-from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
+from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, QueuePauseOut, TaskOut
 from ._sse import event_stream
 
 if TYPE_CHECKING:
@@ -420,6 +421,17 @@ def _job_or_404(job: Job | None, job_id: str) -> JobOut:
 
 
 JobId = Annotated[str, Path(min_length=1, max_length=128)]
+QueueName = Annotated[str, Path(min_length=1, max_length=MAX_QUEUE)]
+
+
+def _queue_or_422(name: str) -> str:
+    problem = queue_problem(name)
+    if problem is not None:
+        detail = [
+            {"loc": ["path", "name"], "msg": f"a queue name {problem}", "type": "value_error"}
+        ]
+        raise HTTPException(422, detail)
+    return name
 
 
 def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
@@ -458,8 +470,25 @@ def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
     @router.get("/queues", response_model=list[QueueOut], summary="Job counts per queue")
     async def queues() -> list[QueueOut]:
         stats = await aw.stats()
+        paused = await aw.paused_queues()
         now = aw.backend.now()
-        return [QueueOut.of(queue, now) for queue in stats]
+        return [QueueOut.of(queue, now, paused=queue.queue in paused) for queue in stats]
+
+    @router.post(
+        "/queues/{name:path}/pause",
+        response_model=QueuePauseOut,
+        summary="Pause a queue across the fleet (running jobs finish, nothing new starts)",
+    )
+    async def pause_queue(name: QueueName) -> QueuePauseOut:
+        await aw.pause(_queue_or_422(name))
+        return QueuePauseOut(queue=name, paused=True)
+
+    @router.post(
+        "/queues/{name:path}/resume", response_model=QueuePauseOut, summary="Resume a queue"
+    )
+    async def resume_queue(name: QueueName) -> QueuePauseOut:
+        await aw.resume(_queue_or_422(name))
+        return QueuePauseOut(queue=name, paused=False)
 
 
 def _enqueue_error(exc: EnqueueError, body: EnqueueBody) -> HTTPException:

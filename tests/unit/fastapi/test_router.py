@@ -123,6 +123,8 @@ async def test_every_route_refuses_a_caller_without_credentials(
         "/jobs/{job_id}/cancel",
         "/jobs/{job_id}/retry",
         "/queues",
+        "/queues/{name:path}/pause",
+        "/queues/{name:path}/resume",
         "/tasks",
         "/tasks/{name:path}/enqueue",
         "/events",
@@ -312,3 +314,18 @@ async def test_enqueue_answers_201_for_a_new_job_and_200_for_the_job_holding_the
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"]
     assert len(await aw.list_jobs()) == 1
+
+
+async def test_pause_and_resume_a_queue(aw: Afterwork, client: httpx.AsyncClient) -> None:
+    await aw.tasks["echo"].enqueue("x")
+    paused = await client.post(f"{PREFIX}/queues/default/pause", headers={**AUTH, **CSRF})
+    assert paused.status_code == 200 and paused.json() == {"queue": "default", "paused": True}
+    assert await aw.paused_queues() == {"default"}
+    queues = {q["queue"]: q for q in (await client.get(f"{PREFIX}/queues", headers=AUTH)).json()}
+    assert queues["default"]["paused"] is True
+    resumed = await client.post(f"{PREFIX}/queues/default/resume", headers={**AUTH, **CSRF})
+    assert resumed.json() == {"queue": "default", "paused": False}
+    assert await aw.paused_queues() == frozenset()
+    bad = await client.post(f"{PREFIX}/queues/_reserved/pause", headers={**AUTH, **CSRF})
+    assert bad.status_code == 422
+    assert await aw.paused_queues() == frozenset()

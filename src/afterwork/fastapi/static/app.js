@@ -84,11 +84,30 @@
     clear(body);
     for (const queue of queues) {
       const row = el("tr");
-      row.appendChild(el("td", queue.queue));
+      row.appendChild(el("td", queue.paused ? queue.queue + " (paused)" : queue.queue));
       for (const status of STATUSES) row.appendChild(el("td", queue.counts[status] || 0, "num"));
       row.appendChild(el("td", age(queue.oldest_waiting_age), "num"));
+      const cell = el("td");
+      cell.appendChild(pauseButton(queue));
+      row.appendChild(cell);
       body.appendChild(row);
     }
+  }
+
+  // Pause or resume a queue across the fleet (running jobs finish; nothing new starts).
+  function pauseButton(queue) {
+    const action = queue.paused ? "resume" : "pause";
+    const button = el("button", action);
+    button.type = "button";
+    button.className = "queue-" + action;
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      api("queues/" + encodeURIComponent(queue.queue) + "/" + action, { method: "POST" })
+        .then(() => { notice(""); return loadQueues(); })
+        .catch((err) => notice(err.message))
+        .finally(() => { button.disabled = false; });
+    });
+    return button;
   }
 
   function scheduleQueues() {
