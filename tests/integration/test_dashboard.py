@@ -245,3 +245,29 @@ async def test_dashboard_shows_schedules_with_run_now_and_service_health(
 async def _first_job(aw: Afterwork) -> Job | None:
     jobs = await aw.list_jobs()
     return jobs[0] if jobs else None
+
+
+async def test_dashboard_pauses_and_resumes_a_queue(browser: Browser, aw: Afterwork) -> None:
+    later = aw.get_task("later")
+    await later.enqueue(1)
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        await page.goto(f"{url}/afterwork/")
+        row = page.locator("#queues tbody tr", has_text="parked")
+        await row.locator("button.queue-pause").click()
+        await page.locator("#queues tbody tr", has_text="parked (paused)").wait_for()
+        assert await aw.paused_queues() == {"parked"}
+        await (
+            page.locator("#queues tbody tr", has_text="parked")
+            .locator("button.queue-resume")
+            .click()
+        )
+        await page.locator("#queues button.queue-pause").wait_for()
+        assert await eventually(lambda: _none_paused(aw))
+        await context.close()
+
+
+async def _none_paused(aw: Afterwork) -> bool:
+    return await aw.paused_queues() == frozenset()
