@@ -13,10 +13,6 @@ from .conftest import ROOT, assert_blocks_are_code
 pytestmark = pytest.mark.anyio
 
 
-def test_the_page_shows_the_tested_code() -> None:
-    assert_blocks_are_code("flow-control.md", ROOT / "examples/docs/flow_control.py")
-
-
 async def test_the_limits_hold_while_the_example_tasks_run() -> None:
     from examples.docs import flow_control as ex
 
@@ -47,3 +43,19 @@ async def test_the_route_answers_201_then_200() -> None:
             again = await client.post("/orders/7/invoice")
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json() == again.json()
+
+
+def test_the_pause_section_shows_the_tested_code() -> None:
+    assert_blocks_are_code(
+        "flow-control.md",
+        ROOT / "examples/docs/flow_control.py",
+        ROOT / "examples/docs/flow_pause.py",
+    )
+
+
+async def test_the_pause_example() -> None:
+    from examples.docs import flow_pause as ex
+
+    async with ex.aw:
+        assert await ex.maintenance_window() == ["succeeded", "video 42 done"]
+        assert await ex.aw.paused_queues() == frozenset()
