@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 import anyio
 
 from . import _bridge, _signature
+from ._bulk import CANCELLABLE, RETRYABLE, JobSelection, select
 from ._engine import dependencies
 from ._engine.local import LocalRuns
 from ._engine.scheduler import (
@@ -559,6 +560,59 @@ class Afterwork:
         await self._ensure_open()
         job = await self._inspector().retry(job_id)
         return None if job is None else job.bind(self)
+
+    async def select_jobs(self, selection: JobSelection) -> list[Job]:
+        """Every job matching ``selection`` (what a bulk retry or cancel would take)."""
+        await self._ensure_open()
+        found = await select(self._inspector(), selection, self.backend.now())
+        return [job.bind(self) for job in found]
+
+    async def retry_jobs(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Job]:
+        """Retry every failed or cancelled job matching the filter; return those retried.
+
+        ``since``/``until``: seconds ago (a job's time is when it finished). Each job goes
+        through the same manual retry as :meth:`retry`.
+        """
+        fields = {"queue": queue, "task": task, "error_type": error_type}
+        selection = JobSelection.of(status, RETRYABLE, since=since, until=until, **fields)
+        retried = [await self.retry(job.id) for job in await self.select_jobs(selection)]
+        return [job for job in retried if job is not None and job.status is JobStatus.QUEUED]
+
+    async def cancel_jobs(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Job]:
+        """Cancel every waiting or running job matching the filter; return those changed.
+
+        A running job is asked to stop (it ends within a heartbeat), as :meth:`cancel`.
+        """
+        fields = {"queue": queue, "task": task, "error_type": error_type}
+        selection = JobSelection.of(status, CANCELLABLE, since=since, until=until, **fields)
+        changed: list[Job] = []
+        for job in await self.select_jobs(selection):
+            if job.cancel_requested:
+                continue  # asked already
+            after = await self.cancel(job.id)
+            if after is not None and (
+                after.status is JobStatus.CANCELLED or after.cancel_requested
+            ):
+                changed.append(after)
+        return changed
 
     async def list_jobs(
         self,

@@ -194,3 +194,35 @@ def test_queues_pause_and_resume(store: Store) -> None:
     assert stats["media"]["paused"] is False
     bad = afterwork("queues", "pause", "", url=store.url)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_bulk_retry_and_cancel_count_first_and_ask(store: Store) -> None:
+    failed = store.ids["failed"]
+    dry = afterwork(
+        "jobs", "retry", "--status", "failed", "--task", "app:work", "--since", "1h",
+        "--dry-run", url=store.url,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert failed in dry.stdout and "1 job(s) would be retried" in dry.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "failed"
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "AFTERWORK_URL": store.url}
+    declined = subprocess.run(
+        [sys.executable, "-m", "afterwork", "jobs", "retry", "--status", "failed"],
+        cwd=ROOT, env=env, input="n\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert declined.returncode == 1 and "retry 1 job(s)?" in declined.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "failed"
+    done = afterwork(
+        "jobs", "retry", "--status", "failed", "--error-type", "ValueError", "--yes", url=store.url
+    )
+    assert done.returncode == 0 and "retried 1 of 1 job(s)" in done.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "queued"
+    cancelled = as_json(
+        afterwork("jobs", "cancel", "--queue", "media", "--yes", "--json", url=store.url)
+    )
+    assert cancelled == {"matched": 2, "cancelled": 2}
+    neither = afterwork("jobs", "retry", url=store.url)
+    assert neither.returncode == 2 and "give a job id, or filters" in neither.stderr
+    bad = afterwork("jobs", "retry", "--since", "soon", url=store.url)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr
