@@ -39,7 +39,7 @@ async def test_retry_jobs_by_status_task_error_type_and_time(
     assert {j.id for j in retried} == boom_recent
     assert all(j.status is JobStatus.QUEUED and j.attempts == 0 for j in retried)
     # Each went through the manual retry of the lifecycle: a "retried" event per job.
-    seen = set()
+    seen: set[str] = set()
     while len(seen) < len(boom_recent):
         event = await anext(events)
         if event.kind == "retried":
