@@ -11,6 +11,8 @@ from ..job import Job, JobStatus
 from ..task import MAX_DELAY, MAX_KEY, MAX_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Task
 
 __all__ = (
+    "BulkBody",
+    "BulkOut",
     "EnqueueBody",
     "EnqueueOptionsBody",
     "InfoOut",
@@ -70,6 +72,32 @@ class JobPage(BaseModel):
 
     jobs: list[JobOut]
     next_cursor: str | None = None
+
+
+class BulkBody(BaseModel):
+    """Which jobs a bulk retry or cancel takes (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[JobStatus] | None = None
+    queue: str | None = Field(None, max_length=200)
+    task: str | None = Field(None, max_length=500)
+    error_type: str | None = Field(None, max_length=500)
+    since: float | None = Field(
+        None, ge=0, allow_inf_nan=False, strict=True, description="seconds ago"
+    )
+    until: float | None = Field(
+        None, ge=0, allow_inf_nan=False, strict=True, description="seconds ago"
+    )
+    dry_run: bool = Field(False, strict=True, description="count the jobs, change nothing")
+
+
+class BulkOut(BaseModel):
+    """How many jobs matched, and how many the action changed."""
+
+    matched: int
+    changed: int
+    dry_run: bool
 
 
 class QueuePauseOut(BaseModel):

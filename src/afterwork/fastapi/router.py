@@ -45,10 +45,10 @@ from ..__about__ import __version__
 from ..backends.base import EventHistory
 from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, TaskNotFound
 from ..job import Job, JobStatus
-from ..task import MAX_QUEUE, queue_problem
 from . import _extras
+from ._flow_routes import add_flow_routes
 from ._options import AuthDependency, RouterOptions
-from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, QueuePauseOut, TaskOut
+from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
 from ._sse import event_stream
 
 if TYPE_CHECKING:
@@ -346,6 +346,7 @@ def create_router(
     router = APIRouter(dependencies=dependencies, route_class=route_class, tags=["afterwork"])
 
     _add_job_routes(router, aw)
+    add_flow_routes(router, aw)
     _add_task_routes(router, aw)
     _add_event_routes(router, aw, heartbeat, stream_lifetime)
     _extras.add_schedule_routes(router, aw)
@@ -421,17 +422,6 @@ def _job_or_404(job: Job | None, job_id: str) -> JobOut:
 
 
 JobId = Annotated[str, Path(min_length=1, max_length=128)]
-QueueName = Annotated[str, Path(min_length=1, max_length=MAX_QUEUE)]
-
-
-def _queue_or_422(name: str) -> str:
-    problem = queue_problem(name)
-    if problem is not None:
-        detail = [
-            {"loc": ["path", "name"], "msg": f"a queue name {problem}", "type": "value_error"}
-        ]
-        raise HTTPException(422, detail)
-    return name
 
 
 def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
@@ -473,22 +463,6 @@ def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
         paused = await aw.paused_queues()
         now = aw.backend.now()
         return [QueueOut.of(queue, now, paused=queue.queue in paused) for queue in stats]
-
-    @router.post(
-        "/queues/{name:path}/pause",
-        response_model=QueuePauseOut,
-        summary="Pause a queue across the fleet (running jobs finish, nothing new starts)",
-    )
-    async def pause_queue(name: QueueName) -> QueuePauseOut:
-        await aw.pause(_queue_or_422(name))
-        return QueuePauseOut(queue=name, paused=True)
-
-    @router.post(
-        "/queues/{name:path}/resume", response_model=QueuePauseOut, summary="Resume a queue"
-    )
-    async def resume_queue(name: QueueName) -> QueuePauseOut:
-        await aw.resume(_queue_or_422(name))
-        return QueuePauseOut(queue=name, paused=False)
 
 
 def _enqueue_error(exc: EnqueueError, body: EnqueueBody) -> HTTPException:

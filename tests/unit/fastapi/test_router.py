@@ -13,7 +13,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from afterwork import Afterwork, ConfigurationError, Job, ServiceContext
+from afterwork import Afterwork, ConfigurationError, Job, JobStatus, ServiceContext
 from afterwork.fastapi.router import CSRF_HEADER, create_router
 
 from ...integration.conftest import AUTH, CSRF, require_admin
@@ -125,6 +125,8 @@ async def test_every_route_refuses_a_caller_without_credentials(
         "/queues",
         "/queues/{name:path}/pause",
         "/queues/{name:path}/resume",
+        "/bulk/retry",
+        "/bulk/cancel",
         "/tasks",
         "/tasks/{name:path}/enqueue",
         "/events",
@@ -329,3 +331,24 @@ async def test_pause_and_resume_a_queue(aw: Afterwork, client: httpx.AsyncClient
     bad = await client.post(f"{PREFIX}/queues/_reserved/pause", headers={**AUTH, **CSRF})
     assert bad.status_code == 422
     assert await aw.paused_queues() == frozenset()
+
+
+async def test_bulk_cancel_and_retry_in_one_call_each(
+    aw: Afterwork, client: httpx.AsyncClient
+) -> None:
+    echo = aw.tasks["echo"]
+    ids = {(await echo.enqueue(str(n))).id for n in range(3)}
+    headers = {**AUTH, **CSRF}
+    dry = await client.post(f"{PREFIX}/bulk/cancel", json={"dry_run": True}, headers=headers)
+    assert dry.json()["matched"] >= len(ids) and dry.json()["changed"] == 0
+    body = {"task": "echo", "status": ["queued"]}
+    done = await client.post(f"{PREFIX}/bulk/cancel", json=body, headers=headers)
+    assert done.status_code == 200 and done.json()["changed"] == done.json()["matched"] >= 3
+    assert ids <= {j.id for j in await aw.list_jobs(status=JobStatus.CANCELLED)}
+    again = await client.post(
+        f"{PREFIX}/bulk/retry", json={"status": ["cancelled"], "since": 3600}, headers=headers
+    )
+    assert again.json()["changed"] == again.json()["matched"] >= 3
+    assert ids <= {j.id for j in await aw.list_jobs(status=JobStatus.QUEUED)}
+    wrong = await client.post(f"{PREFIX}/bulk/retry", json={"status": ["queued"]}, headers=headers)
+    assert wrong.status_code == 422
