@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from afterwork import Afterwork, Job, ServiceContext
+from afterwork import Afterwork, Job, JobStatus, ServiceContext
 
 from ..waiting import eventually
 from .conftest import AUTH, CSRF, SESSION_COOKIE, TOKEN, make_app, serve
@@ -271,3 +271,36 @@ async def test_dashboard_pauses_and_resumes_a_queue(browser: Browser, aw: Afterw
 
 async def _none_paused(aw: Afterwork) -> bool:
     return await aw.paused_queues() == frozenset()
+
+
+async def test_dashboard_cancels_the_jobs_a_filter_matches_after_confirming(
+    browser: Browser, aw: Afterwork
+) -> None:
+    later = aw.get_task("later")
+    ids = {(await later.enqueue(n)).id for n in range(3)}
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        dialogs: list[str] = []
+
+        async def answer(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            await (dialog.dismiss() if len(dialogs) == 1 else dialog.accept())
+
+        page.on("dialog", answer)
+        await page.goto(f"{url}/afterwork/")
+        await page.fill("#filters input[name=queue]", "parked")
+        await page.click("#filters button[type=submit]")
+        await page.click("#bulk-cancel")
+        await eventually(lambda: _true(len(dialogs) == 1))
+        assert dialogs == ["cancel 3 job(s) matching the filter?"]
+        assert {j.status for j in await aw.list_jobs()} == {JobStatus.QUEUED}  # declined
+        await page.click("#bulk-cancel")
+        await page.locator("#notice", has_text="cancel: 3 of 3 job(s)").wait_for()
+        assert {j.id for j in await aw.list_jobs(status=JobStatus.CANCELLED)} == ids
+        await context.close()
+
+
+async def _true(value: bool) -> bool | None:
+    return value or None

@@ -118,6 +118,35 @@
     }, 500);
   }
 
+  // -- bulk actions: the jobs the filters match, counted first, then confirmed -------
+
+  async function bulkAction(action, ...applicable) {
+    const f = state.filters;
+    if (f.status && !applicable.includes(f.status)) {
+      notice(action + " applies to " + applicable.join(", ") + " jobs, not " + f.status);
+      return;
+    }
+    const body = { status: f.status ? [f.status] : null, queue: f.queue || null, task: f.task || null };
+    const post = (dryRun) => api("bulk/" + action, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(Object.assign({ dry_run: dryRun }, body)),
+    });
+    try {
+      const counted = await post(true);
+      if (counted.matched === 0) {
+        notice("no job matches the filter; nothing to " + action);
+        return;
+      }
+      if (!window.confirm(action + " " + counted.matched + " job(s) matching the filter?")) return;
+      const done = await post(false);
+      notice(action + ": " + done.changed + " of " + done.matched + " job(s)");
+      await loadJobs(false);
+    } catch (err) {
+      notice(err.message);
+    }
+  }
+
   // -- overview: jobs ---------------------------------------------------------------
 
   function jobsQuery(before) {
@@ -397,6 +426,8 @@
       loadJobs(false).catch((err) => notice(err.message));
     });
     $("more").addEventListener("click", () => loadJobs(true).catch((err) => notice(err.message)));
+    $("bulk-retry").addEventListener("click", () => bulkAction("retry", "failed", "cancelled"));
+    $("bulk-cancel").addEventListener("click", () => bulkAction("cancel", "scheduled", "queued", "running"));
     $("cancel").addEventListener("click", () => jobAction("cancel"));
     $("retry").addEventListener("click", () => jobAction("retry"));
     window.addEventListener("hashchange", route);
