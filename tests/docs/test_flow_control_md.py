@@ -8,6 +8,8 @@ from collections import Counter
 import httpx
 import pytest
 
+from afterwork import JobStatus
+
 from .conftest import ROOT, assert_blocks_are_code
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +52,7 @@ def test_the_pause_section_shows_the_tested_code() -> None:
         "flow-control.md",
         ROOT / "examples/docs/flow_control.py",
         ROOT / "examples/docs/flow_pause.py",
+        ROOT / "examples/docs/flow_bulk.py",
     )
 
 
@@ -59,3 +62,12 @@ async def test_the_pause_example() -> None:
     async with ex.aw:
         assert await ex.maintenance_window() == ["succeeded", "video 42 done"]
         assert await ex.aw.paused_queues() == frozenset()
+
+
+async def test_the_bulk_example() -> None:
+    from examples.docs import flow_bulk as ex
+
+    async with ex.aw:
+        assert await ex.after_the_outage() == 3
+        queued = await ex.aw.list_jobs(status=JobStatus.QUEUED)
+        assert len(queued) == 3 and all(job.attempts == 0 for job in queued)
