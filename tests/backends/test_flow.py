@@ -172,3 +172,14 @@ async def test_enqueue_tells_whether_it_created_the_job(aw: Afterwork) -> None:
         ]
     )
     assert [job.created_now for job in batch] == [False, True]
+
+
+async def test_jobs_claimed_without_limits_count_too(aw: Afterwork) -> None:
+    """A worker that passes no limits (an older deploy) still fills the group's slots."""
+    backend = aw.backend
+    await backend.enqueue([new("t") for _ in range(3)])
+    (plain,) = await backend.claim("old", queues=None, limit=1, lease_ttl=10.0)
+    limits = {"t": FlowLimit(2)}
+    (limited,) = await backend.claim("new", queues=None, limit=5, lease_ttl=10.0, limits=limits)
+    assert limited.job.id != plain.job.id
+    assert await backend.claim("new", queues=None, limit=5, lease_ttl=10.0, limits=limits) == []

@@ -18,7 +18,6 @@ Key layout under the prefix ``P`` (default ``afterwork``)::
     P:stats:<queue>   hash     job counts per status
     P:queues          set      queue names
     P:paused          set      paused queues (claims and peeks pass them over)
-    P:flow:<group>    set      jobs claimed under a fleet-wide limit (claim_flow.lua)
     P:tick:<s>:<t>    string   a taken tick;  P:ticks  hash  last tick per schedule
     P:events          stream   JobEvents (capped);  P:bad:<id>  a quarantined raw record
     channels P:wake (a job became due) and P:cancel (a running job should stop)

@@ -3,9 +3,9 @@
 -- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix,
 -- ARGV[8] number of queues (0: all), the queues, then the number of excluded tasks and
 -- those tasks, then triples (task, limit, key argument or "") of the limited tasks.
--- P:flow:<group> is a set of the jobs claimed in the group; a member whose record is no
--- longer running (finished, released, recovered, purged) is dropped when it is counted,
--- so the count is always that of the store's running records.
+-- The running jobs per group are counted from the records of the running jobs (P:leases),
+-- whoever claimed them (a claim without limits, an in-process start), once per run: a
+-- dead worker's jobs count until their leases are recovered, and not after.
 local worker, ttl, limit, base = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local nq = tonumber(ARGV[8])
 local queues = {}
@@ -39,22 +39,20 @@ local function group(id, task)
   return task .. '\031' .. cjson.encode(value)
 end
 
--- Running jobs per group, counted from the records once per script run.
-local used = {}
+-- Running jobs per group, counted from the running records when first needed.
+local used = nil
 local function running(g)
-  local n = used[g]
-  if n ~= nil then return n end
-  n = 0
-  local fkey = P .. ':flow:' .. g
-  for _, member in ipairs(redis.call('SMEMBERS', fkey)) do
-    if redis.call('HGET', jkey(member), 'status') == 'running' then
-      n = n + 1
-    else
-      redis.call('SREM', fkey, member)
+  if used == nil then
+    used = {}
+    for _, id in ipairs(redis.call('ZRANGE', P .. ':leases', 0, -1)) do
+      local f = fields(id, 'status', 'task')
+      if f ~= nil and f[1] == 'running' and limits[f[2]] ~= nil then
+        local h = group(id, f[2])
+        used[h] = (used[h] or 0) + 1
+      end
     end
   end
-  used[g] = n
-  return n
+  return used[g] or 0
 end
 
 -- Promote due delayed jobs (retries included) to their ready queues.
@@ -128,10 +126,7 @@ for i = 1, #candidates do
       'lease', lease, 'cancel', '0', 'token', base .. i)
     redis.call('ZADD', P .. ':leases', lease, id)
     count(c[4], 'queued', 'running')
-    if g ~= nil then
-      redis.call('SADD', P .. ':flow:' .. g, id)
-      used[g] = used[g] + 1
-    end
+    if g ~= nil then used[g] = running(g) + 1 end
     out[#out + 1] = record(id)
   end
 end
