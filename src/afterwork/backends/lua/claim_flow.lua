@@ -39,7 +39,10 @@ local function group(id, task)
   return task .. '\031' .. cjson.encode(value)
 end
 
--- Running jobs per group, counted from the running records when first needed.
+-- Running jobs per group, counted from the running records when first needed (before
+-- this run claims anything). `total` bounds every group's count: while `total` plus this
+-- run's candidates stays under a cap, that cap cannot bind and nothing is counted.
+local total = redis.call('ZCARD', P .. ':leases')
 local used = nil
 local function running(g)
   if used == nil then
@@ -96,7 +99,9 @@ for _, queue in ipairs(queues) do
       else
         offset = offset + 1
         local g = group(id, f[2])
-        if g ~= nil and running(g) + (taken[g] or 0) >= limits[f[2]][1] then
+        local cap = g ~= nil and limits[f[2]][1]
+        if g ~= nil and total + #candidates >= cap
+          and running(g) + (taken[g] or 0) >= cap then
           skipped = skipped + 1
         elseif found < limit then
           if g ~= nil then taken[g] = (taken[g] or 0) + 1 end
@@ -112,21 +117,31 @@ table.sort(candidates, function(a, b)
   return a[2] < b[2]
 end)
 
+-- Count before claiming (the claims below join P:leases) if a cap may bind.
+for _, c in ipairs(candidates) do
+  if c[5] ~= nil and total + #candidates >= limits[c[6]][1] then
+    running(c[5])
+    break
+  end
+end
+
 local lease = fmt(now + ttl)
 local out = {}
+local claimed = {}
 for i = 1, #candidates do
   if #out >= limit then break end
   local c = candidates[i]
   local id, g = c[2], c[5]
+  local cap = g ~= nil and limits[c[6]][1]
   -- The same group may be reached through several queues: count it across them.
-  if g == nil or running(g) < limits[c[6]][1] then
+  if g == nil or total + #out < cap or running(g) + (claimed[g] or 0) < cap then
     redis.call('ZREM', c[3], id)
     redis.call('HDEL', jkey(id), 'started', 'done_token')
     redis.call('HSET', jkey(id), 'status', 'running', 'worker', worker,
       'lease', lease, 'cancel', '0', 'token', base .. i)
     redis.call('ZADD', P .. ':leases', lease, id)
     count(c[4], 'queued', 'running')
-    if g ~= nil then used[g] = running(g) + 1 end
+    if g ~= nil then claimed[g] = (claimed[g] or 0) + 1 end
     out[#out + 1] = record(id)
   end
 end
