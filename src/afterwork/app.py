@@ -535,9 +535,11 @@ class Afterwork:
         await self._queue_pause().resume_queue(_checked_queue(queue))
 
     async def paused_queues(self) -> frozenset[str]:
-        """The queues paused now."""
+        """The queues paused now (none on a store that cannot pause queues)."""
         await self._ensure_open()
-        return await self._queue_pause().paused_queues()
+        if not isinstance(self.backend, QueuePause):
+            return frozenset()
+        return await self.backend.paused_queues()
 
     def _queue_pause(self) -> QueuePause:  # callers open the store first
         if not isinstance(self.backend, QueuePause):
