@@ -67,6 +67,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "TRUNCATED",
         "Backend",
         "CancelWatch",
+        "ChannelMessage",
+        "Channels",
         "Claim",
         "Clock",
         "EventHistory",
@@ -76,6 +78,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Inspector",
         "JobFilter",
         "Lease",
+        "MessageStream",
         "NewJob",
         "Outcome",
         "QueuePause",
@@ -113,7 +116,9 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "PendingJob",
         "dependencies_of",
         "get_afterwork",
+        "job_event_stream",
         "resolve",
+        "send_job_events",
     ),
     "afterwork.fastapi.router": ("CSRF_HEADER", "RouterOptions", "create_router"),
     "afterwork.job": (
@@ -144,7 +149,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "TaskOptions",
         "TaskOwner",
     ),
-    "afterwork.testing": ("FakeClock",),
+    "afterwork.testing": ("FakeClock", "eager"),
 }
 
 #: Modules that moved into the engine: importable from the old path, with a warning.

@@ -439,7 +439,7 @@ class Scheduler:
                 passed.set()
                 if self._stopping:
                     break
-                with anyio.move_on_after(delay):
+                with self.host.clock.move_on_after(delay):
                     await self._wakeup.wait()
         finally:
             logger.info("scheduler stopped", extra={"action": "scheduler_stopped"})

@@ -279,7 +279,7 @@ class Worker:
         elif at_limit or self._buffer:
             # Work may be waiting only for tasks at their limit: wait_for_work would
             # return at once and spin. Wait for one of our jobs to end instead.
-            with anyio.move_on_after(self.host.config.poll_interval):
+            with self.host.clock.move_on_after(self.host.config.poll_interval):
                 await self._wait_slot()
         else:
             await self._idle(self.host.config.poll_interval, wait_for_work=True)
@@ -505,16 +505,18 @@ class Worker:
             if self._stopping.is_set():
                 return
             if wait_for_work:
-                await self.host.backend.wait_for_work(self.queues, timeout)
+                # The store waits in real time; a fake clock also ends the wait.
+                with self.host.clock.move_on_after(timeout):
+                    await self.host.backend.wait_for_work(self.queues, timeout)
             else:
-                await anyio.sleep(timeout)
+                await self.host.clock.sleep(timeout)
         self._idle_scope = None
 
     # -- background loops ----------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await anyio.sleep(self.heartbeat_interval)
+            await self.host.clock.sleep(self.heartbeat_interval)
             await self._heartbeat()
 
     async def _heartbeat(self) -> None:
@@ -541,7 +543,7 @@ class Worker:
         backend = self.host.backend
         config = self.host.config
         # Start at a random point in the interval so a fleet does not reap in lockstep.
-        await anyio.sleep(config.reaper_interval * random.random())
+        await self.host.clock.sleep(config.reaper_interval * random.random())
         while True:
             try:
                 recovered = await backend.recover_expired(max_recoveries=config.max_recoveries)
@@ -563,4 +565,4 @@ class Worker:
                     exc_info=True,
                     extra={"action": "reaper_failed", "worker": {"id": self.id}},
                 )
-            await anyio.sleep(config.reaper_interval)
+            await self.host.clock.sleep(config.reaper_interval)

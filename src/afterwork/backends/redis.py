@@ -36,6 +36,7 @@ from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
 from ..job import Job, JobStatus
+from ._redis_channels import RedisChannel
 from ._redis_events import StreamEvents, execute
 from ._redis_scripts import (
     FIELDS,
@@ -59,6 +60,7 @@ from .base import (
     HeartbeatReply,
     JobFilter,
     Lease,
+    MessageStream,
     NewJob,
     Outcome,
     QueueStats,
@@ -136,6 +138,7 @@ class RedisBackend:
         self._begins: list[tuple[list[Lease], asyncio.Future[list[Job | None]]]] = []
         self._beginner: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
+        self._channels: set[RedisChannel] = set()
         self._closed = True
 
     @classmethod
@@ -206,6 +209,8 @@ class RedisBackend:
         self._closed = True
         for stream in list(self._streams):
             stream.close()
+        for channel in list(self._channels):
+            channel.close()
         tasks = {
             t
             for t in (self._listener, self._flusher, self._beginner)
@@ -619,6 +624,31 @@ class RedisBackend:
     def event_retention(self) -> int:
         """About how many events the stream keeps (``events_maxlen``; trimmed with ``~``)."""
         return int(self._maxlen)
+
+    # -- channels ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def channel_key(self, channel: str) -> str:
+        return self._key(f"channel:{channel}")
+
+    def new_client(self, *, socket_timeout: float | None) -> aioredis.Redis:
+        """A client of its own (a subscriber's connection)."""
+        return self._client(socket_timeout)
+
+    def forget_channel(self, channel: RedisChannel) -> None:
+        self._channels.discard(channel)
+
+    async def publish(self, channel: str, data: str) -> None:
+        await self._command("PUBLISH", self.channel_key(channel), data)
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        stream = RedisChannel(self, channel)
+        await stream.start()
+        self._channels.add(stream)
+        return stream
 
     def events(self, since: str | None = None) -> EventStream:
         """Events from now on; with ``since`` (a stream id), first the kept ones after it.
