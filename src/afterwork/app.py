@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
 import anyio
 
 from . import _bridge, _signature
-from ._bulk import CANCELLABLE, RETRYABLE, JobSelection, select
+from ._app_flow import FlowControl
 from ._clock import EngineClock, engine_clock
 from ._engine import dependencies
 from ._engine.local import LocalRuns
@@ -54,7 +54,6 @@ from .backends.base import (
     JobFilter,
     MessageStream,
     NewJob,
-    QueuePause,
     QueueStats,
     Store,
 )
@@ -62,7 +61,7 @@ from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobEvent, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
-from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, queue_problem, text_problem
+from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -82,7 +81,7 @@ T = TypeVar("T")
 DEFAULT_URL = "sqlite:///./afterwork.db"
 
 
-class Afterwork:
+class Afterwork(FlowControl):
     """Background work for a FastAPI app: tasks, a store, workers.
 
     Args:
@@ -588,32 +587,6 @@ class Afterwork:
         job = await self.backend.get(job_id)
         return None if job is None else job.bind(self)
 
-    async def pause(self, queue: str) -> None:
-        """Pause ``queue`` across the fleet: enqueues are accepted, no worker starts its jobs.
-
-        Jobs already running finish. The state is kept in the store, so it survives
-        restarts, until :meth:`resume`.
-        """
-        await self._ensure_open()
-        await self._queue_pause().pause_queue(_checked_queue(queue))
-
-    async def resume(self, queue: str) -> None:
-        """Let workers start the jobs of ``queue`` again."""
-        await self._ensure_open()
-        await self._queue_pause().resume_queue(_checked_queue(queue))
-
-    async def paused_queues(self) -> frozenset[str]:
-        """The queues paused now (none on a store that cannot pause queues)."""
-        await self._ensure_open()
-        if not isinstance(self.backend, QueuePause):
-            return frozenset()
-        return await self.backend.paused_queues()
-
-    def _queue_pause(self) -> QueuePause:  # callers open the store first
-        if not isinstance(self.backend, QueuePause):
-            raise ConfigurationError(f"{type(self.backend).__name__} cannot pause queues")
-        return self.backend
-
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one at once, a running one within a heartbeat.
 
@@ -630,59 +603,6 @@ class Afterwork:
         await self._ensure_open()
         job = await self._inspector().retry(job_id)
         return None if job is None else job.bind(self)
-
-    async def select_jobs(self, selection: JobSelection) -> list[Job]:
-        """Every job matching ``selection`` (what a bulk retry or cancel would take)."""
-        await self._ensure_open()
-        found = await select(self._inspector(), selection, self.backend.now())
-        return [job.bind(self) for job in found]
-
-    async def retry_jobs(
-        self,
-        *,
-        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        error_type: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[Job]:
-        """Retry every failed or cancelled job matching the filter; return those retried.
-
-        ``since``/``until``: seconds ago (a job's time is when it finished). Each job goes
-        through the same manual retry as :meth:`retry`.
-        """
-        fields = {"queue": queue, "task": task, "error_type": error_type}
-        selection = JobSelection.of(status, RETRYABLE, since=since, until=until, **fields)
-        retried = [await self.retry(job.id) for job in await self.select_jobs(selection)]
-        return [job for job in retried if job is not None and job.status is JobStatus.QUEUED]
-
-    async def cancel_jobs(
-        self,
-        *,
-        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        error_type: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[Job]:
-        """Cancel every waiting or running job matching the filter; return those changed.
-
-        A running job is asked to stop (it ends within a heartbeat), as :meth:`cancel`.
-        """
-        fields = {"queue": queue, "task": task, "error_type": error_type}
-        selection = JobSelection.of(status, CANCELLABLE, since=since, until=until, **fields)
-        changed: list[Job] = []
-        for job in await self.select_jobs(selection):
-            if job.cancel_requested:
-                continue  # asked already
-            after = await self.cancel(job.id)
-            if after is not None and (
-                after.status is JobStatus.CANCELLED or after.cancel_requested
-            ):
-                changed.append(after)
-        return changed
 
     async def list_jobs(
         self,
@@ -1177,10 +1097,3 @@ dependencies.PROVIDED_TYPES.add(ServiceContext)
 def _told(job: Job, new: NewJob) -> Job:
     """``job`` as an enqueue of ``new`` returned it, saying whether it was created now."""
     return dataclasses.replace(job, created_now=job.id == new.id)
-
-
-def _checked_queue(queue: str) -> str:
-    problem = queue_problem(queue)
-    if problem is not None:
-        raise ValueError(f"queue {problem}: {queue!r}")
-    return queue
