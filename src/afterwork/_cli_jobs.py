@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._cli_bulk import BulkFilters, DryRun, ErrorType, Since, Until, Yes, bulk
 from ._cli_text import safe_block, safe_json, safe_line
 from .exceptions import AfterworkError, BackendError
 from .job import TERMINAL_STATUSES, Job, JobStatus
@@ -58,6 +59,12 @@ UrlOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+StatusFilter = Annotated[
+    list[JobStatus] | None,
+    typer.Option("--status", "-s", help="only jobs in this state (repeatable)"),
+]
+QueueFilter = Annotated[str | None, typer.Option("--queue", "-q", help="only this queue")]
+TaskFilter = Annotated[str | None, typer.Option("--task", "-t", help="only this task")]
 
 _STYLES = {
     JobStatus.SCHEDULED: "cyan",
@@ -337,12 +344,39 @@ def _change(
 
 @jobs_app.command("cancel")
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: Annotated[str | None, typer.Argument(help="the job's id (or filter instead)")] = None,
+    status: StatusFilter = None,
+    queue: QueueFilter = None,
+    task: TaskFilter = None,
+    error_type: ErrorType = None,
+    since: Since = None,
+    until: Until = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
     app: AppOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Cancel a job: a waiting one at once, a running one within a heartbeat."""
+    """Cancel a job: a waiting one at once, a running one within a heartbeat.
+
+    Without an id, cancel every job matching the filters (the count is shown first).
+    """
+    filters = BulkFilters(status, queue, task, error_type, since, until)
+    if job_id is None or filters.given:
+        if job_id is not None or not filters.given:
+            raise typer.BadParameter("give a job id, or filters (--status, --task, ...)")
+
+        async def act(aw: Afterwork, i: str) -> bool:
+            after = await aw.cancel(i)
+            return after is not None and (
+                after.status is JobStatus.CANCELLED or after.cancel_requested
+            )
+
+        from ._bulk import CANCELLABLE
+
+        bulk("cancelled", CANCELLABLE, filters, act, app=app, url=url, dry_run=dry_run,
+             yes=yes, as_json=as_json)  # fmt: skip
+        return
 
     def accept(before: Job, after: Job) -> str | None:
         if before.is_finished:
@@ -356,12 +390,38 @@ def cancel(
 
 @jobs_app.command("retry")
 def retry(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    job_id: Annotated[str | None, typer.Argument(help="the job's id (or filter instead)")] = None,
+    status: StatusFilter = None,
+    queue: QueueFilter = None,
+    task: TaskFilter = None,
+    error_type: ErrorType = None,
+    since: Since = None,
+    until: Until = None,
+    dry_run: DryRun = False,
+    yes: Yes = False,
     app: AppOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Queue a failed or cancelled job again, with a fresh attempt budget."""
+    """Queue a failed or cancelled job again, with a fresh attempt budget.
+
+    Without an id, retry every job matching the filters (the count is shown first):
+    ``afterwork jobs retry --status failed --task T --since 1h``.
+    """
+    filters = BulkFilters(status, queue, task, error_type, since, until)
+    if job_id is None or filters.given:
+        if job_id is not None or not filters.given:
+            raise typer.BadParameter("give a job id, or filters (--status, --task, ...)")
+
+        async def act(aw: Afterwork, i: str) -> bool:
+            after = await aw.retry(i)
+            return after is not None and after.status is JobStatus.QUEUED
+
+        from ._bulk import RETRYABLE
+
+        bulk("retried", RETRYABLE, filters, act, app=app, url=url, dry_run=dry_run,
+             yes=yes, as_json=as_json)  # fmt: skip
+        return
 
     def accept(before: Job, after: Job) -> str | None:
         if before.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -378,10 +438,10 @@ def queues(
 ) -> None:
     """Count each queue's jobs per state."""
 
-    async def action(aw: Afterwork) -> tuple[list[QueueStats], float, str]:
-        return await aw.stats(), aw.backend.now(), aw.location
+    async def action(aw: Afterwork) -> tuple[list[QueueStats], frozenset[str], float, str]:
+        return await aw.stats(), await aw.paused_queues(), aw.backend.now(), aw.location
 
-    stats, now, where = _run(app, url, action)
+    stats, paused, now, where = _run(app, url, action)
     if as_json:
         _print_json(
             [
@@ -389,6 +449,7 @@ def queues(
                     "queue": s.queue,
                     "counts": {status.value: count for status, count in s.counts.items()},
                     "oldest_waiting_at": s.oldest_waiting_at,
+                    "paused": s.queue in paused,
                 }
                 for s in stats
             ]
@@ -413,11 +474,13 @@ def queues(
         else:
             oldest = _age(now - waited)
         table.add_row(
-            Text(_safe(s.queue)),
+            Text(_safe(s.queue) + (" (paused)" if s.queue in paused else "")),
             *(Text(str(s.counts.get(status, 0))) for status in JobStatus),
             Text(oldest),
         )
     console.print(table)
+    if paused:
+        console.print(Text("paused: " + ", ".join(_safe(q) for q in sorted(paused))))
     if not stats:
         typer.echo("no jobs")
 

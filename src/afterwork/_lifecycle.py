@@ -15,6 +15,7 @@ worker had only prefetched go back to the queue uncharged, ahead of newer work.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = (
     "WORKER_LOST",
     "Change",
     "Claim",
+    "FlowLimit",
     "Lease",
     "NewJob",
     "Outcome",
@@ -41,6 +43,7 @@ __all__ = (
     "claim",
     "create",
     "finish",
+    "flow_group",
     "heartbeat",
     "lease_expired",
     "progress",
@@ -132,6 +135,28 @@ class Outcome:
     def released(cls) -> Outcome:
         """Back to the queue without spending an attempt (graceful stop, or never started)."""
         return cls(status=JobStatus.QUEUED)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimit:
+    """A fleet-wide cap on a task's running jobs, enforced by the store when it claims.
+
+    ``limit`` jobs of the task may hold a lease at once across every process sharing the
+    store; with ``key`` (the name of a task argument, stored among the job's keyword
+    arguments) the cap is per value of that argument. A claim counts the jobs its store
+    records as ``running``, so the slots of a dead worker free when its leases are
+    recovered.
+    """
+
+    limit: int
+    key: str | None = None
+
+
+def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit) -> str:
+    """The group whose running jobs a :class:`FlowLimit` counts: the task, or task + key value."""
+    if limit.key is None:
+        return task
+    return f"{task}\x1f{json.dumps(kwargs.get(limit.key), separators=(',', ':'))}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, over
 import anyio
 
 from . import _bridge, _signature
+from ._app_flow import FlowControl
 from ._clock import EngineClock, engine_clock
 from ._engine import dependencies
 from ._engine.local import LocalRuns
@@ -38,6 +40,7 @@ from ._engine.scheduler import (
     Scheduler,
 )
 from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
+from ._flow import check_flow_key, keyed
 from ._location import store_location
 from ._settings import Settings
 from ._signature import encode_payload
@@ -78,7 +81,7 @@ T = TypeVar("T")
 DEFAULT_URL = "sqlite:///./afterwork.db"
 
 
-class Afterwork:
+class Afterwork(FlowControl):
     """Background work for a FastAPI app: tasks, a store, workers.
 
     Args:
@@ -164,6 +167,8 @@ class Afterwork:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        local_concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
         isolation: Literal["process", "none"] | None = None,
@@ -182,6 +187,8 @@ class Afterwork:
         backoff: Backoff | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        local_concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
         isolation: Literal["process", "none"] | None = None,
@@ -196,7 +203,11 @@ class Afterwork:
             retries: how many times a failed attempt is retried.
             backoff: delay between retries; default ``Retry.exponential()``.
             timeout: seconds an attempt may run before it is cancelled and counted failed.
-            concurrency: most jobs of this task running at once in one worker process.
+            concurrency: most jobs of this task running at once across every process
+                sharing the store (the store enforces it when it hands out jobs).
+            concurrency_key: the name of an argument: the ``concurrency`` cap then holds
+                per value of it (a JSON scalar).
+            local_concurrency: most jobs of this task running at once in one worker process.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
             isolation: ``"process"`` runs each attempt in a child process of a reused pool:
@@ -212,6 +223,8 @@ class Afterwork:
             backoff=backoff if backoff is not None else ExponentialBackoff(),
             timeout=timeout,
             concurrency=concurrency,
+            concurrency_key=concurrency_key,
+            local_concurrency=local_concurrency,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
             isolation=isolation,
@@ -239,6 +252,7 @@ class Afterwork:
         if task_name in self.tasks:
             raise ValueError(f"a task named {task_name!r} is already registered")
         task = Task(self, func, name=task_name, options=options or TaskOptions())
+        check_flow_key(task)
         if any(injected.kind == "service_context" for injected in task.codec.injected):
             raise TypeError(f"{task_name}: only services take a ServiceContext; use JobContext")
         self.tasks[task_name] = task
@@ -523,7 +537,7 @@ class Afterwork:
         if self.eager and not new.delay and new.key is None:
             return await self.run_eager(new)
         (job,) = await self._store_new([new])
-        return job.bind(self)
+        return _told(job, new).bind(self)
 
     async def run_eager(self, new: NewJob) -> Job:
         """Store ``new`` and run it here and now (eager mode); return the job after it."""
@@ -570,6 +584,8 @@ class Afterwork:
         if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
             raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
+        if task.opts.concurrency_key is not None:
+            json_args, json_kwargs = keyed(task, json_args, json_kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
         return NewJob(
@@ -601,7 +617,8 @@ class Afterwork:
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
-        return [job.bind(self) for job in await self._store_new(jobs)]
+        stored = await self._store_new(jobs)
+        return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``."""
@@ -1114,3 +1131,8 @@ def _service_context_injector(
 # "service_context": tasks cannot ask for one. A dependency of a service may ask for it.
 _signature.INJECTORS.append(_service_context_injector)
 dependencies.PROVIDED_TYPES.add(ServiceContext)
+
+
+def _told(job: Job, new: NewJob) -> Job:
+    """``job`` as an enqueue of ``new`` returned it, saying whether it was created now."""
+    return dataclasses.replace(job, created_now=job.id == new.id)

@@ -244,10 +244,11 @@ def schedules(
 
 
 def _register() -> None:
-    from ._cli_jobs import jobs_app, purge, queues
+    from ._cli_jobs import jobs_app, purge
+    from ._cli_queues import queues_app
 
     app.add_typer(jobs_app)
-    app.command()(queues)
+    app.add_typer(queues_app)
     app.command()(purge)
 
 

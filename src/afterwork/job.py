@@ -224,6 +224,10 @@ class Job:
     worker: str | None = None
     lease_expires_at: float | None = None
     cancel_requested: bool = False
+    created_now: bool | None = field(default=None, compare=False, repr=False)
+    """What the enqueue that returned this job did: ``True`` it created the job now,
+    ``False`` it returned an existing one (a ``key=`` held by an unfinished job), so a
+    route can answer 201 or 200. ``None`` on a job not returned by an enqueue."""
     _owner: JobOwner | None = field(default=None, compare=False, repr=False)
 
     @property

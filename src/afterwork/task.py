@@ -110,6 +110,11 @@ class TaskOptions:
     backoff: Backoff = field(default_factory=ExponentialBackoff)
     timeout: float | None = None
     concurrency: int | None = None
+    """At most this many jobs of the task run at once across every process sharing the
+    store (per value of ``concurrency_key`` when it is set)."""
+    concurrency_key: str | None = None
+    """The name of a task argument: ``concurrency`` then caps each value of it."""
+    local_concurrency: int | None = None
     """At most this many jobs of the task run at once in one worker process."""
     result_ttl: float | None = 86_400.0
     dont_retry: tuple[type[BaseException], ...] = ()
@@ -126,6 +131,10 @@ class TaskOptions:
             raise ValueError("timeout must be positive")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.local_concurrency is not None and self.local_concurrency < 1:
+            raise ValueError("local_concurrency must be at least 1")
+        if self.concurrency_key is not None and self.concurrency is None:
+            raise ValueError("concurrency_key needs concurrency (the cap per key value)")
         if self.result_ttl is not None and self.result_ttl < 0:
             raise ValueError("result_ttl must not be negative")
         if self.isolation not in (None, "none", "process"):

@@ -179,3 +179,50 @@ def test_clear_errors_and_exit_codes(tmp_path: Path, store: Store) -> None:
     newer = afterwork("queues", url=store.url)
     assert newer.returncode == 3 and "newer afterwork" in newer.stderr
     assert "Traceback" not in newer.stderr
+
+
+def test_queues_pause_and_resume(store: Store) -> None:
+    paused = afterwork("queues", "pause", "media", url=store.url)
+    assert paused.returncode == 0 and "queue media: paused" in paused.stdout
+    stats = {s["queue"]: s for s in as_json(afterwork("queues", "--json", url=store.url))}
+    assert (stats["media"]["paused"], stats["default"]["paused"]) == (True, False)
+    table = afterwork("queues", url=store.url)
+    assert "media (paused)" in table.stdout and "paused: media" in table.stdout
+    resumed = afterwork("queues", "resume", "media", url=store.url)
+    assert resumed.returncode == 0 and "queue media: resumed" in resumed.stdout
+    stats = {s["queue"]: s for s in as_json(afterwork("queues", "--json", url=store.url))}
+    assert stats["media"]["paused"] is False
+    bad = afterwork("queues", "pause", "", url=store.url)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_bulk_retry_and_cancel_count_first_and_ask(store: Store) -> None:
+    failed = store.ids["failed"]
+    dry = afterwork(
+        "jobs", "retry", "--status", "failed", "--task", "app:work", "--since", "1h",
+        "--dry-run", url=store.url,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert failed in dry.stdout and "1 job(s) would be retried" in dry.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "failed"
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "AFTERWORK_URL": store.url}
+    declined = subprocess.run(
+        [sys.executable, "-m", "afterwork", "jobs", "retry", "--status", "failed"],
+        cwd=ROOT, env=env, input="n\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert declined.returncode == 1 and "retry 1 job(s)?" in declined.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "failed"
+    done = afterwork(
+        "jobs", "retry", "--status", "failed", "--error-type", "ValueError", "--yes", url=store.url
+    )
+    assert done.returncode == 0 and "retried 1 of 1 job(s)" in done.stdout
+    assert as_json(afterwork("jobs", "show", failed, "--json", url=store.url))["status"] == "queued"
+    cancelled = as_json(
+        afterwork("jobs", "cancel", "--queue", "media", "--yes", "--json", url=store.url)
+    )
+    assert cancelled == {"matched": 2, "cancelled": 2}
+    neither = afterwork("jobs", "retry", url=store.url)
+    assert neither.returncode == 2 and "give a job id, or filters" in neither.stderr
+    bad = afterwork("jobs", "retry", "--since", "soon", url=store.url)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr

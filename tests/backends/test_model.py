@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from hypothesis.stateful import (
 
 from afterwork import _lifecycle as life
 from afterwork.backends import from_url
-from afterwork.backends.base import EventStream, Lease, NewJob, Outcome, Store
+from afterwork.backends.base import EventStream, FlowLimit, Lease, NewJob, Outcome, Store
 from afterwork.job import TERMINAL_STATUSES, Job, JobError, JobEvent, JobStatus, new_job_id
 from afterwork.testing import FakeClock
 
@@ -101,6 +102,23 @@ class Model:
         ready = [j for j in self.jobs.values() if j.status is JobStatus.QUEUED]
         return sorted(ready, key=life.ready_order)[:limit]
 
+    def due_within(self, now: float, limit: int, flow: FlowLimit) -> list[Job]:
+        """What a claim with a fleet-wide limit on task ``t`` takes: ready order, full
+        groups passed over (counted from the running records)."""
+        ready = self.due(now, len(self.jobs))
+        used = Counter(
+            life.flow_group(j.task, j.kwargs, flow)
+            for j in self.jobs.values()
+            if j.status is JobStatus.RUNNING
+        )
+        taken: list[Job] = []
+        for job in ready:
+            group = life.flow_group(job.task, job.kwargs, flow)
+            if len(taken) < limit and used[group] < flow.limit:
+                used[group] += 1
+                taken.append(job)
+        return taken
+
     def held(self, job_id: str) -> tuple[Job | None, str | None]:
         return self.jobs.get(job_id), self.tokens.get(job_id)
 
@@ -158,6 +176,7 @@ class _Lives(RuleBasedStateMachine):
                 id=new_job_id(),
                 task="t",
                 args=[i],
+                kwargs={"k": i % 2},
                 priority=priority,
                 delay=delay,
                 key=key,
@@ -176,6 +195,27 @@ class _Lives(RuleBasedStateMachine):
         now = self.clock()
         expected = self.model.due(now, limit)
         claims = self.run(self.store.claim(worker, queues=None, limit=limit, lease_ttl=LEASE_TTL))
+        assert [c.job.id for c in claims] == [j.id for j in expected]
+        for claim, job in zip(claims, expected, strict=True):
+            change = life.claim(job, worker=worker, now=now, lease_ttl=LEASE_TTL)
+            self.model.apply(change, token=claim.token)
+            self.leases.append(claim.lease)
+
+    @rule(
+        limit=st.integers(1, 3),
+        cap=st.integers(1, 2),
+        keyed=st.booleans(),
+        worker=st.sampled_from(["w1", "w2"]),
+    )
+    def claim_within_a_fleet_limit(self, limit: int, cap: int, keyed: bool, worker: str) -> None:
+        now = self.clock()
+        flow = FlowLimit(cap, "k" if keyed else None)
+        expected = self.model.due_within(now, limit, flow)
+        claims = self.run(
+            self.store.claim(
+                worker, queues=None, limit=limit, lease_ttl=LEASE_TTL, limits={"t": flow}
+            )
+        )
         assert [c.job.id for c in claims] == [j.id for j in expected]
         for claim, job in zip(claims, expected, strict=True):
             change = life.claim(job, worker=worker, now=now, lease_ttl=LEASE_TTL)

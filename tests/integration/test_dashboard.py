@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from afterwork import Afterwork, Job, ServiceContext
+from afterwork import Afterwork, Job, JobStatus, ServiceContext
 
 from ..waiting import eventually
 from .conftest import AUTH, CSRF, SESSION_COOKIE, TOKEN, make_app, serve
@@ -245,3 +245,62 @@ async def test_dashboard_shows_schedules_with_run_now_and_service_health(
 async def _first_job(aw: Afterwork) -> Job | None:
     jobs = await aw.list_jobs()
     return jobs[0] if jobs else None
+
+
+async def test_dashboard_pauses_and_resumes_a_queue(browser: Browser, aw: Afterwork) -> None:
+    later = aw.get_task("later")
+    await later.enqueue(1)
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        await page.goto(f"{url}/afterwork/")
+        row = page.locator("#queues tbody tr", has_text="parked")
+        await row.locator("button.queue-pause").click()
+        await page.locator("#queues tbody tr", has_text="parked (paused)").wait_for()
+        assert await aw.paused_queues() == {"parked"}
+        await (
+            page.locator("#queues tbody tr", has_text="parked")
+            .locator("button.queue-resume")
+            .click()
+        )
+        await page.locator("#queues button.queue-pause").wait_for()
+        assert await eventually(lambda: _none_paused(aw))
+        await context.close()
+
+
+async def _none_paused(aw: Afterwork) -> bool:
+    return await aw.paused_queues() == frozenset()
+
+
+async def test_dashboard_cancels_the_jobs_a_filter_matches_after_confirming(
+    browser: Browser, aw: Afterwork
+) -> None:
+    later = aw.get_task("later")
+    ids = {(await later.enqueue(n)).id for n in range(3)}
+    async with serve(make_app(aw)) as url:
+        context = await browser.new_context()
+        await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+        page = await context.new_page()
+        dialogs: list[str] = []
+
+        async def answer(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            await (dialog.dismiss() if len(dialogs) == 1 else dialog.accept())
+
+        page.on("dialog", answer)
+        await page.goto(f"{url}/afterwork/")
+        await page.fill("#filters input[name=queue]", "parked")
+        await page.click("#filters button[type=submit]")
+        await page.click("#bulk-cancel")
+        await eventually(lambda: _true(len(dialogs) == 1))
+        assert dialogs == ["cancel 3 job(s) matching the filter?"]
+        assert {j.status for j in await aw.list_jobs()} == {JobStatus.QUEUED}  # declined
+        await page.click("#bulk-cancel")
+        await page.locator("#notice", has_text="cancel: 3 of 3 job(s)").wait_for()
+        assert {j.id for j in await aw.list_jobs(status=JobStatus.CANCELLED)} == ids
+        await context.close()
+
+
+async def _true(value: bool) -> bool | None:
+    return value or None

@@ -164,7 +164,7 @@ async def test_global_and_per_task_concurrency_limits(aw: Afterwork) -> None:
         await asyncio.sleep(0.02)
         running[kind] -= 1
 
-    @aw.task(concurrency=2)
+    @aw.task(local_concurrency=2)
     async def limited() -> None:
         await track("limited")
 
@@ -388,7 +388,7 @@ async def test_worker_does_not_spin_when_only_limited_work_is_waiting() -> None:
     release = asyncio.Event()
     started = asyncio.Event()
 
-    @aw.task(concurrency=1)
+    @aw.task(local_concurrency=1)
     async def single() -> None:
         started.set()
         await release.wait()

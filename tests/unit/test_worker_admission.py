@@ -19,7 +19,7 @@ async def test_one_claim_batch_is_admitted_within_the_task_limit_in_claim_order(
     running = 0
     peak = 0
 
-    @aw.task(concurrency=1)
+    @aw.task(local_concurrency=1)
     async def serial(n: int) -> None:
         nonlocal running, peak
         running += 1

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .._flow import flow_limits
 from ..backends.base import CancelWatch, Claim, Inspector, Outcome
 from ..job import JobError
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
@@ -254,6 +255,7 @@ class Worker:
                 limit=room,
                 lease_ttl=self.lease_ttl,
                 exclude_tasks=exclude,
+                limits=flow_limits(self.host.tasks) or None,
             )
         except Exception:
             self._claim_failures += 1
@@ -287,10 +289,10 @@ class Worker:
 
     def _local_limit(self, task_name: str) -> int | None:
         task = self.host.tasks.get(task_name)
-        return task.opts.concurrency if task is not None else None
+        return task.opts.local_concurrency if task is not None else None
 
     def _tasks_at_limit(self) -> set[str]:
-        """Tasks of which this worker runs as many jobs as their ``concurrency`` allows."""
+        """Tasks of which this worker runs as many jobs as their ``local_concurrency`` allows."""
         return {
             name
             for name, count in self._per_task.items()
@@ -309,8 +311,9 @@ class Worker:
           killed it: it runs alone, so that if it kills this worker too, no job beside
           it is charged for the crash. Until the running jobs end, nothing queued behind
           it starts either (it would wait forever under a steady load).
-        * A task's local ``concurrency`` caps its running jobs in this process; jobs of
-          other tasks may pass it.
+        * A task's ``local_concurrency`` caps its running jobs in this process; jobs of
+          other tasks may pass it. (Its fleet-wide ``concurrency`` is enforced by the
+          store when it claims: a claimed job is within it.)
         """
         job = claim.job
         if job.recoveries > 0:

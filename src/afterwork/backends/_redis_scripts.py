@@ -17,6 +17,7 @@ Key layout under the prefix ``P`` (default ``afterwork``)::
     P:key:<key>       string   the unfinished job holding a dedupe key
     P:stats:<queue>   hash     job counts per status
     P:queues          set      queue names
+    P:paused          set      paused queues (claims and peeks pass them over)
     P:tick:<s>:<t>    string   a taken tick;  P:ticks  hash  last tick per schedule
     P:events          stream   JobEvents (capped);  P:bad:<id>  a quarantined raw record
     channels P:wake (a job became due) and P:cancel (a running job should stop)

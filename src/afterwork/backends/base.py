@@ -26,11 +26,11 @@ Contract (what must hold even on failure):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from .._lifecycle import Claim, Lease, NewJob, Outcome
+from .._lifecycle import Claim, FlowLimit, Lease, NewJob, Outcome
 from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
@@ -43,6 +43,7 @@ __all__ = (
     "Clock",
     "EventHistory",
     "EventStream",
+    "FlowLimit",
     "HeartbeatReply",
     "Inspector",
     "JobFilter",
@@ -50,6 +51,7 @@ __all__ = (
     "MessageStream",
     "NewJob",
     "Outcome",
+    "QueuePause",
     "QueueStats",
     "Store",
     "Ticks",
@@ -138,10 +140,15 @@ class Backend(Protocol):
         limit: int,
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
 
         ``queues`` ``None`` means every queue. Jobs of ``exclude_tasks`` are left alone.
+        ``limits`` caps, per task name, the jobs running across the fleet: a job whose
+        group (:func:`~afterwork._lifecycle.flow_group`) already has ``limit`` jobs
+        ``running`` in the store (this claim's included) is passed over, and the jobs
+        behind it may be claimed (no head-of-line blocking).
         A claim holds the lease but does not start the attempt (``started_at`` stays
         unset): see :meth:`begin`.
         """
@@ -244,6 +251,27 @@ class CancelWatch(Protocol):
 
     def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
         """Call ``callback(job_id)`` on each cancel request; return a function to stop."""
+        ...
+
+
+@runtime_checkable
+class QueuePause(Protocol):
+    """Paused queues, kept in the store: every worker sharing it obeys, across restarts.
+
+    A claim never hands out a job of a paused queue (and ``wait_for_work`` does not count
+    them as work); enqueues are accepted, and jobs already claimed run to their end.
+    """
+
+    async def pause_queue(self, queue: str) -> None:
+        """Start nothing more from ``queue`` until it is resumed. Idempotent."""
+        ...
+
+    async def resume_queue(self, queue: str) -> None:
+        """Let workers claim from ``queue`` again. Idempotent."""
+        ...
+
+    async def paused_queues(self) -> frozenset[str]:
+        """The queues paused now."""
         ...
 
 

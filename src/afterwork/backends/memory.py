@@ -11,13 +11,14 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
-from .._lifecycle import Change
+from .._lifecycle import Change, FlowLimit
 from .._notify import Broadcaster, Notifier
 from ..exceptions import ConfigurationError
 from ..job import (
@@ -80,6 +81,8 @@ class MemoryBackend:
         )
         self._work = Notifier()
         self._wake = False
+        self._flow_skipped = False
+        self._paused: set[str] = set()
         self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
 
     @classmethod
@@ -157,6 +160,8 @@ class MemoryBackend:
             else:
                 self._keys[new.key] = new.id
         if old is None or old.status is not new.status:
+            if old is not None and old.status is JobStatus.RUNNING and self._flow_skipped:
+                self._wake = True  # a flow-limited job passed over may be claimed now
             self._push(new)
             if new.status in WAITING_STATUSES:
                 self._wake = True
@@ -214,12 +219,18 @@ class MemoryBackend:
         limit: int,
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
     ) -> list[Claim]:
         claims: list[Claim] = []
         with self._lock:
             now = self._clock()
             self._promote(now)
-            names = list(self._ready) if queues is None else [q for q in queues if q in self._ready]
+            used = self._flow_used(limits) if limits else None
+            names = [
+                q
+                for q in (self._ready if queues is None else queues)
+                if q in self._ready and q not in self._paused
+            ]
             skipped: list[tuple[str, tuple[int, int, str]]] = []
             while len(claims) < limit:
                 best: tuple[tuple[int, int, str], str] | None = None
@@ -234,7 +245,9 @@ class MemoryBackend:
                         ):
                             heapq.heappop(heap)  # stale: the job moved on (or came back later)
                             continue
-                        if job.task in exclude_tasks:
+                        if job.task in exclude_tasks or (
+                            used is not None and self._flow_full(job, limits, used)
+                        ):
                             skipped.append((name, heapq.heappop(heap)))
                             continue
                         break
@@ -250,9 +263,27 @@ class MemoryBackend:
                 claimed = self._apply(change, token=token)
                 assert claimed is not None
                 claims.append(Claim(claimed, token))
+                if used is not None and limits and (flow := limits.get(claimed.task)):
+                    used[life.flow_group(claimed.task, claimed.kwargs, flow)] += 1
             for name, entry in skipped:
                 heapq.heappush(self._ready[name], entry)
+            self._flow_skipped = used is not None and bool(skipped)
         return claims
+
+    def _flow_used(self, limits: Mapping[str, FlowLimit]) -> Counter[str]:
+        """Running jobs per flow group, counted from the records (lock held)."""
+        used: Counter[str] = Counter()
+        for job_id in self._tokens:
+            job = self._jobs[job_id]
+            flow = limits.get(job.task)
+            if flow is not None:
+                used[life.flow_group(job.task, job.kwargs, flow)] += 1
+        return used
+
+    @staticmethod
+    def _flow_full(job: Job, limits: Mapping[str, FlowLimit] | None, used: Counter[str]) -> bool:
+        flow = limits.get(job.task) if limits else None
+        return flow is not None and used[life.flow_group(job.task, job.kwargs, flow)] >= flow.limit
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         with self._lock:
@@ -340,11 +371,18 @@ class MemoryBackend:
 
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         ticket = self._work.ticket()
+        if self._flow_skipped:
+            # The last claim passed over jobs at a fleet limit: they are queued, but
+            # claiming again at once would spin. Wait for a running job to end instead.
+            await self._work.wait(ticket, timeout)
+            return
         with self._lock:
             now = self._clock()
             self._promote(now)
             names = list(self._ready) if queues is None else queues
             for name in names:
+                if name in self._paused:
+                    continue
                 for _, _, job_id in self._ready.get(name, ()):
                     job = self._jobs.get(job_id)
                     if job is not None and job.status is JobStatus.QUEUED:
@@ -422,6 +460,21 @@ class MemoryBackend:
             for job in doomed:
                 del self._jobs[job.id]
         return len(doomed)
+
+    # -- the QueuePause protocol ---------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        with self._lock:
+            self._paused.add(queue)
+
+    async def resume_queue(self, queue: str) -> None:
+        with self._lock:
+            self._paused.discard(queue)
+        self._work.notify()
+
+    async def paused_queues(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._paused)
 
     # -- the Ticks protocol ---------------------------------------------------------------
 

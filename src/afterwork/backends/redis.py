@@ -19,7 +19,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -56,6 +56,7 @@ from .base import (
     Claim,
     Clock,
     EventStream,
+    FlowLimit,
     HeartbeatReply,
     JobFilter,
     Lease,
@@ -332,6 +333,7 @@ class RedisBackend:
         limit: int,
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0:
             return []
@@ -340,15 +342,19 @@ class RedisBackend:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), self._connect_timeout)
         names = list(queues or ())
+        # Fleet-wide limits: claim_flow.lua, the same claim passing over full groups.
+        flow: list[str] = [str(len(exclude_tasks)), *exclude_tasks] if limits else []
+        for task, cap in (limits or {}).items():
+            flow += [task, str(cap.limit), cap.key or ""]
         skipped, records = await self._eval(
-            SCRIPTS["claim"],
+            SCRIPTS["claim_flow" if limits else "claim"],
             worker,
             repr(float(lease_ttl)),
             str(limit),
             secrets.token_hex(8) + "-",
             str(len(names)),
             *names,
-            *exclude_tasks,
+            *(flow or exclude_tasks),
             retry_for=0.0,  # a lost reply must not claim twice; the worker loop retries
         )
         self._skipped = bool(skipped)
@@ -489,7 +495,7 @@ class RedisBackend:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_finishes())
         job = await future
-        if job is not None and status is not JobStatus.SUCCEEDED:
+        if job is not None and (status is not JobStatus.SUCCEEDED or self._skipped):
             self._wake.notify()  # a slot or a concurrency-limited task may be free now
         return job
 
@@ -598,14 +604,26 @@ class RedisBackend:
         except MalformedRecord as exc:
             return unreadable_job(job_id or str(record[0]), record, str(exc))
 
+    # -- the QueuePause protocol -----------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        await self._command("SADD", self._key("paused"), queue)
+
+    async def resume_queue(self, queue: str) -> None:
+        await self._command("SREM", self._key("paused"), queue)
+        await self._command("PUBLISH", self._key("wake"), "1")  # its jobs are work again
+
+    async def paused_queues(self) -> frozenset[str]:
+        members = await self._command("SMEMBERS", self._key("paused"))
+        return frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         self._ensure_listener()
         ticket = self._wake.ticket()
-        if self._skipped:
-            # The last claim passed over jobs of tasks at their concurrency limit: checking
-            # again would find them and spin. Wait for a finish or a new job instead.
-            self._skipped = False
-        else:
+        # If the last claim passed over jobs of tasks at their concurrency limit, checking
+        # again would find them and spin: wait for a finish or a new job instead (the next
+        # claim clears the flag).
+        if not self._skipped:
             names = list(queues or ())
             try:
                 due = float(await self._eval(SCRIPTS["peek"], str(len(names)), *names))

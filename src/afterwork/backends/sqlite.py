@@ -23,7 +23,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,13 +33,16 @@ from ..exceptions import BackendUnavailable, ConfigurationError, SchemaVersionEr
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import MESSAGE_KIND, EventPump
+from ._sqlite_flow import Groups
 from ._sqlite_inspect import InspectorMixin
+from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
 from .base import (
     Claim,
     Clock,
     EventStream,
+    FlowLimit,
     HeartbeatReply,
     Lease,
     MessageStream,
@@ -92,7 +95,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin):
+class SQLiteBackend(InspectorMixin, PauseMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:
@@ -165,6 +168,8 @@ class SQLiteBackend(InspectorMixin):
             clock=self._clock,
         )
         self._work = Notifier()
+        self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
+        self._flow_wait = self._poll_interval / 2
         self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
         self._finish_loop: asyncio.AbstractEventLoop | None = None
@@ -324,9 +329,20 @@ class SQLiteBackend(InspectorMixin):
         limit: int,
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0 or (queues is not None and not queues):
             return []
+        if limits:
+            return await self._claim_limited(
+                worker,
+                queues=queues,
+                limit=limit,
+                lease_ttl=lease_ttl,
+                exclude_tasks=exclude_tasks,
+                limits=limits,
+            )
+        self._flow_skipped = False
         excluded = list(exclude_tasks)
         not_in = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
         order = " ORDER BY priority DESC, run_at, seq LIMIT ?"
@@ -353,11 +369,13 @@ class SQLiteBackend(InspectorMixin):
                 (now,),
             )
             candidates: list[Any] = []
+            held = paused_queues(conn)
             if queues is None:
-                candidates = conn.execute(every_queue, (*excluded, limit)).fetchall()
+                query, head = without_paused(every_queue, held)
+                candidates = conn.execute(query, (*head, *excluded, limit)).fetchall()
             else:
                 # One indexed range per queue, merged here: never a sort over a backlog.
-                for queue in dict.fromkeys(queues):
+                for queue in dict.fromkeys(q for q in queues if q not in held):
                     candidates += conn.execute(one_queue, (queue, *excluded, limit)).fetchall()
                 candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
             claims: list[Claim] = []
@@ -372,6 +390,76 @@ class SQLiteBackend(InspectorMixin):
                 assert claimed is not None
                 self._saw_lease(claimed, token)
                 claims.append(Claim(claimed, token))
+            return claims
+
+        return await self._write(claim)
+
+    async def _claim_limited(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str],
+        limits: Mapping[str, FlowLimit],
+    ) -> list[Claim]:
+        """A claim that passes over jobs whose flow group is at its fleet-wide limit.
+
+        Reads first (the running jobs of limited tasks, then the ready jobs page by page,
+        skipping full groups), writes after: one transaction, as the plain claim.
+        """
+        excluded = list(exclude_tasks)
+        not_in = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
+        order = " ORDER BY priority DESC, run_at, seq LIMIT ? OFFSET ?"
+        every_queue = (
+            f"SELECT priority, run_at, seq, {COLS} FROM afterwork_jobs"
+            f" INDEXED BY afterwork_jobs_ready_all WHERE status = 'queued'{not_in}{order}"
+        )
+        one_queue = (
+            f"SELECT priority, run_at, seq, {COLS} FROM afterwork_jobs"
+            " INDEXED BY afterwork_jobs_ready"
+            f" WHERE status = 'queued' AND queue = ?{not_in}{order}"
+        )
+        groups = Groups(limits)
+
+        def claim(tx: Tx) -> list[Claim]:
+            conn, now = tx.conn, tx.now
+            conn.execute(
+                "UPDATE afterwork_jobs INDEXED BY afterwork_jobs_due SET status = 'queued'"
+                " WHERE status = 'scheduled' AND run_at <= ?",
+                (now,),
+            )
+            groups.count_running(conn)
+            held = paused_queues(conn)
+            # One indexed range per queue (or across them all), merged here.
+            scans = [without_paused(every_queue, held)] if queues is None else []
+            scans += [(one_queue, (q,)) for q in dict.fromkeys(queues or ()) if q not in held]
+            candidates: list[Any] = []
+            for query, head in scans:
+
+                def fetch(n: int, at: int, query: str = query, head: tuple[str, ...] = head) -> Any:
+                    return conn.execute(query, (*head, *excluded, n, at)).fetchall()
+
+                candidates += groups.pick(fetch, limit)
+            candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+            claims: list[Claim] = []
+            for row in candidates:
+                if len(claims) >= limit:
+                    break
+                if not groups.admit(row):
+                    continue
+                job, problems = load(row[3:])
+                if problems:
+                    tx.quarantine(job)
+                    continue
+                token = secrets.token_hex(16)
+                change = life.claim(job, worker=worker, now=now, lease_ttl=lease_ttl)
+                claimed = tx.apply(job, change, token=token, lease_ttl=lease_ttl)
+                assert claimed is not None
+                self._saw_lease(claimed, token)
+                claims.append(Claim(claimed, token))
+            self._flow_skipped = groups.skipped
             return claims
 
         return await self._write(claim)
@@ -440,6 +528,8 @@ class SQLiteBackend(InspectorMixin):
             return tx.apply(job, change)
 
         result: Job | None = await self._grouped(finish)
+        if result is not None and self._flow_skipped:
+            self._work.notify()  # a slot of a fleet limit is free: claim again
         return result
 
     async def _grouped(self, fn: Callable[[Tx], T]) -> T:
@@ -562,12 +652,22 @@ class SQLiteBackend(InspectorMixin):
         return await self._write(cancel)
 
     def _due_in(self, conn: sqlite3.Connection, queues: Sequence[str] | None) -> float | None:
-        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due."""
+        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due.
+
+        Paused queues are left out: their jobs are not work this worker may start.
+        """
         where = ""
         params: tuple[str, ...] = ()
+        held = paused_queues(conn)
         if queues is not None:
+            queues = [q for q in queues if q not in held]
+            if not queues:
+                return None
             where = f" AND queue IN ({', '.join('?' * len(queues))})"
             params = tuple(queues)
+        elif held:
+            where = f" AND queue NOT IN ({', '.join('?' * len(held))})"
+            params = tuple(sorted(held))
         ready = conn.execute(
             f"SELECT 1 FROM afterwork_jobs WHERE status = 'queued'{where} LIMIT 1", params
         ).fetchone()
@@ -593,6 +693,14 @@ class SQLiteBackend(InspectorMixin):
             queues = None
         deadline = time.monotonic() + max(timeout, 0.0)
         interval = self._poll_interval
+        if self._flow_skipped:
+            # The last claim passed over jobs at a fleet limit: they are queued, so the
+            # check below would return at once and spin. Wait for a finish here, or poll
+            # (other processes' finishes), backing off while the limit holds.
+            self._flow_wait = min(self._flow_wait * 2, self._max_poll_interval)
+            await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
+            return
+        self._flow_wait = self._poll_interval / 2
         while True:
             ticket = self._work.ticket()
             due_in = await self._db.read(lambda conn: self._due_in(conn, queues))

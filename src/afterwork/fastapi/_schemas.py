@@ -11,6 +11,8 @@ from ..job import Job, JobStatus
 from ..task import MAX_DELAY, MAX_KEY, MAX_QUEUE, PRIORITY_MAX, PRIORITY_MIN, Task
 
 __all__ = (
+    "BulkBody",
+    "BulkOut",
     "EnqueueBody",
     "EnqueueOptionsBody",
     "InfoOut",
@@ -18,6 +20,7 @@ __all__ = (
     "JobOut",
     "JobPage",
     "QueueOut",
+    "QueuePauseOut",
     "TaskOut",
 )
 
@@ -71,6 +74,39 @@ class JobPage(BaseModel):
     next_cursor: str | None = None
 
 
+class BulkBody(BaseModel):
+    """Which jobs a bulk retry or cancel takes (every field optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[JobStatus] | None = None
+    queue: str | None = Field(None, max_length=200)
+    task: str | None = Field(None, max_length=500)
+    error_type: str | None = Field(None, max_length=500)
+    since: float | None = Field(
+        None, ge=0, allow_inf_nan=False, strict=True, description="seconds ago"
+    )
+    until: float | None = Field(
+        None, ge=0, allow_inf_nan=False, strict=True, description="seconds ago"
+    )
+    dry_run: bool = Field(False, strict=True, description="count the jobs, change nothing")
+
+
+class BulkOut(BaseModel):
+    """How many jobs matched, and how many the action changed."""
+
+    matched: int
+    changed: int
+    dry_run: bool
+
+
+class QueuePauseOut(BaseModel):
+    """A queue's pause state after a pause or resume."""
+
+    queue: str
+    paused: bool
+
+
 class QueueOut(BaseModel):
     """A queue's job counts per status, and how long its oldest due job has waited."""
 
@@ -82,10 +118,13 @@ class QueueOut(BaseModel):
         default=None, description="Seconds the oldest due job has waited, by the store's clock."
     )
 
+    paused: bool = Field(default=False, description="No worker starts this queue's jobs.")
+
     @classmethod
-    def of(cls, stats: QueueStats, now: float) -> QueueOut:
+    def of(cls, stats: QueueStats, now: float, *, paused: bool = False) -> QueueOut:
         oldest = stats.oldest_waiting_at
         return cls(
+            paused=paused,
             queue=stats.queue,
             counts={status: stats.counts.get(status, 0) for status in JobStatus},
             total=sum(stats.counts.values()),
@@ -102,7 +141,9 @@ class TaskOut(BaseModel):
     priority: int
     retries: int
     timeout: float | None
-    concurrency: int | None
+    concurrency: int | None = Field(description="Most running jobs across the fleet.")
+    concurrency_key: str | None = None
+    local_concurrency: int | None = Field(None, description="Most running jobs per process.")
     result_ttl: float | None
     arguments: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 
@@ -116,6 +157,8 @@ class TaskOut(BaseModel):
             retries=opts.retries,
             timeout=opts.timeout,
             concurrency=opts.concurrency,
+            concurrency_key=opts.concurrency_key,
+            local_concurrency=opts.local_concurrency,
             result_ttl=opts.result_ttl,
             arguments=task.codec.json_schema(),
         )

@@ -46,6 +46,7 @@ from ..backends.base import EventHistory
 from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, TaskNotFound
 from ..job import Job, JobStatus
 from . import _extras
+from ._flow_routes import add_flow_routes
 from ._options import AuthDependency, RouterOptions
 from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
 from ._sse import event_stream
@@ -345,6 +346,7 @@ def create_router(
     router = APIRouter(dependencies=dependencies, route_class=route_class, tags=["afterwork"])
 
     _add_job_routes(router, aw)
+    add_flow_routes(router, aw)
     _add_task_routes(router, aw)
     _add_event_routes(router, aw, heartbeat, stream_lifetime)
     _extras.add_schedule_routes(router, aw)
@@ -458,8 +460,9 @@ def _add_job_routes(router: APIRouter, aw: Afterwork) -> None:
     @router.get("/queues", response_model=list[QueueOut], summary="Job counts per queue")
     async def queues() -> list[QueueOut]:
         stats = await aw.stats()
+        paused = await aw.paused_queues()
         now = aw.backend.now()
-        return [QueueOut.of(queue, now) for queue in stats]
+        return [QueueOut.of(queue, now, paused=queue.queue in paused) for queue in stats]
 
 
 def _enqueue_error(exc: EnqueueError, body: EnqueueBody) -> HTTPException:
@@ -486,9 +489,15 @@ def _add_task_routes(router: APIRouter, aw: Afterwork) -> None:
         response_model=JobOut,
         status_code=201,
         summary="Enqueue a job of a task",
-        responses={404: {"description": "No such task"}, 413: {"description": "Too large"}},
+        responses={
+            200: {"description": "An unfinished job holds the key: that job, not a new one"},
+            404: {"description": "No such task"},
+            413: {"description": "Too large"},
+        },
     )
-    async def enqueue(name: Annotated[str, Path(max_length=500)], body: EnqueueBody) -> JobOut:
+    async def enqueue(
+        name: Annotated[str, Path(max_length=500)], body: EnqueueBody, response: Response
+    ) -> JobOut:
         try:
             task = aw.get_task(name)
         except TaskNotFound:
@@ -498,6 +507,8 @@ def _add_task_routes(router: APIRouter, aw: Afterwork) -> None:
             job = await task.options(**options).enqueue(*body.args, **body.kwargs)
         except EnqueueError as exc:
             raise _enqueue_error(exc, body) from None
+        if job.created_now is False:
+            response.status_code = 200
         return JobOut.of(job)
 
 

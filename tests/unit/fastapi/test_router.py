@@ -13,7 +13,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from afterwork import Afterwork, ConfigurationError, Job, ServiceContext
+from afterwork import Afterwork, ConfigurationError, Job, JobStatus, ServiceContext
 from afterwork.fastapi.router import CSRF_HEADER, create_router
 
 from ...integration.conftest import AUTH, CSRF, require_admin
@@ -123,6 +123,10 @@ async def test_every_route_refuses_a_caller_without_credentials(
         "/jobs/{job_id}/cancel",
         "/jobs/{job_id}/retry",
         "/queues",
+        "/queues/{name:path}/pause",
+        "/queues/{name:path}/resume",
+        "/bulk/retry",
+        "/bulk/cancel",
         "/tasks",
         "/tasks/{name:path}/enqueue",
         "/events",
@@ -300,3 +304,51 @@ async def test_the_api_is_in_the_apps_openapi_schema(client: httpx.AsyncClient) 
         assert PREFIX + path in schema["paths"], path
     assert "JobOut" in schema["components"]["schemas"]
     assert PREFIX + "/" not in schema["paths"]  # the dashboard is not an API
+
+
+async def test_enqueue_answers_201_for_a_new_job_and_200_for_the_job_holding_the_key(
+    aw: Afterwork, client: httpx.AsyncClient
+) -> None:
+    url = f"{PREFIX}/tasks/echo/enqueue"
+    body = {"args": ["hi"], "options": {"key": "greeting"}}
+    first = await client.post(url, json=body, headers={**AUTH, **CSRF})
+    again = await client.post(url, json=body, headers={**AUTH, **CSRF})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert len(await aw.list_jobs()) == 1
+
+
+async def test_pause_and_resume_a_queue(aw: Afterwork, client: httpx.AsyncClient) -> None:
+    await aw.tasks["echo"].enqueue("x")
+    paused = await client.post(f"{PREFIX}/queues/default/pause", headers={**AUTH, **CSRF})
+    assert paused.status_code == 200 and paused.json() == {"queue": "default", "paused": True}
+    assert await aw.paused_queues() == {"default"}
+    queues = {q["queue"]: q for q in (await client.get(f"{PREFIX}/queues", headers=AUTH)).json()}
+    assert queues["default"]["paused"] is True
+    resumed = await client.post(f"{PREFIX}/queues/default/resume", headers={**AUTH, **CSRF})
+    assert resumed.json() == {"queue": "default", "paused": False}
+    assert await aw.paused_queues() == frozenset()
+    bad = await client.post(f"{PREFIX}/queues/_reserved/pause", headers={**AUTH, **CSRF})
+    assert bad.status_code == 422
+    assert await aw.paused_queues() == frozenset()
+
+
+async def test_bulk_cancel_and_retry_in_one_call_each(
+    aw: Afterwork, client: httpx.AsyncClient
+) -> None:
+    echo = aw.tasks["echo"]
+    ids = {(await echo.enqueue(str(n))).id for n in range(3)}
+    headers = {**AUTH, **CSRF}
+    dry = await client.post(f"{PREFIX}/bulk/cancel", json={"dry_run": True}, headers=headers)
+    assert dry.json()["matched"] >= len(ids) and dry.json()["changed"] == 0
+    body = {"task": "echo", "status": ["queued"]}
+    done = await client.post(f"{PREFIX}/bulk/cancel", json=body, headers=headers)
+    assert done.status_code == 200 and done.json()["changed"] == done.json()["matched"] >= 3
+    assert ids <= {j.id for j in await aw.list_jobs(status=JobStatus.CANCELLED)}
+    again = await client.post(
+        f"{PREFIX}/bulk/retry", json={"status": ["cancelled"], "since": 3600}, headers=headers
+    )
+    assert again.json()["changed"] == again.json()["matched"] >= 3
+    assert ids <= {j.id for j in await aw.list_jobs(status=JobStatus.QUEUED)}
+    wrong = await client.post(f"{PREFIX}/bulk/retry", json={"status": ["queued"]}, headers=headers)
+    assert wrong.status_code == 422

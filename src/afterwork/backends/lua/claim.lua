@@ -5,6 +5,14 @@ local nq = tonumber(ARGV[8])
 local queues = {}
 for i = 1, nq do queues[i] = ARGV[8 + i] end
 if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
+-- Paused queues (P:paused) start nothing.
+local open_queues = {}
+for _, queue in ipairs(queues) do
+  if redis.call('SISMEMBER', P .. ':paused', queue) == 0 then
+    open_queues[#open_queues + 1] = queue
+  end
+end
+queues = open_queues
 local excluded = {}
 for i = 9 + nq, #ARGV do excluded[ARGV[i]] = true end
 

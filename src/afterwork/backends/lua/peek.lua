@@ -5,7 +5,10 @@ local queues = {}
 for i = 1, nq do queues[i] = ARGV[4 + i] end
 if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
 for _, queue in ipairs(queues) do
-  if redis.call('ZCARD', P .. ':q:' .. queue) > 0 then return '0' end
+  if redis.call('ZCARD', P .. ':q:' .. queue) > 0
+    and redis.call('SISMEMBER', P .. ':paused', queue) == 0 then
+    return '0'
+  end
 end
 local first = redis.call('ZRANGE', P .. ':delayed', 0, 0, 'WITHSCORES')
 if #first == 0 then return '-1' end

@@ -84,11 +84,30 @@
     clear(body);
     for (const queue of queues) {
       const row = el("tr");
-      row.appendChild(el("td", queue.queue));
+      row.appendChild(el("td", queue.paused ? queue.queue + " (paused)" : queue.queue));
       for (const status of STATUSES) row.appendChild(el("td", queue.counts[status] || 0, "num"));
       row.appendChild(el("td", age(queue.oldest_waiting_age), "num"));
+      const cell = el("td");
+      cell.appendChild(pauseButton(queue));
+      row.appendChild(cell);
       body.appendChild(row);
     }
+  }
+
+  // Pause or resume a queue across the fleet (running jobs finish; nothing new starts).
+  function pauseButton(queue) {
+    const action = queue.paused ? "resume" : "pause";
+    const button = el("button", action);
+    button.type = "button";
+    button.className = "queue-" + action;
+    button.addEventListener("click", () => {
+      button.disabled = true;
+      api("queues/" + encodeURIComponent(queue.queue) + "/" + action, { method: "POST" })
+        .then(() => { notice(""); return loadQueues(); })
+        .catch((err) => notice(err.message))
+        .finally(() => { button.disabled = false; });
+    });
+    return button;
   }
 
   function scheduleQueues() {
@@ -97,6 +116,35 @@
       state.queueTimer = null;
       loadQueues().catch((err) => notice(err.message));
     }, 500);
+  }
+
+  // -- bulk actions: the jobs the filters match, counted first, then confirmed -------
+
+  async function bulkAction(action, ...applicable) {
+    const f = state.filters;
+    if (f.status && !applicable.includes(f.status)) {
+      notice(action + " applies to " + applicable.join(", ") + " jobs, not " + f.status);
+      return;
+    }
+    const body = { status: f.status ? [f.status] : null, queue: f.queue || null, task: f.task || null };
+    const post = (dryRun) => api("bulk/" + action, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(Object.assign({ dry_run: dryRun }, body)),
+    });
+    try {
+      const counted = await post(true);
+      if (counted.matched === 0) {
+        notice("no job matches the filter; nothing to " + action);
+        return;
+      }
+      if (!window.confirm(action + " " + counted.matched + " job(s) matching the filter?")) return;
+      const done = await post(false);
+      notice(action + ": " + done.changed + " of " + done.matched + " job(s)");
+      await loadJobs(false);
+    } catch (err) {
+      notice(err.message);
+    }
   }
 
   // -- overview: jobs ---------------------------------------------------------------
@@ -378,6 +426,8 @@
       loadJobs(false).catch((err) => notice(err.message));
     });
     $("more").addEventListener("click", () => loadJobs(true).catch((err) => notice(err.message)));
+    $("bulk-retry").addEventListener("click", () => bulkAction("retry", "failed", "cancelled"));
+    $("bulk-cancel").addEventListener("click", () => bulkAction("cancel", "scheduled", "queued", "running"));
     $("cancel").addEventListener("click", () => jobAction("cancel"));
     $("retry").addEventListener("click", () => jobAction("retry"));
     window.addEventListener("hashchange", route);
