@@ -18,6 +18,8 @@ if _typing.TYPE_CHECKING:
     from ._engine.services import ServiceStatus as ServiceStatus
     from ._engine.worker import Worker as Worker
     from ._engine.worker import WorkerStatistics as WorkerStatistics
+    from ._middleware import JobCall as JobCall
+    from ._middleware import Middleware as Middleware
     from ._settings import Settings as Settings
     from .app import Afterwork as Afterwork
     from .app import ServiceContext as ServiceContext
@@ -47,11 +49,13 @@ __all__ = (
     "ConfigurationError",
     "EnqueueError",
     "Job",
+    "JobCall",
     "JobContext",
     "JobError",
     "JobEvent",
     "JobNotFound",
     "JobStatus",
+    "Middleware",
     "PayloadTooLarge",
     "Retry",
     "ScheduleInfo",
@@ -75,11 +79,13 @@ _LAZY: dict[str, str] = {
     "ConfigurationError": ".exceptions",
     "EnqueueError": ".exceptions",
     "Job": ".job",
+    "JobCall": "._middleware",
     "JobContext": ".context",
     "JobError": ".job",
     "JobEvent": ".job",
     "JobNotFound": ".exceptions",
     "JobStatus": ".job",
+    "Middleware": "._middleware",
     "PayloadTooLarge": ".exceptions",
     "Retry": ".retry",
     "ScheduleInfo": "._engine.scheduler",

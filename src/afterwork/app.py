@@ -29,6 +29,7 @@ from ._engine.scheduler import (
 )
 from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
 from ._location import store_location
+from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
@@ -53,6 +54,7 @@ logger: logging.Logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+M = TypeVar("M", bound=Middleware)
 
 DEFAULT_URL = "sqlite:///./afterwork.db"
 
@@ -68,6 +70,8 @@ class Afterwork:
         backend: a backend object to use instead of ``url``.
         clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
         seed: seeds the random source of backoff jitter (for reproducible tests).
+        middleware: callables run around every enqueue and every attempt, the first
+            outermost (see :meth:`middleware`).
         **settings: any field of :class:`Settings`.
 
     Example:
@@ -88,6 +92,7 @@ class Afterwork:
         backend: Store | None = None,
         clock: Clock | None = None,
         seed: int | None = None,
+        middleware: Iterable[Middleware] = (),
         **settings: Any,
     ) -> None:
         unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -100,6 +105,7 @@ class Afterwork:
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
         self.rng: random.Random = random.Random(seed)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._middleware: list[Middleware] = list(middleware)
         self._local_runs = LocalRuns(self)
         self._open = False
         self._open_lock: asyncio.Lock | None = None
@@ -426,6 +432,54 @@ class Afterwork:
         """
         return _bridge.run_sync(self, func)
 
+    # -- middleware ----------------------------------------------------------------------
+
+    def middleware(self, func: M, /) -> M:
+        """Run ``func`` around every enqueue and every attempt (after those added before).
+
+        ``func(call, call_next)`` receives a :class:`~afterwork.JobCall` and ``call_next``,
+        which runs the rest and returns the stored :class:`~afterwork.Job` (for an attempt,
+        as its outcome was recorded; ``None`` if the lease was lost). An ``async def`` awaits
+        ``call_next()``; a plain ``def`` runs in a worker thread and calls it. Returns
+        ``func``, so it works as a decorator.
+
+        Example:
+            ```python
+            @aw.middleware
+            async def log_calls(call, call_next):
+                job = await call_next()
+                print(call.kind, call.task, job.status if job else "lost")
+                return job
+            ```
+
+        .. versionadded:: 0.2
+        """
+        if not callable(func):
+            raise TypeError(f"a middleware must be callable, not {func!r}")
+        self._middleware.append(func)
+        return func
+
+    @property
+    def middleware_chain(self) -> Sequence[Middleware]:
+        """The middleware added so far, the first outermost."""
+        return self._middleware
+
+    async def _store(self, new: NewJob) -> Job:
+        """Store one new job inside the middleware chain."""
+        if not self._middleware:
+            (job,) = await self.backend.enqueue([new])
+            return job.bind(self)
+
+        async def store() -> Job:
+            (job,) = await self.backend.enqueue([new])
+            return job.bind(self)
+
+        call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
+        stored = await run_through(self._middleware, call, store)
+        if stored is None:  # a middleware did not call call_next
+            raise EnqueueError(f"a middleware returned without storing job {new.id}", task=new.task)
+        return stored
+
     # -- client calls --------------------------------------------------------------------
 
     async def enqueue_task(
@@ -438,8 +492,7 @@ class Afterwork:
         """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
-        (job,) = await self.backend.enqueue([new])
-        return job.bind(self)
+        return await self._store(new)
 
     def build_job(
         self,
@@ -486,6 +539,8 @@ class Afterwork:
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
+        if self._middleware:  # each job through the chain, one store call each
+            return [await self._store(new) for new in jobs]
         return [job.bind(self) for job in await self.backend.enqueue(jobs)]
 
     async def get_job(self, job_id: str) -> Job | None:

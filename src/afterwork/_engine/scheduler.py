@@ -32,6 +32,7 @@ import anyio
 from anyio.abc import TaskStatus
 from cronsim import CronSim, CronSimError
 
+from .._middleware import JobCall, run_through
 from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
 
 if TYPE_CHECKING:
@@ -335,9 +336,17 @@ class Scheduler:
             new = self.host.build_job(
                 schedule.task, (), {}, {"key": f"{schedule.name}@{_iso(tick)}"}
             )
-            stored = await backend.enqueue_tick(schedule.name, tick, new)
+
+            async def store() -> Job | None:
+                created = await backend.enqueue_tick(schedule.name, tick, new)
+                return None if created is None else created.bind(self.host)
+
+            chain = self.host.middleware_chain
+            call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
+            # None: another process enqueued this tick first.
+            stored = await (run_through(chain, call, store) if chain else store())
             if stored is not None:
-                job = stored.bind(self.host)
+                job = stored
                 logger.info(
                     "schedule %s: enqueued tick %s as job %s",
                     schedule.name,
