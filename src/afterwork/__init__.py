@@ -19,7 +19,6 @@ if _typing.TYPE_CHECKING:
     from ._engine.worker import Worker as Worker
     from ._engine.worker import WorkerStatistics as WorkerStatistics
     from ._middleware import JobCall as JobCall
-    from ._middleware import Middleware as Middleware
     from ._settings import Settings as Settings
     from .app import Afterwork as Afterwork
     from .app import ServiceContext as ServiceContext
@@ -55,7 +54,6 @@ __all__ = (
     "JobEvent",
     "JobNotFound",
     "JobStatus",
-    "Middleware",
     "PayloadTooLarge",
     "Retry",
     "ScheduleInfo",
@@ -85,7 +83,6 @@ _LAZY: dict[str, str] = {
     "JobEvent": ".job",
     "JobNotFound": ".exceptions",
     "JobStatus": ".job",
-    "Middleware": "._middleware",
     "PayloadTooLarge": ".exceptions",
     "Retry": ".retry",
     "ScheduleInfo": "._engine.scheduler",

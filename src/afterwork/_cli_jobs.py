@@ -251,8 +251,29 @@ def _print_job(job: Job) -> None:
         table.add_row(Text(name), cell)
     console = _console()
     console.print(table)
+    if job.timeline:
+        console.print(_timeline(job))
     if job.error is not None and job.error.traceback:
         console.print(Text("\n" + safe_block(job.error.traceback), style="dim"))
+
+
+def _timeline(job: Job) -> Table:
+    """The job's kept attempts, oldest first: when, where, how long, how it ended."""
+    table = Table(title="attempts", title_justify="left", box=None)
+    for name in ("#", "started", "took", "worker", "outcome", "error"):
+        table.add_column(name)
+    for attempt in job.timeline:
+        took = attempt.duration
+        error = attempt.error
+        table.add_row(
+            str(attempt.number),
+            _when(attempt.started_at),
+            "" if took is None else f"{took:.3f}s",
+            Text(_safe(attempt.worker)),
+            attempt.outcome,
+            Text(_safe(None if error is None else f"{error.type}: {error.message}")[:500]),
+        )
+    return table
 
 
 async def _get(aw: Afterwork, job_id: str) -> Job:

@@ -58,6 +58,7 @@ FIELDS = (
     "worker",
     "lease_expires_at",
     "cancel_requested",
+    "timeline",
 )
 
 

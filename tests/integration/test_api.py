@@ -292,3 +292,13 @@ async def test_the_stream_ends_when_afterwork_closes(
             await aw.aclose()  # what the lifespan does at shutdown
             while (message := await events.next()) is not None:
                 assert message.comment == "ping" or message.event == "message"
+
+
+async def test_a_job_shows_its_attempts(client: httpx.AsyncClient, aw: Afterwork) -> None:
+    job = await enqueue(client, "add", args=[1, 2])
+    done = await aw.wait_for_job(job["id"], timeout=10)
+    body = (await client.get(f"/jobs/{job['id']}", headers=AUTH)).json()
+    (attempt,) = body["timeline"]
+    assert attempt["number"] == 1 and attempt["outcome"] == "succeeded"
+    assert attempt["error"] is None and attempt["worker"] == done.timeline[0].worker
+    assert attempt["started_at"] == done.started_at and attempt["ended_at"] == done.finished_at

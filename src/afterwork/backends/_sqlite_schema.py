@@ -113,8 +113,11 @@ _V2 = (
     " CHECK (lease_ttl IS NULL OR lease_ttl > 0)",
 )
 
+# Version 3: each job's last attempts (a JSON array, see ``afterwork.job.JobAttempt``).
+_V3 = ("ALTER TABLE afterwork_jobs ADD COLUMN timeline TEXT",)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -150,4 +153,5 @@ COLUMNS = (
     "lease_expires_at",
     "cancel_requested",
     "seq",
+    "timeline",
 )

@@ -280,7 +280,35 @@
     $("job-traceback").textContent = error ? error.traceback : "";
     $("cancel").disabled = !["scheduled", "queued", "running"].includes(job.status);
     $("retry").disabled = !["failed", "cancelled"].includes(job.status);
+    renderAttempts(job);
     renderTimeline(job);
+  }
+
+  // Each kept attempt (oldest first): when, how long, where, how it ended, and its error
+  // with the traceback folded away.
+  function renderAttempts(job) {
+    const attempts = job.timeline || [];
+    $("job-attempts-section").hidden = attempts.length === 0;
+    const body = $("job-attempts").tBodies[0];
+    clear(body);
+    for (const attempt of attempts) {
+      const row = el("tr");
+      const took = attempt.started_at === null ? "" : age(attempt.ended_at - attempt.started_at);
+      row.appendChild(el("td", attempt.number));
+      row.appendChild(el("td", when(attempt.started_at)));
+      row.appendChild(el("td", took));
+      row.appendChild(el("td", attempt.worker));
+      row.appendChild(statusCell(attempt.outcome));
+      const cell = el("td");
+      if (attempt.error) {
+        const details = el("details");
+        details.appendChild(el("summary", attempt.error.type + ": " + attempt.error.message));
+        details.appendChild(el("pre", attempt.error.traceback));
+        cell.appendChild(details);
+      }
+      row.appendChild(cell);
+      body.appendChild(row);
+    }
   }
 
   function renderTimeline(job) {
@@ -288,7 +316,15 @@
       { at: job.created_at, text: "created" },
       { at: job.started_at, text: "last attempt started" },
       { at: job.finished_at, text: "finished: " + job.status },
-    ].filter((e) => e.at !== null && e.at !== undefined).concat(state.timeline);
+    ]
+      .concat(
+        (job.timeline || []).map((a) => ({
+          at: a.ended_at,
+          text: "attempt " + a.number + " " + a.outcome + (a.worker ? " on " + a.worker : ""),
+        })),
+      )
+      .filter((e) => e.at !== null && e.at !== undefined)
+      .concat(state.timeline);
     entries.sort((a, b) => a.at - b.at);
     const list = $("timeline");
     clear(list);
