@@ -130,6 +130,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "check_transition",
         "new_job_id",
     ),
+    "afterwork.metrics": ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"),
     "afterwork.retry": ("Backoff", "ExponentialBackoff", "FixedBackoff", "Retry"),
     "afterwork.task": (
         # The documented limits of enqueue's options (issue 17: bad input never gets in).
