@@ -90,14 +90,35 @@ async def run_worker(
     queues: list[str] | None,
     grace: float | None,
     name: str | None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run the worker (and everything else ``aw.runtime`` runs) until SIGTERM or SIGINT.
 
     The first signal stops gracefully: nothing new is claimed, running jobs get ``grace``
-    seconds, then are released. A second signal releases running jobs at once.
+    seconds, then are released. A second signal releases running jobs at once. With
+    ``metrics_port``, Prometheus metrics are served at ``http://metrics_host:port/metrics``.
     """
     import asyncio  # lazily: `afterwork --help` need not load it
 
+    if metrics_port is not None:
+        from ._cli_http import serve_http
+        from .metrics import CONTENT_TYPE, Metrics
+
+        metrics = Metrics(aw)
+
+        async def scrape() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE, await metrics.exposition()
+
+        server = await serve_http({"/metrics": scrape}, metrics_host, metrics_port)
+        bound = server.sockets[0].getsockname()
+        logger.info("metrics served at http://%s:%d/metrics", bound[0], bound[1])
+        try:
+            await run_worker(aw, concurrency=concurrency, queues=queues, grace=grace, name=name)
+        finally:
+            server.close()
+            await server.wait_closed()
+        return
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received = 0
@@ -144,6 +165,15 @@ def worker(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="serve Prometheus metrics at /metrics on this port (0: any)"
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="the address --metrics-port listens on")
+    ] = "127.0.0.1",
     reload: Annotated[
         bool,
         typer.Option(
@@ -167,7 +197,15 @@ def worker(
         warn_if_lost(aw, target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         asyncio.run(
-            run_worker(aw, concurrency=concurrency, queues=queue_list, grace=grace, name=name)
+            run_worker(
+                aw,
+                concurrency=concurrency,
+                queues=queue_list,
+                grace=grace,
+                name=name,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+            )
         )
     except CLIError as exc:
         typer.echo(f"error: {exc}", err=True)
