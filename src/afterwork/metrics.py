@@ -129,6 +129,7 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self._series: dict[tuple[str, str], _Series] = {}
         self._queues: list[QueueStats] = []
         self._read_at = -float("inf")
         self.registry.register(_QueueCollector(self))
@@ -138,25 +139,25 @@ class Metrics:
         self, call: JobCall, call_next: Callable[[], Awaitable[Job | None]]
     ) -> Job | None:
         """The middleware: count the enqueue or the attempt, time it."""
+        series = self._series.get((call.task, call.queue))
+        if series is None:
+            series = self._series[(call.task, call.queue)] = _Series(self, call.task, call.queue)
         if call.kind == "enqueue":
             stored = await call_next()
             if stored is not None and stored.id == call.job_id:
-                self.jobs.labels(call.task, call.queue, "enqueued").inc()
+                series.count("enqueued")
             return stored
         job = call.job
         if job is not None:
-            self.wait.labels(call.task, call.queue).observe(
-                max(self.aw.backend.now() - job.run_at, 0.0)
-            )
+            series.timers()[1].observe(max(self.aw.backend.now() - job.run_at, 0.0))
             timeline = job.timeline
             if timeline and timeline[-1].outcome == "lost":
-                self.jobs.labels(call.task, call.queue, "recovered").inc()
-        self.jobs.labels(call.task, call.queue, "started").inc()
+                series.count("recovered")
+        series.count("started")
         started = time.perf_counter()
         done = await call_next()
-        self.duration.labels(call.task, call.queue).observe(time.perf_counter() - started)
-        outcome = "lost" if done is None else _OUTCOMES.get(done.status, done.status.value)
-        self.jobs.labels(call.task, call.queue, outcome).inc()
+        series.timers()[0].observe(time.perf_counter() - started)
+        series.count("lost" if done is None else _OUTCOMES.get(done.status, done.status.value))
         return done
 
     async def refresh(self) -> None:
@@ -172,6 +173,34 @@ class Metrics:
         await self.refresh()
         data: bytes = _prometheus().generate_latest(self.registry)
         return data
+
+
+class _Series:
+    """The labelled children of one (task, queue), looked up once (``labels()`` is slow)."""
+
+    __slots__ = ("_counters", "_metrics", "_queue", "_task", "_timers")
+
+    def __init__(self, metrics: Metrics, task: str, queue: str) -> None:
+        self._metrics = metrics
+        self._task = task
+        self._queue = queue
+        self._counters: dict[str, Any] = {}
+        self._timers: tuple[Any, Any] | None = None
+
+    def timers(self) -> tuple[Any, Any]:
+        """The duration and wait histograms (made on the first attempt, not on enqueue)."""
+        if self._timers is None:
+            metrics, labels = self._metrics, (self._task, self._queue)
+            self._timers = (metrics.duration.labels(*labels), metrics.wait.labels(*labels))
+        return self._timers
+
+    def count(self, outcome: str) -> None:
+        counter = self._counters.get(outcome)
+        if counter is None:
+            counter = self._counters[outcome] = self._metrics.jobs.labels(
+                self._task, self._queue, outcome
+            )
+        counter.inc()
 
 
 class _QueueCollector:
