@@ -49,21 +49,24 @@ class CLIError(Exception):
     """A problem to report in one line, without a traceback."""
 
 
-def configure_logging(level: str) -> None:
-    """The CLI's log format. Library code never configures logging itself."""
+def configure_logging(level: str, log_format: str = "plain") -> None:
+    """The CLI's log format (``plain`` or ``json``). Library code never configures logging."""
     import logging.config  # lazily: `afterwork --help` need not load it
 
+    if log_format not in ("plain", "json"):
+        raise typer.BadParameter("--log-format is plain or json")
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {
-                "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+                "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+                "json": {"()": "afterwork._log_json.JsonFormatter"},
             },
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
-                    "formatter": "plain",
+                    "formatter": log_format,
                     "stream": "ext://sys.stderr",
                 }
             },
@@ -165,6 +168,9 @@ def worker(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="plain, or json: one object per line with the job's fields")
+    ] = "plain",
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -184,7 +190,7 @@ def worker(
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
     import asyncio  # lazily: `afterwork --help` need not load it
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     if reload:
         from ._cli_reload import reload_worker
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -90,3 +91,39 @@ async def test_the_worker_serves_metrics_on_loopback(tmp_path: Path) -> None:
         with anyio.fail_after(30):
             await process.wait()
     assert process.returncode == 0
+
+
+async def test_json_logs_carry_the_job_and_the_worker(tmp_path: Path) -> None:
+    (tmp_path / "metrics_app.py").write_text(APP)
+    url = f"sqlite:///{tmp_path / 'afterwork.db'}"
+    env = {**os.environ, "AFTERWORK_URL": url}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(tmp_path)])
+    backend = SQLiteBackend(str(tmp_path / "afterwork.db"))
+    await backend.open()
+    job_id = new_job_id()
+    await backend.enqueue([NewJob(id=job_id, task="metrics_app:ok", args=[1])])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "afterwork", "worker", "metrics_app:aw", "--log-format", "json",
+        cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+
+        async def succeeded() -> bool:
+            job = await backend.get(job_id)
+            return job is not None and job.status is JobStatus.SUCCEEDED
+
+        await eventually(succeeded, timeout=30)
+    finally:
+        await backend.aclose()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            err = await process.stderr.read()
+            await process.wait()
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in err.decode().splitlines()]  # every line is JSON
+    (done,) = [line for line in lines if line.get("action") == "job_succeeded"]
+    assert done["level"] == "INFO" and done["logger"] == "afterwork.runner"
+    assert done["job"] == {"id": job_id, "task": "metrics_app:ok", "queue": "default", "attempt": 1}
+    assert done["worker"]["id"] and done["message"].endswith("succeeded")

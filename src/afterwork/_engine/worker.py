@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..backends.base import CancelWatch, Claim, Inspector, Outcome
 from ..job import JobError
+from .outage import Outage, reconnect_delay
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
 from .watchdog import JOB_TASK_PREFIX, LoopWatchdog
 
@@ -123,6 +124,7 @@ class Worker:
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
+        self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
         self._idle_scope: anyio.CancelScope | None = None
         self._started = 0
@@ -253,19 +255,14 @@ class Worker:
                 lease_ttl=self.lease_ttl,
                 exclude_tasks=exclude,
             )
-        except Exception:
+        except Exception as exc:
             self._claim_failures += 1
-            delay = min(30.0, 0.1 * 2**self._claim_failures) * (0.5 + random.random() / 2)
-            logger.warning(
-                "worker %s could not claim jobs; trying again in %.1fs",
-                self.id,
-                delay,
-                exc_info=True,
-                extra={"action": "claim_failed", "worker": {"id": self.id}},
-            )
+            delay = reconnect_delay(self._claim_failures, random.random())
+            self._outage.failed("claim", exc, retry_in=delay)
             await self._idle(delay, wait_for_work=False)
             return None
         self._claim_failures = 0
+        self._outage.succeeded()
         return list(claims)
 
     async def _wait_for_work(self, at_limit: set[str]) -> bool:
@@ -522,14 +519,10 @@ class Worker:
             return
         try:
             reply = await self.host.backend.heartbeat(leases, lease_ttl=self.lease_ttl)
-        except Exception:
-            logger.warning(
-                "worker %s could not renew its leases",
-                self.id,
-                exc_info=True,
-                extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
-            )
+        except Exception as exc:
+            self._outage.failed("heartbeat", exc)
             return
+        self._outage.succeeded()
         if reply.lost or reply.cancel:
             await self._drop_buffered(reply.lost, reply.cancel)
         apply_heartbeat(reply, self._runs, self.id)
@@ -553,11 +546,8 @@ class Worker:
                     )
                 if isinstance(backend, Inspector):
                     await backend.purge()
-            except Exception:
-                logger.warning(
-                    "worker %s: reaper pass failed",
-                    self.id,
-                    exc_info=True,
-                    extra={"action": "reaper_failed", "worker": {"id": self.id}},
-                )
+            except Exception as exc:
+                self._outage.failed("reaper", exc)
+            else:
+                self._outage.succeeded()
             await anyio.sleep(config.reaper_interval)
