@@ -29,9 +29,9 @@ from .job import TERMINAL_STATUSES, Job, JobStatus
 
 if TYPE_CHECKING:
     from .app import Afterwork
-    from .backends.base import QueueStats
+    from .backends.base import QueueStats, WorkerInfo
 
-__all__ = ("jobs_app", "purge", "queues")
+__all__ = ("jobs_app", "purge", "queues", "workers")
 
 T = TypeVar("T")
 
@@ -502,3 +502,36 @@ def purge(
         _print_json({"purged": count})
     else:
         typer.echo(f"purged {count} finished job(s)")
+
+
+def workers(
+    app: AppOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the live workers: host, pid, queues, what they run, when last seen."""
+
+    async def action(aw: Afterwork) -> tuple[list[WorkerInfo], float, str]:
+        return await aw.workers(), aw.backend.now(), aw.location
+
+    found, now, where = _run(app, url, action)
+    if as_json:
+        _print_json([w.to_dict() for w in found])
+        return
+    _print_store(where)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("id", "host", "pid", "queues", "running", "up", "seen"):
+        table.add_column(name, overflow="fold")
+    for w in found:
+        table.add_row(
+            Text(_safe(w.id)),
+            Text(_safe(w.host)),
+            str(w.pid),
+            Text(_safe("all" if w.queues is None else ",".join(w.queues))),
+            f"{len(w.running)}/{w.concurrency}",
+            _age(now - w.started_at),
+            _age(now - w.last_seen) + " ago",
+        )
+    _console().print(table)
+    if not found:
+        typer.echo("no live workers")

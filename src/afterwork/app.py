@@ -34,7 +34,17 @@ from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
-from .backends.base import Clock, EventStream, Inspector, JobFilter, NewJob, QueueStats, Store
+from .backends.base import (
+    Clock,
+    EventStream,
+    Inspector,
+    JobFilter,
+    NewJob,
+    QueueStats,
+    Store,
+    WorkerInfo,
+    WorkerPresence,
+)
 from .context import JobContext
 from .exceptions import ConfigurationError, EnqueueError
 from .job import Job, JobStatus, new_job_id
@@ -593,6 +603,16 @@ class Afterwork:
         """Per-queue job counts per status."""
         await self._ensure_open()
         return await self._inspector().stats()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers sharing this store, oldest first (``[]`` if it keeps none).
+
+        Each worker refreshes its record with its heartbeat; one that dies disappears
+        within its lease (``lease_ttl``).
+        """
+        await self._ensure_open()
+        backend = self.backend
+        return await backend.list_workers() if isinstance(backend, WorkerPresence) else []
 
     async def purge(self, *, older_than: float | None = None) -> int:
         """Delete finished jobs past their ``result_ttl`` (or finished ``older_than`` s ago)."""

@@ -246,11 +246,12 @@ def schedules(
 
 
 def _register() -> None:
-    from ._cli_jobs import jobs_app, purge, queues
+    from ._cli_jobs import jobs_app, purge, queues, workers
 
     app.add_typer(jobs_app)
     app.command()(queues)
     app.command()(purge)
+    app.command()(workers)
 
 
 _register()

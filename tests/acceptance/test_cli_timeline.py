@@ -47,3 +47,39 @@ def test_show_prints_every_attempt(tmp_path: Path) -> None:
     assert [a["outcome"] for a in data["timeline"]] == ["retrying", "failed"]
     assert data["timeline"][0]["error"]["traceback"] == "TB-1"
     assert data["error"]["message"] == "bad row 7"
+
+
+async def _announce(path: Path) -> None:
+    from afterwork.backends.base import WorkerInfo
+
+    backend = SQLiteBackend(str(path))
+    await backend.open()
+    try:
+        now = backend.now()
+        await backend.announce_worker(
+            WorkerInfo(
+                id="host-a:41:abc",
+                host="host-a",
+                pid=41,
+                version="0.x",
+                queues=("media",),
+                concurrency=8,
+                running=("j1", "j2"),
+                started_at=now - 120,
+                last_seen=now,
+                expires_at=now + 3600,
+            )
+        )
+    finally:
+        await backend.aclose()
+
+
+def test_workers_lists_the_live_workers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'afterwork.db'}"
+    asyncio.run(_announce(tmp_path / "afterwork.db"))
+    shown = afterwork("workers", url=url)
+    assert shown.returncode == 0, shown.stderr
+    (row,) = [line for line in shown.stdout.splitlines() if "host-a:41:abc" in line]
+    assert row.split()[1:5] == ["host-a", "41", "media", "2/8"]
+    (data,) = as_json(afterwork("workers", "--json", url=url))
+    assert data["running"] == ["j1", "j2"] and data["queues"] == ["media"]

@@ -81,6 +81,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "QueueStats",
         "Store",
         "Ticks",
+        "WorkerInfo",
+        "WorkerPresence",
         "truncated_event",
     ),
     "afterwork.backends.memory": ("MemoryBackend",),

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ..backends.base import CancelWatch, Claim, Inspector, Outcome
+from ..__about__ import __version__
+from ..backends.base import CancelWatch, Claim, Inspector, Outcome, WorkerInfo, WorkerPresence
 from ..job import JobError
 from .outage import Outage, reconnect_delay
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
@@ -209,6 +210,7 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            await self._withdraw()
             if self.watchdog is not None:
                 self.watchdog.stop()
             if unwatch is not None:
@@ -507,9 +509,47 @@ class Worker:
     # -- background loops ----------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        presence = self._presence()
+        started = self.host.backend.now()
         while True:
+            if presence is not None:
+                await self._announce(presence, started)
             await anyio.sleep(self.heartbeat_interval)
             await self._heartbeat()
+
+    def _presence(self) -> WorkerPresence | None:
+        """Where this worker shows itself (not in burst mode: a drain is not a worker)."""
+        backend = self.host.backend
+        return backend if not self.burst and isinstance(backend, WorkerPresence) else None
+
+    async def _announce(self, presence: WorkerPresence, started: float) -> None:
+        now = self.host.backend.now()
+        info = WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            queues=None if self.queues is None else tuple(self.queues),
+            concurrency=self.concurrency,
+            running=tuple(self._runs),
+            started_at=started,
+            last_seen=now,
+            expires_at=now + self.lease_ttl,
+        )
+        try:
+            await presence.announce_worker(info)
+        except Exception:  # advisory: the outage, if any, is logged by the heartbeat
+            logger.debug("worker %s could not announce itself", self.id, exc_info=True)
+
+    async def _withdraw(self) -> None:
+        presence = self._presence()
+        if presence is None:
+            return
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await presence.remove_worker(self.id)
+            except Exception:  # it expires with its lease anyway
+                logger.debug("worker %s could not withdraw itself", self.id, exc_info=True)
 
     async def _heartbeat(self) -> None:
         """Renew the leases of running and buffered jobs; stop those lost or cancelled."""

@@ -34,6 +34,7 @@ from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import EventPump
 from ._sqlite_inspect import InspectorMixin
+from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
 from .base import Claim, Clock, EventStream, HeartbeatReply, Lease, NewJob, Outcome
@@ -83,7 +84,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin):
+class SQLiteBackend(InspectorMixin, PresenceMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:

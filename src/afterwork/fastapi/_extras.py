@@ -21,6 +21,7 @@ __all__ = (
     "add_metrics_route",
     "add_schedule_routes",
     "add_service_routes",
+    "add_worker_routes",
 )
 
 
@@ -97,3 +98,24 @@ def add_metrics_route(router: APIRouter, metrics: Metrics) -> None:
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:
         return Response(await metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+class WorkerOut(BaseModel):
+    """A live worker (its presence record). Timestamps are seconds since the epoch."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str] | None
+    concurrency: int
+    running: list[str]
+    started_at: float
+    last_seen: float
+    expires_at: float
+
+
+def add_worker_routes(router: APIRouter, aw: Afterwork) -> None:
+    @router.get("/workers", response_model=list[WorkerOut], summary="Live workers")
+    async def workers() -> list[WorkerOut]:
+        return [WorkerOut.model_validate(w.to_dict()) for w in await aw.workers()]

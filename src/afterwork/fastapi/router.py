@@ -353,6 +353,7 @@ def create_router(
     _add_event_routes(router, aw, heartbeat, stream_lifetime)
     _extras.add_schedule_routes(router, aw)
     _extras.add_service_routes(router, aw)
+    _extras.add_worker_routes(router, aw)
     if metrics is not None:
         _extras.add_metrics_route(router, metrics)
 
