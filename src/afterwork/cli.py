@@ -95,32 +95,26 @@ async def run_worker(
     name: str | None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    health_port: int | None = None,
+    health_host: str = "127.0.0.1",
 ) -> None:
     """Run the worker (and everything else ``aw.runtime`` runs) until SIGTERM or SIGINT.
 
     The first signal stops gracefully: nothing new is claimed, running jobs get ``grace``
     seconds, then are released. A second signal releases running jobs at once. With
-    ``metrics_port``, Prometheus metrics are served at ``http://metrics_host:port/metrics``.
+    ``metrics_port``, Prometheus metrics are served at ``http://metrics_host:port/metrics``;
+    with ``health_port``, ``/livez`` and ``/readyz`` (the store answers) on ``health_host``.
     """
     import asyncio  # lazily: `afterwork --help` need not load it
 
-    if metrics_port is not None:
-        from ._cli_http import serve_http
-        from .metrics import CONTENT_TYPE, Metrics
-
-        metrics = Metrics(aw)
-
-        async def scrape() -> tuple[int, str, bytes]:
-            return 200, CONTENT_TYPE, await metrics.exposition()
-
-        server = await serve_http({"/metrics": scrape}, metrics_host, metrics_port)
-        bound = server.sockets[0].getsockname()
-        logger.info("metrics served at http://%s:%d/metrics", bound[0], bound[1])
+    if metrics_port is not None or health_port is not None:
+        servers = await _side_ports(aw, metrics_port, metrics_host, health_port, health_host)
         try:
             await run_worker(aw, concurrency=concurrency, queues=queues, grace=grace, name=name)
         finally:
-            server.close()
-            await server.wait_closed()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
         return
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -154,6 +148,58 @@ async def run_worker(
         loop.remove_signal_handler(signum)
 
 
+async def _side_ports(
+    aw: Afterwork,
+    metrics_port: int | None,
+    metrics_host: str,
+    health_port: int | None,
+    health_host: str,
+) -> list[Any]:
+    """Start the metrics and health servers asked for; return them (close them to stop)."""
+    from ._cli_http import Handler, serve_http
+
+    servers: list[Any] = []
+    plan: list[tuple[str, str, int, dict[str, Handler]]] = []
+    if metrics_port is not None:
+        from .metrics import CONTENT_TYPE, Metrics
+
+        metrics = Metrics(aw)
+
+        async def scrape() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE, await metrics.exposition()
+
+        plan.append(("metrics", metrics_host, metrics_port, {"/metrics": scrape}))
+    if health_port is not None:
+
+        async def live() -> tuple[int, str, bytes]:
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+
+        async def ready() -> tuple[int, str, bytes]:
+            import anyio
+
+            try:
+                with anyio.fail_after(2.0):
+                    await aw.backend.get("afterwork-readiness-probe")
+            except Exception as exc:
+                text = f"store unreachable: {type(exc).__name__}\n".encode()
+                return 503, "text/plain; charset=utf-8", text
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+
+        plan.append(("health", health_host, health_port, {"/livez": live, "/readyz": ready}))
+    try:
+        for what, host, port, routes in plan:
+            server = await serve_http(routes, host, port)
+            servers.append(server)
+            bound = server.sockets[0].getsockname()
+            paths = ", ".join(routes)
+            logger.info("%s served at http://%s:%d (%s)", what, bound[0], bound[1], paths)
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers
+
+
 @app.command()
 def worker(
     target: Annotated[str, typer.Argument(help="MODULE:ATTRIBUTE of your Afterwork instance")],
@@ -179,6 +225,15 @@ def worker(
     ] = None,
     metrics_host: Annotated[
         str, typer.Option(help="the address --metrics-port listens on")
+    ] = "127.0.0.1",
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="answer /livez and /readyz (store reachable) on this port"
+        ),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option(help="the address --health-port listens on (0.0.0.0 for probes)")
     ] = "127.0.0.1",
     reload: Annotated[
         bool,
@@ -211,6 +266,8 @@ def worker(
                 name=name,
                 metrics_port=metrics_port,
                 metrics_host=metrics_host,
+                health_port=health_port,
+                health_host=health_host,
             )
         )
     except CLIError as exc:

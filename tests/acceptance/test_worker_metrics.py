@@ -37,26 +37,34 @@ async def ok(n: int) -> int:
 """
 
 
-async def test_the_worker_serves_metrics_on_loopback(tmp_path: Path) -> None:
+async def test_the_worker_serves_metrics_and_health_on_loopback(tmp_path: Path) -> None:
     (tmp_path / "metrics_app.py").write_text(APP)
     url = f"sqlite:///{tmp_path / 'afterwork.db'}"
     env = {**os.environ, "AFTERWORK_URL": url}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(tmp_path)])
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "afterwork", "worker", "metrics_app:aw", "--metrics-port", "0",
-        cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE,
+        "--health-port", "0", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None
     try:
+        bases: dict[str, str] = {}
         with anyio.fail_after(30):
-            while True:
+            while len(bases) < 2:
                 line = (await process.stderr.readline()).decode()
                 assert line, "the worker exited before serving metrics"
-                found = re.search(r"metrics served at (http://[\d.]+:\d+)/metrics", line)
+                found = re.search(r"(metrics|health) served at (http://[\d.]+:\d+)", line)
                 if found:
-                    break
-        base = found.group(1)
+                    bases[found.group(1)] = found.group(2)
+        base = bases["metrics"]
         assert base.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        assert bases["health"].startswith("http://127.0.0.1:") and bases["health"] != base
+        async with httpx.AsyncClient(base_url=bases["health"], timeout=10) as client:
+            live, ready = await client.get("/livez"), await client.get("/readyz")
+            wrong = await client.get("/metrics")
+        assert (live.status_code, live.text) == (200, "ok\n")
+        assert (ready.status_code, ready.text) == (200, "ok\n")
+        assert wrong.status_code == 404
         backend = SQLiteBackend(str(tmp_path / "afterwork.db"))
         await backend.open()
         try:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from afterwork import Afterwork, JobStatus
@@ -94,3 +95,27 @@ async def test_an_outage_logs_once_when_it_begins_and_once_when_it_ends(
         and r.name.startswith("afterwork")
     ]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+async def test_readiness_follows_the_store(server: RedisServer) -> None:
+    from afterwork.cli import _side_ports
+
+    async with Afterwork(server.url) as aw:
+        (health,) = await _side_ports(aw, None, "127.0.0.1", 0, "127.0.0.1")
+        try:
+            host, port = health.sockets[0].getsockname()[:2]
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                server.kill()
+                down = await client.get("/readyz")
+                assert down.status_code == 503 and down.text.startswith("store unreachable")
+                assert (await client.get("/livez")).status_code == 200  # alive all the same
+                server.start()
+
+                async def ready() -> bool:
+                    return (await client.get("/readyz")).status_code == 200
+
+                await eventually(ready, timeout=30)
+        finally:
+            health.close()
+            await health.wait_closed()
