@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from ._middleware import JobCall, Middleware
-    from .backends.base import QueueStats, Store
+    from .backends.base import QueueStats, Store, WorkerInfo
 
 __all__ = ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics")
 
@@ -65,6 +65,8 @@ class Observed(Protocol):
 
     async def stats(self) -> list[QueueStats]: ...
 
+    async def workers(self) -> list[WorkerInfo]: ...
+
 
 def _prometheus() -> Any:
     try:
@@ -87,6 +89,7 @@ class Metrics:
         ``afterwork_job_duration_seconds{task,queue}``: histogram of attempt run time.
         ``afterwork_job_wait_seconds{task,queue}``: histogram of due time → start.
         ``afterwork_queue_jobs{queue,status}``: gauge, read from the store at scrape.
+        ``afterwork_workers``: gauge, the live workers sharing the store, read at scrape.
 
     Args:
         aw: the instance to observe.
@@ -131,6 +134,7 @@ class Metrics:
         )
         self._series: dict[tuple[str, str], _Series] = {}
         self._queues: list[QueueStats] = []
+        self._workers = 0
         self._read_at = -float("inf")
         self.registry.register(_QueueCollector(self))
         aw.middleware(self)
@@ -166,6 +170,7 @@ class Metrics:
         if now - self._read_at < self.cache_ttl:
             return
         self._queues = await self.aw.stats()
+        self._workers = len(await self.aw.workers())
         self._read_at = now
 
     async def exposition(self) -> bytes:
@@ -220,6 +225,11 @@ class _QueueCollector:
             for status in JobStatus:
                 family.add_metric((stats.queue, status.value), stats.counts.get(status, 0))
         yield family
+        yield GaugeMetricFamily(
+            "afterwork_workers",
+            "Live workers sharing the store (their presence records).",
+            value=self._metrics._workers,
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

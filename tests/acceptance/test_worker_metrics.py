@@ -88,6 +88,7 @@ async def test_the_worker_serves_metrics_and_health_on_loopback(tmp_path: Path) 
             for sample in family.samples
             if sample.name == "afterwork_jobs_total" and sample.labels["task"] == "metrics_app:ok"
         }
+        assert "afterwork_workers 1.0" in response.text.splitlines()  # itself
         # enqueued by another process: this worker counts only what passed through it
         assert values == {
             ("afterwork_jobs_total", "started"): 1.0,

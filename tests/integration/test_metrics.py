@@ -117,6 +117,7 @@ async def test_metrics_count_a_known_mix_of_outcomes_exactly(aw: Afterwork) -> N
             if name == f"{family}_count"
         }
         assert got == counts, family
+    assert samples(text, "afterwork_workers") == {("afterwork_workers", ()): 0.0}  # drains only
     gauge = samples(text, "afterwork_queue_jobs")
     expected = {("default", s.value): 0.0 for s in JobStatus}
     expected |= {("parked", s.value): 0.0 for s in JobStatus}
