@@ -91,11 +91,33 @@
     }
   }
 
+  // -- overview: workers (their presence records) -----------------------------------
+
+  async function loadWorkers() {
+    const workers = await api("workers");
+    const body = $("workers").tBodies[0];
+    clear(body);
+    const now = Date.now() / 1000;
+    for (const w of workers) {
+      const row = el("tr");
+      row.dataset.worker = w.id;
+      row.appendChild(el("td", w.id));
+      row.appendChild(el("td", w.host));
+      row.appendChild(el("td", w.pid, "num"));
+      row.appendChild(el("td", w.queues === null ? "all" : w.queues.join(", ")));
+      row.appendChild(el("td", w.running.length + " / " + w.concurrency, "num"));
+      row.appendChild(el("td", age(Math.max(now - w.started_at, 0)), "num"));
+      row.appendChild(el("td", when(w.last_seen)));
+      body.appendChild(row);
+    }
+    $("workers-none").hidden = workers.length > 0;
+  }
+
   function scheduleQueues() {
     if (state.queueTimer !== null) return;
     state.queueTimer = setTimeout(() => {
       state.queueTimer = null;
-      loadQueues().catch((err) => notice(err.message));
+      Promise.all([loadQueues(), loadWorkers()]).catch((err) => notice(err.message));
     }, 500);
   }
 
@@ -391,7 +413,7 @@
   }
 
   function refresh() {
-    const tasks = [loadQueues(), loadJobs(false)];
+    const tasks = [loadQueues(), loadWorkers(), loadJobs(false)];
     if (!$("schedules-section").hidden) tasks.push(loadSchedules());
     if (!$("services-section").hidden) tasks.push(loadServices());
     if (state.jobId) tasks.push(loadJob());
