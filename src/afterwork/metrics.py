@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
+    from ._engine.services import ServiceStatus
     from ._middleware import JobCall, Middleware
     from .backends.base import QueueStats, Store, WorkerInfo
 
@@ -67,6 +68,9 @@ class Observed(Protocol):
 
     async def workers(self) -> list[WorkerInfo]: ...
 
+    @property
+    def services(self) -> list[ServiceStatus]: ...
+
 
 def _prometheus() -> Any:
     try:
@@ -90,6 +94,7 @@ class Metrics:
         ``afterwork_job_wait_seconds{task,queue}``: histogram of due time → start.
         ``afterwork_queue_jobs{queue,status}``: gauge, read from the store at scrape.
         ``afterwork_workers``: gauge, the live workers sharing the store, read at scrape.
+        ``afterwork_services{name,state}``: gauge, 1 for each service's current state.
 
     Args:
         aw: the instance to observe.
@@ -225,6 +230,15 @@ class _QueueCollector:
             for status in JobStatus:
                 family.add_metric((stats.queue, status.value), stats.counts.get(status, 0))
         yield family
+        services = GaugeMetricFamily(
+            "afterwork_services",
+            "The services of this process: 1 for the state each one is in, 0 for the others.",
+            labels=("name", "state"),
+        )
+        for service in self._metrics.aw.services:
+            for state in type(service.state):
+                services.add_metric((service.name, state.value), int(state is service.state))
+        yield services
         yield GaugeMetricFamily(
             "afterwork_workers",
             "Live workers sharing the store (their presence records).",

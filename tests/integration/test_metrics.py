@@ -10,7 +10,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from afterwork import Afterwork, JobContext, JobStatus, Retry
+from afterwork import Afterwork, JobContext, JobStatus, Retry, ServiceContext, ServiceState
 from afterwork.metrics import Metrics
 from afterwork.testing import FakeClock
 
@@ -155,3 +155,25 @@ async def test_a_router_without_metrics_serves_none(aw: Afterwork) -> None:
     app.include_router(aw.router(auth=Depends(require_admin)), prefix="/aw")
     async with serve(app) as url, httpx.AsyncClient(base_url=f"{url}/aw") as client:
         assert (await client.get("/metrics", headers=AUTH)).status_code == 404
+
+
+async def test_services_show_their_state() -> None:
+    aw = Afterwork("memory://")
+    metrics = Metrics(aw)
+    up = anyio.Event()
+
+    @aw.service
+    async def ticker(ctx: ServiceContext) -> None:
+        up.set()
+        await ctx.wait_stopping()
+
+    async with aw.lifespan(FastAPI()):
+        with anyio.fail_after(10):
+            await up.wait()
+        text = (await metrics.exposition()).decode()
+    found = {
+        dict(labels)["state"]: value
+        for (_, labels), value in samples(text, "afterwork_services").items()
+        if dict(labels)["name"].endswith("ticker")
+    }
+    assert found == {state.value: float(state == "running") for state in ServiceState}
