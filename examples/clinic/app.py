@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import (
     APIRouter,
     Depends,
@@ -32,7 +34,7 @@ from . import auth
 from .db import DbSession, database, utcnow
 from .jobs import aw, broadcast_queue_update, notify_patient
 from .models import Doctor, QueueEntry, QueueStatus, open_entries
-from .realtime import StatusMessage, bus, hub, queue_snapshot
+from .realtime import StatusMessage, bus, hub, queue_snapshot, relay_screen_updates
 from .schemas import (
     Accepted,
     AssignDoctor,
@@ -48,6 +50,9 @@ logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(mess
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+#: Run jobs in this web process too (the default), or only in ``afterwork worker``
+#: processes: ``CLINIC_WEB_WORKER=0``.
+WEB_WORKER = os.environ.get("CLINIC_WEB_WORKER", "1") != "0"
 #: The pages run only their own files: no inline script, nothing from elsewhere.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -61,8 +66,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     hub.open()
     bus.open()
     try:
-        async with aw.lifespan(app):
+        async with aw.lifespan(worker=WEB_WORKER)(app), anyio.create_task_group() as group:
+            # Updates published by other processes (an ``afterwork worker``) reach our screens.
+            await group.start(relay_screen_updates, aw)
             yield
+            group.cancel_scope.cancel()
     finally:
         await database.aclose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -59,6 +60,10 @@ class Database:
             await self._engine.dispose()
         self._engine = self._sessions = None
 
+    @property
+    def is_open(self) -> bool:
+        return self._sessions is not None
+
     def session(self) -> AsyncSession:
         """A new session (use it as ``async with database.session() as db``)."""
         if self._sessions is None:
@@ -70,9 +75,25 @@ database = Database()
 
 
 async def get_db() -> AsyncIterator[AsyncSession]:
-    """A session per request, or per job: the same dependency serves routes and tasks."""
+    """A session per request, or per job: the same dependency serves routes and tasks.
+
+    In an ``afterwork worker`` process, which runs no app lifespan, the first job opens
+    the database.
+    """
+    if not database.is_open:
+        async with _opening():
+            if not database.is_open:
+                await database.open()
     async with database.session() as session:
         yield session
+
+
+_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+def _opening() -> asyncio.Lock:
+    """One opening at a time, on this event loop."""
+    return _locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
 DbSession = Annotated[AsyncSession, Depends(get_db)]

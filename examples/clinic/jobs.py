@@ -1,9 +1,10 @@
 """The clinic's background work, on afterwork: what used to be helpers, threads and loops.
 
-* ``broadcast_queue_update``: pushes the queue to every screen. It used to be a sync helper
-  that ran async code with its own event loop ("This event loop is already running"), then a
-  ``BackgroundTasks`` call that lost the update silently when it failed. Now it is a task:
-  tracked, retried, visible in the dashboard.
+* ``broadcast_queue_update``: pushes the queue to every screen, in this process and, through
+  ``aw.publish``, in every other web process (whichever process runs it). It used to be a
+  sync helper that ran async code with its own event loop ("This event loop is already
+  running"), then a ``BackgroundTasks`` call that lost the update silently when it failed.
+  Now it is a task: tracked, retried, visible in the dashboard.
 * ``notify_patient``: the e-mail to the patient, written to the outbox, retried, timed out.
 * ``status_updater``: consumes the room devices' messages from the in-process bus.
 * ``purge_expired_sessions``: deletes expired logins.
@@ -20,7 +21,7 @@ from afterwork import Afterwork, JobContext, Retry, ServiceContext
 from . import auth
 from .db import DbSession, database
 from .models import OutboxMessage, QueueEntry, QueueStatus, ticket
-from .realtime import Bus, StatusMessage, hub, queue_snapshot
+from .realtime import SCREEN_CHANNEL, Bus, StatusMessage, hub, queue_snapshot, screen_message
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ async def broadcast_queue_update(reason: str, db: DbSession) -> dict[str, int]:
     """
     snapshot = await queue_snapshot(db, reason)
     await db.close()  # done reading: don't hold a connection while the screens receive
-    screens = await hub.broadcast(snapshot)
-    logger.info("queue update (%s) sent to %d screens", reason, screens)
+    screens = await hub.broadcast(snapshot)  # this process's screens
+    await aw.publish(SCREEN_CHANNEL, screen_message(snapshot))  # every other process's
+    logger.info("queue update (%s) sent to %d screens here, and published", reason, screens)
     return {"screens": screens, "entries": len(snapshot.entries)}
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
+import anyio.abc
 from fastapi import Depends, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from afterwork import Afterwork
 
 from .models import QueueStatus, open_entries
 from .schemas import QueueItem, QueueUpdate
@@ -23,9 +27,10 @@ SEND_TIMEOUT = 5.0
 class QueueHub:
     """Every connected queue screen, and one way to reach them all.
 
-    It lives in the web process: afterwork's in-process worker (``aw.lifespan``) runs the
-    broadcast job on the same event loop as the sockets, so no thread or loop juggling is
-    ever needed. (With separate worker processes, relay through Redis pub/sub instead.)
+    Each web process has its own screens. The broadcast job sends to this process's
+    screens and publishes the update on ``SCREEN_CHANNEL``; every web process relays what
+    others published to its own screens (:func:`relay_screen_updates`), so an update made
+    by an ``afterwork worker`` process, or by another web process, reaches every screen.
     """
 
     def __init__(self) -> None:
@@ -73,6 +78,37 @@ class QueueHub:
 
 hub = QueueHub()
 
+#: The channel queue updates travel on between processes (``aw.publish``).
+SCREEN_CHANNEL = "clinic:queue-screens"
+#: This process, so that its relay skips what its own broadcasts already sent.
+ORIGIN = secrets.token_hex(8)
+
+
+def screen_message(update: QueueUpdate) -> dict[str, object]:
+    """What the broadcast job publishes for the other processes' screens."""
+    return {"origin": ORIGIN, "update": update.model_dump(mode="json")}
+
+
+async def relay_screen_updates(
+    aw: Afterwork, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Send the updates other processes publish to this process's screens, until cancelled.
+
+    Subscribed before it reports started (``task_status``), so the app serves only once no
+    update can slip past. A gap (this process fell behind) is logged: the next update
+    carries the whole queue anyway.
+    """
+    async with aw.subscribe(SCREEN_CHANNEL) as messages:
+        task_status.started()
+        async for message in messages:
+            if message.missed:
+                logger.warning("queue screens missed updates from other processes")
+                continue
+            data = message.data
+            if not isinstance(data, dict) or data.get("origin") == ORIGIN:
+                continue  # our own broadcast: already sent to our screens
+            await hub.broadcast(QueueUpdate.model_validate(data["update"]))
+
 
 @dataclass(frozen=True, slots=True)
 class StatusMessage:
@@ -99,7 +135,8 @@ class MessageBus:
 
     def _channel(self) -> asyncio.Queue[StatusMessage]:
         if self._queue is None:
-            raise RuntimeError("the message bus is not open: run the app's lifespan first")
+            self.open()  # an ``afterwork worker`` process: a bus nobody publishes to
+        assert self._queue is not None
         return self._queue
 
     def publish(self, message: StatusMessage) -> None:

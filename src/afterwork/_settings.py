@@ -41,6 +41,16 @@ class Settings:
     """Warn when a job blocks the worker's event loop longer than this, in seconds;
     ``None`` turns the check off."""
 
+    isolation: str = "none"
+    """``"process"``: every task's attempts run in child processes, not only those declared
+    ``@aw.task(isolation="process")`` (see docs/isolation.md)."""
+    max_jobs_per_child: int | None = 500
+    """An isolation child is replaced after this many attempts (``None``: never)."""
+    max_memory_mb: int | None = None
+    """Default memory cap of an isolated attempt's child, in MB (``None``: none)."""
+    kill_grace: float = 2.0
+    """Seconds an isolation child gets between SIGTERM and SIGKILL."""
+
     def __post_init__(self) -> None:
         positive = ("lease_ttl", "reaper_interval", "poll_interval", "sync_timeout")
         for name in positive:
@@ -56,5 +66,15 @@ class Settings:
             raise ConfigurationError("prefetch must not be negative")
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if self.isolation not in ("none", "process"):
+            raise ConfigurationError(
+                f"isolation must be 'none' or 'process', not {self.isolation!r}"
+            )
+        if self.max_jobs_per_child is not None and self.max_jobs_per_child < 1:
+            raise ConfigurationError("max_jobs_per_child must be at least 1")
+        if self.max_memory_mb is not None and self.max_memory_mb < 1:
+            raise ConfigurationError("max_memory_mb must be at least 1")
+        if self.kill_grace < 0:
+            raise ConfigurationError("kill_grace must not be negative")
         if self.max_recoveries < 0:
             raise ConfigurationError("max_recoveries must not be negative")

@@ -8,15 +8,25 @@ import inspect
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+import weakref
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 import anyio
 
 from . import _bridge, _signature
+from ._clock import EngineClock, engine_clock
 from ._engine import dependencies
 from ._engine.local import LocalRuns
 from ._engine.scheduler import (
@@ -35,10 +45,12 @@ from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from .backends import from_url
 from .backends.base import (
+    Channels,
     Clock,
     EventStream,
     Inspector,
     JobFilter,
+    MessageStream,
     NewJob,
     QueueStats,
     Store,
@@ -46,8 +58,8 @@ from .backends.base import (
     WorkerPresence,
 )
 from .context import JobContext
-from .exceptions import ConfigurationError, EnqueueError
-from .job import Job, JobStatus, new_job_id
+from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
+from .job import Job, JobEvent, JobStatus, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
@@ -55,6 +67,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from ._engine.worker import Worker
+    from ._pubsub import Subscription
     from .fastapi._options import AuthDependency, RouterOptions
 
 __all__ = ("Afterwork", "ServiceContext", "Settings")
@@ -78,10 +91,17 @@ class Afterwork:
             yet). ``None`` reads the ``AFTERWORK_URL`` environment variable, then falls
             back to the default.
         backend: a backend object to use instead of ``url``.
-        clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`.
+        clock: seconds since the epoch; tests inject :class:`afterwork.testing.FakeClock`,
+            which the engine's loops (heartbeats, reaper, claim backoff, scheduler,
+            service restart backoff) then also sleep on. A bare ``() -> float`` only sets
+            the store's time; the loops wait in real time.
         seed: seeds the random source of backoff jitter (for reproducible tests).
         middleware: callables run around every enqueue and every attempt, the first
             outermost (see :meth:`middleware`).
+        eager: run registered tasks inline, for tests (``docs/testing.md``): ``enqueue``
+            runs the job before it returns, ``jobs.add_task`` after the response; the
+            arguments are still validated and JSON round-tripped. Also an attribute
+            (``aw.eager = True`` in a test's setup).
         **settings: any field of :class:`Settings`.
 
     Example:
@@ -103,6 +123,7 @@ class Afterwork:
         clock: Clock | None = None,
         seed: int | None = None,
         middleware: Iterable[Middleware] = (),
+        eager: bool = False,
         **settings: Any,
     ) -> None:
         unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -113,11 +134,16 @@ class Afterwork:
             raise ConfigurationError("pass a url or a backend, not both")
         self.url: str = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
+        self.clock: EngineClock = engine_clock(clock)
+        """What the engine's loops wait on (real time unless ``clock`` can sleep)."""
         self.rng: random.Random = random.Random(seed)
+        self.eager: bool = eager
+        """Registered tasks run inline (tests); see the ``eager`` argument."""
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._middleware: list[Middleware] = list(middleware)
         self._local_runs = LocalRuns(self)
         self._open = False
+        self._reconnecting = False
         self._open_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: _bridge.Portal | None = None
@@ -148,6 +174,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -164,6 +192,8 @@ class Afterwork:
         concurrency: int | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
+        isolation: Literal["process", "none"] | None = None,
+        max_memory_mb: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (bare ``@aw.task`` or ``@aw.task(...)``).
 
@@ -177,6 +207,11 @@ class Afterwork:
             concurrency: most jobs of this task running at once in one worker process.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
+            isolation: ``"process"`` runs each attempt in a child process of a reused pool:
+                a crash, a hard timeout or a memory cap ends that child, never the worker
+                (docs/isolation.md). ``None``: the worker's default (``--isolation``).
+            max_memory_mb: with process isolation, the child is killed past this resident
+                memory and the attempt fails with ``afterwork.MemoryLimitExceeded``.
         """
         options = TaskOptions(
             queue=queue,
@@ -187,6 +222,8 @@ class Afterwork:
             concurrency=concurrency,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
+            isolation=isolation,
+            max_memory_mb=max_memory_mb,
         )
 
         def decorate(fn: Callable[P, R]) -> Task[P, R]:
@@ -235,6 +272,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task on a cron schedule: ``@aw.cron("0 9 * * *", tz="Europe/Paris")``.
 
@@ -250,9 +288,11 @@ class Afterwork:
             misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
                 scheduler ran (never more than one job).
             misfire_grace: seconds after its instant a tick still counts as on time.
+            catch_up: ticks missed while the store was unreachable are each enqueued when
+                it answers again if at most this many seconds old; ``misfire`` beyond.
         """
         trigger = CronTrigger(expr, tz)
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def every(
         self,
@@ -262,6 +302,7 @@ class Afterwork:
         name: str | None = None,
         misfire: Misfire = "run_once",
         misfire_grace: float = 60.0,
+        catch_up: float = 60.0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Run a task every ``interval``: ``@aw.every(timedelta(seconds=30))``.
 
@@ -270,7 +311,7 @@ class Afterwork:
         """
         seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
         trigger = IntervalTrigger(float(seconds))
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace)
+        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
 
     def _schedule(
         self,
@@ -279,6 +320,7 @@ class Afterwork:
         name: str | None,
         misfire: Misfire,
         misfire_grace: float,
+        catch_up: float = 60.0,
     ) -> Task[P, R]:
         task = func if isinstance(func, Task) else self.register(func)
         if task.owner is not self:
@@ -289,6 +331,7 @@ class Afterwork:
             trigger=trigger,
             misfire=misfire,
             misfire_grace=misfire_grace,
+            catch_up=catch_up,
         )
         self.scheduler.add(schedule)
         return task
@@ -389,6 +432,11 @@ class Afterwork:
     async def open(self) -> None:
         """Connect to the store. Idempotent; every client call opens on first use."""
         if self._open:
+            if self._loop is None or not self._loop.is_closed():
+                return
+            # Opened lazily on a loop that has ended since (a ``TestClient`` used without
+            # ``with`` runs each request on a loop of its own): reconnect on this one.
+            await self._reconnect()
             return
         loop = asyncio.get_running_loop()
         if self._portal is not None and loop is not self._portal.loop:
@@ -400,6 +448,8 @@ class Afterwork:
         await self.backend.open()
         self._loop = loop
         self._open = True
+        if self._reconnecting:
+            return  # said once already, when first opened
         logger.info(
             "afterwork store: %s",
             self.location,
@@ -426,9 +476,33 @@ class Afterwork:
     ) -> None:
         await self.aclose()
 
-    async def _ensure_open(self) -> None:
-        if not self._open:
+    async def _reconnect(self) -> None:
+        self._open = False
+        with contextlib.suppress(Exception):
+            await self.backend.aclose()
+        self._reconnecting = True
+        try:
             await self.open()
+        finally:
+            self._reconnecting = False
+
+    async def _ensure_open(self) -> None:
+        await self.open()
+
+    def attach(self, app: Any) -> None:
+        """Make ``app`` use this instance without ``aw.lifespan`` (``Jobs`` finds it).
+
+        For apps whose lifespan does not enter ``aw.lifespan`` (a lifespan of your own,
+        a mounted sub-application, a test that never runs the lifespan). The store opens
+        on first use; no worker runs unless you start one. See ``docs/fastapi.md``.
+        """
+        state = getattr(app, "state", None)
+        if state is None:
+            raise TypeError(f"{type(app).__name__} is not a Starlette/FastAPI app")
+        state.afterwork = self
+        _remember_router(app, self)
+        if self._app is None:
+            self._app = app
 
     # -- sync bridging -------------------------------------------------------------------
 
@@ -477,11 +551,11 @@ class Afterwork:
     async def _store(self, new: NewJob) -> Job:
         """Store one new job inside the middleware chain."""
         if not self._middleware:
-            (job,) = await self.backend.enqueue([new])
+            (job,) = await self._store_new([new])
             return job.bind(self)
 
         async def store() -> Job:
-            (job,) = await self.backend.enqueue([new])
+            (job,) = await self._store_new([new])
             return job.bind(self)
 
         call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
@@ -502,7 +576,40 @@ class Afterwork:
         """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
+        if self.eager and not new.delay and new.key is None:
+            return await self.run_eager(new)
         return await self._store(new)
+
+    async def run_eager(self, new: NewJob) -> Job:
+        """Store ``new`` and run it here and now (eager mode); return the job after it."""
+        await self._ensure_open()
+        job = await self._local_runs.inline.run_task(new)
+        if job is None:  # the lease was lost meanwhile: report the job as it is
+            job = await self.backend.get(new.id)
+            assert job is not None
+        return job.bind(self)
+
+    async def _store_new(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Enqueue ``jobs``; an unconfirmed write says whether they may exist.
+
+        The stores retry a transient failure themselves, with the same ids (a job id is
+        made before the write, and a store keeps one job per id), so a retry never makes a
+        second job.
+        """
+        try:
+            return await self.backend.enqueue(jobs)
+        except BackendUnavailable as exc:
+            may_exist = exc.may_have_applied
+            ids = ", ".join(job.id for job in jobs[:3]) + (", ..." if len(jobs) > 3 else "")
+            raise EnqueueUnconfirmed(
+                f"{exc}; the job(s) {ids} "
+                + ("may have been stored" if may_exist else "were not stored")
+                + ": retrying the same enqueue is safe",
+                job_ids=tuple(job.id for job in jobs),
+                may_exist=may_exist,
+                may_have_applied=may_exist,
+                jobs=tuple(jobs),
+            ) from exc
 
     def build_job(
         self,
@@ -551,7 +658,7 @@ class Afterwork:
         await self._ensure_open()
         if self._middleware:  # each job through the chain, one store call each
             return [await self._store(new) for new in jobs]
-        return [job.bind(self) for job in await self.backend.enqueue(jobs)]
+        return [job.bind(self) for job in await self._store_new(jobs)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``."""
@@ -656,6 +763,100 @@ class Afterwork:
                                 break
                             if event.job_id == job_id:
                                 break
+
+    async def join(self, *, timeout: float | None = None) -> None:
+        """Wait until no job is due or running: queued, scheduled with its time come,
+        or running (a worker's, or a plain callable of ``Jobs.add_task``).
+
+        For tests and scripts: assert on a job's side effects after it. Jobs delayed
+        into the future are not waited for. In eager mode, due jobs run here.
+
+        Raises:
+            TimeoutError: some were still due or running after ``timeout`` seconds.
+        """
+        from . import _join
+
+        await self._ensure_open()
+        await _join.join(
+            self.backend,
+            timeout=timeout,
+            poll_interval=self.config.poll_interval,
+            run_due=self.drain if self.eager else None,
+        )
+
+    def join_sync(self, *, timeout: float | None = None) -> None:
+        """:meth:`join` from sync code (a test using ``TestClient``)."""
+        self.run_sync(lambda: self.join(timeout=timeout))
+
+    async def watch(
+        self, job_id: str, *, since: str | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """One job's state, then every change, ending at a final state (end-user progress).
+
+        The first item is a ``snapshot`` event (the job as it is now); then each of the
+        job's events (``progress``, ``retrying``, ...), in order; the iteration ends after
+        the first one whose status is final. Every event but a snapshot has an ``id``: pass
+        the last one seen as ``since`` to resume after a reconnect, missing nothing (on a
+        store that keeps an event history; if it no longer reaches back, a fresh snapshot
+        comes first). ``afterwork.fastapi.job_event_stream`` serves this as SSE.
+
+        Raises:
+            JobNotFound: there is no such job.
+
+        Example:
+            ```python
+            async for event in aw.watch(job.id):
+                print(event.status, event.progress)
+            ```
+        """
+        from . import _watch
+
+        await self._ensure_open()
+        events = _watch.watch(self.backend, job_id, self.get_job, since=since)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def publish(self, channel: str, data: Any) -> None:
+        """Send ``data`` (JSON) to every subscriber of ``channel``, in every process that
+        shares the store (memory: this process).
+
+        At most once per subscriber, in the order this process published; it never waits
+        for subscribers. See ``docs/fastapi.md`` (events across processes).
+
+        Raises:
+            EnqueueError: a bad channel name, or ``data`` is not JSON.
+            PayloadTooLarge: the JSON is larger than ``max_payload``.
+        """
+        from ._pubsub import encode_message
+
+        text = encode_message(channel, data, self.config.max_payload)
+        await self._ensure_open()
+        await self._channels().publish(channel, text)
+
+    def subscribe(self, channel: str) -> Subscription:
+        """The messages published on ``channel`` from now on, from every process.
+
+        ``async for message in aw.subscribe("screen")``: each ``message.data`` is the
+        published JSON, decoded; ``message.missed`` marks a gap (this subscriber fell
+        behind, or reconnected). ``async with aw.subscribe(channel) as messages:`` is
+        subscribed when the block starts.
+        """
+        from ._pubsub import MAX_CHANNEL, Subscription
+
+        if not channel or len(channel) > MAX_CHANNEL:
+            raise EnqueueError(f"a channel name must be 1 to {MAX_CHANNEL} characters")
+
+        async def open_stream() -> MessageStream:
+            await self._ensure_open()
+            return await self._channels().subscribe(channel)
+
+        return Subscription(channel, open_stream)
+
+    def _channels(self) -> Channels:
+        if not isinstance(self.backend, Channels):
+            raise TypeError(f"{type(self.backend).__name__} does not support channels")
+        return self.backend
 
     def events(self) -> EventStream:
         """Every job's state changes from this call on (in-process subscribers, SSE).
@@ -820,6 +1021,7 @@ class Afterwork:
             def factory(app: Any) -> AbstractAsyncContextManager[None]:
                 return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
 
+            factory.afterwork = self  # type: ignore[attr-defined]  # how Jobs finds it unstarted
             return factory
         return self._lifespan(app, worker=worker, concurrency=concurrency, queues=queues)
 
@@ -835,6 +1037,7 @@ class Afterwork:
         state = getattr(app, "state", None)
         if state is not None:
             state.afterwork = self
+        _remember_router(app, self)
         previous, self._app = self._app, app
         try:
             async with self, self.runtime(worker=worker, concurrency=concurrency, queues=queues):
@@ -887,6 +1090,29 @@ class Afterwork:
                     self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
                 )
             yield running
+
+
+#: The instance each served app's router belongs to, by ``id`` (routers are not hashable):
+#: requests to a mounted sub-application carry the outermost router (``scope["router"]``),
+#: so ``Jobs`` finds the instance there.
+_ROUTERS: dict[int, tuple[weakref.ref[Any], Afterwork]] = {}
+
+
+def _remember_router(app: Any, aw: Afterwork) -> None:
+    router = getattr(app, "router", None)
+    if router is None:
+        return
+    for key, (ref, _) in list(_ROUTERS.items()):
+        if ref() is None:
+            del _ROUTERS[key]
+    with contextlib.suppress(TypeError):  # not weak-referenceable: found otherwise
+        _ROUTERS[id(router)] = (weakref.ref(router), aw)
+
+
+def served_by(router: Any) -> Afterwork | None:
+    """The instance that served (or attached) the app whose router is ``router``."""
+    entry = _ROUTERS.get(id(router))
+    return entry[1] if entry is not None and entry[0]() is router else None
 
 
 class ServiceContext:

@@ -241,11 +241,56 @@ def worker(
             "--reload", help="restart on changes to .py files here (development; needs watchfiles)"
         ),
     ] = False,
+    isolation: Annotated[
+        str | None,
+        typer.Option(
+            help="'process': run every job in a child process of a pool (docs/isolation.md)"
+        ),
+    ] = None,
+    processes: Annotated[
+        str | None,
+        typer.Option(help="run N worker processes ('auto': one per core), restarted if they die"),
+    ] = None,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
     import asyncio  # lazily: `afterwork --help` need not load it
 
     configure_logging(log_level, log_format)
+    if isolation not in (None, "none", "process"):
+        typer.echo(f"error: --isolation must be 'process' or 'none', not {isolation!r}", err=True)
+        raise typer.Exit(2)
+    if reload and isolation is not None:
+        typer.echo("error: --isolation cannot be combined with --reload", err=True)
+        raise typer.Exit(2)
+    if processes is not None:
+        if metrics_port is not None or health_port is not None:
+            # Each process would bind the same port; one listener per fleet is to come.
+            typer.echo(
+                "error: --metrics-port and --health-port cannot be combined with --processes yet",
+                err=True,
+            )
+            raise typer.Exit(2)
+        if reload:
+            typer.echo("error: --processes cannot be combined with --reload", err=True)
+            raise typer.Exit(2)
+        from ._cli_processes import processes_count, run_processes
+
+        try:
+            count = processes_count(processes)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        args = [target, "--log-level", log_level, "--log-format", log_format]
+        for flag, value in (
+            ("--concurrency", concurrency),
+            ("--queues", queues),
+            ("--grace", grace),
+            ("--name", name),
+            ("--isolation", isolation),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        raise typer.Exit(run_processes(args, count))
     if reload:
         from ._cli_reload import reload_worker
 
@@ -256,6 +301,10 @@ def worker(
         from ._cli_lost import warn_if_lost
 
         warn_if_lost(aw, target)
+        if isolation is not None:
+            import dataclasses
+
+            aw.config = dataclasses.replace(aw.config, isolation=isolation)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         asyncio.run(
             run_worker(

@@ -15,6 +15,7 @@ Every exception afterwork raises on purpose derives from :class:`AfterworkError`
     ├── InvalidTransition             a state change the job model forbids
     ├── BackendError                  the store failed; ``__cause__`` holds the driver's error
     │   ├── BackendUnavailable (ConnectionError)  the store cannot be reached
+    │   │   └── EnqueueUnconfirmed    an enqueue the store did not confirm (``may_exist``)
     │   └── SchemaVersionError        the store was written by a newer afterwork
     └── JobFailed                     raised by ``Job.result_or_raise()`` for a failed or
                                       cancelled job; ``.job`` and ``.error`` say why
@@ -36,6 +37,7 @@ __all__ = (
     "ConfigurationError",
     "DependencyError",
     "EnqueueError",
+    "EnqueueUnconfirmed",
     "InvalidTransition",
     "JobFailed",
     "JobNotFound",
@@ -161,6 +163,26 @@ class BackendError(AfterworkError):
 
 class BackendUnavailable(BackendError, ConnectionError):
     """The store cannot be reached."""
+
+    may_have_applied: bool = True
+    """Whether the operation may have taken effect anyway (a request sent, its reply lost).
+    ``False`` when the store knows it did not (it could not connect; a rolled-back write)."""
+
+
+class EnqueueUnconfirmed(BackendUnavailable):
+    """The store did not confirm the enqueue: the job may or may not have been stored.
+
+    ``enqueue`` already retried with the same job id; the ids are made before the write and
+    the stores keep one job per id, so **calling the same enqueue again is safe**: it returns
+    the job if it was stored, and stores it otherwise (a new call of ``task.enqueue`` makes a
+    new id: retry with ``aw.enqueue_many(jobs)`` on :attr:`jobs` to keep them).
+    """
+
+    job_ids: tuple[str, ...]
+    may_exist: bool
+    """``False`` only when the store knows nothing was written."""
+    jobs: tuple[Any, ...]
+    """The jobs as built (``NewJob``): pass them to ``aw.enqueue_many`` to retry."""
 
 
 class SchemaVersionError(BackendError):

@@ -113,6 +113,11 @@ class TaskOptions:
     """At most this many jobs of the task run at once in one worker process."""
     result_ttl: float | None = 86_400.0
     dont_retry: tuple[type[BaseException], ...] = ()
+    isolation: str | None = None
+    """``"process"``: each attempt runs in a child process (``None``: the worker's default)."""
+    max_memory_mb: int | None = None
+    """An isolated attempt's child is killed past this resident memory (``None``: the
+    worker's default)."""
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -123,6 +128,10 @@ class TaskOptions:
             raise ValueError("concurrency must be at least 1")
         if self.result_ttl is not None and self.result_ttl < 0:
             raise ValueError("result_ttl must not be negative")
+        if self.isolation not in (None, "none", "process"):
+            raise ValueError(f"isolation must be 'process' or 'none', not {self.isolation!r}")
+        if self.max_memory_mb is not None and self.max_memory_mb < 1:
+            raise ValueError("max_memory_mb must be at least 1")
         problem = queue_problem(self.queue)
         if problem is not None:
             raise ValueError(f"queue {problem}: {self.queue!r}")

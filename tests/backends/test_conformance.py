@@ -610,3 +610,19 @@ async def test_each_tick_is_enqueued_exactly_once(aw: Afterwork) -> None:
     assert await backend.last_tick("nightly") == 1060.0
     assert await backend.enqueue_tick("nightly", 1030.0, new(task="report")) is not None
     assert await backend.last_tick("nightly") == 1060.0
+
+
+async def test_enqueue_of_an_existing_id_returns_that_job_and_stores_no_second(
+    aw: Afterwork,
+) -> None:
+    """What makes a retried enqueue safe (issue 14): the id is made before the write."""
+    job = new("t", args=[1])
+    (first,) = await aw.backend.enqueue([job])
+    (again,) = await aw.backend.enqueue([job])
+    (changed,) = await aw.backend.enqueue([NewJob(id=job.id, task="t", args=[2])])
+    assert again.id == first.id == changed.id
+    assert changed.args == [1]
+    assert again.args == [1]
+    assert again.created_at == first.created_at
+    stored = await aw.list_jobs()
+    assert [j.id for j in stored] == [job.id]

@@ -55,7 +55,7 @@ async def test_a_worker_record_lives_until_its_lease_runs_out(
 
 
 async def test_a_running_worker_shows_itself_and_withdraws_on_stop(
-    make_aw: AwFactory,
+    make_aw: AwFactory, clock: FakeClock
 ) -> None:
     aw = make_aw(heartbeat_interval=0.05)
     gate = anyio.Event()
@@ -73,6 +73,7 @@ async def test_a_running_worker_shows_itself_and_withdraws_on_stop(
                 await started.wait()
 
             async def running() -> list[WorkerInfo] | None:
+                clock.advance(0.05)  # the heartbeat sleeps on the injected clock
                 found = await aw.workers()
                 return found if found and found[0].running == (job.id,) else None
 

@@ -493,7 +493,7 @@ def test_request_bound_dependencies_are_rejected_at_declaration(
 ) -> None:
     aw = Afterwork("memory://")
 
-    async def job(value: Any = Depends(dependency)) -> None: ...  # noqa: B008
+    async def job(value: Any = Depends(dependency)) -> None: ...
 
     with pytest.raises(DependencyError) as caught:
         aw.task(name="reports:job")(job)

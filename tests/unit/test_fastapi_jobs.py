@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from afterwork import Afterwork, Job, JobStatus, Retry
 from afterwork.fastapi import Jobs
+from afterwork.testing import FakeClock
 
 from ..servers import serve
 from ..waiting import eventually
@@ -144,3 +145,31 @@ async def test_lifespan_composes_with_the_apps_own() -> None:
     assert done.result == "pong"
     assert order == ["app startup", "app shutdown"]
     assert not aw.is_open
+
+
+async def test_add_task_keeps_its_lease_with_heartbeats_on_the_clock() -> None:
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, lease_ttl=30.0)
+    app = FastAPI(lifespan=aw.lifespan)
+    gate = asyncio.Event()
+
+    async def long_export() -> None:
+        await gate.wait()
+
+    @app.post("/export")
+    async def export(jobs: Jobs) -> dict[str, str]:
+        return {"id": jobs.add_task(long_export).id}
+
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/export", timeout=WAIT)
+        job_id = response.json()["id"]
+        assert (await stored(aw, job_id)).status is JobStatus.RUNNING
+        # The in-process job's heartbeat, and the lifespan worker's heartbeat, reaper, poll.
+        await clock.wait_sleepers(4)
+        await clock.pass_time(300)  # ten lease lifetimes: the reaper finds nothing expired
+        running = await aw.get_job(job_id)
+        assert running is not None and running.status is JobStatus.RUNNING
+        assert running.recoveries == 0
+        gate.set()
+        done = await aw.wait_for_job(job_id, timeout=WAIT)
+    assert done.status is JobStatus.SUCCEEDED

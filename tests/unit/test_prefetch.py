@@ -78,15 +78,13 @@ async def test_a_prefetched_job_cancelled_never_runs() -> None:
 
 async def test_heartbeats_renew_prefetched_leases() -> None:
     clock = FakeClock()
-    aw, gate, ran = make(prefetch=1, clock=clock, lease_ttl=10.0, heartbeat_interval=0.05)
+    aw, gate, ran = make(prefetch=1, clock=clock, lease_ttl=10.0)  # a heartbeat every 10/3 s
     beats: list[set[str]] = []
-    beat = asyncio.Event()
     original = aw.backend.heartbeat
 
     async def counted(leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         reply = await original(leases, lease_ttl=lease_ttl)
         beats.append({lease.job_id for lease in leases})
-        beat.set()
         return reply
 
     aw.backend.heartbeat = counted  # type: ignore[method-assign]
@@ -96,11 +94,11 @@ async def test_heartbeats_renew_prefetched_leases() -> None:
         waiting = await task.enqueue(1)
         async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
             await eventually(lambda: running(aw, 2))
-            clock.advance(8)  # most of the lease
-            beat.clear()
-            await beat.wait()  # a heartbeat after the advance renews both leases
-            assert waiting.id in beats[-1]
-            clock.advance(8)  # past the original lease, within the renewed one
+            await clock.wait_sleepers(2)  # the heartbeat and reaper loops
+            await clock.pass_time(8)  # most of the lease: beats at 3.3 s and 6.7 s
+            assert len(beats) == 2
+            assert all(waiting.id in leases for leases in beats)  # the prefetched one too
+            await clock.pass_time(8)  # past the original lease, within the renewed ones
             assert await aw.backend.recover_expired(max_recoveries=3) == []
             gate.set()
             done = await waiting.wait(timeout=WAIT)

@@ -68,6 +68,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "TRUNCATED",
         "Backend",
         "CancelWatch",
+        "ChannelMessage",
+        "Channels",
         "Claim",
         "Clock",
         "EventHistory",
@@ -76,6 +78,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Inspector",
         "JobFilter",
         "Lease",
+        "MessageStream",
         "NewJob",
         "Outcome",
         "QueueStats",
@@ -97,6 +100,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "ConfigurationError",
         "DependencyError",
         "EnqueueError",
+        "EnqueueUnconfirmed",
         "InvalidTransition",
         "JobFailed",
         "JobNotFound",
@@ -114,7 +118,9 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "PendingJob",
         "dependencies_of",
         "get_afterwork",
+        "job_event_stream",
         "resolve",
+        "send_job_events",
     ),
     "afterwork.fastapi.router": ("CSRF_HEADER", "RouterOptions", "create_router"),
     "afterwork.job": (
@@ -148,7 +154,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "TaskOptions",
         "TaskOwner",
     ),
-    "afterwork.testing": ("FakeClock",),
+    "afterwork.testing": ("FakeClock", "eager"),
 }
 
 #: Modules that moved into the engine: importable from the old path, with a warning.

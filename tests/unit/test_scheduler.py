@@ -322,6 +322,29 @@ async def test_scheduler_loop_sleeps_until_the_next_tick() -> None:
     assert aw.scheduler._next_wake() == MAX_SLEEP  # a day away: bounded
 
 
+async def test_the_running_scheduler_wakes_on_the_clock_alone() -> None:
+    start = ts(2024, 1, 1, 8, 59, 30)
+    clock = FakeClock(start)
+    aw = Afterwork("memory://", clock=clock)
+
+    @aw.every(10, name="pulse")
+    async def pulse() -> None: ...
+
+    @aw.cron("0 9 * * *", name="daily")
+    async def daily() -> None: ...
+
+    async with aw, aw.runtime(worker=False):
+        await clock.wait_sleepers(1)  # the loop sleeps until the next tick, on the clock
+        await clock.pass_time(600)  # ten minutes, no wake(): every tick on time
+        jobs = await aw.list_jobs(limit=1000)
+    ticks = Counter((job.task, tick_of(job)) for job in jobs)
+    assert set(ticks.values()) == {1}
+    assert sorted(tick for task, tick in ticks if task == daily.name) == [ts(2024, 1, 1, 9)]
+    pulses = sorted(tick for task, tick in ticks if task == pulse.name)
+    # The tick at exactly +600 s is picked up a few ms later: the loop wakes just past a tick.
+    assert pulses == [start + 10 * i for i in range(60)]
+
+
 class FlakyTicks(MemoryBackend):
     """A store whose ``last_tick`` fails once."""
 

@@ -14,8 +14,11 @@ import pytest
 from fastapi import FastAPI
 
 from afterwork import Afterwork, ConfigurationError, JobContext, Retry, ServiceContext, ServiceState
-from afterwork._engine.services import Restart, ServiceSpec
+from afterwork._engine.services import Restart, ServiceSpec, ServiceStatus
 from afterwork.exceptions import ServiceStartError
+from afterwork.testing import FakeClock
+
+from ..waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -301,3 +304,40 @@ def test_pending_status() -> None:
         "started_at": None,
         "uptime": None,
     }
+
+
+async def test_restart_backoff_waits_on_the_clock_and_resets_after_a_stable_run() -> None:
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock)
+    crash: asyncio.Queue[str] = asyncio.Queue()
+
+    @aw.service(name="flaky", backoff=Retry.exponential(base=1.0, cap=8.0, jitter=False))
+    async def flaky() -> None:
+        raise RuntimeError(await crash.get())
+
+    def status() -> ServiceStatus:
+        (only,) = aw.services
+        return only
+
+    async def restarted(count: int) -> bool:
+        current = status()
+        return current.state is ServiceState.RUNNING and current.restarts == count
+
+    async def crash_and_wait_out(delay: float, restarts: int) -> None:
+        crash.put_nowait("boom")
+        await clock.wait_sleepers(1)  # the supervisor waits out its backoff on the clock
+        assert status().state is ServiceState.RESTARTING
+        clock.advance(delay - 0.01)
+        await anyio.lowlevel.checkpoint()
+        assert status().state is ServiceState.RESTARTING  # not a moment early
+        clock.advance(0.01)
+        await eventually(lambda: restarted(restarts))
+
+    async with aw, aw.runtime(worker=False):
+        await crash_and_wait_out(1.0, restarts=1)  # 1 s after the first crash
+        await crash_and_wait_out(2.0, restarts=2)  # then 2 s: consecutive crashes back off
+        clock.advance(60)  # a run that lasts STABLE_AFTER resets the backoff
+        assert status().uptime == pytest.approx(60.0)
+        assert status().started_at == pytest.approx(clock() - 60)
+        await crash_and_wait_out(1.0, restarts=3)
+    assert status().crashes == 3

@@ -11,6 +11,9 @@ import pytest
 
 from afterwork import Afterwork, JobContext, JobStatus, Retry
 from afterwork.backends.base import Outcome
+from afterwork.testing import FakeClock
+
+from ..waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +77,39 @@ async def test_sync_job_timeout_marks_failed_and_keeps_the_slot(aw: Afterwork) -
         ran = await waiting.wait(timeout=WAIT)
     assert ran.status is JobStatus.SUCCEEDED
     assert after == ["ran"]
+
+
+async def test_a_sync_thread_overrunning_its_timeout_is_logged_by_name(
+    aw: Afterwork, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    @aw.task(timeout=0.2)
+    def overruns() -> None:
+        release.wait(WAIT)
+
+    job = await overruns.enqueue()
+    with caplog.at_level(logging.WARNING, logger="afterwork.worker"):
+        async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+            done = await job.wait(timeout=WAIT)
+            assert done.status is JobStatus.FAILED
+
+            def logged(action: str) -> list[logging.LogRecord]:
+                return [r for r in caplog.records if getattr(r, "action", "") == action]
+
+            async def overrun() -> list[logging.LogRecord] | None:
+                return logged("job_thread_overrun") or None
+
+            async def returned() -> list[logging.LogRecord] | None:
+                return logged("job_thread_returned") or None
+
+            (record,) = await eventually(overrun, timeout=WAIT)
+            assert job.id in record.getMessage() and "overruns" in record.getMessage()
+            assert "a thread cannot be stopped" in record.getMessage()
+            assert not release.is_set()  # the thread was still running when it was logged
+            release.set()
+            (back,) = await eventually(returned, timeout=WAIT)
+            assert job.id in back.getMessage()
 
 
 async def test_cancel_running_async_job_promptly(aw: Afterwork) -> None:
@@ -256,7 +292,9 @@ async def test_unserializable_or_huge_result_fails_cleanly(aw: Afterwork) -> Non
     await small.aclose()
 
 
-async def test_worker_survives_a_failing_store_call(aw: Afterwork) -> None:
+async def test_worker_survives_a_failing_store_call() -> None:
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, seed=7, lease_ttl=5.0, poll_interval=0.2, grace=5.0)
     calls = {"n": 0}
     original = aw.backend.claim
 
@@ -272,15 +310,25 @@ async def test_worker_survives_a_failing_store_call(aw: Afterwork) -> None:
     async def fine() -> int:
         return 1
 
-    job = await fine.enqueue()
-    async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
-        done = await job.wait(timeout=WAIT)
+    async with aw:
+        job = await fine.enqueue()
+        async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+            await clock.wait_sleepers(3)  # heartbeat, reaper and the claim loop's backoff
+            assert calls["n"] == 1
+            # The backoff after a first failure is 0.1–0.2 s, on the clock: no retry before.
+            await clock.pass_time(0.099)
+            assert calls["n"] == 1
+            await clock.pass_time(0.101)
+            assert calls["n"] == 2
+            await clock.pass_time(0.4)  # the second backoff (0.2–0.4 s), then a claim works
+            done = await job.wait(timeout=WAIT)
     assert done.status is JobStatus.SUCCEEDED
     assert calls["n"] >= 3
 
 
 async def test_expired_lease_is_recovered_by_a_live_worker() -> None:
-    aw = Afterwork("memory://", lease_ttl=0.3, reaper_interval=0.05, poll_interval=0.05)
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, lease_ttl=30.0, reaper_interval=5.0)
     async with aw:
 
         @aw.task(retries=1)
@@ -289,17 +337,54 @@ async def test_expired_lease_is_recovered_by_a_live_worker() -> None:
 
         job = await quick.enqueue()
         # A "dead" worker claims it and never heartbeats.
-        (claim,) = await aw.backend.claim("dead", queues=None, limit=1, lease_ttl=0.3)
+        (claim,) = await aw.backend.claim("dead", queues=None, limit=1, lease_ttl=30.0)
         await aw.backend.begin([claim.lease])  # it had started running the job
-        async with aw.worker(concurrency=1), asyncio.timeout(WAIT):
+        async with aw.worker(concurrency=1) as worker, asyncio.timeout(WAIT):
+            await clock.wait_sleepers(2)  # the heartbeat and reaper loops
+            await clock.pass_time(29)  # five reaper passes, all within the lease
+            held = await aw.get_job(job.id)
+            assert held is not None and held.status is JobStatus.RUNNING
+            assert held.recoveries == 0 and worker.statistics().recovered == 0
+            await clock.pass_time(6)  # expired at 30 s; the next pass recovers it
+            assert worker.statistics().recovered == 1
             done = await job.wait(timeout=WAIT)
         assert done.status is JobStatus.SUCCEEDED
         assert done.recoveries == 1
         assert await aw.backend.finish(claim.lease, Outcome.succeeded("zombie")) is None
 
 
+async def test_heartbeats_hold_the_lease_of_a_long_job() -> None:
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, lease_ttl=30.0, reaper_interval=5.0)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    async with aw:
+
+        @aw.task
+        async def long() -> str:
+            started.set()
+            await release.wait()
+            return "done"
+
+        job = await long.enqueue()
+        async with aw.worker(concurrency=1) as worker, asyncio.timeout(WAIT):
+            await started.wait()
+            await clock.wait_sleepers(2)  # the heartbeat and reaper loops
+            await clock.pass_time(300)  # ten lease lifetimes: renewed every 10 s
+            running = await aw.get_job(job.id)
+            assert running is not None and running.status is JobStatus.RUNNING
+            assert running.worker == worker.id and running.recoveries == 0
+            stats = worker.statistics()
+            assert (stats.lost_leases, stats.recovered) == (0, 0)
+            release.set()
+            done = await job.wait(timeout=WAIT)
+    assert done.status is JobStatus.SUCCEEDED and done.recoveries == 0
+
+
 @pytest.mark.timeout(20)  # the bug this guards against spins the loop: no await can time out
-async def test_worker_does_not_spin_when_only_limited_work_is_waiting(aw: Afterwork) -> None:
+async def test_worker_does_not_spin_when_only_limited_work_is_waiting() -> None:
+    clock = FakeClock()
+    aw = Afterwork("memory://", clock=clock, seed=7, lease_ttl=5.0, poll_interval=0.2, grace=5.0)
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -316,19 +401,23 @@ async def test_worker_does_not_spin_when_only_limited_work_is_waiting(aw: Afterw
         return await original(*args, **kwargs)
 
     aw.backend.claim = counting_claim  # type: ignore[method-assign]
-    first = await single.enqueue()
-    second = await single.enqueue()  # waits: the task's limit is 1
-    async with aw.worker(concurrency=4), asyncio.timeout(WAIT):
-        await started.wait()
-        before = calls["n"]
-        # While the second job waits for the first, the worker must not hammer the store:
-        # with poll_interval 0.2 s, about 5 claims a second at most.
-        await asyncio.sleep(0.5)  # the thing under test is what happens while time passes
-        assert calls["n"] - before <= 6, calls["n"] - before
-        release.set()
-        done = await second.wait(timeout=WAIT)
-    assert done.status is JobStatus.SUCCEEDED
-    assert (await aw.get_job(first.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    async with aw:
+        first = await single.enqueue()
+        second = await single.enqueue()  # waits: the task's limit is 1
+        async with aw.worker(concurrency=4), asyncio.timeout(WAIT):
+            await started.wait()
+            await clock.wait_sleepers(3)  # heartbeat, reaper, and the claim loop's poll
+            before = calls["n"]
+            # While the second job waits for the first, the worker must not hammer the
+            # store: with poll_interval 0.2 s, 5 claims a second of the clock's time (the
+            # fifth may land a rounding error past the second).
+            await clock.pass_time(1.0)
+            assert 4 <= calls["n"] - before <= 6, calls["n"] - before
+            release.set()
+            done = await second.wait(timeout=WAIT)
+        assert done.status is JobStatus.SUCCEEDED
+        first_done = await aw.get_job(first.id)
+        assert first_done is not None and first_done.status is JobStatus.SUCCEEDED
 
 
 async def test_a_job_recovered_from_a_dead_worker_runs_alone() -> None:

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._clock import EngineClock
 from .._settings import Settings
 from ..backends.base import NewJob, Store
 from ..job import JobOwner
@@ -38,6 +39,11 @@ class Host(JobOwner, Protocol):
     @property
     def config(self) -> Settings:
         """The instance's settings."""
+        ...
+
+    @property
+    def clock(self) -> EngineClock:
+        """What the engine's loops sleep on: real time, or a test's ``FakeClock``."""
         ...
 
     @property

@@ -8,13 +8,13 @@ else can run a plain callable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..backends.base import NewJob
-from ..job import Job
+from ..backends.base import NewJob, Outcome
+from ..job import Job, JobError
 from ..task import TaskOptions
 from .runner import CANCEL, JobRun, Runner, apply_heartbeat
 from .worker import worker_id
@@ -77,7 +77,20 @@ class InlineRunner:
         Returns the finished job, or ``None`` if its lease was lost.
         """
         options = TaskOptions(queue=INLINE_QUEUE)
-        new = NewJob(
+        new = self.plain_job(job_id, name, args, kwargs)
+        lease_ttl = self.host.config.lease_ttl
+        claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
+
+        async def call(run: JobRun) -> Job | None:
+            return await self._runner.execute(run, func, args, kwargs, options, is_async=is_async)
+
+        return await self._supervised(JobRun(claim), call)
+
+    @staticmethod
+    def plain_job(job_id: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewJob:
+        """The job of a plain callable: its arguments recorded as their ``repr``."""
+        options = TaskOptions(queue=INLINE_QUEUE)
+        return NewJob(
             id=job_id,
             task=name,
             queue=options.queue,
@@ -87,18 +100,40 @@ class InlineRunner:
             timeout=options.timeout,
             result_ttl=options.result_ttl,
         )
+
+    async def record_never_run(self, new: NewJob, reason: str) -> Job | None:
+        """Record ``new`` as a job that will never run: created here, cancelled at once,
+        with ``reason`` as its error (``afterwork.NeverRun``)."""
         lease_ttl = self.host.config.lease_ttl
         claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
-        run = JobRun(claim)
+        error = JobError.from_message("afterwork.NeverRun", reason)
+        return await self.host.backend.finish(claim.lease, Outcome.cancelled(error))
+
+    async def run_task(self, new: NewJob) -> Job | None:
+        """Store ``new`` (a registered task's job) already claimed here and run it now.
+
+        What eager mode (``Afterwork(..., eager=True)``) does instead of waiting for a
+        worker: the arguments are decoded from the stored JSON, exactly as a worker would,
+        and the attempt is recorded like any other (a failure with retries left is
+        scheduled again). Returns the job as the attempt left it, or ``None`` if its lease
+        was lost.
+        """
+        lease_ttl = self.host.config.lease_ttl
+        claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
+        return await self._supervised(JobRun(claim), self._runner.run_claim)
+
+    async def _supervised(
+        self, run: JobRun, call: Callable[[JobRun], Awaitable[Job | None]]
+    ) -> Job | None:
+        """Run ``call(run)`` with its lease kept alive; the finished job bound to the host."""
+        job_id = run.job.id
         self._runs[job_id] = run
         finished: Job | None = None
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._keep_alive, run)
                 try:
-                    finished = await self._runner.execute(
-                        run, func, args, kwargs, options, is_async=is_async
-                    )
+                    finished = await call(run)
                 finally:
                     group.cancel_scope.cancel()
         finally:
@@ -110,7 +145,7 @@ class InlineRunner:
         config = self.host.config
         interval = config.heartbeat_interval or config.lease_ttl / 3
         while True:
-            await anyio.sleep(interval)
+            await self.host.clock.sleep(interval)
             try:
                 reply = await self.host.backend.heartbeat(
                     [run.claim.lease], lease_ttl=config.lease_ttl

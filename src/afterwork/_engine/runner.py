@@ -29,6 +29,7 @@ from ..job import Job, JobError, JobStatus
 from ..retry import Retry
 from ..task import Task, TaskOptions
 from .dependencies import inject_job
+from .isolation import ChildDied, ChildResult, ProcessPool
 
 if TYPE_CHECKING:
     from .host import Host
@@ -102,7 +103,18 @@ def apply_heartbeat(reply: HeartbeatReply, runs: Mapping[str, JobRun], worker_id
 
 
 class _Timeout(Exception):
-    pass
+    def __init__(self, seconds: float | None = None) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+
+class _ChildFailed(Exception):
+    """An isolated attempt failed in its child (the error is the child's)."""
+
+    def __init__(self, error: JobError, *, final: bool = False) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.final = final
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,7 @@ class Runner:
         self.worker_id = worker_id
         self.limiter = limiter
         self.rng = rng
+        self._pool: ProcessPool | None = None  # started by the first isolated attempt
 
     # -- entry points --------------------------------------------------------------------
 
@@ -207,6 +220,11 @@ class Runner:
         task: Task[Any, Any] | None,
         is_async: bool | None,
     ) -> Job | None:
+        timeout = run.job.timeout if run.job.timeout is not None else options.timeout
+        if task is not None and self.isolated(task):  # the one in-process/isolated switch
+            func = functools.partial(self._in_child, run, task, options, timeout)
+            is_async, args, kwargs, task = True, (), {}, None  # the child decodes and injects
+            timeout = None  # the child's clock: its start-up does not count
         # Only a task that injects something (a JobContext, dependencies) needs a context
         # and an exit stack; most jobs skip both (they are the hot path of a worker).
         injects = task is not None and bool(task.codec.injected)
@@ -216,7 +234,6 @@ class Runner:
         inject = self._prepare_injection(run, task, stack) if injects and task else None
         if is_async is None:
             is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
-        timeout = run.job.timeout if run.job.timeout is not None else options.timeout
         try:
             attempt = await self._attempt(
                 run, func, is_async, args, kwargs, timeout, options, inject
@@ -263,10 +280,15 @@ class Runner:
         try:
             with run.scope:
                 result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
-        except _Timeout:
-            ended_by = TimeoutError(f"the job did not finish within its {timeout:g}s timeout")
+        except _Timeout as exc:
+            seconds = timeout if exc.seconds is None else exc.seconds
+            ended_by = TimeoutError(f"the job did not finish within its {seconds:g}s timeout")
             error = JobError.from_message("TimeoutError", str(ended_by))
             return _Attempt(*self._after_failure(job, options, error, None), ended_by=ended_by)
+        except _ChildFailed as exc:
+            if exc.final:
+                return _Attempt(Outcome.failed(exc.error), ended_by=exc)
+            return _Attempt(*self._after_failure(job, options, exc.error, None), ended_by=exc)
         except Retry as exc:
             error = JobError.from_exception(exc)
             failure = self._after_failure(job, options, error, exc, delay=exc.delay)
@@ -346,6 +368,43 @@ class Runner:
         return None
 
     # -- calling -------------------------------------------------------------------------
+
+    def isolated(self, task: Task[Any, Any]) -> bool:
+        """Whether ``task``'s attempts run in a child process (docs/isolation.md)."""
+        return (task.opts.isolation or self.host.config.isolation) == "process"
+
+    async def _in_child(
+        self, run: JobRun, task: Task[Any, Any], options: TaskOptions, timeout: float | None
+    ) -> Any:
+        """One attempt in a child process of the pool; its failures as ``_ChildFailed``."""
+        if self._pool is None:
+            config = self.host.config
+            self._pool = ProcessPool(
+                max_jobs_per_child=config.max_jobs_per_child, kill_grace=config.kill_grace
+            )
+        limit = options.max_memory_mb or self.host.config.max_memory_mb
+        report = self._reporter(run, asyncio.get_running_loop())
+        try:
+            result: ChildResult = await self._pool.run(
+                task, run.job, timeout=timeout, max_memory_mb=limit, on_progress=report
+            )
+        except TimeoutError:
+            if run.context is not None:
+                run.context._set_cancelled()
+            raise _Timeout(timeout) from None
+        except ChildDied as exc:
+            raise _ChildFailed(exc.error) from None
+        if result.error is None:
+            return result.value
+        if result.retry:
+            raise Retry(delay=result.retry_delay or 0.0)
+        raise _ChildFailed(result.error, final=result.dont_retry)
+
+    async def aclose(self) -> None:
+        """Stop the isolation children, if any ran (the worker calls it as it stops)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
     async def _call(
         self,

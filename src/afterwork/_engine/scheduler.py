@@ -36,6 +36,7 @@ from .._middleware import JobCall, run_through
 from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
 
 if TYPE_CHECKING:
+    from ..backends.base import NewJob
     from ..job import Job
     from ..task import Task
     from .host import Host
@@ -60,6 +61,8 @@ Misfire = Literal["skip", "run_once"]
 MAX_SLEEP = 60.0
 #: Extra sleep so a timer that fires a hair early does not wake the loop twice.
 _SLACK = 0.005
+#: Most ticks of one schedule enqueued when the store answers again after an outage.
+_MAX_CATCH_UP = 1000
 
 
 def _iso(ts: float | None) -> str | None:
@@ -187,6 +190,10 @@ class Schedule:
     Either way at most one job is enqueued per schedule when the schedulers come back. A
     schedule that never ran (no tick in the store) does not catch up on ticks older than
     ``misfire_grace``.
+
+    A short store outage is different: the schedulers ran, but could not write. Ticks
+    missed during it are each enqueued (exactly once) when the store answers again, if
+    they are at most ``catch_up`` seconds old (default 60); older ones follow ``misfire``.
     """
 
     name: str
@@ -194,8 +201,14 @@ class Schedule:
     trigger: Trigger
     misfire: Misfire = "run_once"
     misfire_grace: float = 60.0
+    catch_up: float = 60.0
+    """Ticks missed while the store was unreachable (the schedulers ran, their passes
+    failed) are each enqueued once it answers again, if they are at most this many seconds
+    old; the misfire policy applies to older ones."""
 
     def __post_init__(self) -> None:
+        if not self.catch_up >= 0:
+            raise ConfigurationError("catch_up must not be negative")
         if self.misfire not in ("skip", "run_once"):
             raise ConfigurationError(f"misfire must be 'skip' or 'run_once', not {self.misfire!r}")
         if not self.misfire_grace >= 0:
@@ -272,6 +285,10 @@ class Scheduler:
         self.passes: int = 0
         """Completed scheduling passes (for tests and statistics)."""
         self._seen: dict[str, float] = {}  # per schedule: the latest tick already decided
+        self._last_ok: float | None = None  # store time of the last pass that worked
+        self._outage_since: float | None = None
+        """While passes fail: the store time of the last one that worked (or of the first
+        failure); ticks after it were missed because the store did not answer."""
         self._wakeup = anyio.Event()
         self._passed = anyio.Event()
         self._stopping = False
@@ -317,49 +334,101 @@ class Scheduler:
         """
         created: list[Job] = []
         now = self.host.backend.now()
-        for schedule in list(self.schedules.values()):
-            job = await self._run_schedule(schedule, now)
-            if job is not None:
-                created.append(job)
+        try:
+            for schedule in list(self.schedules.values()):
+                created.extend(await self._run_schedule(schedule, now))
+        except Exception:
+            if self._outage_since is None:
+                self._outage_since = now if self._last_ok is None else self._last_ok
+            raise
+        self._outage_since = None
+        self._last_ok = now
         return created
 
-    async def _run_schedule(self, schedule: Schedule, now: float) -> Job | None:
+    async def _run_schedule(self, schedule: Schedule, now: float) -> list[Job]:
         trigger = schedule.trigger
         due = trigger.latest(now)
         if due is None or self._seen.get(schedule.name, -math.inf) >= due:
-            return None
+            return []
         backend = self.host.backend
         last = await backend.last_tick(schedule.name)
-        tick = self._decide(schedule, now, due, last)
-        job = None
-        if tick is not None:
+        ticks = caught_up = self._caught_up(schedule, now, due, last)
+        if not ticks:
+            tick = self._decide(schedule, now, due, last)
+            ticks = [] if tick is None else [tick]
+        jobs = []
+        for tick in ticks:  # oldest first; the store keeps one job per tick
             new = self.host.build_job(
                 schedule.task, (), {}, {"key": f"{schedule.name}@{_iso(tick)}"}
             )
-
-            async def store() -> Job | None:
-                created = await backend.enqueue_tick(schedule.name, tick, new)
-                return None if created is None else created.bind(self.host)
-
-            chain = self.host.middleware_chain
-            call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
-            # None: another process enqueued this tick first.
-            stored = await (run_through(chain, call, store) if chain else store())
-            if stored is not None:
-                job = stored
-                logger.info(
-                    "schedule %s: enqueued tick %s as job %s",
-                    schedule.name,
-                    _iso(tick),
-                    job.id,
-                    extra={
-                        "action": "tick_enqueued",
-                        "schedule": {"name": schedule.name, "tick": tick},
-                        "job": {"id": job.id, "task": job.task},
-                    },
-                )
+            job = await self._enqueue_tick(schedule, tick, new)
+            if job is None:  # another process enqueued this tick first
+                continue
+            jobs.append(job)
+            logger.info(
+                "schedule %s: enqueued tick %s as job %s",
+                schedule.name,
+                _iso(tick),
+                job.id,
+                extra={
+                    "action": "tick_enqueued",
+                    "schedule": {"name": schedule.name, "tick": tick},
+                    "job": {"id": job.id, "task": job.task},
+                },
+            )
+        if caught_up and jobs:
+            self._log_caught_up(schedule, caught_up, jobs, last)
         self._seen[schedule.name] = due
-        return job
+        return jobs
+
+    async def _enqueue_tick(self, schedule: Schedule, tick: float, new: NewJob) -> Job | None:
+        """Store one tick's job inside the host's middleware; ``None`` if it already was."""
+        backend = self.host.backend
+
+        async def store() -> Job | None:
+            created = await backend.enqueue_tick(schedule.name, tick, new)
+            return None if created is None else created.bind(self.host)
+
+        chain = self.host.middleware_chain
+        if not chain:
+            return await store()
+        call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
+        return await run_through(chain, call, store)
+
+    def _log_caught_up(
+        self, schedule: Schedule, ticks: list[float], jobs: list[Job], last: float | None
+    ) -> None:
+        following = None if last is None else schedule.trigger.next_after(last)
+        dropped = following is not None and following < ticks[0]
+        logger.warning(
+            "schedule %s: %d tick(s) from %s were missed while the store was unreachable "
+            "(no scheduler pass worked after %s); enqueued them now%s",
+            schedule.name,
+            len(jobs),
+            _iso(ticks[0]),
+            _iso(self._outage_since),
+            f"; older ticks (after {_iso(last)}) are past catch_up={schedule.catch_up:g}s "
+            "and dropped"
+            if dropped
+            else "",
+            extra={"action": "ticks_caught_up", "schedule": {"name": schedule.name}},
+        )
+
+    def _caught_up(
+        self, schedule: Schedule, now: float, due: float, last: float | None
+    ) -> list[float]:
+        """The ticks missed during a store outage this scheduler saw, within ``catch_up``."""
+        since = self._outage_since
+        if since is None or last is None or last >= due:
+            return []
+        oldest = max(since, now - schedule.catch_up)
+        ticks: list[float] = []
+        # Start at the window, not at ``last`` (which may be long ago).
+        tick = schedule.trigger.next_after(max(last, oldest - 1e-6))
+        while tick is not None and tick <= due and len(ticks) < _MAX_CATCH_UP:
+            ticks.append(tick)
+            tick = schedule.trigger.next_after(tick)
+        return ticks
 
     def _decide(
         self, schedule: Schedule, now: float, due: float, last: float | None
@@ -376,10 +445,17 @@ class Scheduler:
         if not late and not missed:
             return due
         run = not late or schedule.misfire == "run_once"
+        cause = (
+            f"while the store was unreachable (no scheduler pass worked after "
+            f"{_iso(self._outage_since)}; beyond catch_up={schedule.catch_up:g}s)"
+            if self._outage_since is not None
+            else "while no scheduler ran"
+        )
         logger.warning(
-            "schedule %s: ticks after %s were missed while no scheduler ran; %s",
+            "schedule %s: ticks after %s were missed %s; %s",
             schedule.name,
             _iso(last),
+            cause,
             f"enqueuing only the tick of {_iso(due)}" if run else "skipping them",
             extra={"action": "ticks_missed", "schedule": {"name": schedule.name}},
         )
@@ -448,7 +524,7 @@ class Scheduler:
                 passed.set()
                 if self._stopping:
                     break
-                with anyio.move_on_after(delay):
+                with self.host.clock.move_on_after(delay):
                     await self._wakeup.wait()
         finally:
             logger.info("scheduler stopped", extra={"action": "scheduler_stopped"})

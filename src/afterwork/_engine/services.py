@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -252,7 +251,7 @@ class _Service:
             crashes=self.crashes,
             last_error=self.last_error,
             started_at=self.started_at if running else None,
-            uptime=time.monotonic() - self._started_mono
+            uptime=self.supervisor.host.clock.now() - self._started_mono
             if running and self._started_mono is not None
             else None,
         )
@@ -263,8 +262,7 @@ class _Service:
     def _mark_ready(self) -> None:
         if self.state is ServiceState.STARTING:
             self.state = ServiceState.RUNNING
-            self.started_at = time.time()
-            self._started_mono = time.monotonic()
+            self.started_at = self._started_mono = self.supervisor.host.clock.now()
             self._notify()
 
     def request_stop(self) -> None:
@@ -380,7 +378,8 @@ class _Service:
             self.state = ServiceState.STOPPED
             self._log_info("returned", "service_returned")
             return None
-        stable = began is not None and time.monotonic() - began >= STABLE_AFTER
+        now = self.supervisor.host.clock.now()
+        stable = began is not None and now - began >= STABLE_AFTER
         self._consecutive = 1 if stable else self._consecutive + 1
         if error is not None:
             self._record_crash(error)
@@ -414,7 +413,7 @@ class _Service:
 
     async def _back_off(self, delay: float) -> bool:
         """Wait ``delay`` before a restart; ``False`` if shutdown began meanwhile."""
-        with anyio.move_on_after(delay):
+        with self.supervisor.host.clock.move_on_after(delay):
             await self.stop_event.wait()
         return not self.stop_event.is_set()
 

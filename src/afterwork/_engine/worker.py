@@ -211,6 +211,8 @@ class Worker:
                 service_group.cancel_scope.cancel()
         finally:
             await self._withdraw()
+            with anyio.CancelScope(shield=True):
+                await self.runner.aclose()
             if self.watchdog is not None:
                 self.watchdog.stop()
             if unwatch is not None:
@@ -276,7 +278,7 @@ class Worker:
         elif at_limit or self._buffer:
             # Work may be waiting only for tasks at their limit: wait_for_work would
             # return at once and spin. Wait for one of our jobs to end instead.
-            with anyio.move_on_after(self.host.config.poll_interval):
+            with self.host.clock.move_on_after(self.host.config.poll_interval):
                 await self._wait_slot()
         else:
             await self._idle(self.host.config.poll_interval, wait_for_work=True)
@@ -425,10 +427,32 @@ class Worker:
                 # A sync job timed out or was cancelled, but its thread still runs: keep
                 # its slot until it returns, so runaway threads cannot pile up. On
                 # shutdown we stop waiting for it.
-                await _first(run.thread_done, self._stopping)
+                await self._wait_overrun(run)
             self._slots -= 1
             await self._start_admitted()
             self._notify_slot()
+
+    async def _wait_overrun(self, run: JobRun) -> None:
+        """Hold the slot of a sync job whose thread outlived its attempt, saying so."""
+        job, done = run.job, run.thread_done
+        assert done is not None
+        logger.warning(
+            "job %s (%s) is over, but its thread still runs: a thread cannot be stopped, so it "
+            "keeps its slot until it returns (isolation='process' makes the timeout hard)",
+            job.id,
+            job.task,
+            extra=log_extra("job_thread_overrun", job, self.id),
+        )
+        started = anyio.current_time()
+        await _first(done, self._stopping)
+        if done.is_set():
+            logger.warning(
+                "job %s (%s): its thread returned %.1fs after the attempt ended; slot freed",
+                job.id,
+                job.task,
+                anyio.current_time() - started,
+                extra=log_extra("job_thread_returned", job, self.id),
+            )
 
     async def _begin(self, run: JobRun) -> bool:
         """Mark the attempt started in the store before any of its code runs.
@@ -501,9 +525,11 @@ class Worker:
             if self._stopping.is_set():
                 return
             if wait_for_work:
-                await self.host.backend.wait_for_work(self.queues, timeout)
+                # The store waits in real time; a fake clock also ends the wait.
+                with self.host.clock.move_on_after(timeout):
+                    await self.host.backend.wait_for_work(self.queues, timeout)
             else:
-                await anyio.sleep(timeout)
+                await self.host.clock.sleep(timeout)
         self._idle_scope = None
 
     # -- background loops ----------------------------------------------------------------
@@ -514,7 +540,7 @@ class Worker:
         while True:
             if presence is not None:
                 await self._announce(presence, started)
-            await anyio.sleep(self.heartbeat_interval)
+            await self.host.clock.sleep(self.heartbeat_interval)
             await self._heartbeat()
 
     def _presence(self) -> WorkerPresence | None:
@@ -571,7 +597,7 @@ class Worker:
         backend = self.host.backend
         config = self.host.config
         # Start at a random point in the interval so a fleet does not reap in lockstep.
-        await anyio.sleep(config.reaper_interval * random.random())
+        await self.host.clock.sleep(config.reaper_interval * random.random())
         while True:
             try:
                 recovered = await backend.recover_expired(max_recoveries=config.max_recoveries)
@@ -590,4 +616,4 @@ class Worker:
                 self._outage.failed("reaper", exc)
             else:
                 self._outage.succeeded()
-            await anyio.sleep(config.reaper_interval)
+            await self.host.clock.sleep(config.reaper_interval)

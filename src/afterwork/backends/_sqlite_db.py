@@ -202,7 +202,8 @@ class Database:
                 if time.monotonic() >= deadline:
                     raise BackendUnavailable(
                         f"the SQLite store at {self.path!r} stayed locked for "
-                        f"{self.lock_timeout:g}s; another process holds a long write lock"
+                        f"{self.lock_timeout:g}s; another process holds a long write lock",
+                        may_have_applied=False,  # the transaction was rolled back
                     ) from exc
                 self.busy_retries += 1
                 logger.debug("SQLite store locked; retrying in %.3fs", delay)

@@ -29,9 +29,14 @@ import anyio.to_thread
 
 from .._notify import Broadcaster, Subscription
 from ..job import JobEvent, JobStatus
-from .base import TRUNCATED, Clock, EventStream, truncated_event
+from ._channels import channel_broadcaster
+from .base import TRUNCATED, ChannelMessage, Clock, EventStream, MessageStream, truncated_event
 
-__all__ = ("EventPump",)
+__all__ = ("MESSAGE_KIND", "EventPump")
+
+#: The ``kind`` of the rows that carry channel messages (``aw.publish``), not job events:
+#: ``task`` holds the channel, ``message`` the JSON data. Job event readers skip them.
+MESSAGE_KIND = "channel-message"
 
 logger: logging.Logger = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ _SELECT_RANGE = f"SELECT {_COLUMNS} FROM afterwork_events WHERE id > ? AND id <=
 
 def _event(row: tuple[Any, ...]) -> JobEvent | None:
     (event_id, kind, job_id, task, queue, status, attempts, at, progress, message) = row
+    if kind == MESSAGE_KIND:
+        return None
     try:
         return JobEvent(
             id=str(event_id),
@@ -82,11 +89,40 @@ class EventPump:
         self._thread: threading.Thread | None = None
         self._cursor = 0
         self._closed = True
+        self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
 
     def open(self) -> None:
         with self._lock:
             self._closed = False
+            channels = list(self._channels.values())
         self._broadcaster.reopen()
+        for channel in channels:
+            channel.reopen()
+
+    def _listening(self) -> bool:
+        return self._broadcaster.subscriber_count > 0 or any(
+            channel.subscriber_count for channel in list(self._channels.values())
+        )
+
+    def subscribe_channel(self, channel: str) -> MessageStream:
+        """Messages on ``channel`` committed from now on (by any process)."""
+        with self._lock:
+            closed = self._closed
+            if not closed and not self._listening():
+                self._cursor = self._max_id()  # from the table's end, not from stale rows
+            broadcaster = self._channels.get(channel)
+            if broadcaster is None:
+                broadcaster = self._channels[channel] = channel_broadcaster(channel)
+            stream = broadcaster.subscribe()
+            if not closed and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="afterwork-sqlite-events", daemon=True
+                )
+                self._thread.start()
+        if closed:
+            broadcaster.close()
+        self._wake.set()
+        return stream
 
     def close(self) -> None:
         with self._lock:
@@ -98,12 +134,15 @@ class EventPump:
         self._broadcaster.close()
         with self._lock:
             conn, self._conn = self._conn, None
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close()
         if conn is not None:
             conn.close()
 
     def poke(self) -> None:
         """A local commit wrote events: deliver them now rather than at the next poll."""
-        if self._broadcaster.subscriber_count:
+        if self._listening():
             self._wake.set()
 
     def subscribe(self, since: str | None = None) -> EventStream:
@@ -114,7 +153,7 @@ class EventPump:
         """
         with self._lock:
             closed = self._closed
-            if not closed and self._broadcaster.subscriber_count == 0:
+            if not closed and not self._listening():
                 # Nobody was listening: start from the table's end, not from stale rows.
                 self._cursor = self._max_id()
             stream: EventStream
@@ -170,13 +209,13 @@ class EventPump:
 
     def _run(self) -> None:
         while True:
-            listening = self._broadcaster.subscriber_count > 0
+            listening = self._listening()
             self._wake.wait(self.poll_interval if listening else None)
             self._wake.clear()
             with self._lock:
                 if self._closed:
                     return
-                if self._broadcaster.subscriber_count == 0:
+                if not self._listening():
                     continue
                 try:
                     rows = self._db().execute(_SELECT, (self._cursor,)).fetchall()
@@ -191,11 +230,20 @@ class EventPump:
                 # Published under the lock: a subscriber resuming from the cursor gets each
                 # row once, from the table (up to the cursor) or from here (after it).
                 for row in rows:
+                    if row[1] == MESSAGE_KIND:
+                        self._deliver(row)
+                        continue
                     event = _event(row)
                     if event is not None:
                         self._broadcaster.publish(event)
             if len(rows) == 1000:
                 self._wake.set()  # more are waiting
+
+    def _deliver(self, row: tuple[Any, ...]) -> None:
+        channel, data = str(row[3]), row[9]
+        broadcaster = self._channels.get(channel)
+        if broadcaster is not None and isinstance(data, str):
+            broadcaster.publish(ChannelMessage(channel, data))
 
 
 class _After:

@@ -37,6 +37,8 @@ __all__ = (
     "TRUNCATED",
     "Backend",
     "CancelWatch",
+    "ChannelMessage",
+    "Channels",
     "Claim",
     "Clock",
     "EventHistory",
@@ -45,6 +47,7 @@ __all__ = (
     "Inspector",
     "JobFilter",
     "Lease",
+    "MessageStream",
     "NewJob",
     "Outcome",
     "QueueStats",
@@ -366,4 +369,49 @@ class WorkerPresence(Protocol):
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose record has not expired by the store's clock, by start time."""
+
+
+# -- channels: messages between processes sharing a store (``aw.publish``) ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMessage:
+    """A message published on a channel, as a subscriber receives it.
+
+    Stores carry ``data`` as JSON text; ``aw.subscribe`` hands it out decoded. A message
+    with ``missed=True`` (and no data) is a marker: this subscriber lost messages just
+    before it (it fell behind its bounded buffer, or its connection was lost).
+    """
+
+    channel: str
+    data: Any = None
+    missed: bool = False
+
+
+class MessageStream(Protocol):
+    """A channel's messages, subscribed when it is handed out; ``aclose()`` ends it."""
+
+    def __aiter__(self) -> MessageStream: ...
+
+    async def __anext__(self) -> ChannelMessage: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Channels(Protocol):
+    """Optional: publish/subscribe between every process sharing the store.
+
+    Contract: a message is delivered at most once to each subscriber subscribed when it
+    is published, in every process sharing the store, in the order its publisher
+    published; publishing never blocks on subscribers; a subscriber that falls too far
+    behind loses its oldest buffered messages and reads a ``missed`` marker instead.
+    """
+
+    async def publish(self, channel: str, data: str) -> None:
+        """Publish ``data`` (JSON text) on ``channel``."""
+        ...
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        """Messages published on ``channel`` from the moment this returns."""
         ...

@@ -28,13 +28,16 @@ from ..job import (
     JobEvent,
     JobStatus,
 )
+from ._channels import channel_broadcaster
 from .base import (
+    ChannelMessage,
     Claim,
     Clock,
     EventStream,
     HeartbeatReply,
     JobFilter,
     Lease,
+    MessageStream,
     NewJob,
     Outcome,
     QueueStats,
@@ -79,6 +82,7 @@ class MemoryBackend:
         )
         self._work = Notifier()
         self._wake = False
+        self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> MemoryBackend:
@@ -102,10 +106,29 @@ class MemoryBackend:
 
     async def open(self) -> None:
         self._events.reopen()
+        for channel in list(self._channels.values()):
+            channel.reopen()
 
     async def aclose(self) -> None:
         self._events.close()
+        for channel in list(self._channels.values()):
+            channel.close()
         self._work.notify()
+
+    # -- channels (this process only) ----------------------------------------------------
+
+    async def publish(self, channel: str, data: str) -> None:
+        with self._lock:
+            broadcaster = self._channels.get(channel)
+        if broadcaster is not None:
+            broadcaster.publish(ChannelMessage(channel, data))
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        with self._lock:
+            broadcaster = self._channels.get(channel)
+            if broadcaster is None:
+                broadcaster = self._channels[channel] = channel_broadcaster(channel)
+        return broadcaster.subscribe()
 
     # -- helpers (called with the lock held) ---------------------------------------------
 

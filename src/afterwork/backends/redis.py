@@ -36,6 +36,7 @@ from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
 from ..job import Job, JobStatus
+from ._redis_channels import RedisChannel
 from ._redis_events import StreamEvents, execute
 from ._redis_presence import PresenceMixin
 from ._redis_scripts import (
@@ -59,6 +60,7 @@ from .base import (
     HeartbeatReply,
     JobFilter,
     Lease,
+    MessageStream,
     NewJob,
     Outcome,
     QueueStats,
@@ -69,6 +71,17 @@ __all__ = ("RedisBackend",)
 logger: logging.Logger = logging.getLogger(__name__)
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _before_sending(exc: BaseException) -> bool:
+    """Whether ``exc`` happened before a request could go out (connecting, refused)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    # redis-py words every failure to connect "Error ... connecting to ..." / "Timeout
+    # connecting to server"; failures after that (reading the reply) say otherwise.
+    return "connecting to" in str(exc)
+
+
 _FINISH_BATCH = 256
 _CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
@@ -136,6 +149,7 @@ class RedisBackend(PresenceMixin):
         self._begins: list[tuple[list[Lease], asyncio.Future[list[Job | None]]]] = []
         self._beginner: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
+        self._channels: set[RedisChannel] = set()
         self._closed = True
 
     @classmethod
@@ -206,6 +220,8 @@ class RedisBackend(PresenceMixin):
         self._closed = True
         for stream in list(self._streams):
             stream.close()
+        for channel in list(self._channels):
+            channel.close()
         tasks = {
             t
             for t in (self._listener, self._flusher, self._beginner)
@@ -266,14 +282,18 @@ class RedisBackend(PresenceMixin):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._retry_for if retry_for is None else retry_for)
         attempt = 0
+        sent = False  # whether a request may have reached Redis (its reply then lost)
         while True:
             try:
                 return await call()
             except _TRANSIENT as exc:
                 attempt += 1
+                sent = sent or not _before_sending(exc)
                 delay = min(0.5, 0.02 * 2**attempt) * (0.5 + random.random() / 2)
                 if self._closed or loop.time() + delay > deadline:
-                    raise BackendUnavailable(f"Redis cannot be reached: {exc}") from exc
+                    raise BackendUnavailable(
+                        f"Redis cannot be reached: {exc}", may_have_applied=sent
+                    ) from exc
                 logger.debug("Redis unreachable (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 if on_retry is not None:
@@ -602,6 +622,31 @@ class RedisBackend(PresenceMixin):
     def event_retention(self) -> int:
         """About how many events the stream keeps (``events_maxlen``; trimmed with ``~``)."""
         return int(self._maxlen)
+
+    # -- channels ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def channel_key(self, channel: str) -> str:
+        return self._key(f"channel:{channel}")
+
+    def new_client(self, *, socket_timeout: float | None) -> aioredis.Redis:
+        """A client of its own (a subscriber's connection)."""
+        return self._client(socket_timeout)
+
+    def forget_channel(self, channel: RedisChannel) -> None:
+        self._channels.discard(channel)
+
+    async def publish(self, channel: str, data: str) -> None:
+        await self._command("PUBLISH", self.channel_key(channel), data)
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        stream = RedisChannel(self, channel)
+        await stream.start()
+        self._channels.add(stream)
+        return stream
 
     def events(self, since: str | None = None) -> EventStream:
         """Events from now on; with ``since`` (a stream id), first the kept ones after it.

@@ -32,12 +32,21 @@ from .._notify import Notifier
 from ..exceptions import BackendUnavailable, ConfigurationError, SchemaVersionError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
-from ._sqlite_events import EventPump
+from ._sqlite_events import MESSAGE_KIND, EventPump
 from ._sqlite_inspect import InspectorMixin
 from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
-from .base import Claim, Clock, EventStream, HeartbeatReply, Lease, NewJob, Outcome
+from .base import (
+    Claim,
+    Clock,
+    EventStream,
+    HeartbeatReply,
+    Lease,
+    MessageStream,
+    NewJob,
+    Outcome,
+)
 
 __all__ = ("SQLiteBackend", "path_from_url")
 
@@ -599,6 +608,21 @@ class SQLiteBackend(InspectorMixin, PresenceMixin):
             if await self._work.wait(ticket, wait) or not self._db.is_open:
                 return
             interval = min(interval * 2, self._max_poll_interval)
+
+    async def publish(self, channel: str, data: str) -> None:
+        """Append the message to the events table: every process's pump delivers it."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            row = (MESSAGE_KIND, "", channel, "", "queued", 0, self._clock(), None, data)
+            conn.execute(INSERT_EVENT, row)
+            self._trim_events(conn, 1)
+
+        await self._db.write(run)
+        self._pump.poke()
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        """Messages on ``channel`` committed from now on, by this or any other process."""
+        return self._pump.subscribe_channel(channel)
 
     @property
     def event_retention(self) -> int:

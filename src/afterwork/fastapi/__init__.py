@@ -13,6 +13,8 @@ from ._jobs import Jobs as Jobs
 from ._jobs import JobsManager as JobsManager
 from ._jobs import PendingJob as PendingJob
 from ._jobs import get_afterwork as get_afterwork
+from ._progress import job_event_stream as job_event_stream
+from ._progress import send_job_events as send_job_events
 
 __all__ = (
     "Dependency",
@@ -21,5 +23,7 @@ __all__ = (
     "PendingJob",
     "dependencies_of",
     "get_afterwork",
+    "job_event_stream",
     "resolve",
+    "send_job_events",
 )

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
 
+import anyio.to_thread
 from fastapi import BackgroundTasks, Depends, HTTPException, Request
 
+from .._engine.dependencies import Dependency, dependencies_of, resolve
+from ..app import served_by
 from ..backends.base import NewJob
-from ..exceptions import BackendError
+from ..exceptions import BackendError, DependencyError
 from ..job import Job, new_job_id
 from ..task import Task
 
@@ -26,15 +31,81 @@ logger: logging.Logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 
 
+def _declared(app: Any) -> Afterwork | None:
+    """The instance ``app`` names: attached (lifespan, ``aw.attach``) or as its lifespan."""
+    from ..app import Afterwork
+
+    aw = getattr(getattr(app, "state", None), "afterwork", None)
+    if isinstance(aw, Afterwork):
+        return aw
+    return _declared_router(getattr(app, "router", None))
+
+
+def _declared_router(router: Any) -> Afterwork | None:
+    """The instance whose lifespan ``router`` runs, even if it has not run (yet)."""
+    from ..app import Afterwork
+
+    # FastAPI(lifespan=aw.lifespan) or lifespan=aw.lifespan(worker=False), not run (yet):
+    # a module-level TestClient(app) without ``with`` never runs the lifespan.
+    # ``include_router`` merges the routers' lifespans into a closure holding both: look
+    # inside (a few levels; no match means ``aw.attach(app)`` is needed).
+    todo: list[tuple[Any, int]] = [(getattr(router, "lifespan_context", None), 0)]
+    while todo:
+        lifespan, depth = todo.pop()
+        found = getattr(lifespan, "__self__", None) or getattr(lifespan, "afterwork", None)
+        if isinstance(found, Afterwork):
+            return found
+        cells = getattr(lifespan, "__closure__", None) or ()
+        if depth < 4:
+            for cell in cells:
+                with contextlib.suppress(ValueError):  # an empty cell
+                    if callable(cell.cell_contents):
+                        todo.append((cell.cell_contents, depth + 1))
+    return None
+
+
+_announced: weakref.WeakSet[Afterwork] = weakref.WeakSet()  # lazy use logged, once each
+
+
+def _announce(aw: Afterwork) -> None:
+    if aw in _announced:
+        return
+    _announced.add(aw)
+    logger.info(
+        "Jobs: the app's lifespan has not started afterwork; the store (%s) opens on first "
+        "use and no worker runs in this process: registered tasks wait for a worker%s",
+        aw.location,
+        " (eager mode: they run inline here)" if aw.eager else "",
+        extra={"action": "jobs_lazy_open", "store": aw.location},
+    )
+
+
 def get_afterwork(request: Request) -> Afterwork:
-    """The :class:`Afterwork` instance serving this app (set by ``aw.lifespan``)."""
+    """The :class:`Afterwork` instance serving this app.
+
+    Set by ``aw.lifespan`` or ``aw.attach(app)``; found without either when the app was
+    created with ``lifespan=aw.lifespan`` but the lifespan did not run (a ``TestClient``
+    used without ``with``): the store then opens on first use, as logged once.
+    """
     aw = getattr(request.app.state, "afterwork", None)
-    if aw is None:
+    if aw is not None:
+        return aw  # type: ignore[no-any-return]
+    # A mounted sub-application: the outermost app's router is in the scope.
+    root = request.scope.get("router")
+    if root is not None:
+        served = served_by(root)
+        if served is not None:
+            return served
+    found = _declared(request.app) or (_declared_router(root) if root is not None else None)
+    if found is None:
         raise RuntimeError(
             "no Afterwork instance is attached to this app: create it with "
-            "FastAPI(lifespan=aw.lifespan), or enter aw.lifespan(app) in your own lifespan"
+            "FastAPI(lifespan=aw.lifespan), enter aw.lifespan(app) in your own lifespan, "
+            "or call aw.attach(app) (for a mounted sub-application: on the app that "
+            "mounts it, or on the sub-application)"
         )
-    return aw  # type: ignore[no-any-return]
+    _announce(found)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +114,52 @@ class PendingJob:
 
     id: str
     task: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A plain callable given to ``add_task``: run in this process after the response."""
+
+    id: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    dependencies: Mapping[str, Dependency] = field(default_factory=dict)
+
+
+def _dependencies(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Dependency]:
+    """The ``Depends`` parameters of a plain function that the call leaves unbound.
+
+    Raises:
+        DependencyError: one needs the request (``Request``, ``Security``, a header...):
+            the job runs after the response, outside any request.
+    """
+    if not (inspect.isfunction(func) or inspect.ismethod(func)):
+        return {}  # partials, builtins, callable objects: passed as they are
+    try:
+        plans = dependencies_of(func)
+    except DependencyError as exc:
+        if exc.param is None and not _mentions_depends(func):
+            return {}  # annotations that cannot be resolved, and no Depends among them
+        raise DependencyError(
+            f"jobs.add_task: {exc.message}. A job runs after the "
+            "response, outside the request: pass the value it needs as an argument",
+            param=exc.param,
+        ) from None
+    if not plans:
+        return {}
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = {}
+    return {name: plan for name, plan in plans.items() if name not in bound}
+
+
+def _mentions_depends(func: Callable[..., Any]) -> bool:
+    params = inspect.signature(func).parameters.values()
+    return any("Depends(" in str(p.annotation) or "Security(" in str(p.annotation) for p in params)
 
 
 def _describe(func: Callable[..., Any]) -> str:
@@ -81,9 +198,16 @@ class JobsManager:
 
     def __init__(self, aw: Afterwork, background: BackgroundTasks) -> None:
         self.aw = aw
-        self._pending: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._background = background
+        # Added and not run yet: a plain callable (run here after the response), or a
+        # registered task's job in eager mode. Each is queued on the request's
+        # BackgroundTasks when added, so Jobs and BackgroundTasks tasks run in call order.
+        self._pending: dict[str, _Plain | NewJob] = {}
         self._new: list[NewJob] = []  # registered tasks' jobs, stored by ``store()``
-        background.add_task(self._run_all)
+        self._managed = False  # the ``Jobs`` dependency stores ``_new`` before the response
+        self._late_store = False  # a manager built by hand stores ``_new`` after it
+        self._background_ran = False  # the request's background tasks ran to our marker
+        self._over = False  # the request is over: nothing can be added
 
     async def store(self) -> None:
         """Store the jobs of registered tasks added so far, in one round trip.
@@ -121,33 +245,79 @@ class JobsManager:
         """Run ``func(*args, **kwargs)`` after the response is sent, as a tracked job."""
         if not callable(func):
             raise TypeError(f"add_task() needs a callable, not {type(func).__name__}")
+        if self._over:
+            raise RuntimeError(
+                "jobs.add_task() after the request is over: nothing would run it. Enqueue "
+                "a registered task instead (`await task.enqueue(...)`)"
+            )
         if isinstance(func, Task):
             # Validate now, in the route, so bad arguments fail the request, not silently.
             new = self.aw.build_job(func, args, kwargs, {})
-            self._new.append(new)
+            if self.aw.eager:
+                self._queue(new)
+            else:
+                self._new.append(new)
+                if not self._managed and not self._late_store:
+                    self._late_store = True
+                    self._background.add_task(self._store_late)
             return PendingJob(new.id, func.name)
-        job_id = new_job_id()
-        self._pending.append((job_id, func, args, kwargs))
-        return PendingJob(job_id, _describe(func))
+        entry = _Plain(new_job_id(), func, args, kwargs, _dependencies(func, args, kwargs))
+        self._queue(entry)
+        return PendingJob(entry.id, _describe(func))
 
-    async def _run_all(self) -> None:
-        if self._new:
-            # A manager built by hand, without the ``Jobs`` dependency: store them now.
-            try:
-                await self.store()
-            except HTTPException:
-                pass  # logged by store()
-        pending, self._pending = self._pending, []
-        for job_id, func, args, kwargs in pending:
-            try:
-                await self._run_inline(job_id, func, args, kwargs)
-            except Exception:
-                logger.exception(
-                    "background task %s (job %s) could not be run",
-                    _describe(func),
-                    job_id,
-                    extra={"action": "add_task_failed", "job": {"id": job_id}},
-                )
+    def _queue(self, entry: _Plain | NewJob) -> None:
+        self._pending[entry.id] = entry
+        self._background.add_task(self._run_entry, entry.id)
+
+    async def _mark_background_ran(self) -> None:
+        self._background_ran = True
+
+    async def _store_late(self) -> None:
+        # A manager built by hand, without the ``Jobs`` dependency: store them now.
+        try:
+            await self.store()
+        except HTTPException:
+            pass  # logged by store()
+
+    async def _run_entry(self, job_id: str) -> None:
+        entry = self._pending.pop(job_id, None)
+        if entry is None:
+            return
+        try:
+            if isinstance(entry, _Plain):
+                func = entry.func
+                if entry.dependencies:
+                    func = self._with_dependencies(func, entry.dependencies)
+                await self._run_inline(entry.id, func, entry.args, entry.kwargs)
+            else:
+                await self.aw.run_eager(entry)
+        except Exception:
+            name = _describe(entry.func) if isinstance(entry, _Plain) else entry.task
+            logger.exception(
+                "background task %s (job %s) could not be run",
+                name,
+                entry.id,
+                extra={"action": "add_task_failed", "job": {"id": entry.id}},
+            )
+
+    def _with_dependencies(
+        self, func: Callable[..., Any], plans: Mapping[str, Dependency]
+    ) -> Callable[..., Any]:
+        """``func`` with its ``Depends`` resolved in a job scope, torn down after the call
+        (the call's exception thrown into them, as FastAPI does after a route)."""
+        is_async = _is_async_callable(func)
+        aw = self.aw
+
+        @functools.wraps(func)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            async with contextlib.AsyncExitStack() as stack:
+                values = await resolve(plans, stack, overrides=aw.dependency_overrides())
+                if is_async:
+                    return await func(*args, **kwargs, **values)
+                bound = functools.partial(func, *args, **kwargs, **values)
+                return await anyio.to_thread.run_sync(bound)
+
+        return call
 
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -158,15 +328,90 @@ class JobsManager:
             job_id, func, args, kwargs, name=_describe(func), is_async=_is_async_callable(func)
         )
 
+    async def finish_request(self) -> None:
+        """Once the request is over: record every task that will never run as cancelled.
+
+        A route that returns a ``Response`` with a ``background`` of its own replaces the
+        request's background tasks, so the tasks added here never run; their ids must
+        still exist (``aw.get_job(id)``): each is recorded as cancelled, with the reason,
+        and the request logs it once.
+        """
+        self._over = True
+        leftovers: list[_Plain | NewJob] = [*self._pending.values(), *self._new]
+        self._pending, self._new = {}, []
+        if not leftovers:
+            return
+        if self._background_ran:
+            reason = (
+                "never ran: added after the request's background tasks had run (from a "
+                "dependency's teardown?); add it in the route or before the yield"
+            )
+        else:
+            reason = (
+                "never ran: the route returned a Response with a background of its own, "
+                "which replaces the request's background tasks (add these to that "
+                "background, or return the content instead of a Response)"
+            )
+        logger.warning(
+            "%d task(s) added with jobs.add_task will never run (%s); recorded as cancelled: %s",
+            len(leftovers),
+            ", ".join(_name(entry) for entry in leftovers),
+            reason,
+            extra={"action": "add_task_never_run", "jobs": [entry.id for entry in leftovers]},
+        )
+        inline = self.aw.local_runs.inline
+        await self.aw.open()
+        for entry in leftovers:
+            try:
+                if isinstance(entry, _Plain):
+                    await inline.record_never_run(
+                        inline.plain_job(entry.id, _describe(entry.func), entry.args, entry.kwargs),
+                        reason,
+                    )
+                else:
+                    await inline.record_never_run(entry, reason)
+            except Exception:
+                logger.exception("could not record job %s as cancelled", entry.id)
+
+
+def _name(entry: _Plain | NewJob) -> str:
+    return _describe(entry.func) if isinstance(entry, _Plain) else entry.task
+
+
+@dataclass(slots=True)
+class _Managers:
+    """The ``Jobs`` managers of one request (one, unless overrides made more)."""
+
+    managers: list[JobsManager]
+
+
+async def _request_end() -> AsyncIterator[_Managers]:
+    held = _Managers([])
+    yield held
+    # Request scope: runs once the response and its background tasks are done.
+    for manager in held.managers:
+        await manager.finish_request()
+
 
 async def _jobs_dependency(
-    request: Request, background: BackgroundTasks
+    request: Request,
+    background: BackgroundTasks,
+    request_end: Annotated[_Managers, Depends(_request_end)],
 ) -> AsyncIterator[JobsManager]:
     manager = JobsManager(get_afterwork(request), background)
-    yield manager
+    manager._managed = True
+    try:
+        yield manager
+    except BaseException:
+        # A route that raised stores nothing and runs nothing: no id left the request.
+        manager._pending.clear()
+        manager._new.clear()
+        raise
+    request_end.managers.append(manager)
     # Runs when the route returned, before the response is sent (scope="function"): a
-    # failure to store is the request's own error. A route that raised stores nothing.
+    # failure to store is the request's own error.
     await manager.store()
+    background.add_task(manager._mark_background_ran)
 
 
 #: Use as a route parameter: ``async def route(jobs: Jobs): jobs.add_task(...)``.
