@@ -18,6 +18,7 @@ if _typing.TYPE_CHECKING:
     from ._engine.services import ServiceStatus as ServiceStatus
     from ._engine.worker import Worker as Worker
     from ._engine.worker import WorkerStatistics as WorkerStatistics
+    from ._middleware import JobCall as JobCall
     from ._settings import Settings as Settings
     from .app import Afterwork as Afterwork
     from .app import ServiceContext as ServiceContext
@@ -47,6 +48,7 @@ __all__ = (
     "ConfigurationError",
     "EnqueueError",
     "Job",
+    "JobCall",
     "JobContext",
     "JobError",
     "JobEvent",
@@ -75,6 +77,7 @@ _LAZY: dict[str, str] = {
     "ConfigurationError": ".exceptions",
     "EnqueueError": ".exceptions",
     "Job": ".job",
+    "JobCall": "._middleware",
     "JobContext": ".context",
     "JobError": ".job",
     "JobEvent": ".job",

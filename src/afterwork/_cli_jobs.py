@@ -30,9 +30,9 @@ from .job import TERMINAL_STATUSES, Job, JobStatus
 
 if TYPE_CHECKING:
     from .app import Afterwork
-    from .backends.base import QueueStats
+    from .backends.base import QueueStats, WorkerInfo
 
-__all__ = ("jobs_app", "purge", "queues")
+__all__ = ("jobs_app", "purge", "queues", "workers")
 
 T = TypeVar("T")
 
@@ -258,8 +258,29 @@ def _print_job(job: Job) -> None:
         table.add_row(Text(name), cell)
     console = _console()
     console.print(table)
+    if job.timeline:
+        console.print(_timeline(job))
     if job.error is not None and job.error.traceback:
         console.print(Text("\n" + safe_block(job.error.traceback), style="dim"))
+
+
+def _timeline(job: Job) -> Table:
+    """The job's kept attempts, oldest first: when, where, how long, how it ended."""
+    table = Table(title="attempts", title_justify="left", box=None)
+    for name in ("#", "started", "took", "worker", "outcome", "error"):
+        table.add_column(name)
+    for attempt in job.timeline:
+        took = attempt.duration
+        error = attempt.error
+        table.add_row(
+            str(attempt.number),
+            _when(attempt.started_at),
+            "" if took is None else f"{took:.3f}s",
+            Text(_safe(attempt.worker)),
+            attempt.outcome,
+            Text(_safe(None if error is None else f"{error.type}: {error.message}")[:500]),
+        )
+    return table
 
 
 async def _get(aw: Afterwork, job_id: str) -> Job:
@@ -544,3 +565,36 @@ def purge(
         _print_json({"purged": count})
     else:
         typer.echo(f"purged {count} finished job(s)")
+
+
+def workers(
+    app: AppOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the live workers: host, pid, queues, what they run, when last seen."""
+
+    async def action(aw: Afterwork) -> tuple[list[WorkerInfo], float, str]:
+        return await aw.workers(), aw.backend.now(), aw.location
+
+    found, now, where = _run(app, url, action)
+    if as_json:
+        _print_json([w.to_dict() for w in found])
+        return
+    _print_store(where)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("id", "host", "pid", "queues", "running", "up", "seen"):
+        table.add_column(name, overflow="fold")
+    for w in found:
+        table.add_row(
+            Text(_safe(w.id)),
+            Text(_safe(w.host)),
+            str(w.pid),
+            Text(_safe("all" if w.queues is None else ",".join(w.queues))),
+            f"{len(w.running)}/{w.concurrency}",
+            _age(now - w.started_at),
+            _age(now - w.last_seen) + " ago",
+        )
+    _console().print(table)
+    if not found:
+        typer.echo("no live workers")

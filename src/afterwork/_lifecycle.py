@@ -21,9 +21,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .job import (
+    MAX_TIMELINE,
     TERMINAL_STATUSES,
     WAITING_STATUSES,
     Job,
+    JobAttempt,
     JobError,
     JobStatus,
     check_transition,
@@ -181,6 +183,19 @@ def _owns(job: Job, held: str | None, token: str) -> bool:
     return job.status is JobStatus.RUNNING and held is not None and held == token
 
 
+def _ended(job: Job, outcome: str, error: JobError | None, now: float) -> tuple[JobAttempt, ...]:
+    """The timeline with the attempt that just ended (``job`` as it ran) appended."""
+    attempt = JobAttempt(
+        number=job.attempts,
+        started_at=job.started_at,
+        ended_at=now,
+        worker=job.worker,
+        outcome=outcome,
+        error=error,
+    )
+    return (*job.timeline, attempt)[-MAX_TIMELINE:]
+
+
 _LEASE_CLEARED: dict[str, Any] = {
     "worker": None,
     "lease_expires_at": None,
@@ -287,20 +302,40 @@ def finish(
     if not _owns(job, held, token):
         return None
     status = outcome.status
+    # Only a started attempt enters the timeline (a prefetched claim released is not one).
+    started = job.started_at is not None
     if status is JobStatus.SUCCEEDED:
-        done = _move(job, status, result=outcome.result, finished_at=now, **_LEASE_CLEARED)
+        # ``error`` is the last attempt's: a success clears an earlier attempt's error,
+        # which the timeline keeps.
+        timeline = _ended(job, "succeeded", None, now) if started else job.timeline
+        done = _move(
+            job,
+            status,
+            result=outcome.result,
+            error=None,
+            finished_at=now,
+            timeline=timeline,
+            **_LEASE_CLEARED,
+        )
         return Change(done, "succeeded")
     if status is JobStatus.FAILED or status is JobStatus.CANCELLED:
-        done = _move(job, status, error=outcome.error, finished_at=now, **_LEASE_CLEARED)
+        timeline = _ended(job, status.value, outcome.error, now) if started else job.timeline
+        done = _move(
+            job, status, error=outcome.error, finished_at=now, timeline=timeline, **_LEASE_CLEARED
+        )
         return Change(done, status.value)
     if status is JobStatus.SCHEDULED:
         at = now + max(outcome.delay, 0.0)
-        later = _move(job, status, error=outcome.error, run_at=at, **_LEASE_CLEARED)
+        timeline = _ended(job, "retrying", outcome.error, now) if started else job.timeline
+        later = _move(
+            job, status, error=outcome.error, run_at=at, timeline=timeline, **_LEASE_CLEARED
+        )
         return Change(later, "retrying")
     if status is JobStatus.QUEUED:
         # Released: the attempt is given back, and the job keeps its place in the queue.
-        attempts = job.attempts - 1 if job.started_at is not None else job.attempts
-        back = _move(job, status, attempts=max(attempts, 0), **_LEASE_CLEARED)
+        attempts = job.attempts - 1 if started else job.attempts
+        timeline = _ended(job, "released", None, now) if started else job.timeline
+        back = _move(job, status, attempts=max(attempts, 0), timeline=timeline, **_LEASE_CLEARED)
         return Change(back, "released")
     raise ValueError(f"not an outcome: {status!r}")
 
@@ -338,6 +373,8 @@ def recover(job: Job, *, now: float, max_recoveries: int) -> Change:
         return Change(back, "recovered", f"worker {worker} died before starting it")
     recoveries = job.recoveries + 1
     message = f"the worker {worker} stopped renewing its lease during attempt {job.attempts}"
+    lost = JobError.from_message(WORKER_LOST, message)
+    job = replace(job, timeline=_ended(job, "lost", lost, now))
     if job.cancel_requested:
         return _cancelled_on_recovery(replace(job, recoveries=recoveries), now, message)
     if job.max_attempts <= 0:

@@ -42,6 +42,7 @@ from ._engine.scheduler import (
 from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
 from ._flow import check_flow_key, keyed
 from ._location import store_location
+from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
@@ -56,6 +57,8 @@ from .backends.base import (
     NewJob,
     QueueStats,
     Store,
+    WorkerInfo,
+    WorkerPresence,
 )
 from .context import JobContext
 from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
@@ -77,6 +80,7 @@ logger: logging.Logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+M = TypeVar("M", bound=Middleware)
 
 DEFAULT_URL = "sqlite:///./afterwork.db"
 
@@ -95,6 +99,8 @@ class Afterwork(FlowControl):
             service restart backoff) then also sleep on. A bare ``() -> float`` only sets
             the store's time; the loops wait in real time.
         seed: seeds the random source of backoff jitter (for reproducible tests).
+        middleware: callables run around every enqueue and every attempt, the first
+            outermost (see :meth:`middleware`).
         eager: run registered tasks inline, for tests (``docs/testing.md``): ``enqueue``
             runs the job before it returns, ``jobs.add_task`` after the response; the
             arguments are still validated and JSON round-tripped. Also an attribute
@@ -119,6 +125,7 @@ class Afterwork(FlowControl):
         backend: Store | None = None,
         clock: Clock | None = None,
         seed: int | None = None,
+        middleware: Iterable[Middleware] = (),
         eager: bool = False,
         **settings: Any,
     ) -> None:
@@ -136,6 +143,7 @@ class Afterwork(FlowControl):
         self.eager: bool = eager
         """Registered tasks run inline (tests); see the ``eager`` argument."""
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self._middleware: list[Middleware] = list(middleware)
         self._local_runs = LocalRuns(self)
         self._open = False
         self._reconnecting = False
@@ -522,6 +530,54 @@ class Afterwork(FlowControl):
         """
         return _bridge.run_sync(self, func)
 
+    # -- middleware ----------------------------------------------------------------------
+
+    def middleware(self, func: M, /) -> M:
+        """Run ``func`` around every enqueue and every attempt (after those added before).
+
+        ``func(call, call_next)`` receives a :class:`~afterwork.JobCall` and ``call_next``,
+        which runs the rest and returns the stored :class:`~afterwork.Job` (for an attempt,
+        as its outcome was recorded; ``None`` if the lease was lost). An ``async def`` awaits
+        ``call_next()``; a plain ``def`` runs in a worker thread and calls it. Returns
+        ``func``, so it works as a decorator.
+
+        Example:
+            ```python
+            @aw.middleware
+            async def log_calls(call, call_next):
+                job = await call_next()
+                print(call.kind, call.task, job.status if job else "lost")
+                return job
+            ```
+
+        .. versionadded:: 0.2
+        """
+        if not callable(func):
+            raise TypeError(f"a middleware must be callable, not {func!r}")
+        self._middleware.append(func)
+        return func
+
+    @property
+    def middleware_chain(self) -> Sequence[Middleware]:
+        """The middleware added so far, the first outermost."""
+        return self._middleware
+
+    async def _store(self, new: NewJob) -> Job:
+        """Store one new job inside the middleware chain."""
+        if not self._middleware:
+            (job,) = await self._store_new([new])
+            return _told(job, new).bind(self)
+
+        async def store() -> Job:
+            (job,) = await self._store_new([new])
+            return _told(job, new).bind(self)
+
+        call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
+        stored = await run_through(self._middleware, call, store)
+        if stored is None:  # a middleware did not call call_next
+            raise EnqueueError(f"a middleware returned without storing job {new.id}", task=new.task)
+        return stored
+
     # -- client calls --------------------------------------------------------------------
 
     async def enqueue_task(
@@ -536,8 +592,7 @@ class Afterwork(FlowControl):
         await self._ensure_open()
         if self.eager and not new.delay and new.key is None:
             return await self.run_eager(new)
-        (job,) = await self._store_new([new])
-        return _told(job, new).bind(self)
+        return await self._store(new)
 
     async def run_eager(self, new: NewJob) -> Job:
         """Store ``new`` and run it here and now (eager mode); return the job after it."""
@@ -617,6 +672,8 @@ class Afterwork(FlowControl):
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Store several jobs in one round trip (build them with :meth:`build_job`)."""
         await self._ensure_open()
+        if self._middleware:  # each job through the chain, one store call each
+            return [await self._store(new) for new in jobs]
         stored = await self._store_new(jobs)
         return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
@@ -670,6 +727,16 @@ class Afterwork(FlowControl):
         """Per-queue job counts per status."""
         await self._ensure_open()
         return await self._inspector().stats()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers sharing this store, oldest first (``[]`` if it keeps none).
+
+        Each worker refreshes its record with its heartbeat; one that dies disappears
+        within its lease (``lease_ttl``).
+        """
+        await self._ensure_open()
+        backend = self.backend
+        return await backend.list_workers() if isinstance(backend, WorkerPresence) else []
 
     async def purge(self, *, older_than: float | None = None) -> int:
         """Delete finished jobs past their ``result_ttl`` (or finished ``older_than`` s ago)."""

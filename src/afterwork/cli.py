@@ -49,21 +49,24 @@ class CLIError(Exception):
     """A problem to report in one line, without a traceback."""
 
 
-def configure_logging(level: str) -> None:
-    """The CLI's log format. Library code never configures logging itself."""
+def configure_logging(level: str, log_format: str = "plain") -> None:
+    """The CLI's log format (``plain`` or ``json``). Library code never configures logging."""
     import logging.config  # lazily: `afterwork --help` need not load it
 
+    if log_format not in ("plain", "json"):
+        raise typer.BadParameter("--log-format is plain or json")
     logging.config.dictConfig(
         {
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {
-                "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+                "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+                "json": {"()": "afterwork._log_json.JsonFormatter"},
             },
             "handlers": {
                 "stderr": {
                     "class": "logging.StreamHandler",
-                    "formatter": "plain",
+                    "formatter": log_format,
                     "stream": "ext://sys.stderr",
                 }
             },
@@ -90,14 +93,29 @@ async def run_worker(
     queues: list[str] | None,
     grace: float | None,
     name: str | None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    health_port: int | None = None,
+    health_host: str = "127.0.0.1",
 ) -> None:
     """Run the worker (and everything else ``aw.runtime`` runs) until SIGTERM or SIGINT.
 
     The first signal stops gracefully: nothing new is claimed, running jobs get ``grace``
-    seconds, then are released. A second signal releases running jobs at once.
+    seconds, then are released. A second signal releases running jobs at once. With
+    ``metrics_port``, Prometheus metrics are served at ``http://metrics_host:port/metrics``;
+    with ``health_port``, ``/livez`` and ``/readyz`` (the store answers) on ``health_host``.
     """
     import asyncio  # lazily: `afterwork --help` need not load it
 
+    if metrics_port is not None or health_port is not None:
+        servers = await _side_ports(aw, metrics_port, metrics_host, health_port, health_host)
+        try:
+            await run_worker(aw, concurrency=concurrency, queues=queues, grace=grace, name=name)
+        finally:
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+        return
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received = 0
@@ -130,6 +148,58 @@ async def run_worker(
         loop.remove_signal_handler(signum)
 
 
+async def _side_ports(
+    aw: Afterwork,
+    metrics_port: int | None,
+    metrics_host: str,
+    health_port: int | None,
+    health_host: str,
+) -> list[Any]:
+    """Start the metrics and health servers asked for; return them (close them to stop)."""
+    from ._cli_http import Handler, serve_http
+
+    servers: list[Any] = []
+    plan: list[tuple[str, str, int, dict[str, Handler]]] = []
+    if metrics_port is not None:
+        from .metrics import CONTENT_TYPE, Metrics
+
+        metrics = Metrics(aw)
+
+        async def scrape() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE, await metrics.exposition()
+
+        plan.append(("metrics", metrics_host, metrics_port, {"/metrics": scrape}))
+    if health_port is not None:
+
+        async def live() -> tuple[int, str, bytes]:
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+
+        async def ready() -> tuple[int, str, bytes]:
+            import anyio
+
+            try:
+                with anyio.fail_after(2.0):
+                    await aw.backend.get("afterwork-readiness-probe")
+            except Exception as exc:
+                text = f"store unreachable: {type(exc).__name__}\n".encode()
+                return 503, "text/plain; charset=utf-8", text
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+
+        plan.append(("health", health_host, health_port, {"/livez": live, "/readyz": ready}))
+    try:
+        for what, host, port, routes in plan:
+            server = await serve_http(routes, host, port)
+            servers.append(server)
+            bound = server.sockets[0].getsockname()
+            paths = ", ".join(routes)
+            logger.info("%s served at http://%s:%d (%s)", what, bound[0], bound[1], paths)
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers
+
+
 @app.command()
 def worker(
     target: Annotated[str, typer.Argument(help="MODULE:ATTRIBUTE of your Afterwork instance")],
@@ -144,6 +214,27 @@ def worker(
     ] = None,
     name: Annotated[str | None, typer.Option(help="a name for this worker in logs")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="plain, or json: one object per line with the job's fields")
+    ] = "plain",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="serve Prometheus metrics at /metrics on this port (0: any)"
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="the address --metrics-port listens on")
+    ] = "127.0.0.1",
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="answer /livez and /readyz (store reachable) on this port"
+        ),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option(help="the address --health-port listens on (0.0.0.0 for probes)")
+    ] = "127.0.0.1",
     reload: Annotated[
         bool,
         typer.Option(
@@ -164,7 +255,7 @@ def worker(
     """Run jobs until SIGTERM/SIGINT (a second signal stops at once)."""
     import asyncio  # lazily: `afterwork --help` need not load it
 
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     if isolation not in (None, "none", "process"):
         typer.echo(f"error: --isolation must be 'process' or 'none', not {isolation!r}", err=True)
         raise typer.Exit(2)
@@ -172,6 +263,13 @@ def worker(
         typer.echo("error: --isolation cannot be combined with --reload", err=True)
         raise typer.Exit(2)
     if processes is not None:
+        if metrics_port is not None or health_port is not None:
+            # Each process would bind the same port; one listener per fleet is to come.
+            typer.echo(
+                "error: --metrics-port and --health-port cannot be combined with --processes yet",
+                err=True,
+            )
+            raise typer.Exit(2)
         if reload:
             typer.echo("error: --processes cannot be combined with --reload", err=True)
             raise typer.Exit(2)
@@ -182,7 +280,7 @@ def worker(
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        args = [target, "--log-level", log_level]
+        args = [target, "--log-level", log_level, "--log-format", log_format]
         for flag, value in (
             ("--concurrency", concurrency),
             ("--queues", queues),
@@ -209,7 +307,17 @@ def worker(
             aw.config = dataclasses.replace(aw.config, isolation=isolation)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         asyncio.run(
-            run_worker(aw, concurrency=concurrency, queues=queue_list, grace=grace, name=name)
+            run_worker(
+                aw,
+                concurrency=concurrency,
+                queues=queue_list,
+                grace=grace,
+                name=name,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                health_port=health_port,
+                health_host=health_host,
+            )
         )
     except CLIError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -244,12 +352,13 @@ def schedules(
 
 
 def _register() -> None:
-    from ._cli_jobs import jobs_app, purge
+    from ._cli_jobs import jobs_app, purge, workers
     from ._cli_queues import queues_app
 
     app.add_typer(jobs_app)
     app.add_typer(queues_app)
     app.command()(purge)
+    app.command()(workers)
 
 
 _register()

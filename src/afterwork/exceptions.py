@@ -71,13 +71,13 @@ class ConfigurationError(AfterworkError):
 
 
 class MissingDependencyError(ConfigurationError, ImportError):
-    """A backend needs an optional dependency that is not installed."""
+    """A backend or a feature (metrics) needs an optional dependency that is not installed."""
 
     extra: str
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
-            f"this backend needs the {module!r} package: pip install 'afterwork[{extra}]'",
+            f"this needs the {module!r} package: pip install 'afterwork[{extra}]'",
             extra=extra,
         )
 

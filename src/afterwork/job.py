@@ -16,10 +16,12 @@ from .exceptions import InvalidTransition
 
 __all__ = (
     "ACTIVE_STATUSES",
+    "MAX_TIMELINE",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "WAITING_STATUSES",
     "Job",
+    "JobAttempt",
     "JobError",
     "JobEvent",
     "JobOwner",
@@ -174,6 +176,75 @@ class JobError:
         )
 
 
+#: How many attempts a job's :attr:`Job.timeline` keeps; older ones are dropped.
+MAX_TIMELINE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class JobAttempt:
+    """One finished attempt of a job, as kept in its :attr:`Job.timeline`.
+
+    Attributes:
+        number: the attempt's number (``Job.attempts`` when it ran; 1 for the first).
+        started_at: when it started (seconds since the epoch, the store's clock).
+        ended_at: when it ended.
+        worker: the worker that ran it.
+        outcome: ``succeeded``, ``failed``, ``retrying`` (failed, another attempt follows),
+            ``cancelled``, ``released`` (given back on a graceful stop, not charged) or
+            ``lost`` (its worker died; the lease expired).
+        error: what went wrong (type, message, traceback), if anything did.
+
+    .. versionadded:: 0.2
+    """
+
+    number: int
+    started_at: float | None
+    ended_at: float
+    worker: str | None
+    outcome: str
+    error: JobError | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the attempt ran (``None`` if its start is unknown)."""
+        return None if self.started_at is None else max(self.ended_at - self.started_at, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "worker": self.worker,
+            "outcome": self.outcome,
+            "error": None if self.error is None else self.error.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobAttempt:
+        error = data.get("error")
+        started = data.get("started_at")
+        return cls(
+            number=int(data.get("number", 0)),
+            started_at=None if started is None else float(started),
+            ended_at=float(data.get("ended_at", 0.0)),
+            worker=data.get("worker"),
+            outcome=str(data.get("outcome", "")),
+            error=None if not isinstance(error, Mapping) else JobError.from_dict(error),
+        )
+
+
+def timeline_to_json(timeline: tuple[JobAttempt, ...]) -> list[dict[str, Any]]:
+    """A timeline as stored (a JSON array)."""
+    return [attempt.to_dict() for attempt in timeline]
+
+
+def timeline_from_json(data: Any) -> tuple[JobAttempt, ...]:
+    """A stored timeline back; raises ``ValueError`` if it is not a JSON array of objects."""
+    if not isinstance(data, list) or not all(isinstance(item, Mapping) for item in data):
+        raise ValueError("the timeline must be a JSON array of objects")
+    return tuple(JobAttempt.from_dict(item) for item in data)
+
+
 def timestamp(value: float | None) -> datetime | None:
     """Seconds since the epoch to an aware UTC datetime."""
     return None if value is None else datetime.fromtimestamp(value, UTC)
@@ -228,6 +299,10 @@ class Job:
     """What the enqueue that returned this job did: ``True`` it created the job now,
     ``False`` it returned an existing one (a ``key=`` held by an unfinished job), so a
     route can answer 201 or 200. ``None`` on a job not returned by an enqueue."""
+    timeline: tuple[JobAttempt, ...] = ()
+    """The job's last attempts, oldest first (at most :data:`MAX_TIMELINE`): when each
+    started and ended, on which worker, how it ended and its error. ``error`` is the last
+    one's (``None`` once an attempt succeeded). The attempt running now is not in it yet."""
     _owner: JobOwner | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -357,6 +432,7 @@ class Job:
             "worker": self.worker,
             "lease_expires_at": self.lease_expires_at,
             "cancel_requested": self.cancel_requested,
+            "timeline": timeline_to_json(self.timeline),
         }
 
 

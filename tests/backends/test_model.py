@@ -59,6 +59,7 @@ FIELDS = (
     "worker",
     "lease_expires_at",
     "cancel_requested",
+    "timeline",
 )
 
 

@@ -204,8 +204,12 @@ async def test_a_failing_broadcast_is_retried_and_recorded(
     job = await clinic.finished_job(assigned["broadcast_job"])
     assert job["status"] == "succeeded"
     assert job["attempts"] == 2 and calls == 2
-    assert job["error"]["type"].endswith("ConnectionError")  # the failed attempt, kept
-    assert "screen gateway unavailable" in job["error"]["message"]
+    # job.error is the final attempt's (it succeeded); the failed one is kept in the timeline
+    assert job["error"] is None
+    first, second = job["timeline"]
+    assert (first["outcome"], second["outcome"]) == ("retrying", "succeeded")
+    assert first["error"]["type"].endswith("ConnectionError")  # the failed attempt, kept
+    assert "screen gateway unavailable" in first["error"]["message"]
     assert "screen gateway unavailable" in caplog.text
 
 

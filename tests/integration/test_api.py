@@ -12,6 +12,7 @@ import pytest
 from afterwork import Afterwork, JobContext, JobEvent
 from afterwork.job import new_job_id
 
+from ..waiting import eventually
 from .conftest import AUTH, CSRF, EventReader, make_app, serve
 
 pytestmark = pytest.mark.anyio
@@ -292,3 +293,24 @@ async def test_the_stream_ends_when_afterwork_closes(
             await aw.aclose()  # what the lifespan does at shutdown
             while (message := await events.next()) is not None:
                 assert message.comment == "ping" or message.event == "message"
+
+
+async def test_a_job_shows_its_attempts(client: httpx.AsyncClient, aw: Afterwork) -> None:
+    job = await enqueue(client, "add", args=[1, 2])
+    done = await aw.wait_for_job(job["id"], timeout=10)
+    body = (await client.get(f"/jobs/{job['id']}", headers=AUTH)).json()
+    (attempt,) = body["timeline"]
+    assert attempt["number"] == 1 and attempt["outcome"] == "succeeded"
+    assert attempt["error"] is None and attempt["worker"] == done.timeline[0].worker
+    assert attempt["started_at"] == done.started_at and attempt["ended_at"] == done.finished_at
+
+
+async def test_the_lifespan_worker_is_listed(client: httpx.AsyncClient, aw: Afterwork) -> None:
+    async def listed() -> list[Any] | None:
+        body = (await client.get("/workers", headers=AUTH)).json()
+        return cast("list[Any]", body) or None
+
+    (worker,) = await eventually(listed)
+    assert worker["queues"] == ["default"] and worker["running"] == []
+    assert [w.id for w in await aw.workers()] == [worker["id"]]
+    assert (await client.get("/workers")).status_code == 401

@@ -165,6 +165,14 @@ async def test_dashboard_lists_jobs_live_and_renders_hostile_data_as_text(
             row = await page.text_content(f'tr[data-job="{bad}"]')
             assert row is not None and SCRIPT in row  # the task name, as text
             await page.wait_for_selector("#queues td:text('parked')")
+            # The lifespan's worker, from its presence record.
+            (worker,) = await aw.workers()
+            await page.wait_for_selector(f'#workers tr[data-worker="{worker.id}"]')
+            cells = await page.locator(
+                f'#workers tr[data-worker="{worker.id}"] td'
+            ).all_text_contents()
+            assert cells[1:4] == [worker.host, str(worker.pid), "default"]
+            assert cells[4].endswith(f" / {worker.concurrency}")
             shot = (
                 DOCS_SCREENSHOT
                 if os.environ.get("AFTERWORK_UPDATE_SCREENSHOT")
@@ -183,6 +191,12 @@ async def test_dashboard_lists_jobs_live_and_renders_hostile_data_as_text(
             assert args is not None and SCRIPT in args
             traceback = await page.text_content("#job-traceback")
             assert traceback is not None and "ValueError" in traceback
+            # Its attempt timeline: one attempt, failed, its error as text.
+            await page.wait_for_selector("#job-attempts-section:not([hidden])")
+            attempts = await page.locator("#job-attempts tbody tr").all_text_contents()
+            assert len(attempts) == 1
+            assert attempts[0].startswith("1") and "failed" in attempts[0]
+            assert SCRIPT in attempts[0] and "ValueError" in attempts[0]
             assert await injected(page) == {"scripts": 1, "images": 0, "handlers": 0}
 
             # The succeeded job's page: the result (keys and values) as text.

@@ -41,6 +41,7 @@ EXPECTED_ALL = (
     "ConfigurationError",
     "EnqueueError",
     "Job",
+    "JobCall",
     "JobContext",
     "JobError",
     "JobEvent",
@@ -85,6 +86,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "QueueStats",
         "Store",
         "Ticks",
+        "WorkerInfo",
+        "WorkerPresence",
         "truncated_event",
     ),
     "afterwork.backends.memory": ("MemoryBackend",),
@@ -124,10 +127,12 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
     "afterwork.fastapi.router": ("CSRF_HEADER", "RouterOptions", "create_router"),
     "afterwork.job": (
         "ACTIVE_STATUSES",
+        "MAX_TIMELINE",
         "TERMINAL_STATUSES",
         "TRANSITIONS",
         "WAITING_STATUSES",
         "Job",
+        "JobAttempt",
         "JobError",
         "JobEvent",
         "JobOwner",
@@ -135,6 +140,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "check_transition",
         "new_job_id",
     ),
+    "afterwork.metrics": ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"),
     "afterwork.retry": ("Backoff", "ExponentialBackoff", "FixedBackoff", "Retry"),
     "afterwork.task": (
         # The documented limits of enqueue's options (issue 17: bad input never gets in).

@@ -10,7 +10,7 @@ the served app's dependency overrides, and (as a job's owner) ``get_job`` and
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._clock import EngineClock
@@ -19,6 +19,7 @@ from ..backends.base import NewJob, Store
 from ..job import JobOwner
 
 if TYPE_CHECKING:
+    from .._middleware import Middleware
     from ..task import Task
 
 __all__ = ("Host", "LocalMember", "RunRegistry")
@@ -53,6 +54,11 @@ class Host(JobOwner, Protocol):
     @property
     def tasks(self) -> Mapping[str, Task[Any, Any]]:
         """The task registry, by name."""
+        ...
+
+    @property
+    def middleware_chain(self) -> Sequence[Middleware]:
+        """The middleware around every attempt, the first outermost."""
         ...
 
     @property

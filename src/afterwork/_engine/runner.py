@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import to_jsonable_python
 
+from .._middleware import JobCall, run_through
 from .._task_names import unknown_task_message
 from ..backends.base import Claim, HeartbeatReply, Outcome
 from ..context import JobContext
@@ -172,7 +173,53 @@ class Runner:
         task: Task[Any, Any] | None = None,
         is_async: bool | None = None,
     ) -> Job | None:
-        """Call ``func`` for ``run`` and record how it ended."""
+        """Call ``func`` for ``run`` and record how it ended, inside the host's middleware."""
+        chain = self.host.middleware_chain
+        if not chain:  # the hot path: no middleware, no wrapping
+            return await self._execute(run, func, args, kwargs, options, task, is_async)
+        job = run.job
+        call = JobCall("attempt", job.task, job.queue, job.id, job=job, worker=self.worker_id)
+        ran = False
+        recorded: Job | None = None
+
+        async def attempt() -> Job | None:
+            nonlocal ran, recorded
+            recorded = await self._execute(run, func, args, kwargs, options, task, is_async)
+            ran = True
+            return recorded
+
+        try:
+            returned = await run_through(chain, call, attempt)
+        except Exception as exc:
+            if ran:  # the outcome is written; a middleware failed after it
+                logger.warning(
+                    "job %s (%s): a middleware failed after the attempt",
+                    job.id,
+                    job.task,
+                    exc_info=exc,
+                    extra=log_extra("middleware_failed", job, self.worker_id),
+                )
+                return recorded
+            error = JobError.from_exception(exc)
+            return await self._record(run, self._after_failure(job, options, error, exc)[0], exc)
+        if not ran:  # a middleware did not call call_next: the attempt did not run
+            error = JobError.from_message(
+                "afterwork.NotRun", "a middleware returned without calling call_next"
+            )
+            return await self._record(run, self._after_failure(job, options, error, None)[0], None)
+        del returned  # what the worker goes on with is what the store recorded
+        return recorded
+
+    async def _execute(
+        self,
+        run: JobRun,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+        task: Task[Any, Any] | None,
+        is_async: bool | None,
+    ) -> Job | None:
         timeout = run.job.timeout if run.job.timeout is not None else options.timeout
         if task is not None and self.isolated(task):  # the one in-process/isolated switch
             func = functools.partial(self._in_child, run, task, options, timeout)

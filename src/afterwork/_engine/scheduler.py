@@ -32,9 +32,11 @@ import anyio
 from anyio.abc import TaskStatus
 from cronsim import CronSim, CronSimError
 
+from .._middleware import JobCall, run_through
 from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
 
 if TYPE_CHECKING:
+    from ..backends.base import NewJob
     from ..job import Job
     from ..task import Task
     from .host import Host
@@ -359,10 +361,9 @@ class Scheduler:
             new = self.host.build_job(
                 schedule.task, (), {}, {"key": f"{schedule.name}@{_iso(tick)}"}
             )
-            stored = await backend.enqueue_tick(schedule.name, tick, new)
-            if stored is None:
+            job = await self._enqueue_tick(schedule, tick, new)
+            if job is None:  # another process enqueued this tick first
                 continue
-            job = stored.bind(self.host)
             jobs.append(job)
             logger.info(
                 "schedule %s: enqueued tick %s as job %s",
@@ -379,6 +380,20 @@ class Scheduler:
             self._log_caught_up(schedule, caught_up, jobs, last)
         self._seen[schedule.name] = due
         return jobs
+
+    async def _enqueue_tick(self, schedule: Schedule, tick: float, new: NewJob) -> Job | None:
+        """Store one tick's job inside the host's middleware; ``None`` if it already was."""
+        backend = self.host.backend
+
+        async def store() -> Job | None:
+            created = await backend.enqueue_tick(schedule.name, tick, new)
+            return None if created is None else created.bind(self.host)
+
+        chain = self.host.middleware_chain
+        if not chain:
+            return await store()
+        call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
+        return await run_through(chain, call, store)
 
     def _log_caught_up(
         self, schedule: Schedule, ticks: list[float], jobs: list[Job], last: float | None

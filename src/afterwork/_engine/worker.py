@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ..__about__ import __version__
 from .._flow import flow_limits
-from ..backends.base import CancelWatch, Claim, Inspector, Outcome
+from ..backends.base import CancelWatch, Claim, Inspector, Outcome, WorkerInfo, WorkerPresence
 from ..job import JobError
+from .outage import Outage, reconnect_delay
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
 from .watchdog import JOB_TASK_PREFIX, LoopWatchdog
 
@@ -124,6 +126,7 @@ class Worker:
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
+        self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
         self._idle_scope: anyio.CancelScope | None = None
         self._started = 0
@@ -208,6 +211,7 @@ class Worker:
                     await self._shutdown()
                 service_group.cancel_scope.cancel()
         finally:
+            await self._withdraw()
             with anyio.CancelScope(shield=True):
                 await self.runner.aclose()
             if self.watchdog is not None:
@@ -257,19 +261,14 @@ class Worker:
                 exclude_tasks=exclude,
                 limits=flow_limits(self.host.tasks) or None,
             )
-        except Exception:
+        except Exception as exc:
             self._claim_failures += 1
-            delay = min(30.0, 0.1 * 2**self._claim_failures) * (0.5 + random.random() / 2)
-            logger.warning(
-                "worker %s could not claim jobs; trying again in %.1fs",
-                self.id,
-                delay,
-                exc_info=True,
-                extra={"action": "claim_failed", "worker": {"id": self.id}},
-            )
+            delay = reconnect_delay(self._claim_failures, random.random())
+            self._outage.failed("claim", exc, retry_in=delay)
             await self._idle(delay, wait_for_work=False)
             return None
         self._claim_failures = 0
+        self._outage.succeeded()
         return list(claims)
 
     async def _wait_for_work(self, at_limit: set[str]) -> bool:
@@ -539,9 +538,47 @@ class Worker:
     # -- background loops ----------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        presence = self._presence()
+        started = self.host.backend.now()
         while True:
+            if presence is not None:
+                await self._announce(presence, started)
             await self.host.clock.sleep(self.heartbeat_interval)
             await self._heartbeat()
+
+    def _presence(self) -> WorkerPresence | None:
+        """Where this worker shows itself (not in burst mode: a drain is not a worker)."""
+        backend = self.host.backend
+        return backend if not self.burst and isinstance(backend, WorkerPresence) else None
+
+    async def _announce(self, presence: WorkerPresence, started: float) -> None:
+        now = self.host.backend.now()
+        info = WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            queues=None if self.queues is None else tuple(self.queues),
+            concurrency=self.concurrency,
+            running=tuple(self._runs),
+            started_at=started,
+            last_seen=now,
+            expires_at=now + self.lease_ttl,
+        )
+        try:
+            await presence.announce_worker(info)
+        except Exception:  # advisory: the outage, if any, is logged by the heartbeat
+            logger.debug("worker %s could not announce itself", self.id, exc_info=True)
+
+    async def _withdraw(self) -> None:
+        presence = self._presence()
+        if presence is None:
+            return
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await presence.remove_worker(self.id)
+            except Exception:  # it expires with its lease anyway
+                logger.debug("worker %s could not withdraw itself", self.id, exc_info=True)
 
     async def _heartbeat(self) -> None:
         """Renew the leases of running and buffered jobs; stop those lost or cancelled."""
@@ -551,14 +588,10 @@ class Worker:
             return
         try:
             reply = await self.host.backend.heartbeat(leases, lease_ttl=self.lease_ttl)
-        except Exception:
-            logger.warning(
-                "worker %s could not renew its leases",
-                self.id,
-                exc_info=True,
-                extra={"action": "heartbeat_failed", "worker": {"id": self.id}},
-            )
+        except Exception as exc:
+            self._outage.failed("heartbeat", exc)
             return
+        self._outage.succeeded()
         if reply.lost or reply.cancel:
             await self._drop_buffered(reply.lost, reply.cancel)
         apply_heartbeat(reply, self._runs, self.id)
@@ -582,11 +615,8 @@ class Worker:
                     )
                 if isinstance(backend, Inspector):
                     await backend.purge()
-            except Exception:
-                logger.warning(
-                    "worker %s: reaper pass failed",
-                    self.id,
-                    exc_info=True,
-                    extra={"action": "reaper_failed", "worker": {"id": self.id}},
-                )
+            except Exception as exc:
+                self._outage.failed("reaper", exc)
+            else:
+                self._outage.succeeded()
             await self.host.clock.sleep(config.reaper_interval)

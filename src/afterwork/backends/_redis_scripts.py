@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from ..job import Job, JobError, JobStatus
+from ..job import Job, JobError, JobStatus, timeline_from_json, timeline_to_json
 from .base import NewJob
 
 __all__ = (
@@ -53,7 +53,7 @@ __all__ = (
 #: The job hash fields every script returns, in this order (``record()`` in common.lua).
 FIELDS = (
     "id task queue status args kwargs prio attempts max recov key created run_at started "
-    "finished result error progress pmsg timeout ttl worker lease cancel token"
+    "finished result error progress pmsg timeout ttl worker lease cancel token tl"
 ).split()
 TOKEN = FIELDS.index("token")
 
@@ -169,6 +169,7 @@ def parse_job(record: list[Any]) -> Job:
             lease,
             cancel,
             _token,
+            timeline,
         ) = record
         decoded_args = from_json(args) if args else []
         decoded_kwargs = from_json(kwargs) if kwargs else {}
@@ -199,6 +200,7 @@ def parse_job(record: list[Any]) -> Job:
             worker=worker,
             lease_expires_at=_float(lease),
             cancel_requested=cancel == "1",
+            timeline=timeline_from_json(from_json(timeline)) if timeline else (),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MalformedRecord(f"{type(exc).__name__}: {exc}") from exc
@@ -238,6 +240,7 @@ def hash_fields(job: Job) -> dict[str, str | None]:
         "worker": job.worker,
         "lease": _time(job.lease_expires_at),
         "cancel": "1" if job.cancel_requested else "0",
+        "tl": to_json(timeline_to_json(job.timeline)).decode() if job.timeline else None,
     }
 
 
@@ -247,8 +250,11 @@ OWNED: dict[str, tuple[str, ...]] = {
     "begin": ("attempts", "started"),
     "finish": (
         "status", "result", "error", "finished", "run_at", "attempts", "worker", "lease", "cancel",
+        "tl",
     ),
-    "recover": ("status", "recov", "error", "finished", "run_at", "worker", "lease", "cancel"),
+    "recover": (
+        "status", "recov", "error", "finished", "run_at", "worker", "lease", "cancel", "tl",
+    ),
     "cancel": ("status", "finished", "cancel"),
     "quarantine": ("status", "error", "finished", "worker", "lease", "cancel"),
     "retry": (

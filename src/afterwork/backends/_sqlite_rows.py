@@ -11,7 +11,14 @@ from typing import Any
 
 from .. import _lifecycle as life
 from .._lifecycle import MALFORMED, Change
-from ..job import WAITING_STATUSES, Job, JobError, JobStatus
+from ..job import (
+    WAITING_STATUSES,
+    Job,
+    JobError,
+    JobStatus,
+    timeline_from_json,
+    timeline_to_json,
+)
 from ._sqlite_schema import COLUMNS
 from .base import NewJob
 
@@ -52,6 +59,7 @@ _MUTABLE = (
     "worker",
     "lease_expires_at",
     "cancel_requested",
+    "timeline",
 )
 
 
@@ -69,6 +77,8 @@ def _column(name: str, value: Any) -> Any:
         return None if value is None else dumps(value.to_dict())
     if name == "cancel_requested":
         return int(value)
+    if name == "timeline":
+        return dumps(timeline_to_json(value)) if value else None
     return value
 
 
@@ -104,6 +114,12 @@ def load(row: Sequence[Any]) -> tuple[Job, list[str]]:
     except ValueError:
         problems.append(f"status {row[3]!r} is unknown")
         status = JobStatus.FAILED
+    timeline_data = decode(25, "timeline", [], list)
+    try:
+        timeline = timeline_from_json(timeline_data)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"timeline cannot be read ({exc})")
+        timeline = ()
     error = None if error_data is None else JobError.from_dict(error_data)
     if problems:
         error = JobError.from_message(
@@ -134,6 +150,7 @@ def load(row: Sequence[Any]) -> tuple[Job, list[str]]:
         worker=row[21],
         lease_expires_at=row[22],
         cancel_requested=bool(row[23]),
+        timeline=timeline,
     )
     return job, problems
 

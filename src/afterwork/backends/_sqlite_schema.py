@@ -113,8 +113,22 @@ _V2 = (
     " CHECK (lease_ttl IS NULL OR lease_ttl > 0)",
 )
 
+# Version 3: each job's last attempts (a JSON array, see ``afterwork.job.JobAttempt``), and
+# the workers' presence records (``afterwork.backends.base.WorkerInfo`` as JSON).
+_V3 = (
+    "ALTER TABLE afterwork_jobs ADD COLUMN timeline TEXT",
+    """
+    CREATE TABLE afterwork_workers (
+        id TEXT PRIMARY KEY,
+        info TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) STRICT
+    """,
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -150,4 +164,5 @@ COLUMNS = (
     "lease_expires_at",
     "cancel_requested",
     "seq",
+    "timeline",
 )

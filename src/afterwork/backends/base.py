@@ -55,6 +55,8 @@ __all__ = (
     "QueueStats",
     "Store",
     "Ticks",
+    "WorkerInfo",
+    "WorkerPresence",
     "truncated_event",
 )
 
@@ -321,6 +323,80 @@ class EventHistory(Protocol):
     def events(self, since: str | None = None) -> EventStream:
         """Events after ``since`` (kept ones first), then live ones; from now if ``None``."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A worker's presence record, refreshed by its heartbeat.
+
+    ``expires_at`` is ``last_seen`` plus the worker's lease: a worker that dies stops
+    refreshing it and disappears from :meth:`WorkerPresence.list_workers` within its lease.
+
+    .. versionadded:: 0.2
+    """
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    queues: tuple[str, ...] | None
+    """The queues it serves; ``None``: every queue."""
+    concurrency: int
+    running: tuple[str, ...] = ()
+    """Ids of the jobs it runs now."""
+    started_at: float
+    last_seen: float
+    expires_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "queues": None if self.queues is None else list(self.queues),
+            "concurrency": self.concurrency,
+            "running": list(self.running),
+            "started_at": self.started_at,
+            "last_seen": self.last_seen,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerInfo:
+        queues = data.get("queues")
+        return cls(
+            id=str(data["id"]),
+            host=str(data.get("host", "")),
+            pid=int(data.get("pid", 0)),
+            version=str(data.get("version", "")),
+            queues=None if queues is None else tuple(str(q) for q in queues),
+            concurrency=int(data.get("concurrency", 0)),
+            running=tuple(str(j) for j in data.get("running", ())),
+            started_at=float(data.get("started_at", 0.0)),
+            last_seen=float(data.get("last_seen", 0.0)),
+            expires_at=float(data.get("expires_at", 0.0)),
+        )
+
+
+@runtime_checkable
+class WorkerPresence(Protocol):
+    """Where workers announce themselves (optional: a store without it lists no workers).
+
+    Presence is advisory: it decides nothing about jobs (leases do), so a store may keep
+    it outside its job transactions.
+    """
+
+    async def announce_worker(self, info: WorkerInfo) -> None:
+        """Create or replace ``info`` (keyed by ``info.id``), kept until ``info.expires_at``."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped (nothing if it is unknown)."""
+        ...
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers whose record has not expired by the store's clock, by start time."""
 
 
 # -- channels: messages between processes sharing a store (``aw.publish``) ------------------

@@ -42,6 +42,7 @@ from .base import (
     NewJob,
     Outcome,
     QueueStats,
+    WorkerInfo,
     truncated_event,
 )
 
@@ -63,6 +64,7 @@ class MemoryBackend:
             raise ConfigurationError("event_retention must be at least 1")
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
+        self._workers: dict[str, WorkerInfo] = {}
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._keys: dict[str, str] = {}
@@ -494,3 +496,20 @@ class MemoryBackend:
     def _active_count(self) -> int:
         with self._lock:
             return sum(1 for job in self._jobs.values() if job.status in ACTIVE_STATUSES)
+
+    # -- worker presence -----------------------------------------------------------------
+
+    async def announce_worker(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[info.id] = info
+
+    async def remove_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            now = self._clock()
+            for gone in [w.id for w in self._workers.values() if w.expires_at <= now]:
+                del self._workers[gone]
+            return sorted(self._workers.values(), key=lambda w: (w.started_at, w.id))

@@ -36,6 +36,7 @@ from ._sqlite_events import MESSAGE_KIND, EventPump
 from ._sqlite_flow import Groups
 from ._sqlite_inspect import InspectorMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
+from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
 from .base import (
@@ -95,7 +96,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin, PauseMixin):
+class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel
 
 from ..exceptions import ScheduleNotFound
@@ -12,8 +12,17 @@ from ._schemas import JobOut
 
 if TYPE_CHECKING:
     from ..app import Afterwork
+    from ..metrics import Metrics
 
-__all__ = ("ScheduleOut", "ServiceOut", "TriggerOut", "add_schedule_routes", "add_service_routes")
+__all__ = (
+    "ScheduleOut",
+    "ServiceOut",
+    "TriggerOut",
+    "add_metrics_route",
+    "add_schedule_routes",
+    "add_service_routes",
+    "add_worker_routes",
+)
 
 
 class ScheduleOut(BaseModel):
@@ -80,3 +89,33 @@ def add_service_routes(router: APIRouter, aw: Afterwork) -> None:
     @router.get("/services", response_model=list[ServiceOut], summary="Services")
     async def services() -> list[dict[str, Any]]:
         return [status.to_dict() for status in aw.services]
+
+
+def add_metrics_route(router: APIRouter, metrics: Metrics) -> None:
+    """``GET /metrics``: Prometheus' text format (queue counts read from the store, cached)."""
+    from ..metrics import CONTENT_TYPE
+
+    @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(await metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+class WorkerOut(BaseModel):
+    """A live worker (its presence record). Timestamps are seconds since the epoch."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str] | None
+    concurrency: int
+    running: list[str]
+    started_at: float
+    last_seen: float
+    expires_at: float
+
+
+def add_worker_routes(router: APIRouter, aw: Afterwork) -> None:
+    @router.get("/workers", response_model=list[WorkerOut], summary="Live workers")
+    async def workers() -> list[WorkerOut]:
+        return [WorkerOut.model_validate(w.to_dict()) for w in await aw.workers()]

@@ -4,9 +4,12 @@ without importing it (``afterwork.app`` names these under ``TYPE_CHECKING`` only
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from fastapi.params import Depends as DependsParam
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 __all__ = ("AuthDependency", "RouterOptions")
 
@@ -27,3 +30,5 @@ class RouterOptions(TypedDict, total=False):
     trusted_origins: Collection[str]
     """Origins (``https://admin.example.com``) allowed to send state-changing requests;
     default: the request's own scheme and host."""
+    metrics: Metrics
+    """Serve these metrics at ``GET /metrics`` (behind ``auth``)."""

@@ -33,6 +33,17 @@ class JobErrorOut(BaseModel):
     traceback: str = ""
 
 
+class JobAttemptOut(BaseModel):
+    """One finished attempt of a job (its timeline, oldest first)."""
+
+    number: int
+    started_at: float | None
+    ended_at: float
+    worker: str | None
+    outcome: str
+    error: JobErrorOut | None
+
+
 # The pydantic mypy plugin's synthesized ``__init__(**kwargs)`` clashes with the field name.
 class JobOut(BaseModel):  # type: ignore[no-redef]
     """A job as the store last saw it. Timestamps are seconds since the epoch."""
@@ -61,6 +72,7 @@ class JobOut(BaseModel):  # type: ignore[no-redef]
     worker: str | None
     lease_expires_at: float | None
     cancel_requested: bool
+    timeline: list[JobAttemptOut] = []
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

@@ -53,6 +53,7 @@ from ._sse import event_stream
 
 if TYPE_CHECKING:
     from ..app import Afterwork
+    from ..metrics import Metrics
 
 __all__ = ("CSRF_HEADER", "RouterOptions", "create_router")
 
@@ -314,6 +315,7 @@ def create_router(
     stream_lifetime: float = 300.0,
     dashboard: bool = True,
     trusted_origins: Collection[str] | None = None,
+    metrics: Metrics | None = None,
 ) -> APIRouter:
     """The REST API, the event stream and the dashboard of ``aw``, as an ``APIRouter``.
 
@@ -331,6 +333,8 @@ def create_router(
         trusted_origins: origins (``scheme://host[:port]``) allowed to send state-changing
             requests; default: the request's own scheme and host. Served without auth,
             only loopback hosts and the hosts of these origins are answered at all.
+        metrics: serve these :class:`~afterwork.metrics.Metrics` at ``GET /metrics``, in
+            Prometheus' text format, behind ``auth`` like every route.
 
     Raises:
         ConfigurationError: no ``auth`` and no ``insecure_no_auth``.
@@ -351,6 +355,9 @@ def create_router(
     _add_event_routes(router, aw, heartbeat, stream_lifetime)
     _extras.add_schedule_routes(router, aw)
     _extras.add_service_routes(router, aw)
+    _extras.add_worker_routes(router, aw)
+    if metrics is not None:
+        _extras.add_metrics_route(router, metrics)
 
     @router.get("/info", response_model=InfoOut, summary="What this API offers")
     async def info() -> InfoOut:

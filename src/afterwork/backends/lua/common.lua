@@ -13,7 +13,7 @@ local NOW = fmt(now)
 local MAXLEN = ARGV[3]
 local FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
   'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error', 'progress',
-  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token'}
+  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl'}
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local wake = false
 

@@ -110,11 +110,33 @@
     return button;
   }
 
+  // -- overview: workers (their presence records) -----------------------------------
+
+  async function loadWorkers() {
+    const workers = await api("workers");
+    const body = $("workers").tBodies[0];
+    clear(body);
+    const now = Date.now() / 1000;
+    for (const w of workers) {
+      const row = el("tr");
+      row.dataset.worker = w.id;
+      row.appendChild(el("td", w.id));
+      row.appendChild(el("td", w.host));
+      row.appendChild(el("td", w.pid, "num"));
+      row.appendChild(el("td", w.queues === null ? "all" : w.queues.join(", ")));
+      row.appendChild(el("td", w.running.length + " / " + w.concurrency, "num"));
+      row.appendChild(el("td", age(Math.max(now - w.started_at, 0)), "num"));
+      row.appendChild(el("td", when(w.last_seen)));
+      body.appendChild(row);
+    }
+    $("workers-none").hidden = workers.length > 0;
+  }
+
   function scheduleQueues() {
     if (state.queueTimer !== null) return;
     state.queueTimer = setTimeout(() => {
       state.queueTimer = null;
-      loadQueues().catch((err) => notice(err.message));
+      Promise.all([loadQueues(), loadWorkers()]).catch((err) => notice(err.message));
     }, 500);
   }
 
@@ -328,7 +350,35 @@
     $("job-traceback").textContent = error ? error.traceback : "";
     $("cancel").disabled = !["scheduled", "queued", "running"].includes(job.status);
     $("retry").disabled = !["failed", "cancelled"].includes(job.status);
+    renderAttempts(job);
     renderTimeline(job);
+  }
+
+  // Each kept attempt (oldest first): when, how long, where, how it ended, and its error
+  // with the traceback folded away.
+  function renderAttempts(job) {
+    const attempts = job.timeline || [];
+    $("job-attempts-section").hidden = attempts.length === 0;
+    const body = $("job-attempts").tBodies[0];
+    clear(body);
+    for (const attempt of attempts) {
+      const row = el("tr");
+      const took = attempt.started_at === null ? "" : age(attempt.ended_at - attempt.started_at);
+      row.appendChild(el("td", attempt.number));
+      row.appendChild(el("td", when(attempt.started_at)));
+      row.appendChild(el("td", took));
+      row.appendChild(el("td", attempt.worker));
+      row.appendChild(statusCell(attempt.outcome));
+      const cell = el("td");
+      if (attempt.error) {
+        const details = el("details");
+        details.appendChild(el("summary", attempt.error.type + ": " + attempt.error.message));
+        details.appendChild(el("pre", attempt.error.traceback));
+        cell.appendChild(details);
+      }
+      row.appendChild(cell);
+      body.appendChild(row);
+    }
   }
 
   function renderTimeline(job) {
@@ -336,7 +386,15 @@
       { at: job.created_at, text: "created" },
       { at: job.started_at, text: "last attempt started" },
       { at: job.finished_at, text: "finished: " + job.status },
-    ].filter((e) => e.at !== null && e.at !== undefined).concat(state.timeline);
+    ]
+      .concat(
+        (job.timeline || []).map((a) => ({
+          at: a.ended_at,
+          text: "attempt " + a.number + " " + a.outcome + (a.worker ? " on " + a.worker : ""),
+        })),
+      )
+      .filter((e) => e.at !== null && e.at !== undefined)
+      .concat(state.timeline);
     entries.sort((a, b) => a.at - b.at);
     const list = $("timeline");
     clear(list);
@@ -403,7 +461,7 @@
   }
 
   function refresh() {
-    const tasks = [loadQueues(), loadJobs(false)];
+    const tasks = [loadQueues(), loadWorkers(), loadJobs(false)];
     if (!$("schedules-section").hidden) tasks.push(loadSchedules());
     if (!$("services-section").hidden) tasks.push(loadServices());
     if (state.jobId) tasks.push(loadJob());

@@ -1,0 +1,133 @@
+"""Middleware: one typed seam around every enqueue and every attempt.
+
+A middleware is a callable ``(call, call_next)``. ``call`` is a :class:`JobCall` that says
+what is happening (``"enqueue"`` or ``"attempt"``), to which job, in which worker;
+``call_next()`` runs the rest of the chain (the next middleware, then the enqueue or the
+attempt itself) and returns the stored :class:`~afterwork.Job` (for an attempt: the job
+as its outcome was recorded, or ``None`` when the lease was lost and nothing was written).
+
+An ``async def`` middleware awaits ``call_next()``. A plain ``def`` middleware runs in a
+worker thread, like a sync task, and its ``call_next()`` blocks that thread while the event
+loop runs the rest; it never blocks the loop. The models are procrastinate's task
+middleware, saq's ``before_process``/``after_process`` and trio's ``Instrument``.
+
+What holds even on failure:
+
+- A middleware that raises before the attempt ran fails the attempt with its error (retried
+  by the task's policy, like an error of the job). One that raises after ``call_next()``
+  returned is logged once; the job's recorded outcome stands.
+- A middleware that raises around an enqueue makes the enqueue raise: the caller sees it.
+- Cancellation (worker shutdown, a cancelled job) propagates through every middleware.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, cast
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+if TYPE_CHECKING:
+    from .backends.base import NewJob
+    from .job import Job
+
+__all__ = ("AsyncMiddleware", "JobCall", "Middleware", "SyncMiddleware", "run_through")
+
+
+@dataclass(frozen=True, slots=True)
+class JobCall:
+    """What a middleware is called around.
+
+    Attributes:
+        kind: ``"enqueue"`` (a job is about to be stored) or ``"attempt"`` (a claimed job
+            is about to run once).
+        task: the task's name.
+        queue: the job's queue.
+        job_id: the job's id (known before an enqueue too).
+        new_job: for an enqueue, the validated job about to be stored; else ``None``.
+        job: for an attempt, the claimed job (``status`` running, ``attempts`` counting
+            this one); else ``None``.
+        worker: for an attempt, the id of the worker running it; else ``None``.
+
+    .. versionadded:: 0.2
+    """
+
+    kind: Literal["enqueue", "attempt"]
+    task: str
+    queue: str
+    job_id: str
+    new_job: NewJob | None = None
+    job: Job | None = None
+    worker: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        """The attempt's number (1 for the first); 0 for an enqueue."""
+        return self.job.attempts if self.job is not None else 0
+
+
+class AsyncMiddleware(Protocol):
+    """An ``async def`` middleware: ``await call_next()`` runs the rest of the chain.
+
+    Example:
+        ```python
+        async def timing(call: JobCall, call_next: Callable[[], Awaitable[Job | None]]):
+            started = time.perf_counter()
+            try:
+                return await call_next()
+            finally:
+                print(call.kind, call.task, time.perf_counter() - started)
+        ```
+    """
+
+    def __call__(
+        self, call: JobCall, call_next: Callable[[], Awaitable[Job | None]], /
+    ) -> Awaitable[Job | None]: ...
+
+
+class SyncMiddleware(Protocol):
+    """A plain ``def`` middleware, run in a worker thread: ``call_next()`` blocks it."""
+
+    def __call__(self, call: JobCall, call_next: Callable[[], Job | None], /) -> Job | None: ...
+
+
+#: A middleware, async or sync (see :class:`AsyncMiddleware` and :class:`SyncMiddleware`).
+Middleware: TypeAlias = AsyncMiddleware | SyncMiddleware
+
+
+def is_async(middleware: Middleware) -> bool:
+    """Whether ``middleware`` is awaited (an ``async def``, or an object whose ``__call__`` is)."""
+    if inspect.iscoroutinefunction(middleware):
+        return True
+    call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def run_through(
+    chain: Sequence[Middleware],
+    call: JobCall,
+    last: Callable[[], Awaitable[Job | None]],
+) -> Job | None:
+    """Run ``last`` inside every middleware of ``chain``, the first outermost."""
+
+    async def step(index: int) -> Job | None:
+        if index == len(chain):
+            return await last()
+        middleware = chain[index]
+        call_next = functools.partial(step, index + 1)
+        if is_async(middleware):
+            awaited = cast("AsyncMiddleware", middleware)
+            return await awaited(call, call_next)
+
+        def blocking_next() -> Job | None:
+            return anyio.from_thread.run(call_next)
+
+        sync = cast("SyncMiddleware", middleware)
+        return await anyio.to_thread.run_sync(sync, call, blocking_next)
+
+    return await step(0)
