@@ -72,7 +72,11 @@ def test_a_poison_job_kills_its_worker_exactly_max_recoveries_times(
     healthy = [NewJob(id=new_job_id(), task="healthy", args=[n], max_attempts=1) for n in range(11)]
     with_store(store_url, lambda store: store.enqueue([poison, *healthy]))
     ids = [poison.id] + [job.id for job in healthy]
-    env = {**os.environ, "AFTERWORK_URL": store_url, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "AFTERWORK_URL": store_url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    }
 
     deaths = 0
     starts = 0

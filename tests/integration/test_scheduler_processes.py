@@ -42,7 +42,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _start_scheduler(url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AFTERWORK_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "AFTERWORK_URL": url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    }
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "afterwork", "worker", APP, "--queues", "unused"],

@@ -106,7 +106,7 @@ class Harness:
             "AFTERWORK_URL": f"sqlite:///{self.db}",
             "AFTERWORK_TEST_LEDGER": str(self.ledger_dir),
             "AFTERWORK_TEST_GRACE": str(grace),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         }
         with (
             open(self.tmp / f"worker{index}.out", "wb") as out,
