@@ -91,9 +91,13 @@ class _Supervisor:
             )
         else:
             logger.warning("received %s again: stopping now", name)
+        # The second is passed on as another signal: two SIGTERMs that reach a process before
+        # it handled the first merge into one (standard signals do not queue), and the
+        # process would stop gracefully instead of at once.
+        passed = signal.SIGTERM if self.received == 1 else signal.SIGINT
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:
-                slot.process.send_signal(signal.SIGTERM)
+                slot.process.send_signal(passed)
 
     def start(self, slot: _Slot) -> None:
         # Their own process group: the terminal's Ctrl-C reaches the supervisor only, which
