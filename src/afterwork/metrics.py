@@ -28,7 +28,7 @@ from .exceptions import MissingDependencyError
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import Metric
 
     from ._engine.services import ServiceStatus
@@ -117,20 +117,20 @@ class Metrics:
         self.registry: CollectorRegistry = registry or prom.CollectorRegistry(auto_describe=True)
         self.cache_ttl = cache_ttl
         labels = ("task", "queue")
-        self.jobs = prom.Counter(
+        self.jobs: Counter = prom.Counter(
             "afterwork_jobs",
             "Jobs enqueued and attempts by how they ended.",
             (*labels, "outcome"),
             registry=self.registry,
         )
-        self.duration = prom.Histogram(
+        self.duration: Histogram = prom.Histogram(
             "afterwork_job_duration_seconds",
             "How long each attempt ran.",
             labels,
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.wait = prom.Histogram(
+        self.wait: Histogram = prom.Histogram(
             "afterwork_job_wait_seconds",
             "How long each attempt waited from its due time to its start.",
             labels,
