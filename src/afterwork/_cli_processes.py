@@ -76,10 +76,25 @@ class _Supervisor:
         self.command = [sys.executable, "-m", "afterwork", "worker", *worker_args]
         self.slots = [_Slot(index) for index in range(count)]
         self.received = 0
+        self.pending: list[int] = []
         self.early_deaths = 0
         self.code = 0
 
     def on_signal(self, signum: int, frame: FrameType | None = None) -> None:
+        """The signal handler only notes the signal; the main loop passes it on, in order.
+
+        Passing it on here would race: a second signal runs this handler again in the middle
+        of the first, and both would pass on the second's signal.
+        """
+        self.pending.append(signum)
+
+    def pass_on(self) -> None:
+        """Pass each signal noted since the last call on to every running process."""
+        while self.pending:
+            self.stop(self.pending.pop(0))
+
+    def stop(self, signum: int) -> None:
+        """Stop every process: gracefully the first time, at once after that."""
         self.received += 1
         name = signal.Signals(signum).name
         if self.received == 1:
@@ -124,7 +139,7 @@ class _Supervisor:
         if returncode == 2:
             logger.error("worker process %d cannot start (exit code 2); stopping", slot.index)
             self.code = 2
-            self.on_signal(signal.SIGTERM)
+            self.stop(signal.SIGTERM)
             return
         self.early_deaths = self.early_deaths + 1 if lived < EARLY_DEATH else 0
         if self.early_deaths >= MAX_EARLY_DEATHS:
@@ -134,7 +149,7 @@ class _Supervisor:
                 EARLY_DEATH,
             )
             self.code = 1
-            self.on_signal(signal.SIGTERM)
+            self.stop(signal.SIGTERM)
             return
         if lived >= HEALTHY_AFTER:
             slot.backoff = FIRST_BACKOFF
@@ -191,6 +206,7 @@ def run_processes(worker_args: list[str], count: int) -> int:
         for slot in supervisor.slots:
             supervisor.start(slot)
         while True:
+            supervisor.pass_on()
             running = supervisor.step()
             if supervisor.received and running == 0:
                 return supervisor.code

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from .backends.base import Inspector, JobFilter, Store
+from .backends.base import DueCount, Inspector, JobFilter, Store
 from .job import JobStatus
 
 __all__ = ("busy", "join")
@@ -15,6 +15,8 @@ __all__ = ("busy", "join")
 
 async def busy(store: Store) -> int:
     """How many jobs are due (queued, or scheduled with their time come) or running."""
+    if isinstance(store, DueCount):
+        return await store.due_or_running()
     if not isinstance(store, Inspector):
         raise TypeError(f"{type(store).__name__} cannot be inspected, so it cannot be joined")
     count = 0

@@ -144,6 +144,10 @@ async def run_worker(
             loop.add_signal_handler(signum, on_signal, signum)
         await stopping.wait()
         # The handlers stay while the runtime shuts down, so a second signal counts.
+    # Stopped: a signal that arrives while the process exits has nothing left to stop. Held
+    # pending (and dropped at exit), it cannot end the exit in a KeyboardInterrupt traceback
+    # and a non-zero code, as it would once the handlers are gone.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from afterwork import Afterwork, JobContext, JobStatus, Retry
-from afterwork.backends.base import JobFilter, Lease, NewJob, Outcome
+from afterwork.backends.base import DueCount, JobFilter, Lease, NewJob, Outcome
 from afterwork.job import TERMINAL_STATUSES, TRANSITIONS, JobError, JobEvent, new_job_id
 from afterwork.testing import FakeClock
 
@@ -294,6 +294,41 @@ async def test_lease_fencing_and_recovery(aw: Afterwork, clock: FakeClock) -> No
     done = await backend.finish(second.lease, Outcome.succeeded("fresh"))
     assert done is not None and done.result == "fresh"
     assert await backend.finish(second.lease, Outcome.succeeded("twice")) is None
+
+
+async def test_due_or_running_counts_at_one_instant(aw: Afterwork, clock: FakeClock) -> None:
+    """What ``aw.join()`` waits for: queued, running, scheduled with its time come."""
+    backend = aw.backend
+    assert isinstance(backend, DueCount)
+
+    async def brute() -> int:
+        now = backend.now()
+        return sum(
+            1
+            for job in await backend.list_jobs(JobFilter(limit=100))
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+            or (job.status is JobStatus.SCHEDULED and job.run_at <= now)
+        )
+
+    assert await backend.due_or_running() == 0
+    await backend.enqueue([new(max_attempts=2), new(delay=5), new(delay=60)])
+    assert await backend.due_or_running() == await brute() == 1
+    clock.advance(5)
+    assert await backend.due_or_running() == await brute() == 2
+    claims = await backend.claim("w1", queues=None, limit=5, lease_ttl=30.0)
+    assert len(claims) == 2  # the due scheduled job is promoted and claimed too
+    assert await backend.due_or_running() == await brute() == 2
+    first, second = (claim.lease for claim in claims)
+    await backend.begin([first, second])
+    retried = Outcome.retry(JobError(type="E", message="again"), delay=10)
+    assert await backend.finish(first, retried) is not None
+    assert await backend.due_or_running() == await brute() == 1  # the retry is not due yet
+    assert await backend.finish(second, Outcome.succeeded(1)) is not None
+    assert await backend.due_or_running() == await brute() == 0
+    clock.advance(10)
+    assert await backend.due_or_running() == await brute() == 1
+    clock.advance(60)
+    assert await backend.due_or_running() == await brute() == 2
 
 
 async def test_recovery_gives_up_after_max_recoveries(aw: Afterwork, clock: FakeClock) -> None:

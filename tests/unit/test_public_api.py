@@ -72,6 +72,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Channels",
         "Claim",
         "Clock",
+        "DueCount",
         "EventHistory",
         "EventStream",
         "FlowLimit",

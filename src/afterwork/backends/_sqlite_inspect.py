@@ -55,6 +55,17 @@ class InspectorMixin:
         rows = await self._db.read(lambda conn: conn.execute(sql, params).fetchall())
         return [load(row)[0] for row in rows]
 
+    async def due_or_running(self) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            (due,) = conn.execute(
+                "SELECT count(*) FROM afterwork_jobs WHERE status IN ('queued', 'running')"
+                " OR (status = 'scheduled' AND run_at <= ?)",
+                (self._clock(),),
+            ).fetchone()
+            return int(due)
+
+        return await self._db.read(count)
+
     async def stats(self) -> list[QueueStats]:
         def stats(conn: sqlite3.Connection) -> list[QueueStats]:
             by_queue: dict[str, dict[JobStatus, int]] = {}

@@ -41,6 +41,7 @@ __all__ = (
     "Channels",
     "Claim",
     "Clock",
+    "DueCount",
     "EventHistory",
     "EventStream",
     "FlowLimit",
@@ -274,6 +275,20 @@ class QueuePause(Protocol):
 
     async def paused_queues(self) -> frozenset[str]:
         """The queues paused now."""
+        ...
+
+
+@runtime_checkable
+class DueCount(Protocol):
+    """Optional: how many jobs are due or running, read in one atomic step.
+
+    ``aw.join()`` polls it. Without it, join reads the per-status counts and then lists the
+    scheduled jobs, two reads a job can slip between (scheduled at the first, promoted before
+    the second): join then sees nothing left while a retry is about to run.
+    """
+
+    async def due_or_running(self) -> int:
+        """Jobs queued, running, or scheduled with ``run_at <= now()``, at one instant."""
         ...
 
 

@@ -426,6 +426,16 @@ class MemoryBackend:
                 break
         return selected
 
+    async def due_or_running(self) -> int:
+        with self._lock:
+            now = self._clock()
+            return sum(
+                1
+                for job in self._jobs.values()
+                if job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+                or (job.status is JobStatus.SCHEDULED and job.run_at <= now)
+            )
+
     async def stats(self) -> list[QueueStats]:
         with self._lock:
             now = self._clock()

@@ -739,6 +739,9 @@ class RedisBackend(PresenceMixin):
         )
         return [self._parse(record) for record in records]
 
+    async def due_or_running(self) -> int:
+        return int(await self._eval(SCRIPTS["due"]))
+
     async def stats(self) -> list[QueueStats]:
         rows = await self._eval(SCRIPTS["stats"])
         result = []
