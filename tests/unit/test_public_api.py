@@ -87,6 +87,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "QueueStats",
         "Store",
         "Ticks",
+        "TransactionalEnqueue",
         "WorkerInfo",
         "WorkerPresence",
         "truncated_event",

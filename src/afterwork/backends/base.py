@@ -56,6 +56,7 @@ __all__ = (
     "QueueStats",
     "Store",
     "Ticks",
+    "TransactionalEnqueue",
     "WorkerInfo",
     "WorkerPresence",
     "truncated_event",
@@ -289,6 +290,29 @@ class DueCount(Protocol):
 
     async def due_or_running(self) -> int:
         """Jobs queued, running, or scheduled with ``run_at <= now()``, at one instant."""
+        ...
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """Optional: create jobs inside the application's own database transaction.
+
+    The jobs exist if and only if that transaction commits: invisible to workers until the
+    commit, gone on rollback; workers are woken after the commit (not before).
+    """
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
+        """Create ``jobs`` through ``connection``, an open connection or session of the app's
+        (which kinds a store accepts is its own: e.g. a SQLAlchemy ``AsyncSession`` or
+        ``AsyncConnection``, an asyncpg connection), inside its current transaction
+        (beginning one if none is open, as the driver does). Same key rules and return
+        value as :meth:`Backend.enqueue`; the returned jobs are as they will be once the
+        transaction commits.
+
+        Raises:
+            EnqueueError: ``connection`` is of a kind this store cannot use, closed, or
+                connected to another database than the store's.
+        """
         ...
 
 
