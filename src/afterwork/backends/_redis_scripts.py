@@ -19,6 +19,7 @@ Key layout under the prefix ``P`` (default ``afterwork``)::
     P:queues          set      queue names
     P:paused          set      paused queues (claims and peeks pass them over)
     P:tick:<s>:<t>    string   a taken tick;  P:ticks  hash  last tick per schedule
+    P:nlease:<name>   hash     a named lease (token, holder, acquired, expires); P:nleases set
     P:events          stream   JobEvents (capped);  P:bad:<id>  a quarantined raw record
     channels P:wake (a job became due) and P:cancel (a running job should stop)
 """

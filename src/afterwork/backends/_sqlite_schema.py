@@ -127,8 +127,21 @@ _V3 = (
     """,
 )
 
+# Version 4: named leases (``afterwork.backends.base.Leases``: singleton services).
+_V4 = (
+    """
+    CREATE TABLE afterwork_leases (
+        name TEXT PRIMARY KEY CHECK (length(name) > 0),
+        token TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) STRICT, WITHOUT ROWID
+    """,
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -49,6 +49,8 @@ __all__ = (
     "Inspector",
     "JobFilter",
     "Lease",
+    "LeaseInfo",
+    "Leases",
     "MessageStream",
     "NewJob",
     "Outcome",
@@ -386,6 +388,11 @@ class WorkerInfo:
     started_at: float
     last_seen: float
     expires_at: float
+    services: tuple[str, ...] = ()
+    """Names of the ``@aw.service`` services its process runs now (not standby singletons).
+
+    .. versionadded:: 0.3
+    """
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -399,6 +406,7 @@ class WorkerInfo:
             "started_at": self.started_at,
             "last_seen": self.last_seen,
             "expires_at": self.expires_at,
+            "services": list(self.services),
         }
 
     @classmethod
@@ -415,6 +423,7 @@ class WorkerInfo:
             started_at=float(data.get("started_at", 0.0)),
             last_seen=float(data.get("last_seen", 0.0)),
             expires_at=float(data.get("expires_at", 0.0)),
+            services=tuple(str(s) for s in data.get("services", ())),
         )
 
 
@@ -481,4 +490,50 @@ class Channels(Protocol):
 
     async def subscribe(self, channel: str) -> MessageStream:
         """Messages published on ``channel`` from the moment this returns."""
+        ...
+
+
+# -- named leases: one holder across every process sharing the store (singleton services) --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseInfo:
+    """A named lease as :meth:`Leases.list_leases` reports it (its token stays secret)."""
+
+    name: str
+    holder: str
+    """What the holder said about itself when it acquired the lease (opaque to the store)."""
+    acquired_at: float
+    expires_at: float
+
+
+@runtime_checkable
+class Leases(Protocol):
+    """Optional: named leases with fencing tokens (``@aw.service(singleton=True)`` uses them).
+
+    Contract, by the store's clock (:meth:`Backend.now`); every method is one atomic step:
+
+    * A lease is *held* while its record exists and ``now < expires_at``.
+    * :meth:`acquire_lease` succeeds only when ``name`` is not held (never held, released,
+      or expired); it then writes a new, unique token and ``expires_at = now + ttl``.
+    * :meth:`renew_lease` and :meth:`release_lease` are *fenced*: they act only when
+      ``token`` is the lease's current token, so a holder whose lease was taken over (or
+      expired) changes nothing. Renewal also requires the lease still held: an expired
+      lease cannot be revived, its former holder must acquire it again.
+    """
+
+    async def acquire_lease(self, name: str, holder: str, *, ttl: float) -> str | None:
+        """Take ``name`` for ``ttl`` seconds if nobody holds it: its new token, else ``None``."""
+        ...
+
+    async def renew_lease(self, name: str, token: str, *, ttl: float) -> bool:
+        """Set ``expires_at = now + ttl`` if ``token`` holds ``name`` now; ``False`` if not."""
+        ...
+
+    async def release_lease(self, name: str, token: str) -> bool:
+        """Free ``name`` at once if ``token`` is its current token; ``False`` if not."""
+        ...
+
+    async def list_leases(self) -> list[LeaseInfo]:
+        """The leases held now, by name."""
         ...

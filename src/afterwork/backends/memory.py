@@ -38,6 +38,7 @@ from .base import (
     HeartbeatReply,
     JobFilter,
     Lease,
+    LeaseInfo,
     MessageStream,
     NewJob,
     Outcome,
@@ -65,6 +66,7 @@ class MemoryBackend:
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
         self._workers: dict[str, WorkerInfo] = {}
+        self._named_leases: dict[str, tuple[str, LeaseInfo]] = {}  # name -> (token, info)
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._keys: dict[str, str] = {}
@@ -523,3 +525,45 @@ class MemoryBackend:
             for gone in [w.id for w in self._workers.values() if w.expires_at <= now]:
                 del self._workers[gone]
             return sorted(self._workers.values(), key=lambda w: (w.started_at, w.id))
+
+    # -- named leases (the Leases protocol) ----------------------------------------------
+
+    def _held_lease(self, name: str) -> tuple[str, LeaseInfo] | None:
+        entry = self._named_leases.get(name)
+        if entry is not None and entry[1].expires_at <= self._clock():
+            del self._named_leases[name]
+            return None
+        return entry
+
+    async def acquire_lease(self, name: str, holder: str, *, ttl: float) -> str | None:
+        with self._lock:
+            if self._held_lease(name) is not None:
+                return None
+            now = self._clock()
+            token = secrets.token_hex(16)
+            info = LeaseInfo(name=name, holder=holder, acquired_at=now, expires_at=now + ttl)
+            self._named_leases[name] = (token, info)
+            return token
+
+    async def renew_lease(self, name: str, token: str, *, ttl: float) -> bool:
+        with self._lock:
+            entry = self._held_lease(name)
+            if entry is None or entry[0] != token:
+                return False
+            info = replace(entry[1], expires_at=self._clock() + ttl)
+            self._named_leases[name] = (token, info)
+            return True
+
+    async def release_lease(self, name: str, token: str) -> bool:
+        with self._lock:
+            entry = self._named_leases.get(name)
+            if entry is None or entry[0] != token:
+                return False
+            del self._named_leases[name]
+            return True
+
+    async def list_leases(self) -> list[LeaseInfo]:
+        with self._lock:
+            for name in list(self._named_leases):
+                self._held_lease(name)
+            return [self._named_leases[name][1] for name in sorted(self._named_leases)]

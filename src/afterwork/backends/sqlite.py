@@ -35,6 +35,7 @@ from ._sqlite_db import Database, connect
 from ._sqlite_events import MESSAGE_KIND, EventPump
 from ._sqlite_flow import Groups
 from ._sqlite_inspect import InspectorMixin
+from ._sqlite_leases import LeasesMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
@@ -96,7 +97,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
+class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:
