@@ -39,7 +39,15 @@ from ._engine.scheduler import (
     ScheduleInfo,
     Scheduler,
 )
-from ._engine.services import Readiness, Restart, ServiceSpec, ServiceStatus, ServiceSupervisor
+from ._engine.services import (
+    Readiness,
+    Restart,
+    ServiceInstance,
+    ServiceSpec,
+    ServiceStatus,
+    ServiceSupervisor,
+    service_instances,
+)
 from ._flow import check_flow_key, keyed
 from ._location import store_location
 from ._middleware import JobCall, Middleware, run_through
@@ -383,6 +391,8 @@ class Afterwork(FlowControl):
         ready: Readiness = "auto",
         startup_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
+        singleton: bool = False,
+        lease_ttl: float | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
 
     def service(
@@ -396,6 +406,8 @@ class Afterwork(FlowControl):
         ready: Readiness = "auto",
         startup_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
+        singleton: bool = False,
+        lease_ttl: float | None = None,
     ) -> (
         Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]
     ):
@@ -414,6 +426,13 @@ class Afterwork(FlowControl):
                 ``"explicit"``: started only once it calls ``ctx.ready()``.
             startup_timeout: seconds an explicit service has to call ``ctx.ready()``.
             shutdown_timeout: seconds it has to stop once cancelled before it is abandoned.
+            singleton: run one instance across every process sharing the store, in the
+                process holding its store lease (the others stand by and take over when it
+                stops or dies); default: one instance in every process running the runtime.
+                The store must keep leases (memory, SQLite, Redis), else
+                :class:`~afterwork.exceptions.ConfigurationError`.
+            lease_ttl: a singleton's lease in seconds (default: the ``lease_ttl``
+                setting); a dead holder is replaced within it (plus a fifth of it).
         """
 
         def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -426,6 +445,8 @@ class Afterwork(FlowControl):
                     ready=ready,
                     startup_timeout=startup_timeout,
                     shutdown_timeout=shutdown_timeout,
+                    singleton=singleton,
+                    lease_ttl=lease_ttl,
                 )
             )
             return fn
@@ -436,6 +457,15 @@ class Afterwork(FlowControl):
     def services(self) -> list[ServiceStatus]:
         """The status of every declared service."""
         return self.supervisor.statuses()
+
+    async def service_instances(self) -> list[ServiceInstance]:
+        """Every process running a service now, with host and pid (this one's first).
+
+        Other processes are known from their workers' presence records and, for
+        singletons, from the store lease's holder; see ``docs/services.md``.
+        """
+        await self._ensure_open()
+        return await service_instances(self.supervisor)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -925,6 +955,7 @@ class Afterwork(FlowControl):
             queues=queues,
             grace=self.config.grace if grace is None else grace,
             name=name,
+            services=self.supervisor.running_here,
         )
         async with anyio.create_task_group() as group:
             await group.start(worker.run)

@@ -303,6 +303,7 @@ def test_pending_status() -> None:
         "last_error": None,
         "started_at": None,
         "uptime": None,
+        "singleton": False,
     }
 
 

@@ -23,6 +23,21 @@ Contract (what holds even on failure):
   referenced, so it is not collected) and logged; one that raised while stopping is logged
   with its traceback. Shutdown never waits longer than the largest ``shutdown_timeout``.
 * Cancellation of the runtime itself propagates; it is never swallowed.
+
+Singletons (``singleton=True``): one instance across every process sharing the store.
+
+* A singleton runs only while this process holds the store lease ``service:<name>``
+  (:class:`~afterwork.backends.base.Leases`), acquired with a fencing token and renewed
+  every third of its ``lease_ttl``. A process that does not hold it is ``standby`` and
+  tries again every fifth of ``lease_ttl``; a standby singleton counts as started.
+* The holder stops its run (cancelled, logged ``service_lease_lost``) as soon as the
+  store refuses a renewal, or once nine tenths of ``lease_ttl`` have passed since the
+  last renewal it sent that succeeded (the store unreachable): it stops before its lease
+  can expire in the store, so two processes run it at once only if a run takes more than
+  that tenth to stop or the clocks disagree. It then stands by again.
+* The lease is kept while the runtime runs, across restarts of the service (and after it
+  ended for good here); a graceful stop releases it at once, so a standby process takes
+  over within a poll; a process that dies is replaced within ``lease_ttl`` plus a poll.
 """
 
 from __future__ import annotations
@@ -30,8 +45,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
+import os
+import socket
 import typing
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -41,6 +60,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .. import _signature
+from ..backends.base import Leases, WorkerPresence
 from ..exceptions import ConfigurationError, ServiceStartError
 from ..job import JobError
 from ..retry import Backoff, ExponentialBackoff
@@ -53,10 +73,12 @@ __all__ = (
     "ContextFactory",
     "Readiness",
     "Restart",
+    "ServiceInstance",
     "ServiceSpec",
     "ServiceState",
     "ServiceStatus",
     "ServiceSupervisor",
+    "service_instances",
 )
 
 # The logger keeps the name it had when this module was ``afterwork.services``.
@@ -70,6 +92,16 @@ Readiness = Literal["auto", "explicit"]
 #: A run that lasted this long resets the backoff: the next crash restarts it quickly.
 STABLE_AFTER = 60.0
 
+#: A singleton's lease is renewed every ``lease_ttl / RENEW_PER_TTL`` seconds …
+RENEW_PER_TTL = 3
+#: … and a standby process tries to take it every ``lease_ttl / POLL_PER_TTL`` seconds.
+POLL_PER_TTL = 5
+
+
+def lease_name(service: str) -> str:
+    """The store lease a singleton service runs under."""
+    return f"service:{service}"
+
 
 class ServiceState(StrEnum):
     """Where a service is in its life."""
@@ -78,6 +110,8 @@ class ServiceState(StrEnum):
     """Declared; the runtime has not started it."""
     STARTING = "starting"
     RUNNING = "running"
+    STANDBY = "standby"
+    """A singleton another process runs: this one waits to take over its lease."""
     RESTARTING = "restarting"
     """Ended (crashed, or returned with ``restart="always"``); waiting out its backoff."""
     STOPPING = "stopping"
@@ -110,6 +144,10 @@ class ServiceSpec:
     ready: Readiness = "auto"
     startup_timeout: float = 30.0
     shutdown_timeout: float = 10.0
+    singleton: bool = False
+    """One instance across every process sharing the store (see the module docstring)."""
+    lease_ttl: float | None = None
+    """A singleton's lease, in seconds; ``None``: the instance's ``lease_ttl`` setting."""
     injected: tuple[_signature.Injected, ...] = ()
 
     @classmethod
@@ -127,6 +165,11 @@ class ServiceSpec:
         for option in ("startup_timeout", "shutdown_timeout"):
             if options.get(option, 1.0) <= 0:
                 raise ConfigurationError(f"service {name}: {option} must be positive")
+        if options.get("lease_ttl") is not None:
+            if not options.get("singleton"):
+                raise ConfigurationError(f"service {name}: lease_ttl applies to singletons only")
+            if options["lease_ttl"] <= 0:
+                raise ConfigurationError(f"service {name}: lease_ttl must be positive")
         if options.get("backoff") is None:
             options.pop("backoff", None)
         return cls(name=name, func=func, injected=_injected(func, name), **options)
@@ -209,6 +252,8 @@ class ServiceStatus:
     """When the current run started (seconds since the epoch), if it is running."""
     uptime: float | None
     """Seconds the current run has been going, if it is running."""
+    singleton: bool = False
+    """Declared with ``singleton=True``: at most one process runs it (it holds the lease)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -221,6 +266,39 @@ class ServiceStatus:
             "last_error": None if self.last_error is None else self.last_error.to_dict(),
             "started_at": self.started_at,
             "uptime": self.uptime,
+            "singleton": self.singleton,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceInstance:
+    """One process running a service (``aw.service_instances()``).
+
+    Found in this process's own supervisor, in the presence records of the workers
+    sharing the store (each lists the services its process runs) and, for singletons, in
+    the store lease's holder.
+    """
+
+    service: str
+    host: str
+    pid: int
+    singleton: bool
+    local: bool
+    """This process (its ``state`` is exact; other processes' are ``running``)."""
+    state: ServiceState
+    since: float | None = None
+    """When this process started running it, or took its lease, if known."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {
+            "service": self.service,
+            "host": self.host,
+            "pid": self.pid,
+            "singleton": self.singleton,
+            "local": self.local,
+            "state": self.state.value,
+            "since": self.since,
         }
 
 
@@ -238,8 +316,12 @@ class _Service:
         self._started_mono: float | None = None
         self.task: asyncio.Task[Any] | None = None
         self.stop_event = anyio.Event()
+        """Set to end the current tenure (shutdown, or a singleton's lease lost)."""
+        self._shutdown = anyio.Event()
         self._changed = anyio.Event()
         self._consecutive = 0  # crashes in a row (a stable run resets it)
+        self.lease_acquired_at: float | None = None
+        """When this process took the singleton's lease (store clock), while it holds it."""
 
     def status(self) -> ServiceStatus:
         running = self.state is ServiceState.RUNNING and self._started_mono is not None
@@ -254,6 +336,7 @@ class _Service:
             uptime=self.supervisor.host.clock.now() - self._started_mono
             if running and self._started_mono is not None
             else None,
+            singleton=self.spec.singleton,
         )
 
     def _notify(self) -> None:
@@ -266,6 +349,7 @@ class _Service:
             self._notify()
 
     def request_stop(self) -> None:
+        self._shutdown.set()
         self.stop_event.set()
         self._notify()
 
@@ -332,7 +416,18 @@ class _Service:
 
     async def supervise(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the service until stopped, restarting it as its policy says."""
-        first = True
+        if self.spec.singleton:
+            await self._supervise_singleton(task_status)
+        else:
+            await self._supervise_runs(task_status)
+
+    async def _supervise_runs(
+        self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED, *, first: bool = True
+    ) -> None:
+        """Run and restart the service until ``stop_event`` is set (or it ends for good).
+
+        ``first``: the runtime waits for this start (a failure raises ServiceStartError).
+        """
         try:
             while not self.stop_event.is_set():
                 task = self._spawn()
@@ -351,6 +446,145 @@ class _Service:
                 self.restarts += 1
         finally:
             await self._cleanup()
+
+    # -- singletons ----------------------------------------------------------------------
+
+    async def _supervise_singleton(self, task_status: TaskStatus[None]) -> None:
+        """Stand by until this process holds the lease; run the service while it does."""
+        leases = self.supervisor.leases(self.spec)
+        ttl = self.spec.lease_ttl or self.supervisor.host.config.lease_ttl
+        name = lease_name(self.spec.name)
+        once = _Once(task_status)
+        tenure = 0
+        try:
+            while not self._shutdown.is_set():
+                token = await self._acquire(leases, name, ttl, once)
+                if token is None:
+                    break
+                tenure += 1
+                lost = anyio.Event()
+                failure: ServiceStartError | None = None
+                try:
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(self._keep_lease, leases, name, token, ttl, lost)
+                        try:
+                            # A start failure fails the runtime only while it is starting;
+                            # after a takeover, it is a crash like any other.
+                            await self._supervise_runs(once, first=not once.done)
+                            # Ended for good here (returned, or failed): keep the lease, so
+                            # no other process starts it, until the runtime stops or it is lost.
+                            while not self.stop_event.is_set():
+                                await self._wait_change()
+                        except ServiceStartError as exc:
+                            failure = exc
+                        finally:
+                            group.cancel_scope.cancel()
+                finally:
+                    self.lease_acquired_at = None
+                    if not lost.is_set():
+                        with anyio.move_on_after(5, shield=True):
+                            await self._release(leases, name, token)
+                if failure is not None:
+                    raise failure
+                if lost.is_set() and not self._shutdown.is_set():
+                    self.stop_event = anyio.Event()  # a new tenure, once the lease is back
+                    self.state = ServiceState.STANDBY
+                    self._notify()
+        finally:
+            once.started()
+            if self.state is not ServiceState.FAILED:
+                self.state = ServiceState.STOPPED
+
+    def _holder(self) -> str:
+        return self.supervisor.holder
+
+    async def _acquire(self, leases: Leases, name: str, ttl: float, status: _Once) -> str | None:
+        """Take the lease (its token), standing by meanwhile; ``None`` once shutdown began.
+
+        ``status`` (the runtime waiting for this service to start) is told at the first
+        failed attempt: a standby singleton has started.
+        """
+        clock = self.supervisor.host.clock
+        while not self._shutdown.is_set():
+            try:
+                token = await leases.acquire_lease(name, self._holder(), ttl=ttl)
+            except Exception as exc:
+                token = None
+                logger.warning(
+                    "service %s could not try to take its lease: %r",
+                    self.spec.name,
+                    exc,
+                    extra={"action": "service_lease_error", "service": {"name": self.spec.name}},
+                )
+            if token is not None:
+                self.lease_acquired_at = self.supervisor.host.backend.now()
+                self._log_info("took its lease; it runs in this process", "service_lease_taken")
+                return token
+            if self.state is not ServiceState.STANDBY:
+                self.state = ServiceState.STANDBY
+                self._log_info("is held by another process; standing by", "service_standby")
+                self._notify()
+            status.started()
+            with clock.move_on_after(ttl / POLL_PER_TTL):
+                await self._shutdown.wait()
+        return None
+
+    async def _keep_lease(
+        self, leases: Leases, name: str, token: str, ttl: float, lost: anyio.Event
+    ) -> None:
+        """Renew the lease until cancelled; stop the run as soon as it may be lost.
+
+        The run stops when the store refuses a renewal, or at ``deadline``: a tenth of the
+        lease before it could expire in the store (counted from the last renewal sent that
+        succeeded), so a standby process cannot take over while this one still runs.
+        """
+        clock = self.supervisor.host.clock
+        interval, margin = ttl / RENEW_PER_TTL, ttl / 10
+        deadline = clock.now() + ttl - margin
+        due = clock.now() + interval
+        reason = ""
+        while not reason:
+            await clock.sleep_until(min(due, deadline))
+            if clock.now() >= deadline:
+                reason = f"it could not be renewed within its {ttl:g}s lease"
+                break
+            sent = clock.now()
+            due = sent + interval
+            renewed: bool | None = None
+            with clock.move_on_at(deadline):
+                try:
+                    renewed = await leases.renew_lease(name, token, ttl=ttl)
+                except Exception as exc:
+                    logger.warning(
+                        "service %s could not renew its lease: %r",
+                        self.spec.name,
+                        exc,
+                        extra={
+                            "action": "service_lease_error",
+                            "service": {"name": self.spec.name},
+                        },
+                    )
+            if renewed:
+                deadline = sent + ttl - margin
+            elif renewed is False:
+                reason = "the store says another process holds it (or it expired)"
+        lost.set()
+        logger.warning(
+            "service %s lost its lease: %s; stopping it in this process",
+            self.spec.name,
+            reason,
+            extra={"action": "service_lease_lost", "service": {"name": self.spec.name}},
+        )
+        self.stop_event.set()
+        self._notify()
+
+    async def _release(self, leases: Leases, name: str, token: str) -> None:
+        try:
+            await leases.release_lease(name, token)
+        except Exception:  # it expires with its ttl anyway
+            logger.debug("service %s could not release its lease", self.spec.name, exc_info=True)
+        else:
+            self._log_info("released its lease", "service_lease_released")
 
     async def _ready_if_auto(self, task: asyncio.Task[Any]) -> None:
         if self.spec.ready == "auto":
@@ -469,6 +703,76 @@ class _Service:
             )
 
 
+#: The states in which a process counts as running an instance of a service.
+_LIVE = (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.RESTARTING)
+
+
+async def service_instances(supervisor: ServiceSupervisor) -> list[ServiceInstance]:
+    """Every process running a service: this one, singletons' lease holders, and the
+    services listed in the presence records of live workers (see :class:`ServiceInstance`).
+
+    A singleton's instance is its lease holder only (presence may lag a takeover by a
+    heartbeat); a process that runs services but no worker is seen only by itself, and by
+    everyone as the holder of the singletons it runs.
+    """
+    backend = supervisor.host.backend
+    singletons = {name for name, spec in supervisor.specs.items() if spec.singleton}
+    found = supervisor.local_instances()
+    if isinstance(backend, Leases):
+        prefix = lease_name("")
+        for lease in await backend.list_leases():
+            if not lease.name.startswith(prefix) or lease.holder == supervisor.holder:
+                continue
+            try:
+                holder = json.loads(lease.holder)
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (ValueError, TypeError, KeyError):
+                continue  # not ours to read: leases are advisory here
+            found.append(
+                ServiceInstance(
+                    service=lease.name.removeprefix(prefix),
+                    host=host,
+                    pid=pid,
+                    singleton=True,
+                    local=False,
+                    state=ServiceState.RUNNING,
+                    since=lease.acquired_at,
+                )
+            )
+    if isinstance(backend, WorkerPresence):
+        for info in await backend.list_workers():
+            for name in info.services:
+                if name in singletons:
+                    continue
+                found.append(
+                    ServiceInstance(
+                        service=name,
+                        host=info.host,
+                        pid=info.pid,
+                        singleton=False,
+                        local=False,
+                        state=ServiceState.RUNNING,
+                    )
+                )
+    unique: dict[tuple[str, str, int], ServiceInstance] = {}
+    for instance in found:
+        unique.setdefault((instance.service, instance.host, instance.pid), instance)
+    return sorted(unique.values(), key=lambda i: (not i.local, i.service, i.host, i.pid))
+
+
+class _Once:
+    """Tells the runtime once that a service started, however many paths report it."""
+
+    def __init__(self, status: TaskStatus[None]) -> None:
+        self.status = status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.status.started(value)
+
+
 class ServiceSupervisor:
     """Owns an :class:`~afterwork.Afterwork` instance's services and their tasks."""
 
@@ -479,11 +783,64 @@ class ServiceSupervisor:
         self._services: dict[str, _Service] = {}
         self.abandoned: set[asyncio.Task[Any]] = set()
         """Runs that ignored cancellation at shutdown: kept referenced until they end."""
+        self.host_name = socket.gethostname()
+        self.holder: str = json.dumps(
+            {"host": self.host_name, "pid": os.getpid(), "id": uuid.uuid4().hex[:12]},
+            separators=(",", ":"),
+        )
+        """How this process names itself as a singleton's lease holder (JSON)."""
+
+    def leases(self, spec: ServiceSpec) -> Leases:
+        """The store's leases, for the singleton ``spec``.
+
+        Raises:
+            ConfigurationError: the store keeps no leases (see ``check_singletons``).
+        """
+        backend = self.host.backend
+        if not isinstance(backend, Leases):
+            raise ConfigurationError(
+                f"service {spec.name} is declared singleton=True, but the store "
+                f"{type(backend).__name__} keeps no leases (afterwork.backends.base.Leases); "
+                "use memory://, sqlite:// or redis://, or drop singleton=True"
+            )
+        return backend
+
+    def check_singletons(self) -> None:
+        """Refuse singletons on a store that keeps no leases (``ConfigurationError``)."""
+        for spec in self.specs.values():
+            if spec.singleton:
+                self.leases(spec)
+
+    def running_here(self) -> tuple[str, ...]:
+        """The services this process runs now (a standby singleton is not among them)."""
+        return tuple(name for name, s in self._services.items() if s.state in _LIVE)
+
+    def local_instances(self) -> list[ServiceInstance]:
+        """This process's running services, as instances."""
+        return [
+            ServiceInstance(
+                service=name,
+                host=self.host_name,
+                pid=os.getpid(),
+                singleton=service.spec.singleton,
+                local=True,
+                state=service.state,
+                since=service.lease_acquired_at or service.started_at,
+            )
+            for name, service in self._services.items()
+            if service.state in _LIVE
+        ]
 
     def add(self, spec: ServiceSpec) -> None:
-        """Register a service; names are unique per :class:`~afterwork.Afterwork` instance."""
+        """Register a service; names are unique per :class:`~afterwork.Afterwork` instance.
+
+        Raises:
+            ConfigurationError: a singleton on a store that keeps no leases.
+        """
         if spec.name in self.specs:
             raise ValueError(f"a service named {spec.name!r} is already registered")
+        if spec.singleton:
+            self.leases(spec)
         self.specs[spec.name] = spec
 
     def statuses(self) -> list[ServiceStatus]:
@@ -502,6 +859,7 @@ class ServiceSupervisor:
         Raises:
             ServiceStartError: a service failed to start; the others were stopped.
         """
+        self.check_singletons()
         services = [_Service(spec, self) for spec in self.specs.values()]
         self._services = {service.spec.name: service for service in services}
         failure: ServiceStartError | None = None

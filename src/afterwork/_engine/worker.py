@@ -9,7 +9,7 @@ import random
 import secrets
 import socket
 from collections import Counter, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -97,6 +97,7 @@ class Worker:
         grace: float,
         name: str | None = None,
         burst: bool = False,
+        services: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -106,6 +107,8 @@ class Worker:
         self.grace: float = grace
         self.burst: bool = burst
         self.id: str = worker_id(name)
+        self._services = services or (lambda: ())
+        """The services this process runs now, announced with the worker's presence."""
         config = host.config
         self.lease_ttl: float = config.lease_ttl
         self.heartbeat_interval: float = config.heartbeat_interval or config.lease_ttl / 3
@@ -564,6 +567,7 @@ class Worker:
             started_at=started,
             last_seen=now,
             expires_at=now + self.lease_ttl,
+            services=self._services(),
         )
         try:
             await presence.announce_worker(info)
