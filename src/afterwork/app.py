@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from ._pubsub import Subscription
     from .fastapi._options import AuthDependency, RouterOptions
 
-__all__ = ("Afterwork", "ServiceContext", "Settings")
+__all__ = ("Afterwork", "ServiceContext", "ServiceInstance", "Settings")
 
 logger: logging.Logger = logging.getLogger(__name__)
 

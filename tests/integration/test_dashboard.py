@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,6 +235,10 @@ async def test_dashboard_shows_schedules_with_run_now_and_service_health(
     async def pump(ctx: ServiceContext) -> None:
         await ctx.wait_stopping()
 
+    @aw.service(name="leader", singleton=True)
+    async def leader(ctx: ServiceContext) -> None:
+        await ctx.wait_stopping()
+
     async with serve(make_app(aw)) as url:
         context = await browser.new_context()
         await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
@@ -246,6 +251,13 @@ async def test_dashboard_shows_schedules_with_run_now_and_service_health(
         await row.filter(has_text="0 3 * * * (Europe/Paris)").wait_for()
         assert SCRIPT in (await row.first.text_content() or "")  # the name, as text
         await page.wait_for_selector("#services td:text('running')")
+        # Each running instance with host and pid; the singleton's is its lease holder.
+        here = f"{socket.gethostname()}:{os.getpid()} (this process)"
+        services = page.locator("#services tbody tr")
+        pump_row = services.filter(has_text="pump")
+        await pump_row.filter(has_text="every process").filter(has_text=here).wait_for()
+        leader_row = services.filter(has_text="leader").filter(has_text="singleton")
+        await leader_row.filter(has_text=f"held by {here}").wait_for()
         await row.first.locator("button").click()
         # "Run now" enqueued the schedule's task; the live job list shows it finish.
         job = await eventually(lambda: _first_job(aw))

@@ -62,7 +62,7 @@ EXPECTED_ALL = (
 )
 
 EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
-    "afterwork.app": ("Afterwork", "ServiceContext", "Settings"),
+    "afterwork.app": ("Afterwork", "ServiceContext", "ServiceInstance", "Settings"),
     "afterwork.backends": ("Backend", "Inspector", "Store", "from_url"),
     "afterwork.backends.base": (
         "TRUNCATED",
@@ -80,6 +80,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "Inspector",
         "JobFilter",
         "Lease",
+        "LeaseInfo",
+        "Leases",
         "MessageStream",
         "NewJob",
         "Outcome",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ScheduleOut",
+    "ServiceInstanceOut",
     "ServiceOut",
     "TriggerOut",
     "add_metrics_route",
@@ -46,8 +47,19 @@ class ErrorOut(BaseModel):
     traceback: str
 
 
+class ServiceInstanceOut(BaseModel):
+    """A process running a service (for a singleton: the one holding its lease)."""
+
+    host: str
+    pid: int
+    local: bool
+    """The process that answered this request."""
+    state: str
+    since: float | None
+
+
 class ServiceOut(BaseModel):
-    """A supervised service's health."""
+    """A supervised service's health in this process, and every process running it."""
 
     name: str
     state: str
@@ -57,6 +69,8 @@ class ServiceOut(BaseModel):
     last_error: ErrorOut | None
     started_at: float | None
     uptime: float | None
+    singleton: bool
+    instances: list[ServiceInstanceOut]
 
 
 class TriggerOut(BaseModel):
@@ -88,7 +102,13 @@ def add_service_routes(router: APIRouter, aw: Afterwork) -> None:
 
     @router.get("/services", response_model=list[ServiceOut], summary="Services")
     async def services() -> list[dict[str, Any]]:
-        return [status.to_dict() for status in aw.services]
+        instances: dict[str, list[dict[str, Any]]] = {}
+        for instance in await aw.service_instances():
+            instances.setdefault(instance.service, []).append(instance.to_dict())
+        return [
+            {**status.to_dict(), "instances": instances.get(status.name, [])}
+            for status in aw.services
+        ]
 
 
 def add_metrics_route(router: APIRouter, metrics: Metrics) -> None:
@@ -113,6 +133,8 @@ class WorkerOut(BaseModel):
     started_at: float
     last_seen: float
     expires_at: float
+    services: list[str] = []
+    """The services its process runs now."""
 
 
 def add_worker_routes(router: APIRouter, aw: Afterwork) -> None:

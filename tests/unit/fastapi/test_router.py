@@ -284,6 +284,7 @@ async def test_schedules_and_services_routes(aw: Afterwork, client: httpx.AsyncC
     assert missing.status_code == 404
     (service,) = (await client.get(f"{PREFIX}/services", headers=AUTH)).json()
     assert (service["name"], service["state"], service["crashes"]) == ("pump", "pending", 0)
+    assert (service["singleton"], service["instances"]) == (False, [])  # not started here
 
 
 async def test_info_hides_sections_an_instance_does_not_use() -> None:
@@ -352,3 +353,35 @@ async def test_bulk_cancel_and_retry_in_one_call_each(
     assert ids <= {j.id for j in await aw.list_jobs(status=JobStatus.QUEUED)}
     wrong = await client.post(f"{PREFIX}/bulk/retry", json={"status": ["queued"]}, headers=headers)
     assert wrong.status_code == 422
+
+
+async def test_services_route_lists_each_running_instance_with_host_and_pid() -> None:
+    import os
+    import socket
+
+    aw = Afterwork("memory://")
+
+    @aw.service(name="everywhere")
+    async def everywhere(ctx: ServiceContext) -> None:
+        await ctx.wait_stopping()
+
+    @aw.service(name="leader", singleton=True)
+    async def leader(ctx: ServiceContext) -> None:
+        await ctx.wait_stopping()
+
+    app = FastAPI()
+    app.include_router(aw.router(auth=Depends(require_admin)), prefix=PREFIX)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        aw,
+        aw.runtime(worker=False),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        body = (await client.get(f"{PREFIX}/services", headers=AUTH)).json()
+    here = {"host": socket.gethostname(), "pid": os.getpid(), "local": True, "state": "running"}
+    assert [
+        (s["name"], s["singleton"], [{k: i[k] for k in here} for i in s["instances"]])
+        for s in body
+    ] == [("everywhere", False, [here]), ("leader", True, [here])]
+    assert all(i["since"] is not None for s in body for i in s["instances"])
+    await aw.aclose()

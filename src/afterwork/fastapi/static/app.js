@@ -299,10 +299,19 @@
     });
   }
 
+  function instanceText(s) {
+    // Every process running it: host:pid (a singleton's is the holder of its lease).
+    const where = s.instances.map((i) => i.host + ":" + i.pid + (i.local ? " (this process)" : ""));
+    if (s.singleton) return where.length ? "held by " + where.join(", ") : "no holder";
+    return where.join(", ");
+  }
+
   async function loadServices() {
     const items = (await api("services")).map((s) => ({
       name: s.name,
       state: s.state,
+      placement: s.singleton ? "singleton" : "every process",
+      instances: instanceText(s),
       restarts: s.restarts,
       crashes: s.crashes,
       uptime: s.uptime === null ? "" : Math.round(s.uptime) + " s",
