@@ -572,7 +572,11 @@ def workers(
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List the live workers: host, pid, queues, what they run, when last seen."""
+    """List the live workers: host, pid, queues, what they run, when last seen.
+
+    ``services`` lists the ``@aw.service`` services each worker's process runs (a singleton
+    only in the process holding its lease).
+    """
 
     async def action(aw: Afterwork) -> tuple[list[WorkerInfo], float, str]:
         return await aw.workers(), aw.backend.now(), aw.location
@@ -583,7 +587,7 @@ def workers(
         return
     _print_store(where)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("id", "host", "pid", "queues", "running", "up", "seen"):
+    for name in ("id", "host", "pid", "queues", "running", "services", "up", "seen"):
         table.add_column(name, overflow="fold")
     for w in found:
         table.add_row(
@@ -592,6 +596,7 @@ def workers(
             str(w.pid),
             Text(_safe("all" if w.queues is None else ",".join(w.queues))),
             f"{len(w.running)}/{w.concurrency}",
+            Text(_safe(",".join(w.services))),
             _age(now - w.started_at),
             _age(now - w.last_seen) + " ago",
         )

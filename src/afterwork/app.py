@@ -1204,11 +1204,12 @@ class ServiceContext:
 
     @property
     def stopping(self) -> bool:
-        """``True`` once shutdown began. The task is also cancelled at its next ``await``."""
+        """``True`` once shutdown began (or a singleton lost its lease). The task is also
+        cancelled at its next ``await``."""
         return self._stop.is_set()
 
     async def wait_stopping(self) -> None:
-        """Return once shutdown began."""
+        """Return once shutdown began (or a singleton lost its lease)."""
         await self._stop.wait()
 
     def ready(self) -> None:

@@ -65,6 +65,7 @@ async def _announce(path: Path) -> None:
                 queues=("media",),
                 concurrency=8,
                 running=("j1", "j2"),
+                services=("pump", "leader"),
                 started_at=now - 120,
                 last_seen=now,
                 expires_at=now + 3600,
@@ -80,6 +81,7 @@ def test_workers_lists_the_live_workers(tmp_path: Path) -> None:
     shown = afterwork("workers", url=url)
     assert shown.returncode == 0, shown.stderr
     (row,) = [line for line in shown.stdout.splitlines() if "host-a:41:abc" in line]
-    assert row.split()[1:5] == ["host-a", "41", "media", "2/8"]
+    assert row.split()[1:6] == ["host-a", "41", "media", "2/8", "pump,leader"]
     (data,) = as_json(afterwork("workers", "--json", url=url))
     assert data["running"] == ["j1", "j2"] and data["queues"] == ["media"]
+    assert data["services"] == ["pump", "leader"]
