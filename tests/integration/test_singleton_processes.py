@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -59,7 +60,7 @@ def start(url: str, ledger: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def read(ledger: Path) -> list[dict[str, object]]:
+def read(ledger: Path) -> list[dict[str, Any]]:
     if not ledger.exists():
         return []
     lines = ledger.read_text(encoding="utf-8").splitlines()
@@ -72,7 +73,7 @@ async def started_by_other(ledger: Path, known: int, timeout: float, log: Path) 
         while True:
             starts = [e for e in read(ledger)[known:] if e["ev"] == "start"]
             if starts:
-                return int(starts[0]["pid"])  # type: ignore[call-overload]
+                return int(starts[0]["pid"])
             await anyio.sleep(0.05)
     raise AssertionError(f"nobody took the singleton over in {timeout}s:\n{logged(log)}")
 
@@ -86,7 +87,7 @@ def intervals(ledger: Path, killed: dict[int, float]) -> list[tuple[float, float
     runs: list[tuple[float, float, int]] = []
     open_runs: dict[int, float] = {}
     for entry in read(ledger):
-        pid, at = int(entry["pid"]), float(entry["t"])  # type: ignore[call-overload, arg-type]
+        pid, at = int(entry["pid"]), float(entry["t"])
         if entry["ev"] == "start":
             assert pid not in open_runs
             open_runs[pid] = at
@@ -123,7 +124,7 @@ async def test_one_holder_at_a_time_and_takeover_within_the_lease(
         killed[first] = time.time()
         procs.pop(first).wait(timeout=10)
         second = await started_by_other(ledger, known, LEASE * 1.2 + 10, log)
-        took = float(read(ledger)[known]["t"]) - killed[first]  # type: ignore[arg-type]
+        took = float(read(ledger)[known]["t"]) - killed[first]
         assert second != first and second in procs
         # Within the lease and one standby poll; the slack is scheduling on a loaded box.
         assert took < LEASE * 1.2 + 2.0, took
@@ -144,7 +145,8 @@ async def test_one_holder_at_a_time_and_takeover_within_the_lease(
         procs[second].send_signal(signal.SIGTERM)
         third = await started_by_other(ledger, known, 15, log)
         assert third not in (first, second) and third in procs
-        took = float([e for e in read(ledger)[known:] if e["ev"] == "start"][0]["t"]) - stopped  # type: ignore[arg-type]
+        (handed,) = [e for e in read(ledger)[known:] if e["ev"] == "start"]
+        took = float(handed["t"]) - stopped
         assert took < LEASE / 5 + 2.0, took
         assert procs.pop(second).wait(timeout=15) == 0
     finally:
