@@ -59,3 +59,38 @@ async def test_the_service_gets_its_bus_and_closes_it_on_stop() -> None:
 async def _first_job(aw: Afterwork) -> Job | None:
     jobs = await aw.list_jobs()
     return jobs[0] if jobs else None
+
+
+def test_the_singleton_section_shows_the_tested_code() -> None:
+    code = (ROOT / "examples/docs/singleton_service.py").read_text()
+    assert f"```python\n{code}```" in (ROOT / "docs" / "services.md").read_text()
+
+
+async def test_singleton_example_runs_one_poller_and_lists_the_instances() -> None:
+    import os
+    import socket
+
+    from examples.docs import singleton_service as ex
+
+    async with ex.aw.lifespan(ex.app):  # the web process also runs a worker
+        states = {status.name.rpartition(":")[2]: status.state for status in ex.aw.services}
+        assert states == {
+            "inbox_poller": ServiceState.RUNNING,
+            "cache_warmer": ServiceState.RUNNING,
+        }
+        job = await eventually(lambda: _first_job(ex.aw))
+        await job.wait(timeout=10)
+        assert ex.handled == ["hello"] and ex.warm == {"config": "loaded"}
+        found = [
+            (i.service.rpartition(":")[2], i.host, i.pid, i.singleton)
+            for i in await ex.aw.service_instances()
+        ]
+        here = (socket.gethostname(), os.getpid())
+        assert found == [("cache_warmer", *here, False), ("inbox_poller", *here, True)]
+        # A second process on the store would stand by; one declared here shows it.
+        other = Afterwork(backend=ex.aw.backend)
+        other.service(name=ex.aw.services[0].name, singleton=True)(ex.inbox_poller)
+        async with other.runtime(worker=False):  # (it shares, and leaves open, the store)
+            (standby,) = other.services
+            assert standby.state is ServiceState.STANDBY
+    assert {status.state for status in ex.aw.services} == {ServiceState.STOPPED}
