@@ -152,8 +152,8 @@ async def test_a_holder_that_loses_its_lease_stops_at_once(
         async with first, first.runtime(worker=False):
             assert running(ledger) == {"p0"}
             clock.advance(TTL / 3)
-            await eventually(lambda: _ledger_has(ledger, ("p0", "stop")))
-            assert state(first) is ServiceState.STANDBY
+            await eventually(lambda: _is(first, ServiceState.STANDBY))
+            assert ("p0", "stop") in ledger
             (lease,) = await store.list_leases()
             assert lease.holder == "thief"  # the stale holder released nothing
             clock.advance(TTL / 5)
@@ -171,10 +171,6 @@ async def _steal(store: Leases) -> str:
     token = await store.acquire_lease(lease_name("single"), "thief", ttl=100 * TTL)
     assert token is not None
     return token
-
-
-async def _ledger_has(ledger: list[tuple[str, str]], entry: tuple[str, str]) -> bool:
-    return entry in ledger
 
 
 async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease() -> None:
@@ -208,8 +204,8 @@ async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease() -> 
         # Nine tenths of the lease after the last renewal: it stops before the store
         # could let another process take the lease.
         clock.advance(0.05)
-        await eventually(lambda: _ledger_has(ledger, ("p0", "stop")))
-        assert state(only) is ServiceState.STANDBY
+        await eventually(lambda: _is(only, ServiceState.STANDBY))
+        assert ("p0", "stop") in ledger
         assert failures == 2
 
 
