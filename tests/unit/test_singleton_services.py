@@ -18,6 +18,7 @@ from afterwork import Afterwork, ConfigurationError, ServiceContext, ServiceStat
 from afterwork._engine.services import lease_name
 from afterwork.backends.base import Leases, WorkerInfo
 from afterwork.backends.memory import MemoryBackend
+from afterwork.exceptions import ServiceStartError
 from afterwork.testing import FakeClock
 
 from ..waiting import eventually
@@ -294,3 +295,65 @@ async def test_instances_list_every_process_with_host_and_pid() -> None:
             ("everywhere", "elsewhere", 4242, False, False, "running"),
             ("single", "elsewhere", 4242, True, False, "running"),
         ]
+
+
+async def test_a_holder_that_fails_to_start_fails_the_runtime_and_frees_the_lease() -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock)
+    aw = Afterwork(backend=store, clock=clock)
+
+    @aw.service(name="single", singleton=True, lease_ttl=TTL)
+    async def single() -> None:
+        raise RuntimeError("no broker")
+
+    async with aw:
+        with pytest.raises(ServiceStartError, match="no broker"):
+            async with aw.runtime(worker=False):
+                pass
+        assert await store.list_leases() == []  # a peer may try at once
+
+
+async def test_a_singleton_that_ended_keeps_its_lease_until_its_process_stops() -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock)
+    ledger: list[str] = []
+    members = [Afterwork(backend=store, clock=clock) for _ in range(2)]
+    for index, aw in enumerate(members):
+
+        def declare(aw: Afterwork, member: str) -> None:
+            @aw.service(name="once", singleton=True, lease_ttl=TTL, restart="never")
+            async def once() -> None:
+                ledger.append(member)
+                await anyio.lowlevel.checkpoint()  # started, then done
+
+        declare(aw, f"p{index}")
+    first, second = members
+    first_up, stop_first = anyio.Event(), anyio.Event()
+
+    async def run_first() -> None:
+        async with first.runtime(worker=False):
+            first_up.set()
+            await stop_first.wait()
+
+    async with runtimes(first, second), anyio.create_task_group() as group:
+        group.start_soon(run_first)
+        with anyio.fail_after(10):
+            await first_up.wait()
+        await eventually(lambda: _is(first, ServiceState.STOPPED))
+        async with second.runtime(worker=False):
+            for _ in range(3):  # ended, but still held: nobody else starts it again
+                clock.advance(TTL / 3)
+                await eventually(lambda: _renewed(store, clock))
+            assert state(second) is ServiceState.STANDBY and ledger == ["p0"]
+            stop_first.set()  # its process stops: the lease is free, a peer runs it
+            await eventually(lambda: _no_lease(store))
+            clock.advance(TTL / 5)
+            await eventually(lambda: _ran(ledger, ["p0", "p1"]))
+
+
+async def _no_lease(store: Leases) -> bool:
+    return await store.list_leases() == []
+
+
+async def _ran(ledger: list[str], expected: list[str]) -> bool:
+    return ledger == expected

@@ -455,13 +455,11 @@ class _Service:
         ttl = self.spec.lease_ttl or self.supervisor.host.config.lease_ttl
         name = lease_name(self.spec.name)
         once = _Once(task_status)
-        tenure = 0
         try:
             while not self._shutdown.is_set():
                 token = await self._acquire(leases, name, ttl, once)
                 if token is None:
                     break
-                tenure += 1
                 lost = anyio.Event()
                 failure: ServiceStartError | None = None
                 try:
@@ -490,8 +488,8 @@ class _Service:
                     self.stop_event = anyio.Event()  # a new tenure, once the lease is back
                     self.state = ServiceState.STANDBY
                     self._notify()
+            once.started()  # stopped before it ever started (nothing to wait for)
         finally:
-            once.started()
             if self.state is not ServiceState.FAILED:
                 self.state = ServiceState.STOPPED
 
