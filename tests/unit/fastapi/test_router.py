@@ -380,8 +380,7 @@ async def test_services_route_lists_each_running_instance_with_host_and_pid() ->
         body = (await client.get(f"{PREFIX}/services", headers=AUTH)).json()
     here = {"host": socket.gethostname(), "pid": os.getpid(), "local": True, "state": "running"}
     assert [
-        (s["name"], s["singleton"], [{k: i[k] for k in here} for i in s["instances"]])
-        for s in body
+        (s["name"], s["singleton"], [{k: i[k] for k in here} for i in s["instances"]]) for s in body
     ] == [("everywhere", False, [here]), ("leader", True, [here])]
     assert all(i["since"] is not None for s in body for i in s["instances"])
     await aw.aclose()
