@@ -40,10 +40,12 @@ __all__ = (
     "Lease",
     "NewJob",
     "Outcome",
+    "RateLimit",
     "begin",
     "cancel",
     "claim",
     "create",
+    "debounce",
     "finish",
     "flow_group",
     "heartbeat",
@@ -52,6 +54,8 @@ __all__ = (
     "promote",
     "purgeable",
     "quarantine",
+    "rate_group",
+    "rate_next_start",
     "ready_order",
     "recover",
     "recovery_order",
@@ -85,6 +89,9 @@ class NewJob:
     """Seconds from the store's now until the job is due (0: queued at once)."""
     timeout: float | None = None
     result_ttl: float | None = None
+    debounce: bool = False
+    """A debounced enqueue: a waiting job holding ``key`` takes these arguments and is
+    pushed back to ``delay`` from now instead of a new job being made (:func:`debounce`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +161,72 @@ class FlowLimit:
     key: str | None = None
 
 
-def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit) -> str:
-    """The group whose running jobs a :class:`FlowLimit` counts: the task, or task + key value."""
+def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit | RateLimit) -> str:
+    """The group whose running jobs a :class:`FlowLimit` counts (or whose starts a
+    :class:`RateLimit` counts): the task, or task + key value."""
     if limit.key is None:
         return task
     return f"{task}\x1f{json.dumps(kwargs.get(limit.key), separators=(',', ':'))}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` starts per ``per`` seconds across the fleet (per value of ``key``).
+
+    ``@aw.task(rate_limit=RateLimit(10, per=60.0, key="api_host"))``. The store enforces
+    it when it hands out jobs, in the same atomic step as the claim: it keeps a log of the
+    start (claim) times of each group over the last ``per`` seconds (a sliding log, exact:
+    no window of ``per`` seconds ever holds more than ``limit`` starts) and passes over a
+    job whose group has ``limit`` starts in the window. Work over the limit waits queued;
+    :func:`rate_next_start` says when the next may start.
+    """
+
+    limit: int
+    per: float
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(
+                f"RateLimit: the limit must be an integer of at least 1, not {self.limit!r}"
+            )
+        if (
+            isinstance(self.per, bool)
+            or not isinstance(self.per, int | float)
+            or not math.isfinite(self.per)
+            or self.per <= 0
+        ):
+            raise ValueError(
+                f"RateLimit: per (the window, in seconds) must be positive, not {self.per!r}"
+            )
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(
+                f"RateLimit: key must be the name of a task argument, not {self.key!r}"
+            )
+
+
+def rate_group(task: str, kwargs: dict[str, Any], rate: RateLimit) -> str:
+    """The group whose starts a :class:`RateLimit` counts: the task, or task + key value."""
+    return flow_group(task, kwargs, rate)
+
+
+def rate_next_start(starts: list[float], *, now: float, rate: RateLimit) -> float | None:
+    """Whether one more job of a group may start at ``now`` (the sliding log's decision).
+
+    ``starts`` are the group's recorded start times (any order; those that left the window,
+    ``start + per <= now``, are ignored). ``None``: a start at ``now`` is admitted (the store
+    records ``now`` in the log with the claim). Otherwise the store time at which the next
+    start may be admitted: the ``limit``-th most recent start plus ``per``.
+    """
+    recent = sorted(s for s in starts if s + rate.per > now)
+    if len(recent) < rate.limit:
+        return None
+    return recent[-rate.limit] + rate.per
+
+
+def rate_expired(start: float, *, now: float, rate: RateLimit) -> bool:
+    """Whether a recorded start has left the window (a store may forget it)."""
+    return start + rate.per <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +302,28 @@ def create(new: NewJob, now: float) -> Change:
         result_ttl=new.result_ttl,
     )
     return Change(job, "enqueued")
+
+
+def debounce(holder: Job, new: NewJob, now: float) -> Change:
+    """A debounced enqueue of ``new`` meeting ``holder``, the unfinished job holding its key.
+
+    A waiting holder takes the arguments of ``new`` and is pushed back to ``new.delay``
+    from now (the quiet window starts again); event ``debounced``; the store returns it
+    (``created_now`` False). A running holder is not touched beyond giving up its key
+    (its ``key`` is cleared): the store then creates ``new``, which holds the key.
+    """
+    if holder.status in WAITING_STATUSES:
+        later = _move(
+            holder,
+            JobStatus.SCHEDULED,
+            args=list(new.args),
+            kwargs=dict(new.kwargs),
+            run_at=now + max(new.delay, 0.0),
+        )
+        return Change(later, "debounced")
+    if holder.status is JobStatus.RUNNING:
+        return Change(replace(holder, key=None), None)
+    raise ValueError(f"job {holder.id} is finished: it holds no key")
 
 
 def start_now(new: NewJob, *, worker: str, now: float, lease_ttl: float) -> Change:

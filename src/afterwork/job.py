@@ -72,7 +72,8 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # A due scheduled job may be claimed straight away: the store promotes and claims it in
     # one atomic step, so "queued" is never observed in between.
     JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    # A debounced enqueue pushes a queued job back (afterwork._lifecycle.debounce).
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SCHEDULED}),
     JobStatus.RUNNING: frozenset(
         {
             JobStatus.SUCCEEDED,

@@ -1,7 +1,8 @@
 """Fleet-wide flow limits in a SQLite claim: which ready rows may be claimed.
 
-Reads only: the claim transaction counts the running jobs of limited tasks, picks the
-rows page by page (passing over full groups), then writes its claims.
+The claim transaction counts the running jobs of limited tasks, reads the recent starts
+of rate-limited groups (``afterwork_starts``), picks the rows page by page (passing over
+full groups), then writes its claims and their starts.
 """
 
 from __future__ import annotations
@@ -25,12 +26,79 @@ _SCAN = 5000
 
 
 class Groups:
-    """The flow groups of a claim's limits, and the running jobs in each."""
+    """The flow groups of a claim's limits, and the running jobs in each; the rate groups
+    of its rate limits, and the starts in each window."""
 
-    def __init__(self, limits: Mapping[str, life.FlowLimit]) -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, life.FlowLimit],
+        rates: Mapping[str, life.RateLimit] | None = None,
+        *,
+        conn: sqlite3.Connection | None = None,
+        now: float = 0.0,
+    ) -> None:
         self.limits = limits
+        self.rates = rates or {}
         self.used: Counter[str] = Counter()
         self.skipped = False
+        self.conn = conn
+        self.now = now
+        self.starts: dict[str, list[float]] = {}
+        self.started: list[str] = []  # the rate groups of this claim's jobs, one per job
+        self.rate_next: float | None = None
+
+    def _rate(self, task: str, kwargs: str | None) -> tuple[str, life.RateLimit] | None:
+        rate = self.rates.get(task)
+        if rate is None:
+            return None
+        return life.rate_group(task, _decode(kwargs) if rate.key else {}, rate), rate
+
+    def _starts(self, group: str, rate: life.RateLimit) -> list[float]:
+        """The group's starts in the window, read once per claim (old ones deleted)."""
+        starts = self.starts.get(group)
+        if starts is None:
+            assert self.conn is not None
+            self.conn.execute(
+                "DELETE FROM afterwork_starts WHERE grp = ? AND at <= ?",
+                (group, self.now - rate.per),
+            )
+            rows = self.conn.execute(
+                "SELECT at FROM afterwork_starts WHERE grp = ?", (group,)
+            ).fetchall()
+            starts = [at for (at,) in rows if not life.rate_expired(at, now=self.now, rate=rate)]
+            self.starts[group] = starts
+        return starts
+
+    def _rate_full(self, row: Any, extra: Counter[str] | None) -> bool:
+        found = self._rate(row[_TASK], row[_KWARGS])
+        if found is None:
+            return False
+        group, rate = found
+        starts = self._starts(group, rate)
+        if extra is not None:
+            starts = starts + [self.now] * extra[group]
+        at = life.rate_next_start(starts, now=self.now, rate=rate)
+        if at is None:
+            if extra is not None:
+                extra[group] += 1
+            return False
+        self.rate_next = at if self.rate_next is None else min(self.rate_next, at)
+        return True
+
+    def record_start(self, row: Any) -> None:
+        """Count a claimed row's start in its rate group (written by :meth:`write_starts`)."""
+        found = self._rate(row[_TASK], row[_KWARGS])
+        if found is not None:
+            self.starts[found[0]].append(self.now)
+            self.started.append(found[0])
+
+    def write_starts(self) -> None:
+        if self.started:
+            assert self.conn is not None
+            self.conn.executemany(
+                "INSERT INTO afterwork_starts (grp, at) VALUES (?, ?)",
+                [(group, self.now) for group in self.started],
+            )
 
     def of(self, task: str, kwargs: str | None) -> tuple[str, int] | None:
         """The group of a job and its cap, or ``None`` for a job of an unlimited task."""
@@ -39,15 +107,12 @@ class Groups:
             return None
         if flow.key is None:
             return task, flow.limit
-        try:
-            decoded = json.loads(kwargs or "{}")
-        except ValueError:
-            decoded = {}
-        named = decoded if isinstance(decoded, dict) else {}
-        return life.flow_group(task, named, flow), flow.limit
+        return life.flow_group(task, _decode(kwargs), flow), flow.limit
 
     def count_running(self, conn: sqlite3.Connection) -> None:
         tasks = list(self.limits)
+        if not tasks:
+            return
         marks = ", ".join("?" * len(tasks))
         query = (
             # The partial index of running jobs: the running ones only, never the backlog.
@@ -65,11 +130,14 @@ class Groups:
         ``fetch(count, offset)`` reads a page of the queue's ready rows.
         """
         taken = Counter(self.used)
+        rate_taken: Counter[str] = Counter()
         found: list[Any] = []
         page, offset = limit, 0
         while len(found) < limit and offset < _SCAN:
             rows = fetch(page, offset)
             for row in rows:
+                if self._rate_full(row, rate_taken):
+                    continue
                 if self._over(row, taken):
                     continue
                 found.append(row)
@@ -83,9 +151,16 @@ class Groups:
 
     def admit(self, row: Any) -> bool:
         """Count ``row`` as claimed, unless its group is full (reached by another queue)."""
-        return not self._over(row, self.used)
+        if self._rate_full(row, None):
+            return False
+        if self._over(row, self.used):
+            return False
+        self.record_start(row)
+        return True
 
     def _over(self, row: Any, counts: Counter[str]) -> bool:
+        if not self.limits:
+            return False
         group = self.of(row[_TASK], row[_KWARGS])
         if group is None:
             return False
@@ -94,3 +169,11 @@ class Groups:
             return True
         counts[group[0]] += 1
         return False
+
+
+def _decode(kwargs: str | None) -> dict[str, Any]:
+    try:
+        decoded = json.loads(kwargs or "{}")
+    except ValueError:
+        decoded = {}
+    return decoded if isinstance(decoded, dict) else {}

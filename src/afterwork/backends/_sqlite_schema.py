@@ -127,8 +127,20 @@ _V3 = (
     """,
 )
 
+# Version 4: the start times of rate-limited groups within their window (a sliding log per
+# group, see ``afterwork._lifecycle.RateLimit``): written by claims, pruned as they age.
+_V4 = (
+    """
+    CREATE TABLE afterwork_starts (
+        grp TEXT NOT NULL,
+        at REAL NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX afterwork_starts_grp ON afterwork_starts (grp, at)",
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
-from .._lifecycle import Change, FlowLimit
+from .._lifecycle import Change, FlowLimit, RateLimit
 from .._notify import Broadcaster, Notifier
 from ..exceptions import ConfigurationError
 from ..job import (
@@ -84,6 +84,9 @@ class MemoryBackend:
         self._work = Notifier()
         self._wake = False
         self._flow_skipped = False
+        # Rate limits: the start (claim) times of each group within its window.
+        self._starts: dict[str, list[float]] = {}
+        self._rate_next: float | None = None
         self._paused: set[str] = set()
         self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
 
@@ -194,7 +197,20 @@ class MemoryBackend:
         with self._lock:
             now = self._clock()
             for new in jobs:
-                if new.key is not None and new.key in self._keys:
+                if new.key is not None and new.key in self._keys and new.debounce:
+                    holder = self._jobs[self._keys[new.key]]
+                    change = life.debounce(holder, new, now)
+                    if change.job.status is JobStatus.SCHEDULED:
+                        pushed = self._apply(change)
+                        assert pushed is not None
+                        self._push(pushed)  # its new run_at (the old entry goes stale)
+                        created.append(pushed)
+                        continue
+                    self._apply(change)  # the running holder gives up its key
+                    job = self._apply(life.create(new, now))
+                    assert job is not None
+                    created.append(job)
+                elif new.key is not None and new.key in self._keys:
                     created.append(self._jobs[self._keys[new.key]])
                 elif new.id in self._jobs:
                     created.append(self._jobs[new.id])
@@ -222,12 +238,14 @@ class MemoryBackend:
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         claims: list[Claim] = []
         with self._lock:
             now = self._clock()
             self._promote(now)
             used = self._flow_used(limits) if limits else None
+            self._rate_next = None
             names = [
                 q
                 for q in (self._ready if queues is None else queues)
@@ -247,8 +265,10 @@ class MemoryBackend:
                         ):
                             heapq.heappop(heap)  # stale: the job moved on (or came back later)
                             continue
-                        if job.task in exclude_tasks or (
-                            used is not None and self._flow_full(job, limits, used)
+                        if (
+                            job.task in exclude_tasks
+                            or (used is not None and self._flow_full(job, limits, used))
+                            or (rates and self._rate_full(job, rates, now))
                         ):
                             skipped.append((name, heapq.heappop(heap)))
                             continue
@@ -267,10 +287,43 @@ class MemoryBackend:
                 claims.append(Claim(claimed, token))
                 if used is not None and limits and (flow := limits.get(claimed.task)):
                     used[life.flow_group(claimed.task, claimed.kwargs, flow)] += 1
+                if rates and (rate := rates.get(claimed.task)):
+                    group = life.rate_group(claimed.task, claimed.kwargs, rate)
+                    self._starts.setdefault(group, []).append(now)
             for name, entry in skipped:
                 heapq.heappush(self._ready[name], entry)
-            self._flow_skipped = used is not None and bool(skipped)
+            self._flow_skipped = (used is not None or bool(rates)) and bool(skipped)
         return claims
+
+    def _rate_full(self, job: Job, rates: Mapping[str, RateLimit], now: float) -> bool:
+        """Whether ``job``'s rate group has no start left in its window (lock held)."""
+        rate = rates.get(job.task)
+        if rate is None:
+            return False
+        group = life.rate_group(job.task, job.kwargs, rate)
+        starts = [
+            s for s in self._starts.get(group, ()) if not life.rate_expired(s, now=now, rate=rate)
+        ]
+        self._starts[group] = starts
+        at = life.rate_next_start(starts, now=now, rate=rate)
+        if at is None:
+            return False
+        self._rate_next = at if self._rate_next is None else min(self._rate_next, at)
+        return True
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of a rate group still within its window."""
+        with self._lock:
+            now = self._clock()
+            return [
+                s
+                for s in self._starts.get(group, ())
+                if not life.rate_expired(s, now=now, rate=rate)
+            ]
 
     def _flow_used(self, limits: Mapping[str, FlowLimit]) -> Counter[str]:
         """Running jobs per flow group, counted from the records (lock held)."""
@@ -375,7 +428,10 @@ class MemoryBackend:
         ticket = self._work.ticket()
         if self._flow_skipped:
             # The last claim passed over jobs at a fleet limit: they are queued, but
-            # claiming again at once would spin. Wait for a running job to end instead.
+            # claiming again at once would spin. Wait for a running job to end (or a new
+            # job) instead, or for the next start a rate limit allows.
+            if self._rate_next is not None:
+                timeout = min(timeout, max(self._rate_next - self._clock(), 0.0))
             await self._work.wait(ticket, timeout)
             return
         with self._lock:

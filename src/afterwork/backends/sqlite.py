@@ -49,6 +49,7 @@ from .base import (
     MessageStream,
     NewJob,
     Outcome,
+    RateLimit,
 )
 
 __all__ = ("SQLiteBackend", "path_from_url")
@@ -171,6 +172,8 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
         self._work = Notifier()
         self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
         self._flow_wait = self._poll_interval / 2
+        self._conc_skipped = False  # ... at a concurrency limit (a finish may free a slot)
+        self._rate_next: float | None = None  # when a job passed over for a rate may start
         self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
         self._finish_loop: asyncio.AbstractEventLoop | None = None
@@ -331,19 +334,22 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0 or (queues is not None and not queues):
             return []
-        if limits:
+        if limits or rates:
             return await self._claim_limited(
                 worker,
                 queues=queues,
                 limit=limit,
                 lease_ttl=lease_ttl,
                 exclude_tasks=exclude_tasks,
-                limits=limits,
+                limits=limits or {},
+                rates=rates or {},
             )
-        self._flow_skipped = False
+        self._flow_skipped = self._conc_skipped = False
+        self._rate_next = None
         excluded = list(exclude_tasks)
         not_in = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
         order = " ORDER BY priority DESC, run_at, seq LIMIT ?"
@@ -404,8 +410,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
         lease_ttl: float,
         exclude_tasks: Collection[str],
         limits: Mapping[str, FlowLimit],
+        rates: Mapping[str, RateLimit],
     ) -> list[Claim]:
-        """A claim that passes over jobs whose flow group is at its fleet-wide limit.
+        """A claim that passes over jobs whose flow group is at its fleet-wide limit
+        (running jobs, or starts in a rate limit's window).
 
         Reads first (the running jobs of limited tasks, then the ready jobs page by page,
         skipping full groups), writes after: one transaction, as the plain claim.
@@ -422,10 +430,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             " INDEXED BY afterwork_jobs_ready"
             f" WHERE status = 'queued' AND queue = ?{not_in}{order}"
         )
-        groups = Groups(limits)
 
         def claim(tx: Tx) -> list[Claim]:
             conn, now = tx.conn, tx.now
+            groups = Groups(limits, rates, conn=conn, now=now)
             conn.execute(
                 "UPDATE afterwork_jobs INDEXED BY afterwork_jobs_due SET status = 'queued'"
                 " WHERE status = 'scheduled' AND run_at <= ?",
@@ -460,10 +468,28 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
                 assert claimed is not None
                 self._saw_lease(claimed, token)
                 claims.append(Claim(claimed, token))
-            self._flow_skipped = groups.skipped
+            groups.write_starts()
+            self._flow_skipped = groups.skipped or groups.rate_next is not None
+            self._conc_skipped = groups.skipped
+            self._rate_next = groups.rate_next
             return claims
 
         return await self._write(claim)
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of a rate group still within its window."""
+        now = self._clock()
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT at FROM afterwork_starts WHERE grp = ? AND at > ?",
+                (group, now - rate.per - 1.0),
+            ).fetchall()
+        )
+        return sorted(at for (at,) in rows if not life.rate_expired(at, now=now, rate=rate))
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
@@ -529,7 +555,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             return tx.apply(job, change)
 
         result: Job | None = await self._grouped(finish)
-        if result is not None and self._flow_skipped:
+        if result is not None and self._conc_skipped:
             self._work.notify()  # a slot of a fleet limit is free: claim again
         return result
 
@@ -698,8 +724,14 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             # The last claim passed over jobs at a fleet limit: they are queued, so the
             # check below would return at once and spin. Wait for a finish here, or poll
             # (other processes' finishes), backing off while the limit holds.
+            # A rate limit: sleep until its next start is allowed (or a new job comes).
             self._flow_wait = min(self._flow_wait * 2, self._max_poll_interval)
-            await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
+            wait = max(timeout, 0.0)
+            if self._conc_skipped:
+                wait = min(wait, self._flow_wait)
+            if self._rate_next is not None:
+                wait = min(wait, max(self._rate_next - self._clock(), 0.0))
+            await self._work.wait(self._work.ticket(), wait)
             return
         self._flow_wait = self._poll_interval / 2
         while True:
