@@ -9,6 +9,7 @@ earliest one passed over may start (``rate_next``), so a worker sleeps until the
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from afterwork import _lifecycle as life
 from afterwork.backends.base import NewJob, RateLimits
 from afterwork.job import new_job_id
 from afterwork.testing import FakeClock
+
+from .conftest import AwFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -91,17 +94,13 @@ async def test_a_keyed_rate_limit_holds_per_value(aw: Afterwork) -> None:
 async def test_the_rate_log_is_shared_by_every_worker_and_queue(aw: Afterwork) -> None:
     rates = {"t": RateLimit(2, per=60.0)}
     await aw.backend.enqueue([new("t", queue="a"), new("t", queue="b"), new("t", queue="c")])
-    one = await aw.backend.claim(
-        "w1", queues=["a"], limit=5, lease_ttl=600.0, rates=rates
-    )
-    two = await aw.backend.claim(
-        "w2", queues=["b", "c"], limit=5, lease_ttl=600.0, rates=rates
-    )
+    one = await aw.backend.claim("w1", queues=["a"], limit=5, lease_ttl=600.0, rates=rates)
+    two = await aw.backend.claim("w2", queues=["b", "c"], limit=5, lease_ttl=600.0, rates=rates)
     assert len(one) + len(two) == 2
 
 
 async def test_a_drain_starts_what_the_rate_allows_and_leaves_the_rest_waiting(
-    make_aw: Any, clock: FakeClock
+    make_aw: AwFactory, clock: FakeClock
 ) -> None:
     aw = make_aw()
     ran: list[int] = []
@@ -122,16 +121,17 @@ async def test_a_drain_starts_what_the_rate_allows_and_leaves_the_rest_waiting(
 
 
 async def test_bad_rate_limits_are_refused_before_anything_is_stored(aw: Afterwork) -> None:
-    for bad in (
+    bad_limits: list[Callable[[], RateLimit]] = [
         lambda: RateLimit(0, per=1.0),
         lambda: RateLimit(-1, per=1.0),
         lambda: RateLimit(1, per=0.0),
         lambda: RateLimit(1, per=-5),
         lambda: RateLimit(1, per=float("inf")),
-        lambda: RateLimit(True, per=1.0),  # type: ignore[arg-type]
+        lambda: RateLimit(True, per=1.0),
         lambda: RateLimit(1.5, per=1.0),  # type: ignore[arg-type]
         lambda: RateLimit(1, per=1.0, key=""),
-    ):
+    ]
+    for bad in bad_limits:
         with pytest.raises(ValueError, match="RateLimit"):
             bad()
     with pytest.raises(ValueError, match="rate_limit key 'nope' is not an argument"):
@@ -141,7 +141,7 @@ async def test_bad_rate_limits_are_refused_before_anything_is_stored(aw: Afterwo
 
     with pytest.raises(ValueError, match="rate_limit must be a RateLimit"):
 
-        @aw.task(rate_limit=5)  # type: ignore[arg-type]
+        @aw.task(rate_limit=5)  # type: ignore[call-overload,untyped-decorator]
         async def not_a_rate(host: str) -> None: ...
 
     @aw.task(rate_limit=RateLimit(1, per=1.0, key="host"))
@@ -171,7 +171,7 @@ RATE = RateLimit(3, per=5.0)
     )
 )
 async def test_every_store_agrees_with_the_sliding_log(
-    make_aw: Any, clock: FakeClock, steps: list[tuple[float, int]]
+    make_aw: AwFactory, clock: FakeClock, steps: list[tuple[float, int]]
 ) -> None:
     """A random schedule of claims: each store claims exactly what the pure decision
     admits, and no window of ``per`` seconds ever holds more than ``limit`` starts."""
