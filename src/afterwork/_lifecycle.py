@@ -61,6 +61,7 @@ __all__ = (
     "recovery_order",
     "retry",
     "start_now",
+    "waiting_reason",
 )
 
 #: The error type of an attempt whose worker died (its lease expired).
@@ -559,3 +560,48 @@ def purgeable(job: Job, *, now: float, older_than: float | None) -> bool:
     if older_than is not None and job.finished_at <= now - older_than:
         return True
     return job.result_ttl is not None and job.finished_at + job.result_ttl <= now
+
+
+def waiting_reason(
+    job: Job,
+    *,
+    now: float,
+    paused: bool = False,
+    flow: FlowLimit | None = None,
+    running: int = 0,
+    rate: RateLimit | None = None,
+    starts: list[float] | None = None,
+    debounced: bool = False,
+) -> str | None:
+    """Why a waiting job has not started, from the store's limit state read now.
+
+    ``running``: the jobs running in the job's flow group (:func:`flow_group`); ``starts``:
+    the recorded starts of its rate group. ``None`` when nothing holds it back (it waits
+    for a free worker, or it is not waiting).
+    """
+    if job.status not in WAITING_STATUSES:
+        return None
+    if job.status is JobStatus.SCHEDULED and job.run_at > now:
+        if debounced and job.key is not None:
+            return (
+                f"debounced: runs {job.run_at - now:.1f}s from now, once its key has been"
+                " quiet for the window (another enqueue with the key pushes it back)"
+            )
+        return None
+    if paused:
+        return f"paused queue: {job.queue!r} is paused (it starts nothing until resumed)"
+    group = ""
+    if flow is not None and running >= flow.limit:
+        if flow.key is not None:
+            group = f" for {flow.key}={json.dumps(job.kwargs.get(flow.key))}"
+        return f"concurrency limit: {running} of {flow.limit} running across the fleet{group}"
+    if rate is not None and starts is not None:
+        at = rate_next_start(starts, now=now, rate=rate)
+        if at is not None:
+            if rate.key is not None:
+                group = f" for {rate.key}={json.dumps(job.kwargs.get(rate.key))}"
+            return (
+                f"rate limit: {rate.limit} starts in the last {rate.per:g}s{group};"
+                f" the next may start in {max(at - now, 0.0):.1f}s"
+            )
+    return None

@@ -47,6 +47,7 @@ from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
+from ._waiting import explain
 from .backends import from_url
 from .backends.base import (
     Channels,
@@ -700,10 +701,17 @@ class Afterwork(FlowControl):
         return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:
-        """The job with ``job_id``, or ``None``."""
+        """The job with ``job_id``, or ``None``.
+
+        A waiting job held back by a paused queue, a concurrency or rate limit, or a
+        debounce window says so in :attr:`~afterwork.job.Job.waiting_reason` (read from
+        the store's limit state now).
+        """
         await self._ensure_open()
         job = await self.backend.get(job_id)
-        return None if job is None else job.bind(self)
+        if job is None:
+            return None
+        return (await explain(self.backend, self.tasks, job)).bind(self)
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one at once, a running one within a heartbeat.

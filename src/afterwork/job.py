@@ -300,6 +300,10 @@ class Job:
     """What the enqueue that returned this job did: ``True`` it created the job now,
     ``False`` it returned an existing one (a ``key=`` held by an unfinished job), so a
     route can answer 201 or 200. ``None`` on a job not returned by an enqueue."""
+    waiting_reason: str | None = field(default=None, compare=False)
+    """Why a waiting job has not started (a paused queue, a concurrency or rate limit, a
+    debounce window), as :meth:`Afterwork.get_job` read it from the store's limit state;
+    ``None`` when nothing holds it back, and on jobs not read by ``get_job``."""
     timeline: tuple[JobAttempt, ...] = ()
     """The job's last attempts, oldest first (at most :data:`MAX_TIMELINE`): when each
     started and ended, on which worker, how it ended and its error. ``error`` is the last
@@ -434,6 +438,7 @@ class Job:
             "lease_expires_at": self.lease_expires_at,
             "cancel_requested": self.cancel_requested,
             "timeline": timeline_to_json(self.timeline),
+            "waiting_reason": self.waiting_reason,
         }
 
 

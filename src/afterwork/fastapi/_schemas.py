@@ -73,6 +73,8 @@ class JobOut(BaseModel):  # type: ignore[no-redef]
     lease_expires_at: float | None
     cancel_requested: bool
     timeline: list[JobAttemptOut] = []
+    waiting_reason: str | None = None
+    """Why a waiting job has not started (paused queue, concurrency or rate limit, debounce)."""
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
