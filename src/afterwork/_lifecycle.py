@@ -172,14 +172,16 @@ def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit | RateLimit) 
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """At most ``limit`` starts per ``per`` seconds across the fleet (per value of ``key``).
+    """At most ``limit`` attempts started per ``per`` seconds across the fleet (per value
+    of ``key``).
 
     ``@aw.task(rate_limit=RateLimit(10, per=60.0, key="api_host"))``. The store enforces
-    it when it hands out jobs, in the same atomic step as the claim: it keeps a log of the
-    start (claim) times of each group over the last ``per`` seconds (a sliding log, exact:
-    no window of ``per`` seconds ever holds more than ``limit`` starts) and passes over a
-    job whose group has ``limit`` starts in the window. Work over the limit waits queued;
-    :func:`rate_next_start` says when the next may start.
+    it when it hands out jobs, in the same atomic step as the claim, with a sliding log per
+    group: the time each attempt started (:func:`begin`), plus the jobs claimed and not
+    started yet, which count as starting now. A claim passes over a job whose group has
+    ``limit`` such starts within the last ``per`` seconds (:func:`rate_next_start`). The
+    log is exact: no window of ``per`` seconds ever holds more than ``limit`` recorded
+    starts (``started_at``). Work over the limit waits queued.
     """
 
     limit: int
@@ -211,18 +213,27 @@ def rate_group(task: str, kwargs: dict[str, Any], rate: RateLimit) -> str:
     return flow_group(task, kwargs, rate)
 
 
-def rate_next_start(starts: list[float], *, now: float, rate: RateLimit) -> float | None:
-    """Whether one more job of a group may start at ``now`` (the sliding log's decision).
+def rate_next_start(
+    starts: list[float], *, now: float, rate: RateLimit, pending: int = 0
+) -> float | None:
+    """Whether one more job of a group may be claimed at ``now`` (the sliding log's decision).
 
-    ``starts`` are the group's recorded start times (any order; those that left the window,
-    ``start + per <= now``, are ignored). ``None``: a start at ``now`` is admitted (the store
-    records ``now`` in the log with the claim). Otherwise the store time at which the next
-    start may be admitted: the ``limit``-th most recent start plus ``per``.
+    ``starts`` are the times the group's attempts started (any order; those that left the
+    window, ``start + per <= now``, are ignored); ``pending`` counts its jobs claimed and
+    not started yet, which count as starting ``now`` (each will start at ``now`` or
+    later). ``None``: a claim at ``now`` is admitted (the store counts it as pending, and
+    records its start time when it begins). Otherwise the earliest store time at which
+    one may be: the ``limit``-th most recent start plus ``per``.
+
+    Why this holds every window: were ``limit + 1`` starts in one window, the last of them
+    to be claimed saw, at its claim, each of the others started within ``per`` before it,
+    or pending; so it was not admitted.
     """
     recent = sorted(s for s in starts if s + rate.per > now)
+    recent += [now] * max(pending, 0)
     if len(recent) < rate.limit:
         return None
-    return recent[-rate.limit] + rate.per
+    return max(recent[-rate.limit], now - rate.per) + rate.per
 
 
 def rate_expired(start: float, *, now: float, rate: RateLimit) -> bool:

@@ -1,9 +1,10 @@
 """Rate limits, on every store: the claim enforces ``RateLimit``s (a sliding log of starts).
 
-A store records the claim time of each job of a rate-limited task in its group's log, in
-the claim's atomic step; a job whose group has ``limit`` starts within the last ``per``
-seconds is passed over (the jobs behind it are claimed), and the store tells when the
-earliest one passed over may start (``rate_next``), so a worker sleeps until then.
+A store keeps, per group, the start times of its attempts (stamped at begin) and the jobs
+claimed and not started yet (counted as starting now); in the claim's atomic step, a job
+whose group has ``limit`` starts within the last ``per`` seconds is passed over (the jobs
+behind it are claimed), and the store tells when the earliest one passed over may start
+(``rate_next``), so a worker sleeps until then.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from afterwork import Afterwork, EnqueueError, RateLimit
 from afterwork import _lifecycle as life
-from afterwork.backends.base import NewJob, RateLimits
+from afterwork.backends.base import NewJob, Outcome, RateLimits
 from afterwork.job import new_job_id
 from afterwork.testing import FakeClock
 
@@ -32,7 +33,10 @@ def new(task: str = "t", **fields: Any) -> NewJob:
 
 
 async def claim(aw: Afterwork, rates: dict[str, RateLimit], limit: int = 10) -> list[Any]:
-    return await aw.backend.claim("w", queues=None, limit=limit, lease_ttl=600.0, rates=rates)
+    """Claim and start at once (a start is stamped when the attempt begins)."""
+    claims = await aw.backend.claim("w", queues=None, limit=limit, lease_ttl=600.0, rates=rates)
+    await aw.backend.begin([c.lease for c in claims])
+    return claims
 
 
 async def test_at_most_n_starts_per_window_and_the_store_says_when_the_next_may_start(
@@ -89,6 +93,30 @@ async def test_a_keyed_rate_limit_holds_per_value(aw: Afterwork) -> None:
     claims = await claim(aw, rates)
     assert [c.job.id for c in claims] == [busy[0].id, quiet[0].id, quiet[1].id]
     assert await claim(aw, rates) == []
+
+
+async def test_a_claimed_job_counts_as_starting_now_until_it_begins_or_goes_back(
+    aw: Afterwork, clock: FakeClock
+) -> None:
+    backend = aw.backend
+    rates = {"t": RateLimit(1, per=10.0)}
+    await backend.enqueue([new("t", max_attempts=3) for _ in range(3)])
+    (held,) = await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates)
+    clock.advance(30)  # long past the window: an unstarted claim still holds the slot
+    assert await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates) == []
+    # Begun late: the start is stamped at its begin, and the window runs from there.
+    await backend.begin([held.lease])
+    begun_at = backend.now()
+    clock.advance(9)
+    assert await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates) == []
+    assert backend.rate_next() == pytest.approx(begun_at + 10.0, abs=1e-3)  # type: ignore[attr-defined]
+    clock.advance(1)
+    (second,) = await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates)
+    # Released before it started: the slot is free again at once.
+    await backend.finish(second.lease, Outcome.released())
+    (third,) = await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates)
+    await backend.begin([third.lease])
+    assert await backend.claim("w", queues=None, limit=5, lease_ttl=600.0, rates=rates) == []
 
 
 async def test_the_rate_log_is_shared_by_every_worker_and_queue(aw: Afterwork) -> None:
@@ -192,6 +220,7 @@ async def test_every_store_agrees_with_the_sliding_log(
             got = await backend.claim(
                 "w", queues=[name], limit=room, lease_ttl=600.0, rates={name: RATE}
             )
+            await backend.begin([c.lease for c in got])
             assert len(got) == expected, (model, now)
         model.sort()
         for i in range(len(model) - RATE.limit):

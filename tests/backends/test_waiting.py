@@ -36,7 +36,7 @@ async def test_each_hold_is_named(make_aw: AwFactory, clock: FakeClock) -> None:
         backend = aw.backend
 
         async def claim_one() -> None:
-            await backend.claim(
+            claims = await backend.claim(
                 "w",
                 queues=None,
                 limit=1,
@@ -44,6 +44,7 @@ async def test_each_hold_is_named(make_aw: AwFactory, clock: FakeClock) -> None:
                 limits=flow_limits(aw.tasks),
                 rates=rate_limits(aw.tasks),
             )
+            await backend.begin([c.lease for c in claims])
 
         held = await sync.enqueue(7)
         behind = await sync.enqueue(7)

@@ -16,11 +16,12 @@ from typing import Any
 from .. import _lifecycle as life
 from ._sqlite_schema import COLUMNS
 
-__all__ = ("Groups",)
+__all__ = ("STAMP_START", "Groups", "read_starts")
 
 #: Where a claim row (priority, run_at, seq, then the job columns) holds these.
 _TASK = 3 + COLUMNS.index("task")
 _KWARGS = 3 + COLUMNS.index("kwargs")
+_ID = 3 + COLUMNS.index("id")
 #: Rows scanned per queue at most: a larger backlog of full groups ahead is not searched.
 _SCAN = 5000
 
@@ -44,7 +45,8 @@ class Groups:
         self.conn = conn
         self.now = now
         self.starts: dict[str, list[float]] = {}
-        self.started: list[str] = []  # the rate groups of this claim's jobs, one per job
+        self.pending: Counter[str] = Counter()  # claimed, not started (counted as now)
+        self.started: list[tuple[str, str]] = []  # (group, job id) of this claim's jobs
         self.rate_next: float | None = None
 
     def _rate(self, task: str, kwargs: str | None) -> tuple[str, life.RateLimit] | None:
@@ -59,14 +61,29 @@ class Groups:
         if starts is None:
             assert self.conn is not None
             self.conn.execute(
-                "DELETE FROM afterwork_starts WHERE grp = ? AND at <= ?",
+                "DELETE FROM afterwork_starts WHERE grp = ? AND pending = 0 AND at <= ?",
                 (group, self.now - rate.per),
             )
             rows = self.conn.execute(
-                "SELECT at FROM afterwork_starts WHERE grp = ?", (group,)
+                "SELECT s.at, s.pending, s.job_id, j.status, j.started_at"
+                " FROM afterwork_starts s LEFT JOIN afterwork_jobs j ON j.id = s.job_id"
+                " WHERE s.grp = ?",
+                (group,),
             ).fetchall()
-            starts = [at for (at,) in rows if not life.rate_expired(at, now=self.now, rate=rate)]
+            starts, pending = [], 0
+            for at, is_pending, job_id, status, started_at in rows:
+                if not is_pending:
+                    if not life.rate_expired(at, now=self.now, rate=rate):
+                        starts.append(at)
+                elif status == "running" and started_at is None:
+                    pending += 1  # claimed, not started: it counts as starting now
+                else:  # released or recovered before it started
+                    self.conn.execute(
+                        "DELETE FROM afterwork_starts WHERE job_id = ? AND pending = 1",
+                        (job_id,),
+                    )
             self.starts[group] = starts
+            self.pending[group] = pending
         return starts
 
     def _rate_full(self, row: Any, extra: Counter[str] | None) -> bool:
@@ -75,9 +92,8 @@ class Groups:
             return False
         group, rate = found
         starts = self._starts(group, rate)
-        if extra is not None:
-            starts = starts + [self.now] * extra[group]
-        at = life.rate_next_start(starts, now=self.now, rate=rate)
+        pending = self.pending[group] + (extra[group] if extra is not None else 0)
+        at = life.rate_next_start(starts, now=self.now, rate=rate, pending=pending)
         if at is None:
             if extra is not None:
                 extra[group] += 1
@@ -89,15 +105,16 @@ class Groups:
         """Count a claimed row's start in its rate group (written by :meth:`write_starts`)."""
         found = self._rate(row[_TASK], row[_KWARGS])
         if found is not None:
-            self.starts[found[0]].append(self.now)
-            self.started.append(found[0])
+            self.pending[found[0]] += 1
+            self.started.append((found[0], row[_ID]))
 
     def write_starts(self) -> None:
+        """This claim's jobs join their groups' logs as pending (their begin stamps them)."""
         if self.started:
             assert self.conn is not None
             self.conn.executemany(
-                "INSERT INTO afterwork_starts (grp, at) VALUES (?, ?)",
-                [(group, self.now) for group in self.started],
+                "INSERT INTO afterwork_starts (grp, at, job_id, pending) VALUES (?, ?, ?, 1)",
+                [(group, self.now, job_id) for group, job_id in self.started],
             )
 
     def of(self, task: str, kwargs: str | None) -> tuple[str, int] | None:
@@ -177,3 +194,26 @@ def _decode(kwargs: str | None) -> dict[str, Any]:
     except ValueError:
         decoded = {}
     return decoded if isinstance(decoded, dict) else {}
+
+
+#: A begun attempt stamps its start in its rate group's log (no row: not rate-limited).
+STAMP_START = "UPDATE afterwork_starts SET at = ?, pending = 0 WHERE job_id = ? AND pending = 1"
+
+
+def read_starts(
+    conn: sqlite3.Connection, group: str, now: float, rate: life.RateLimit
+) -> list[float]:
+    """A group's starts in the window, pending claims counted as ``now``."""
+    rows = conn.execute(
+        "SELECT s.at, s.pending, j.status, j.started_at"
+        " FROM afterwork_starts s LEFT JOIN afterwork_jobs j ON j.id = s.job_id"
+        " WHERE s.grp = ?",
+        (group,),
+    ).fetchall()
+    starts: list[float] = []
+    for at, is_pending, status, started_at in rows:
+        if not is_pending and not life.rate_expired(at, now=now, rate=rate):
+            starts.append(at)
+        elif is_pending and status == "running" and started_at is None:
+            starts.append(now)
+    return sorted(starts)

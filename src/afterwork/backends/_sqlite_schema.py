@@ -127,16 +127,20 @@ _V3 = (
     """,
 )
 
-# Version 4: the start times of rate-limited groups within their window (a sliding log per
-# group, see ``afterwork._lifecycle.RateLimit``): written by claims, pruned as they age.
+# Version 4: the starts of rate-limited groups within their window (a sliding log per group,
+# see ``afterwork._lifecycle.RateLimit``): a claim adds a pending row (the job's start is to
+# come, it counts as now), the attempt's begin stamps its start time; old rows are pruned.
 _V4 = (
     """
     CREATE TABLE afterwork_starts (
         grp TEXT NOT NULL,
-        at REAL NOT NULL
+        at REAL NOT NULL,
+        job_id TEXT NOT NULL,
+        pending INTEGER NOT NULL
     ) STRICT
     """,
     "CREATE INDEX afterwork_starts_grp ON afterwork_starts (grp, at)",
+    "CREATE INDEX afterwork_starts_pending ON afterwork_starts (job_id) WHERE pending = 1",
 )
 
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.

@@ -84,8 +84,10 @@ class MemoryBackend:
         self._work = Notifier()
         self._wake = False
         self._flow_skipped = False
-        # Rate limits: the start (claim) times of each group within its window.
+        # Rate limits: the start times of each group's attempts within its window, and the
+        # jobs claimed but not started yet (job id -> group), which count as starting now.
         self._starts: dict[str, list[float]] = {}
+        self._pending: dict[str, str] = {}
         self._rate_next: float | None = None
         self._paused: set[str] = set()
         self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
@@ -246,6 +248,7 @@ class MemoryBackend:
             self._promote(now)
             used = self._flow_used(limits) if limits else None
             self._rate_next = None
+            pending = self._rate_pending() if rates else Counter[str]()
             names = [
                 q
                 for q in (self._ready if queues is None else queues)
@@ -268,7 +271,7 @@ class MemoryBackend:
                         if (
                             job.task in exclude_tasks
                             or (used is not None and self._flow_full(job, limits, used))
-                            or (rates and self._rate_full(job, rates, now))
+                            or (rates and self._rate_full(job, rates, now, pending))
                         ):
                             skipped.append((name, heapq.heappop(heap)))
                             continue
@@ -289,13 +292,27 @@ class MemoryBackend:
                     used[life.flow_group(claimed.task, claimed.kwargs, flow)] += 1
                 if rates and (rate := rates.get(claimed.task)):
                     group = life.rate_group(claimed.task, claimed.kwargs, rate)
-                    self._starts.setdefault(group, []).append(now)
+                    self._pending[claimed.id] = group
+                    pending[group] += 1
             for name, entry in skipped:
                 heapq.heappush(self._ready[name], entry)
             self._flow_skipped = (used is not None or bool(rates)) and bool(skipped)
         return claims
 
-    def _rate_full(self, job: Job, rates: Mapping[str, RateLimit], now: float) -> bool:
+    def _rate_pending(self) -> Counter[str]:
+        """Jobs claimed and not started, per rate group (lock held); others are dropped."""
+        counts: Counter[str] = Counter()
+        for job_id, group in list(self._pending.items()):
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.RUNNING or job.started_at is not None:
+                del self._pending[job_id]  # released or recovered before it started
+            else:
+                counts[group] += 1
+        return counts
+
+    def _rate_full(
+        self, job: Job, rates: Mapping[str, RateLimit], now: float, pending: Counter[str]
+    ) -> bool:
         """Whether ``job``'s rate group has no start left in its window (lock held)."""
         rate = rates.get(job.task)
         if rate is None:
@@ -305,7 +322,7 @@ class MemoryBackend:
             s for s in self._starts.get(group, ()) if not life.rate_expired(s, now=now, rate=rate)
         ]
         self._starts[group] = starts
-        at = life.rate_next_start(starts, now=now, rate=rate)
+        at = life.rate_next_start(starts, now=now, rate=rate, pending=pending[group])
         if at is None:
             return False
         self._rate_next = at if self._rate_next is None else min(self._rate_next, at)
@@ -316,14 +333,15 @@ class MemoryBackend:
         return self._rate_next
 
     async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
-        """The recorded starts of a rate group still within its window."""
+        """The starts of a rate group within its window (claimed, not started: now)."""
         with self._lock:
             now = self._clock()
-            return [
+            starts = [
                 s
                 for s in self._starts.get(group, ())
                 if not life.rate_expired(s, now=now, rate=rate)
             ]
+            return starts + [now] * self._rate_pending()[group]
 
     def _flow_used(self, limits: Mapping[str, FlowLimit]) -> Counter[str]:
         """Running jobs per flow group, counted from the records (lock held)."""
@@ -349,7 +367,11 @@ class MemoryBackend:
                 change = (
                     None if job is None else life.begin(job, held=held, token=lease.token, now=now)
                 )
-                begun.append(self._apply(change))
+                started = self._apply(change)
+                group = self._pending.pop(lease.job_id, None) if started is not None else None
+                if group is not None and started is not None:
+                    self._starts.setdefault(group, []).append(started.started_at or now)
+                begun.append(started)
             return begun
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:

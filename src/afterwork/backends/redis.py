@@ -669,7 +669,11 @@ class RedisBackend(PresenceMixin):
             else pairs
         )
         starts = [float(score) for score in flat[1::2]]
-        return [s for s in starts if not life.rate_expired(s, now=now, rate=rate)]
+        # Claimed and not started: they count as starting now (the next claim drops those
+        # released meanwhile, so this may count one too many until then).
+        pending = int(await self._command("SCARD", self._key(f"rpend:{group}")))
+        begun = [s for s in starts if not life.rate_expired(s, now=now, rate=rate)]
+        return sorted(begun) + [now] * pending
 
     @property
     def event_retention(self) -> int:

@@ -33,7 +33,7 @@ from ..exceptions import BackendUnavailable, ConfigurationError, SchemaVersionEr
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import MESSAGE_KIND, EventPump
-from ._sqlite_flow import Groups
+from ._sqlite_flow import STAMP_START, Groups, read_starts
 from ._sqlite_inspect import InspectorMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_presence import PresenceMixin
@@ -483,13 +483,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
     async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
         """The recorded starts of a rate group still within its window."""
         now = self._clock()
-        rows = await self._db.read(
-            lambda conn: conn.execute(
-                "SELECT at FROM afterwork_starts WHERE grp = ? AND at > ?",
-                (group, now - rate.per - 1.0),
-            ).fetchall()
-        )
-        return sorted(at for (at,) in rows if not life.rate_expired(at, now=now, rate=rate))
+        return await self._db.read(lambda conn: read_starts(conn, group, now, rate))
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
@@ -504,7 +498,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
                     if job is None
                     else life.begin(job, held=held, token=lease.token, now=tx.now)
                 )
-                begun.append(None if job is None else tx.apply(job, change))
+                started = None if job is None else tx.apply(job, change)
+                if started is not None and change is not None and change.event == "started":
+                    tx.conn.execute(STAMP_START, (started.started_at, lease.job_id))
+                begun.append(started)
             return begun
 
         # Starts ride in the same group commit as finishes: a slot freed by a finish is

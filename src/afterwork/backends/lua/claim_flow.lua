@@ -43,10 +43,12 @@ local function key_value(id, name)
   return cjson.encode(value)
 end
 
--- Rate limits: a sorted set of start times per group (P:starts:<group>), a sliding log.
--- The decision is afterwork._lifecycle.rate_next_start: a start at `now` is admitted while
--- fewer than `limit` starts of the group are in the window (start + per > now); otherwise
--- the next may start at the `limit`-th most recent start + per.
+-- Rate limits: a sliding log per group. P:starts:<group> holds the start times of the
+-- group's attempts (stamped by apply.lua when an attempt begins); P:rpend:<group> the jobs
+-- claimed and not started yet, which count as starting now. The decision is
+-- afterwork._lifecycle.rate_next_start: a claim at `now` is admitted while fewer than
+-- `limit` starts (pending ones included) are in the window (start + per > now); otherwise
+-- the next may be at the `limit`-th most recent start + per.
 local function rate_group(id, task)
   local r = rates[task]
   if r == nil then return nil end
@@ -54,6 +56,7 @@ local function rate_group(id, task)
   return task .. '\031' .. key_value(id, r[3])
 end
 local rate_seen = {}
+local rate_pending = {}
 local function rate_count(g, r)
   local n = rate_seen[g]
   if n == nil then
@@ -61,19 +64,31 @@ local function rate_count(g, r)
     redis.call('ZREMRANGEBYSCORE', zkey, '-inf', fmt(now - r[2]))
     n = redis.call('ZCARD', zkey)
     rate_seen[g] = n
+    local pending = 0
+    for _, id in ipairs(redis.call('SMEMBERS', P .. ':rpend:' .. g)) do
+      local f = fields(id, 'status', 'started')
+      if f ~= nil and f[1] == 'running' and not f[2] then
+        pending = pending + 1
+      else -- released or recovered before it started
+        redis.call('SREM', P .. ':rpend:' .. g, id)
+      end
+    end
+    rate_pending[g] = pending
   end
   return n
 end
 local rate_next = nil
 local function rate_full(g, r, extra)
-  if rate_count(g, r) + extra < r[1] then return false end
-  local zkey = P .. ':starts:' .. g
-  local at = nil
-  if extra < r[1] then
-    local e = redis.call('ZRANGE', zkey, -(r[1] - extra), -(r[1] - extra), 'WITHSCORES')
-    at = tonumber(e[2]) + r[2]
-  else
-    at = now + r[2] -- this claim's own starts fill the window
+  local begun = rate_count(g, r)
+  local pending = rate_pending[g] + extra
+  if begun + pending < r[1] then return false end
+  local at = now + r[2] -- pending claims fill the window: they start now or later
+  if pending < r[1] then
+    local k = r[1] - pending
+    local e = redis.call('ZRANGE', P .. ':starts:' .. g, -k, -k, 'WITHSCORES')
+    local t = tonumber(e[2])
+    if t < now - r[2] then t = now - r[2] end
+    at = t + r[2]
   end
   if rate_next == nil or at < rate_next then rate_next = at end
   return true
@@ -198,7 +213,7 @@ for i = 1, #candidates do
   elseif g == nil or total + #out < cap or running(g) + (claimed[g] or 0) < cap then
     if rg ~= nil then
       rclaimed[rg] = (rclaimed[rg] or 0) + 1
-      starts[#starts + 1] = {rg, rates[c[6]][2], base .. i}
+      starts[#starts + 1] = {rg, rates[c[6]][2], id}
     end
     redis.call('ZREM', c[3], id)
     redis.call('HDEL', jkey(id), 'started', 'done_token')
@@ -210,11 +225,10 @@ for i = 1, #candidates do
     out[#out + 1] = record(id)
   end
 end
--- This claim's starts join their groups' logs (after the decisions above, which count them
--- as `extra`).
+-- This claim's jobs join their groups' pending sets (after the decisions above, which
+-- counted them as `extra`); apply.lua stamps each start when its attempt begins.
 for _, s in ipairs(starts) do
-  local zkey = P .. ':starts:' .. s[1]
-  redis.call('ZADD', zkey, NOW, s[3])
-  redis.call('PEXPIRE', zkey, math.ceil(s[2] * 1000) + 1000)
+  redis.call('SADD', P .. ':rpend:' .. s[1], s[3])
+  redis.call('HSET', jkey(s[3]), 'rgrp', s[1], 'rper', fmt(s[2]))
 end
 return {skipped, out, rate_next and fmt(rate_next) or ''}
