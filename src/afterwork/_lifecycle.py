@@ -214,26 +214,36 @@ def rate_group(task: str, kwargs: dict[str, Any], rate: RateLimit) -> str:
 
 
 def rate_next_start(
-    starts: list[float], *, now: float, rate: RateLimit, pending: int = 0
+    starts: list[float],
+    *,
+    now: float,
+    rate: RateLimit,
+    pending: int = 0,
+    begun: int | None = None,
 ) -> float | None:
     """Whether one more job of a group may be claimed at ``now`` (the sliding log's decision).
 
     ``starts`` are the times the group's attempts started (any order; those that left the
     window, ``start + per <= now``, are ignored); ``pending`` counts its jobs claimed and
     not started yet, which count as starting ``now`` (each will start at ``now`` or
-    later). ``None``: a claim at ``now`` is admitted (the store counts it as pending, and
+    later). A store may pass only the most recent starts (at least ``limit - pending`` of
+    them, or none while ``begun + pending < limit``) with ``begun``, how many are in the
+    window. ``None``: a claim at ``now`` is admitted (the store counts it as pending, and
     records its start time when it begins). Otherwise the earliest store time at which
-    one may be: the ``limit``-th most recent start plus ``per``.
+    one may be: the ``limit``-th most recent start (pending ones being ``now``) plus ``per``.
 
     Why this holds every window: were ``limit + 1`` starts in one window, the last of them
     to be claimed saw, at its claim, each of the others started within ``per`` before it,
     or pending; so it was not admitted.
     """
     recent = sorted(s for s in starts if s + rate.per > now)
-    recent += [now] * max(pending, 0)
-    if len(recent) < rate.limit:
+    count = len(recent) if begun is None else begun
+    if count + max(pending, 0) < rate.limit:
         return None
-    return max(recent[-rate.limit], now - rate.per) + rate.per
+    k = rate.limit - max(pending, 0)  # the k-th most recent begun start bounds the window
+    if k <= 0:
+        return now + rate.per
+    return max(recent[-k], now - rate.per) + rate.per
 
 
 def rate_expired(start: float, *, now: float, rate: RateLimit) -> bool:

@@ -44,7 +44,8 @@ class Groups:
         self.skipped = False
         self.conn = conn
         self.now = now
-        self.starts: dict[str, list[float]] = {}
+        self.begun: dict[str, int] = {}  # starts in the window, per rate group
+        self.tails: dict[str, list[float]] = {}  # the most recent of them, when it binds
         self.pending: Counter[str] = Counter()  # claimed, not started (counted as now)
         self.started: list[tuple[str, str]] = []  # (group, job id) of this claim's jobs
         self.rate_next: float | None = None
@@ -55,45 +56,60 @@ class Groups:
             return None
         return life.rate_group(task, _decode(kwargs) if rate.key else {}, rate), rate
 
-    def _starts(self, group: str, rate: life.RateLimit) -> list[float]:
-        """The group's starts in the window, read once per claim (old ones deleted)."""
-        starts = self.starts.get(group)
-        if starts is None:
+    def _load(self, group: str, rate: life.RateLimit) -> None:
+        """Count the group's starts in the window and its pending claims, once per claim
+        (expired starts and dropped claims are deleted)."""
+        if group in self.begun:
+            return
+        assert self.conn is not None
+        self.conn.execute(
+            "DELETE FROM afterwork_starts WHERE grp = ? AND pending = 0 AND at <= ?",
+            (group, self.now - rate.per),
+        )
+        (begun,) = self.conn.execute(
+            "SELECT count(*) FROM afterwork_starts WHERE grp = ? AND pending = 0 AND at > ?",
+            (group, self.now - rate.per),
+        ).fetchone()
+        pending = 0
+        rows = self.conn.execute(
+            "SELECT s.job_id, j.status, j.started_at"
+            " FROM afterwork_starts s LEFT JOIN afterwork_jobs j ON j.id = s.job_id"
+            " WHERE s.grp = ? AND s.pending = 1",
+            (group,),
+        ).fetchall()
+        for job_id, status, started_at in rows:
+            if status == "running" and started_at is None:
+                pending += 1  # claimed, not started: it counts as starting now
+            else:  # released or recovered before it started
+                self.conn.execute(
+                    "DELETE FROM afterwork_starts WHERE job_id = ? AND pending = 1", (job_id,)
+                )
+        self.begun[group] = begun
+        self.pending[group] = pending
+
+    def _tail(self, group: str, rate: life.RateLimit) -> list[float]:
+        """The group's most recent starts (``limit`` of them), read only when it binds."""
+        tail = self.tails.get(group)
+        if tail is None:
             assert self.conn is not None
-            self.conn.execute(
-                "DELETE FROM afterwork_starts WHERE grp = ? AND pending = 0 AND at <= ?",
-                (group, self.now - rate.per),
-            )
             rows = self.conn.execute(
-                "SELECT s.at, s.pending, s.job_id, j.status, j.started_at"
-                " FROM afterwork_starts s LEFT JOIN afterwork_jobs j ON j.id = s.job_id"
-                " WHERE s.grp = ?",
-                (group,),
+                "SELECT at FROM afterwork_starts WHERE grp = ? AND pending = 0 AND at > ?"
+                " ORDER BY at DESC LIMIT ?",
+                (group, self.now - rate.per, rate.limit),
             ).fetchall()
-            starts, pending = [], 0
-            for at, is_pending, job_id, status, started_at in rows:
-                if not is_pending:
-                    if not life.rate_expired(at, now=self.now, rate=rate):
-                        starts.append(at)
-                elif status == "running" and started_at is None:
-                    pending += 1  # claimed, not started: it counts as starting now
-                else:  # released or recovered before it started
-                    self.conn.execute(
-                        "DELETE FROM afterwork_starts WHERE job_id = ? AND pending = 1",
-                        (job_id,),
-                    )
-            self.starts[group] = starts
-            self.pending[group] = pending
-        return starts
+            tail = self.tails[group] = [at for (at,) in rows]
+        return tail
 
     def _rate_full(self, row: Any, extra: Counter[str] | None) -> bool:
         found = self._rate(row[_TASK], row[_KWARGS])
         if found is None:
             return False
         group, rate = found
-        starts = self._starts(group, rate)
+        self._load(group, rate)
         pending = self.pending[group] + (extra[group] if extra is not None else 0)
-        at = life.rate_next_start(starts, now=self.now, rate=rate, pending=pending)
+        begun = self.begun[group]
+        tail = self._tail(group, rate) if begun + pending >= rate.limit else []
+        at = life.rate_next_start(tail, now=self.now, rate=rate, pending=pending, begun=begun)
         if at is None:
             if extra is not None:
                 extra[group] += 1

@@ -139,7 +139,7 @@ _V4 = (
         pending INTEGER NOT NULL
     ) STRICT
     """,
-    "CREATE INDEX afterwork_starts_grp ON afterwork_starts (grp, at)",
+    "CREATE INDEX afterwork_starts_grp ON afterwork_starts (grp, pending, at)",
     "CREATE INDEX afterwork_starts_pending ON afterwork_starts (job_id) WHERE pending = 1",
 )
 

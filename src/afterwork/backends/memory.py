@@ -11,7 +11,7 @@ import itertools
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -86,7 +86,7 @@ class MemoryBackend:
         self._flow_skipped = False
         # Rate limits: the start times of each group's attempts within its window, and the
         # jobs claimed but not started yet (job id -> group), which count as starting now.
-        self._starts: dict[str, list[float]] = {}
+        self._starts: dict[str, deque[float]] = {}
         self._pending: dict[str, str] = {}
         self._rate_next: float | None = None
         self._paused: set[str] = set()
@@ -318,15 +318,21 @@ class MemoryBackend:
         if rate is None:
             return False
         group = life.rate_group(job.task, job.kwargs, rate)
-        starts = [
-            s for s in self._starts.get(group, ()) if not life.rate_expired(s, now=now, rate=rate)
-        ]
-        self._starts[group] = starts
-        at = life.rate_next_start(starts, now=now, rate=rate, pending=pending[group])
+        starts = self._window(group, rate, now)
+        waiting = pending[group]
+        tail = list(itertools.islice(reversed(starts), max(rate.limit - waiting, 0)))
+        at = life.rate_next_start(tail, now=now, rate=rate, pending=waiting, begun=len(starts))
         if at is None:
             return False
         self._rate_next = at if self._rate_next is None else min(self._rate_next, at)
         return True
+
+    def _window(self, group: str, rate: RateLimit, now: float) -> deque[float]:
+        """The group's starts still in the window, oldest first (lock held)."""
+        starts = self._starts.setdefault(group, deque())
+        while starts and life.rate_expired(starts[0], now=now, rate=rate):
+            starts.popleft()
+        return starts
 
     def rate_next(self) -> float | None:
         """When a job the last claim passed over for a rate limit may start (store time)."""
@@ -336,11 +342,7 @@ class MemoryBackend:
         """The starts of a rate group within its window (claimed, not started: now)."""
         with self._lock:
             now = self._clock()
-            starts = [
-                s
-                for s in self._starts.get(group, ())
-                if not life.rate_expired(s, now=now, rate=rate)
-            ]
+            starts = list(self._window(group, rate, now))
             return starts + [now] * self._rate_pending()[group]
 
     def _flow_used(self, limits: Mapping[str, FlowLimit]) -> Counter[str]:
@@ -370,7 +372,7 @@ class MemoryBackend:
                 started = self._apply(change)
                 group = self._pending.pop(lease.job_id, None) if started is not None else None
                 if group is not None and started is not None:
-                    self._starts.setdefault(group, []).append(started.started_at or now)
+                    self._starts.setdefault(group, deque()).append(started.started_at or now)
                 begun.append(started)
             return begun
 
