@@ -448,7 +448,8 @@ class JobEvent:
 
     ``kind`` says what happened: ``enqueued``, ``started``, ``progress``, ``succeeded``,
     ``retrying``, ``failed``, ``cancelled``, ``cancel_requested``, ``released``,
-    ``recovered``, ``retried`` (by hand) or ``purged``.
+    ``recovered``, ``retried`` (by hand), ``debounced`` (a debounced enqueue pushed it back
+    with new arguments) or ``purged``.
     """
 
     kind: str
