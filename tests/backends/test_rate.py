@@ -9,6 +9,7 @@ behind it are claimed), and the store tells when the earliest one passed over ma
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -225,3 +226,27 @@ async def test_every_store_agrees_with_the_sliding_log(
         model.sort()
         for i in range(len(model) - RATE.limit):
             assert model[i + RATE.limit] - model[i] >= RATE.per - 1e-6
+
+
+async def test_a_worker_waits_for_the_next_slot_instead_of_polling(
+    aw: Afterwork, clock: FakeClock
+) -> None:
+    """After a claim passed jobs over for a rate limit, ``wait_for_work`` sleeps until the
+    store's next slot (here 0.2 s of the fake clock's future, waited in real time), not at
+    once (a spin) and not for its whole timeout."""
+    backend = aw.backend
+    rates = {"t": RateLimit(1, per=0.2)}
+    await backend.enqueue([new("t") for _ in range(2)])
+    assert len(await claim(aw, rates)) == 1
+    assert await claim(aw, rates) == []
+    # As a worker does: wait, claim again; a wake-up may come early (a notification of
+    # earlier writes arriving late) but the loop does not spin.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    rounds = 0
+    while loop.time() - started < 0.2:
+        rounds += 1
+        await backend.wait_for_work(None, 30.0)
+        assert await backend.claim("w", queues=None, limit=5, lease_ttl=60.0, rates=rates) == []
+    assert rounds <= 3, rounds
+    assert loop.time() - started < 10.0
