@@ -4,6 +4,7 @@ Usage::
 
     python bench/flow_bench.py [--jobs 10000] [--repeat 3] [--stores sqlite,redis]
     python bench/flow_bench.py --keys [--stores memory,sqlite,redis]
+    python bench/flow_bench.py --rate [--jobs 10000] [--repeat 3] [--stores sqlite,redis]
 
 ``--keys`` measures head-of-line blocking instead: 20 keys x 50 jobs of a task with
 ``concurrency=1, concurrency_key="key"`` (each job sleeps 10 ms), one of them busy with 500
@@ -14,7 +15,9 @@ backlog, a job of a new (quiet) key is enqueued: its enqueue-to-start latency is
 Drains ``--jobs`` pre-enqueued no-op jobs with ``aw.drain(concurrency=50)`` in this process,
 once with a plain task and once with ``@aw.task(concurrency=100_000)`` (high enough never to
 bind), alternating the two for ``--repeat`` rounds on a fresh store each. Prints the median
-throughput of each and their ratio (the target: at least 85 %). Redis runs on a private
+throughput of each and their ratio (the target: at least 85 %). ``--rate`` does the same
+with ``@aw.task(rate_limit=RateLimit(10_000_000, per=1.0))`` instead (a rate limit that
+never binds: every start is still logged and counted). Redis runs on a private
 ``redis-server`` (AOF ``appendfsync always``, as in tests), SQLite on a fresh file (WAL).
 """
 
@@ -35,15 +38,19 @@ sys.path.insert(0, str(ROOT))
 
 from tests.redis_server import RedisServer  # noqa: E402
 
-from afterwork import Afterwork, JobStatus  # noqa: E402
+from afterwork import Afterwork, JobStatus, RateLimit  # noqa: E402
 
 BATCH = 500
 
 
-async def drain(url: str, jobs: int, limited: bool) -> float:
+async def drain(url: str, jobs: int, limited: bool, rate: bool = False) -> float:
     aw = Afterwork(url)
 
-    @aw.task(name="noop", concurrency=100_000 if limited else None)
+    @aw.task(
+        name="noop",
+        concurrency=100_000 if limited and not rate else None,
+        rate_limit=RateLimit(10_000_000, per=1.0) if limited and rate else None,
+    )
     async def noop(n: int) -> int:
         return n
 
@@ -60,7 +67,9 @@ async def drain(url: str, jobs: int, limited: bool) -> float:
     return jobs / elapsed
 
 
-async def store(name: str, jobs: int, repeat: int, redis_url: str | None, tmp: Path) -> None:
+async def store(
+    name: str, jobs: int, repeat: int, redis_url: str | None, tmp: Path, rate: bool = False
+) -> None:
     rates: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(repeat):
         for limited in (False, True) if round_ % 2 == 0 else (True, False):
@@ -68,10 +77,11 @@ async def store(name: str, jobs: int, repeat: int, redis_url: str | None, tmp: P
                 url = f"sqlite:///{tmp}/{uuid.uuid4().hex}.db"
             else:
                 url = f"{redis_url}?prefix=bench{uuid.uuid4().hex[:8]}"
-            rates[limited].append(await drain(url, jobs, limited))
+            rates[limited].append(await drain(url, jobs, limited, rate))
     plain, capped = statistics.median(rates[False]), statistics.median(rates[True])
+    setting = "rate_limit=RateLimit(10000000, per=1.0)" if rate else "concurrency=100000"
     print(
-        f"{name}: drain {jobs} no-ops  plain {plain:8.0f} jobs/s  concurrency=100000"
+        f"{name}: drain {jobs} no-ops  plain {plain:8.0f} jobs/s  {setting}"
         f" {capped:8.0f} jobs/s  ratio {capped / plain:6.1%}"
         f"  (runs: plain {[round(r) for r in rates[False]]},"
         f" capped {[round(r) for r in rates[True]]})"
@@ -121,6 +131,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--stores", default="sqlite,redis")
     parser.add_argument("--keys", action="store_true", help="measure head-of-line blocking")
+    parser.add_argument("--rate", action="store_true", help="a rate limit instead of a cap")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
@@ -140,7 +151,7 @@ async def main() -> None:
                         else f"{url}?prefix=keys{uuid.uuid4().hex[:8]}"
                     )
                 else:
-                    await store(name, args.jobs, args.repeat, url, tmp)
+                    await store(name, args.jobs, args.repeat, url, tmp, args.rate)
         finally:
             if server is not None:
                 server.stop()

@@ -58,3 +58,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="also run the soak tier (tests marked soak: minutes-long load proofs)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``soak`` run only with ``--soak`` (or ``AFTERWORK_SOAK=1``)."""
+    if config.getoption("--soak") or os.environ.get("AFTERWORK_SOAK") == "1":
+        return
+    skip = pytest.mark.skip(reason="soak tier: run with --soak (make soak)")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -18,6 +18,7 @@ if _typing.TYPE_CHECKING:
     from ._engine.services import ServiceStatus as ServiceStatus
     from ._engine.worker import Worker as Worker
     from ._engine.worker import WorkerStatistics as WorkerStatistics
+    from ._lifecycle import RateLimit as RateLimit
     from ._middleware import JobCall as JobCall
     from ._settings import Settings as Settings
     from .app import Afterwork as Afterwork
@@ -55,6 +56,7 @@ __all__ = (
     "JobNotFound",
     "JobStatus",
     "PayloadTooLarge",
+    "RateLimit",
     "Retry",
     "ScheduleInfo",
     "ServiceContext",
@@ -78,6 +80,7 @@ _LAZY: dict[str, str] = {
     "EnqueueError": ".exceptions",
     "Job": ".job",
     "JobCall": "._middleware",
+    "RateLimit": "._lifecycle",
     "JobContext": ".context",
     "JobError": ".job",
     "JobEvent": ".job",

@@ -237,6 +237,7 @@ def _print_job(job: Job) -> None:
         ("task", job.task),
         ("queue", job.queue),
         ("status", None),
+        ("waiting", job.waiting_reason),
         ("attempts", f"{job.attempts} of {job.max_attempts} (recoveries: {job.recoveries})"),
         ("priority", job.priority),
         ("key", job.key),

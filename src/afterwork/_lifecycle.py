@@ -40,10 +40,12 @@ __all__ = (
     "Lease",
     "NewJob",
     "Outcome",
+    "RateLimit",
     "begin",
     "cancel",
     "claim",
     "create",
+    "debounce",
     "finish",
     "flow_group",
     "heartbeat",
@@ -52,11 +54,14 @@ __all__ = (
     "promote",
     "purgeable",
     "quarantine",
+    "rate_group",
+    "rate_next_start",
     "ready_order",
     "recover",
     "recovery_order",
     "retry",
     "start_now",
+    "waiting_reason",
 )
 
 #: The error type of an attempt whose worker died (its lease expired).
@@ -85,6 +90,9 @@ class NewJob:
     """Seconds from the store's now until the job is due (0: queued at once)."""
     timeout: float | None = None
     result_ttl: float | None = None
+    debounce: bool = False
+    """A debounced enqueue: a waiting job holding ``key`` takes these arguments and is
+    pushed back to ``delay`` from now instead of a new job being made (:func:`debounce`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +162,93 @@ class FlowLimit:
     key: str | None = None
 
 
-def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit) -> str:
-    """The group whose running jobs a :class:`FlowLimit` counts: the task, or task + key value."""
+def flow_group(task: str, kwargs: dict[str, Any], limit: FlowLimit | RateLimit) -> str:
+    """The group whose running jobs a :class:`FlowLimit` counts (or whose starts a
+    :class:`RateLimit` counts): the task, or task + key value."""
     if limit.key is None:
         return task
     return f"{task}\x1f{json.dumps(kwargs.get(limit.key), separators=(',', ':'))}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` attempts started per ``per`` seconds across the fleet (per value
+    of ``key``).
+
+    ``@aw.task(rate_limit=RateLimit(10, per=60.0, key="api_host"))``. The store enforces
+    it when it hands out jobs, in the same atomic step as the claim, with a sliding log per
+    group: the time each attempt started (:func:`begin`), plus the jobs claimed and not
+    started yet, which count as starting now. A claim passes over a job whose group has
+    ``limit`` such starts within the last ``per`` seconds (:func:`rate_next_start`). The
+    log is exact: no window of ``per`` seconds ever holds more than ``limit`` recorded
+    starts (``started_at``). Work over the limit waits queued.
+    """
+
+    limit: int
+    per: float
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError(
+                f"RateLimit: the limit must be an integer of at least 1, not {self.limit!r}"
+            )
+        if (
+            isinstance(self.per, bool)
+            or not isinstance(self.per, int | float)
+            or not math.isfinite(self.per)
+            or self.per <= 0
+        ):
+            raise ValueError(
+                f"RateLimit: per (the window, in seconds) must be positive, not {self.per!r}"
+            )
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ValueError(
+                f"RateLimit: key must be the name of a task argument, not {self.key!r}"
+            )
+
+
+def rate_group(task: str, kwargs: dict[str, Any], rate: RateLimit) -> str:
+    """The group whose starts a :class:`RateLimit` counts: the task, or task + key value."""
+    return flow_group(task, kwargs, rate)
+
+
+def rate_next_start(
+    starts: list[float],
+    *,
+    now: float,
+    rate: RateLimit,
+    pending: int = 0,
+    begun: int | None = None,
+) -> float | None:
+    """Whether one more job of a group may be claimed at ``now`` (the sliding log's decision).
+
+    ``starts`` are the times the group's attempts started (any order; those that left the
+    window, ``start + per <= now``, are ignored); ``pending`` counts its jobs claimed and
+    not started yet, which count as starting ``now`` (each will start at ``now`` or
+    later). A store may pass only the most recent starts (at least ``limit - pending`` of
+    them, or none while ``begun + pending < limit``) with ``begun``, how many are in the
+    window. ``None``: a claim at ``now`` is admitted (the store counts it as pending, and
+    records its start time when it begins). Otherwise the earliest store time at which
+    one may be: the ``limit``-th most recent start (pending ones being ``now``) plus ``per``.
+
+    Why this holds every window: were ``limit + 1`` starts in one window, the last of them
+    to be claimed saw, at its claim, each of the others started within ``per`` before it,
+    or pending; so it was not admitted.
+    """
+    recent = sorted(s for s in starts if s + rate.per > now)
+    count = len(recent) if begun is None else begun
+    if count + max(pending, 0) < rate.limit:
+        return None
+    k = rate.limit - max(pending, 0)  # the k-th most recent begun start bounds the window
+    if k <= 0:
+        return now + rate.per
+    return max(recent[-k], now - rate.per) + rate.per
+
+
+def rate_expired(start: float, *, now: float, rate: RateLimit) -> bool:
+    """Whether a recorded start has left the window (a store may forget it)."""
+    return start + rate.per <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +324,28 @@ def create(new: NewJob, now: float) -> Change:
         result_ttl=new.result_ttl,
     )
     return Change(job, "enqueued")
+
+
+def debounce(holder: Job, new: NewJob, now: float) -> Change:
+    """A debounced enqueue of ``new`` meeting ``holder``, the unfinished job holding its key.
+
+    A waiting holder takes the arguments of ``new`` and is pushed back to ``new.delay``
+    from now (the quiet window starts again); event ``debounced``; the store returns it
+    (``created_now`` False). A running holder is not touched beyond giving up its key
+    (its ``key`` is cleared): the store then creates ``new``, which holds the key.
+    """
+    if holder.status in WAITING_STATUSES:
+        later = _move(
+            holder,
+            JobStatus.SCHEDULED,
+            args=list(new.args),
+            kwargs=dict(new.kwargs),
+            run_at=now + max(new.delay, 0.0),
+        )
+        return Change(later, "debounced")
+    if holder.status is JobStatus.RUNNING:
+        return Change(replace(holder, key=None), None)
+    raise ValueError(f"job {holder.id} is finished: it holds no key")
 
 
 def start_now(new: NewJob, *, worker: str, now: float, lease_ttl: float) -> Change:
@@ -469,3 +581,48 @@ def purgeable(job: Job, *, now: float, older_than: float | None) -> bool:
     if older_than is not None and job.finished_at <= now - older_than:
         return True
     return job.result_ttl is not None and job.finished_at + job.result_ttl <= now
+
+
+def waiting_reason(
+    job: Job,
+    *,
+    now: float,
+    paused: bool = False,
+    flow: FlowLimit | None = None,
+    running: int = 0,
+    rate: RateLimit | None = None,
+    starts: list[float] | None = None,
+    debounced: bool = False,
+) -> str | None:
+    """Why a waiting job has not started, from the store's limit state read now.
+
+    ``running``: the jobs running in the job's flow group (:func:`flow_group`); ``starts``:
+    the recorded starts of its rate group. ``None`` when nothing holds it back (it waits
+    for a free worker, or it is not waiting).
+    """
+    if job.status not in WAITING_STATUSES:
+        return None
+    if job.status is JobStatus.SCHEDULED and job.run_at > now:
+        if debounced and job.key is not None:
+            return (
+                f"debounced: runs {job.run_at - now:.1f}s from now, once its key has been"
+                " quiet for the window (another enqueue with the key pushes it back)"
+            )
+        return None
+    if paused:
+        return f"paused queue: {job.queue!r} is paused (it starts nothing until resumed)"
+    group = ""
+    if flow is not None and running >= flow.limit:
+        if flow.key is not None:
+            group = f" for {flow.key}={json.dumps(job.kwargs.get(flow.key))}"
+        return f"concurrency limit: {running} of {flow.limit} running across the fleet{group}"
+    if rate is not None and starts is not None:
+        at = rate_next_start(starts, now=now, rate=rate)
+        if at is not None:
+            if rate.key is not None:
+                group = f" for {rate.key}={json.dumps(job.kwargs.get(rate.key))}"
+            return (
+                f"rate limit: {rate.limit} starts in the last {rate.per:g}s{group};"
+                f" the next may start in {max(at - now, 0.0):.1f}s"
+            )
+    return None

@@ -49,11 +49,13 @@ from ._engine.services import (
     service_instances,
 )
 from ._flow import check_flow_key, keyed
+from ._lifecycle import RateLimit
 from ._location import store_location
 from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
+from ._waiting import explain
 from .backends import from_url
 from .backends.base import (
     Channels,
@@ -185,6 +187,8 @@ class Afterwork(FlowControl):
         concurrency: int | None = None,
         concurrency_key: str | None = None,
         local_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: float | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
         isolation: Literal["process", "none"] | None = None,
@@ -205,6 +209,8 @@ class Afterwork(FlowControl):
         concurrency: int | None = None,
         concurrency_key: str | None = None,
         local_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: float | None = None,
         result_ttl: float | None = 86_400.0,
         dont_retry: Iterable[type[BaseException]] = (),
         isolation: Literal["process", "none"] | None = None,
@@ -224,6 +230,12 @@ class Afterwork(FlowControl):
             concurrency_key: the name of an argument: the ``concurrency`` cap then holds
                 per value of it (a JSON scalar).
             local_concurrency: most jobs of this task running at once in one worker process.
+            rate_limit: ``RateLimit(n, per=seconds, key=None)``: at most ``n`` starts per
+                window across every process sharing the store (per value of the ``key``
+                argument); work over the limit waits queued (docs/flow-control.md).
+            debounce: seconds: an enqueue with ``key=`` replaces the arguments of the job
+                still waiting with that key and pushes it back; it runs once the key has
+                been quiet that long.
             result_ttl: seconds a finished job and its result are kept (``None``: forever).
             dont_retry: exception types that fail the job at once.
             isolation: ``"process"`` runs each attempt in a child process of a reused pool:
@@ -241,6 +253,8 @@ class Afterwork(FlowControl):
             concurrency=concurrency,
             concurrency_key=concurrency_key,
             local_concurrency=local_concurrency,
+            rate_limit=rate_limit,
+            debounce=debounce,
             result_ttl=result_ttl,
             dont_retry=tuple(dont_retry),
             isolation=isolation,
@@ -669,10 +683,18 @@ class Afterwork(FlowControl):
         if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
             raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
-        if task.opts.concurrency_key is not None:
-            json_args, json_kwargs = keyed(task, json_args, json_kwargs)
+        json_args, json_kwargs = keyed(task, json_args, json_kwargs)
         encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
+        delay = float(options.get("delay", 0.0))
+        if opts.debounce is not None:
+            if options.get("key") is None:
+                raise EnqueueError(
+                    f"{task.name} is debounced: enqueue it with a key"
+                    " (task.options(key=...).enqueue(...)), the burst it belongs to",
+                    task=task.name,
+                )
+            delay = max(delay, opts.debounce)
         return NewJob(
             id=new_job_id(),
             task=task.name,
@@ -682,9 +704,10 @@ class Afterwork(FlowControl):
             priority=options.get("priority", opts.priority),
             max_attempts=opts.retries + 1,
             key=options.get("key"),
-            delay=float(options.get("delay", 0.0)),
+            delay=delay,
             timeout=opts.timeout,
             result_ttl=opts.result_ttl,
+            debounce=opts.debounce is not None,
         )
 
     def _runs_here(self) -> bool:
@@ -708,10 +731,17 @@ class Afterwork(FlowControl):
         return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:
-        """The job with ``job_id``, or ``None``."""
+        """The job with ``job_id``, or ``None``.
+
+        A waiting job held back by a paused queue, a concurrency or rate limit, or a
+        debounce window says so in :attr:`~afterwork.job.Job.waiting_reason` (read from
+        the store's limit state now).
+        """
         await self._ensure_open()
         job = await self.backend.get(job_id)
-        return None if job is None else job.bind(self)
+        if job is None:
+            return None
+        return (await explain(self.backend, self.tasks, job)).bind(self)
 
     async def cancel(self, job_id: str) -> Job | None:
         """Cancel a job: a waiting one at once, a running one within a heartbeat.

@@ -72,7 +72,8 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # A due scheduled job may be claimed straight away: the store promotes and claims it in
     # one atomic step, so "queued" is never observed in between.
     JobStatus.SCHEDULED: frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    # A debounced enqueue pushes a queued job back (afterwork._lifecycle.debounce).
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SCHEDULED}),
     JobStatus.RUNNING: frozenset(
         {
             JobStatus.SUCCEEDED,
@@ -299,6 +300,10 @@ class Job:
     """What the enqueue that returned this job did: ``True`` it created the job now,
     ``False`` it returned an existing one (a ``key=`` held by an unfinished job), so a
     route can answer 201 or 200. ``None`` on a job not returned by an enqueue."""
+    waiting_reason: str | None = field(default=None, compare=False)
+    """Why a waiting job has not started (a paused queue, a concurrency or rate limit, a
+    debounce window), as :meth:`Afterwork.get_job` read it from the store's limit state;
+    ``None`` when nothing holds it back, and on jobs not read by ``get_job``."""
     timeline: tuple[JobAttempt, ...] = ()
     """The job's last attempts, oldest first (at most :data:`MAX_TIMELINE`): when each
     started and ended, on which worker, how it ended and its error. ``error`` is the last
@@ -433,6 +438,7 @@ class Job:
             "lease_expires_at": self.lease_expires_at,
             "cancel_requested": self.cancel_requested,
             "timeline": timeline_to_json(self.timeline),
+            "waiting_reason": self.waiting_reason,
         }
 
 
@@ -442,7 +448,8 @@ class JobEvent:
 
     ``kind`` says what happened: ``enqueued``, ``started``, ``progress``, ``succeeded``,
     ``retrying``, ``failed``, ``cancelled``, ``cancel_requested``, ``released``,
-    ``recovered``, ``retried`` (by hand) or ``purged``.
+    ``recovered``, ``retried`` (by hand), ``debounced`` (a debounced enqueue pushed it back
+    with new arguments) or ``purged``.
     """
 
     kind: str

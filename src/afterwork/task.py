@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar, Unpack
 
+from ._lifecycle import RateLimit
 from ._signature import ArgumentCodec
 from .exceptions import EnqueueError
 from .job import Job
@@ -116,6 +117,10 @@ class TaskOptions:
     """The name of a task argument: ``concurrency`` then caps each value of it."""
     local_concurrency: int | None = None
     """At most this many jobs of the task run at once in one worker process."""
+    rate_limit: RateLimit | None = None
+    """At most ``limit`` starts per ``per`` seconds across the fleet (per key value)."""
+    debounce: float | None = None
+    """Seconds of quiet after the last enqueue with a ``key=`` before the job runs."""
     result_ttl: float | None = 86_400.0
     dont_retry: tuple[type[BaseException], ...] = ()
     isolation: str | None = None
@@ -135,6 +140,19 @@ class TaskOptions:
             raise ValueError("local_concurrency must be at least 1")
         if self.concurrency_key is not None and self.concurrency is None:
             raise ValueError("concurrency_key needs concurrency (the cap per key value)")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ValueError(
+                f"rate_limit must be a RateLimit(n, per=seconds), not {self.rate_limit!r}"
+            )
+        if self.debounce is not None and (
+            isinstance(self.debounce, bool)
+            or not isinstance(self.debounce, int | float)
+            or not math.isfinite(self.debounce)
+            or self.debounce <= 0
+        ):
+            raise ValueError(
+                f"debounce must be a positive number of seconds, not {self.debounce!r}"
+            )
         if self.result_ttl is not None and self.result_ttl < 0:
             raise ValueError("result_ttl must not be negative")
         if self.isolation not in (None, "none", "process"):

@@ -115,6 +115,21 @@ def test_show_a_job(store: Store) -> None:
     assert missing.returncode == 1 and "no job with id 'nope'" in missing.stderr
 
 
+def test_show_says_why_a_waiting_job_waits(store: Store) -> None:
+    queue = as_json(afterwork("jobs", "show", store.ids["queued"], "--json", url=store.url))[
+        "queue"
+    ]
+    assert afterwork("queues", "pause", queue, url=store.url).returncode == 0
+    try:
+        table = afterwork("jobs", "show", store.ids["queued"], url=store.url)
+        assert table.returncode == 0, table.stderr
+        assert "waiting" in table.stdout and "is paused" in table.stdout
+        job = as_json(afterwork("jobs", "show", store.ids["queued"], "--json", url=store.url))
+        assert job["waiting_reason"].startswith("paused queue:")
+    finally:
+        afterwork("queues", "resume", queue, url=store.url)
+
+
 def test_cancel_waiting_running_and_finished_jobs(store: Store) -> None:
     queued = afterwork("jobs", "cancel", store.ids["queued"], url=store.url)
     assert queued.returncode == 0 and "cancelled" in queued.stdout

@@ -10,8 +10,6 @@ import pytest
 
 from afterwork import JobStatus
 
-from .conftest import ROOT, assert_blocks_are_code
-
 pytestmark = pytest.mark.anyio
 
 
@@ -45,15 +43,6 @@ async def test_the_route_answers_201_then_200() -> None:
             again = await client.post("/orders/7/invoice")
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json() == again.json()
-
-
-def test_the_pause_section_shows_the_tested_code() -> None:
-    assert_blocks_are_code(
-        "flow-control.md",
-        ROOT / "examples/docs/flow_control.py",
-        ROOT / "examples/docs/flow_pause.py",
-        ROOT / "examples/docs/flow_bulk.py",
-    )
 
 
 async def test_the_pause_example() -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from afterwork import Afterwork, JobContext
+from afterwork import Afterwork, JobContext, RateLimit
 
 aw = Afterwork(
     os.environ.get("AFTERWORK_URL", "memory://"),
@@ -39,4 +39,13 @@ async def capped(n: int, seconds: float, ctx: JobContext) -> int:
     _write({"ev": "start", **common, "t": time.time_ns()})
     await asyncio.sleep(seconds)
     _write({"ev": "end", **common, "t": time.time_ns()})
+    return n
+
+
+@aw.task(name="rated", rate_limit=RateLimit(50, per=1.0))
+async def rated(n: int, ctx: JobContext) -> int:
+    # ``s``: the attempt's start as the store stamped it (``started_at``), the time the
+    # rate limit's log holds; ``t``: when the code ran, by this process's wall clock.
+    started = ctx.job.started_at
+    _write({"ev": "rated", "job": ctx.id, "pid": os.getpid(), "t": time.time_ns(), "s": started})
     return n

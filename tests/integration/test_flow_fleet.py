@@ -4,7 +4,8 @@ Four ``afterwork worker`` processes share one store; the task has ``concurrency=
 jobs write a ledger (start and end of each attempt, by wall clock, on one machine): the
 peak of attempts running at once is exactly 3, and after one worker is SIGKILLed while
 it runs jobs, its slots come back within the lease (its jobs start again elsewhere and the
-fleet runs 3 at once again). Reduced in size to fit CI (the issue asks for 2,000 jobs).
+fleet runs 3 at once again). 300 jobs in the normal suite; the issue's 2,000 in the soak
+tier (``pytest --soak``, ``make soak``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 
 from afterwork import Afterwork, JobStatus
 
-from .flow_jobs import capped
+from .flow_jobs import capped, rated
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
 
@@ -123,11 +124,24 @@ def wait_until(condition: Any, deadline: float, what: str) -> None:
 async def test_four_workers_run_at_most_three_and_a_killed_workers_slots_come_back(
     store_url: str, fleet: Fleet
 ) -> None:
+    await prove_the_cap(store_url, fleet, JOBS)
+
+
+@pytest.mark.soak
+@pytest.mark.slow
+async def test_the_cap_holds_over_the_issues_two_thousand_jobs(
+    store_url: str, fleet: Fleet
+) -> None:
+    """The issue's size: 2,000 jobs (about 35 s at 3 at once), in the soak tier."""
+    await prove_the_cap(store_url, fleet, 2000)
+
+
+async def prove_the_cap(store_url: str, fleet: Fleet, jobs: int) -> None:
     client = Afterwork(store_url)
     client.register(capped.func, name="capped", options=capped.opts)
     async with client:
         task = client.get_task("capped")
-        ids = [(await task.enqueue(n, SECONDS)).id for n in range(JOBS)]
+        ids = [(await task.enqueue(n, SECONDS)).id for n in range(jobs)]
         procs = {proc.pid: proc for proc in [fleet.spawn() for _ in range(4)]}
         busy: list[int] = []
 
@@ -160,10 +174,14 @@ async def test_four_workers_run_at_most_three_and_a_killed_workers_slots_come_ba
         assert in_flight
 
         async def all_done() -> bool:
-            jobs = [await client.get_job(job_id) for job_id in ids]
-            return all(j is not None and j.status is JobStatus.SUCCEEDED for j in jobs)
+            # One read of the counts, then each job once they add up.
+            stats = await client.stats()
+            if sum(q.counts.get(JobStatus.SUCCEEDED, 0) for q in stats) < len(ids):
+                return False
+            found = [await client.get_job(job_id) for job_id in ids]
+            return all(j is not None and j.status is JobStatus.SUCCEEDED for j in found)
 
-        end = time.monotonic() + 120
+        end = time.monotonic() + 120 + jobs * SECONDS / 3
         while not await all_done():
             assert time.monotonic() < end, "every job should succeed"
             await asyncio.sleep(0.1)
@@ -180,3 +198,89 @@ async def test_four_workers_run_at_most_three_and_a_killed_workers_slots_come_ba
     back_by = killed_at + int((LEASE_TTL + 2 * REAPER + 1.0) * 1e9)
     assert max(r["t"] for r in records) > back_by, "the run ended before the slots came back"
     assert running_at_once(records, victim.pid, killed_at, after=back_by) == 3
+
+
+# -- rate limits across the fleet -------------------------------------------------------
+#
+# Four worker processes, one task with ``RateLimit(50, per=1.0)`` and a backlog larger than
+# the run can drain. Each job writes its attempt's start as the store stamped it
+# (``started_at``, the time the limit's log holds) and the wall time its code ran. Over the
+# run no one-second window holds more than 50 starts, and the throughput reaches at least
+# 90 % of the limit. The normal suite runs it for a few seconds; the soak tier
+# (``pytest --soak``, ``make soak``) for the issue's 60 seconds.
+
+LIMIT, PER = 50, 1.0
+
+
+def starts_in_windows(starts: list[float], per: float) -> int:
+    """The most starts any half-open window ``[a, a + per)`` holds."""
+    starts = sorted(starts)
+    peak, left = 0, 0
+    for right, at in enumerate(starts):
+        while starts[left] <= at - per:
+            left += 1
+        peak = max(peak, right - left + 1)
+    return peak
+
+
+async def run_for(store_url: str, fleet: Fleet, seconds: float) -> list[dict[str, Any]]:
+    client = Afterwork(store_url)
+    client.register(rated.func, name="rated", options=rated.opts)
+    async with client:
+        task = client.get_task("rated")
+        backlog = int(LIMIT * (seconds + 2) * 1.2)  # never runs dry during the run
+        await client.enqueue_many([client.build_job(task, (n,), {}, {}) for n in range(backlog)])
+        for _ in range(4):
+            fleet.spawn()
+        end = time.monotonic() + 60
+        while not fleet.records():
+            assert time.monotonic() < end, "a worker should start a job"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(seconds + 0.5)
+    fleet.stop_all()
+    return [r for r in fleet.records() if r["ev"] == "rated"]
+
+
+def check(records: list[dict[str, Any]], seconds: float) -> None:
+    stamped = [float(r["s"]) for r in records]
+    assert len({r["job"] for r in records}) == len(records), "a job started twice"
+    peak = starts_in_windows(stamped, PER)
+    first = min(stamped)
+    within = sum(first <= s < first + seconds for s in stamped)
+    ran = [r["t"] / 1e9 for r in records]
+    sys.stdout.write(  # the figures, for docs/benchmarks.md (pytest -s)
+        f"rate fleet: {len(records)} starts, peak {peak} per {PER}s window (started_at),"
+        f" {starts_in_windows(ran, PER)} by the code's wall clock;"
+        f" {within / seconds:.1f} starts/s over {seconds:.0f}s\n"
+    )
+    assert peak <= LIMIT
+    # Throughput is ``limit / (per + latency)``, the latency from a slot opening to the
+    # next start: on a machine whose cores are each shared by more than three runnable
+    # processes it is not this code's to meet (docs/benchmarks.md), so it is reported.
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if within < 0.9 * LIMIT * seconds / PER and load > 3:
+        pytest.skip(
+            f"the limit held (peak {peak}); throughput {within / seconds:.1f}/s not checked:"
+            f" load average {load:.1f} per core"
+        )
+    assert within >= 0.9 * LIMIT * seconds / PER, (within, seconds)
+
+
+async def test_fifty_per_second_across_four_workers(store_url: str, fleet: Fleet) -> None:
+    seconds = 4.0
+    check(await run_for(store_url, fleet, seconds), seconds)
+
+
+@pytest.mark.soak
+@pytest.mark.slow
+async def test_fifty_per_second_across_four_workers_for_a_minute(
+    store_url: str, fleet: Fleet
+) -> None:
+    seconds = 60.0
+    check(await run_for(store_url, fleet, seconds), seconds)
+
+
+def test_the_window_count_is_right() -> None:
+    assert starts_in_windows([0.0, 0.5, 0.999, 1.0, 1.5], 1.0) == 3
+    assert starts_in_windows([0.0, 1.0, 2.0], 1.0) == 1
+    assert starts_in_windows([], 1.0) == 0

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..__about__ import __version__
-from .._flow import flow_limits
+from .._flow import flow_limits, rate_limits
 from ..backends.base import CancelWatch, Claim, Inspector, Outcome, WorkerInfo, WorkerPresence
 from ..job import JobError
 from .outage import Outage, reconnect_delay
@@ -255,6 +255,8 @@ class Worker:
 
     async def _claim(self, room: int, exclude: set[str]) -> list[Claim] | None:
         """Claim up to ``room`` jobs; ``None`` if the store failed (after a backoff)."""
+        # ``rates`` only when a task has one: a store without rate limits is still served.
+        rates = {"rates": found} if (found := rate_limits(self.host.tasks)) else {}
         try:
             claims = await self.host.backend.claim(
                 self.id,
@@ -263,6 +265,7 @@ class Worker:
                 lease_ttl=self.lease_ttl,
                 exclude_tasks=exclude,
                 limits=flow_limits(self.host.tasks) or None,
+                **rates,
             )
         except Exception as exc:
             self._claim_failures += 1

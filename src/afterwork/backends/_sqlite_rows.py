@@ -60,6 +60,8 @@ _MUTABLE = (
     "lease_expires_at",
     "cancel_requested",
     "timeline",
+    "args",  # a debounced enqueue replaces a waiting job's arguments
+    "kwargs",
 )
 
 
@@ -79,6 +81,8 @@ def _column(name: str, value: Any) -> Any:
         return int(value)
     if name == "timeline":
         return dumps(timeline_to_json(value)) if value else None
+    if name in ("args", "kwargs"):
+        return dumps(value)
     return value
 
 
@@ -281,6 +285,14 @@ class Tx:
         If its key is held by an unfinished job, or its id exists, nothing is written and
         that existing job is returned.
         """
+        if worker is None and new.debounce and new.key is not None:
+            holders = self.select(f"key = ? AND status IN {ACTIVE_SQL}", (new.key,))
+            if holders:
+                moved = life.debounce(holders[0], new, self.now)
+                self.apply(holders[0], moved)
+                if moved.job.status is not JobStatus.RUNNING:
+                    return moved.job  # pushed back with the new arguments
+                # The running holder gave up its key: the new job below takes it.
         if worker is None:
             change = life.create(new, self.now)
         else:

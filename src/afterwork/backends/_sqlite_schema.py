@@ -140,8 +140,24 @@ _V4 = (
     """,
 )
 
+# Version 5: the starts of rate-limited groups within their window (a sliding log per group,
+# see ``afterwork._lifecycle.RateLimit``): a claim adds a pending row (the job's start is to
+# come, it counts as now), the attempt's begin stamps its start time; old rows are pruned.
+_V5 = (
+    """
+    CREATE TABLE afterwork_starts (
+        grp TEXT NOT NULL,
+        at REAL NOT NULL,
+        job_id TEXT NOT NULL,
+        pending INTEGER NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX afterwork_starts_grp ON afterwork_starts (grp, pending, at)",
+    "CREATE INDEX afterwork_starts_pending ON afterwork_starts (job_id) WHERE pending = 1",
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from .._lifecycle import Claim, FlowLimit, Lease, NewJob, Outcome
+from .._lifecycle import Claim, FlowLimit, Lease, NewJob, Outcome, RateLimit
 from ..job import Job, JobEvent, JobStatus
 
 __all__ = (
@@ -56,6 +56,8 @@ __all__ = (
     "Outcome",
     "QueuePause",
     "QueueStats",
+    "RateLimit",
+    "RateLimits",
     "Store",
     "Ticks",
     "TransactionalEnqueue",
@@ -147,6 +149,7 @@ class Backend(Protocol):
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` due jobs, highest priority first, then oldest first.
 
@@ -155,6 +158,12 @@ class Backend(Protocol):
         group (:func:`~afterwork._lifecycle.flow_group`) already has ``limit`` jobs
         ``running`` in the store (this claim's included) is passed over, and the jobs
         behind it may be claimed (no head-of-line blocking).
+        ``rates`` caps, per task name, the starts per window: the store keeps the claim
+        times of each group (:func:`~afterwork._lifecycle.rate_group`) in the window, asks
+        :func:`~afterwork._lifecycle.rate_next_start` before it hands out a job of a
+        rate-limited task (passing over the job when the answer is a time, and keeping the
+        earliest such time for :meth:`RateLimits.rate_next`), and records ``now`` for each
+        job it claims, all in the claim's atomic step.
         A claim holds the lease but does not start the attempt (``started_at`` stays
         unset): see :meth:`begin`.
         """
@@ -278,6 +287,24 @@ class QueuePause(Protocol):
 
     async def paused_queues(self) -> frozenset[str]:
         """The queues paused now."""
+        ...
+
+
+@runtime_checkable
+class RateLimits(Protocol):
+    r"""What a store that enforces :class:`RateLimit`\ s at claim also tells.
+
+    After a claim that passed over jobs for a rate limit, ``wait_for_work`` sleeps until
+    :meth:`rate_next` (or a new job, or its timeout), never polling in between.
+    """
+
+    def rate_next(self) -> float | None:
+        """The store time at which the earliest job the last claim passed over for a rate
+        limit may start; ``None`` if it passed over none."""
+        ...
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of ``group`` still within the window of ``rate``."""
         ...
 
 

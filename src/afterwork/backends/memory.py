@@ -11,14 +11,14 @@ import itertools
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
-from .._lifecycle import Change, FlowLimit
+from .._lifecycle import Change, FlowLimit, RateLimit
 from .._notify import Broadcaster, Notifier
 from ..exceptions import ConfigurationError
 from ..job import (
@@ -86,6 +86,11 @@ class MemoryBackend:
         self._work = Notifier()
         self._wake = False
         self._flow_skipped = False
+        # Rate limits: the start times of each group's attempts within its window, and the
+        # jobs claimed but not started yet (job id -> group), which count as starting now.
+        self._starts: dict[str, deque[float]] = {}
+        self._pending: dict[str, str] = {}
+        self._rate_next: float | None = None
         self._paused: set[str] = set()
         self._channels: dict[str, Broadcaster[ChannelMessage]] = {}
 
@@ -196,7 +201,20 @@ class MemoryBackend:
         with self._lock:
             now = self._clock()
             for new in jobs:
-                if new.key is not None and new.key in self._keys:
+                if new.key is not None and new.key in self._keys and new.debounce:
+                    holder = self._jobs[self._keys[new.key]]
+                    change = life.debounce(holder, new, now)
+                    if change.job.status is JobStatus.SCHEDULED:
+                        pushed = self._apply(change)
+                        assert pushed is not None
+                        self._push(pushed)  # its new run_at (the old entry goes stale)
+                        created.append(pushed)
+                        continue
+                    self._apply(change)  # the running holder gives up its key
+                    job = self._apply(life.create(new, now))
+                    assert job is not None
+                    created.append(job)
+                elif new.key is not None and new.key in self._keys:
                     created.append(self._jobs[self._keys[new.key]])
                 elif new.id in self._jobs:
                     created.append(self._jobs[new.id])
@@ -224,12 +242,15 @@ class MemoryBackend:
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         claims: list[Claim] = []
         with self._lock:
             now = self._clock()
             self._promote(now)
             used = self._flow_used(limits) if limits else None
+            self._rate_next = None
+            pending = self._rate_pending() if rates else Counter[str]()
             names = [
                 q
                 for q in (self._ready if queues is None else queues)
@@ -249,8 +270,10 @@ class MemoryBackend:
                         ):
                             heapq.heappop(heap)  # stale: the job moved on (or came back later)
                             continue
-                        if job.task in exclude_tasks or (
-                            used is not None and self._flow_full(job, limits, used)
+                        if (
+                            job.task in exclude_tasks
+                            or (used is not None and self._flow_full(job, limits, used))
+                            or (rates and self._rate_full(job, rates, now, pending))
                         ):
                             skipped.append((name, heapq.heappop(heap)))
                             continue
@@ -269,10 +292,60 @@ class MemoryBackend:
                 claims.append(Claim(claimed, token))
                 if used is not None and limits and (flow := limits.get(claimed.task)):
                     used[life.flow_group(claimed.task, claimed.kwargs, flow)] += 1
+                if rates and (rate := rates.get(claimed.task)):
+                    group = life.rate_group(claimed.task, claimed.kwargs, rate)
+                    self._pending[claimed.id] = group
+                    pending[group] += 1
             for name, entry in skipped:
                 heapq.heappush(self._ready[name], entry)
-            self._flow_skipped = used is not None and bool(skipped)
+            self._flow_skipped = (used is not None or bool(rates)) and bool(skipped)
         return claims
+
+    def _rate_pending(self) -> Counter[str]:
+        """Jobs claimed and not started, per rate group (lock held); others are dropped."""
+        counts: Counter[str] = Counter()
+        for job_id, group in list(self._pending.items()):
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.RUNNING or job.started_at is not None:
+                del self._pending[job_id]  # released or recovered before it started
+            else:
+                counts[group] += 1
+        return counts
+
+    def _rate_full(
+        self, job: Job, rates: Mapping[str, RateLimit], now: float, pending: Counter[str]
+    ) -> bool:
+        """Whether ``job``'s rate group has no start left in its window (lock held)."""
+        rate = rates.get(job.task)
+        if rate is None:
+            return False
+        group = life.rate_group(job.task, job.kwargs, rate)
+        starts = self._window(group, rate, now)
+        waiting = pending[group]
+        tail = list(itertools.islice(reversed(starts), max(rate.limit - waiting, 0)))
+        at = life.rate_next_start(tail, now=now, rate=rate, pending=waiting, begun=len(starts))
+        if at is None:
+            return False
+        self._rate_next = at if self._rate_next is None else min(self._rate_next, at)
+        return True
+
+    def _window(self, group: str, rate: RateLimit, now: float) -> deque[float]:
+        """The group's starts still in the window, oldest first (lock held)."""
+        starts = self._starts.setdefault(group, deque())
+        while starts and life.rate_expired(starts[0], now=now, rate=rate):
+            starts.popleft()
+        return starts
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The starts of a rate group within its window (claimed, not started: now)."""
+        with self._lock:
+            now = self._clock()
+            starts = list(self._window(group, rate, now))
+            return starts + [now] * self._rate_pending()[group]
 
     def _flow_used(self, limits: Mapping[str, FlowLimit]) -> Counter[str]:
         """Running jobs per flow group, counted from the records (lock held)."""
@@ -298,7 +371,11 @@ class MemoryBackend:
                 change = (
                     None if job is None else life.begin(job, held=held, token=lease.token, now=now)
                 )
-                begun.append(self._apply(change))
+                started = self._apply(change)
+                group = self._pending.pop(lease.job_id, None) if started is not None else None
+                if group is not None and started is not None:
+                    self._starts.setdefault(group, deque()).append(started.started_at or now)
+                begun.append(started)
             return begun
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
@@ -377,7 +454,10 @@ class MemoryBackend:
         ticket = self._work.ticket()
         if self._flow_skipped:
             # The last claim passed over jobs at a fleet limit: they are queued, but
-            # claiming again at once would spin. Wait for a running job to end instead.
+            # claiming again at once would spin. Wait for a running job to end (or a new
+            # job) instead, or for the next start a rate limit allows.
+            if self._rate_next is not None:
+                timeout = min(timeout, max(self._rate_next - self._clock(), 0.0))
             await self._work.wait(ticket, timeout)
             return
         with self._lock:

@@ -66,6 +66,7 @@ from .base import (
     NewJob,
     Outcome,
     QueueStats,
+    RateLimit,
 )
 
 __all__ = ("RedisBackend",)
@@ -140,6 +141,7 @@ class RedisBackend(PresenceMixin, LeasesMixin):
         self._offset = 0.0  # server clock minus local clock
         self._wake = Notifier()
         self._skipped = False
+        self._rate_next: float | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._cancel_callbacks: list[Callable[[str], object]] = []
@@ -311,6 +313,7 @@ class RedisBackend(PresenceMixin, LeasesMixin):
         args = [str(len(jobs))]
         for new in jobs:
             args.extend(job_args(new))
+            args.append("1" if new.debounce else "")
         reply = await self._eval(SCRIPTS["enqueue"], *args)
         now = float(reply[0])
         return [
@@ -336,6 +339,7 @@ class RedisBackend(PresenceMixin, LeasesMixin):
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0:
             return []
@@ -345,11 +349,17 @@ class RedisBackend(PresenceMixin, LeasesMixin):
                 await asyncio.wait_for(self._subscribed.wait(), self._connect_timeout)
         names = list(queues or ())
         # Fleet-wide limits: claim_flow.lua, the same claim passing over full groups.
-        flow: list[str] = [str(len(exclude_tasks)), *exclude_tasks] if limits else []
-        for task, cap in (limits or {}).items():
-            flow += [task, str(cap.limit), cap.key or ""]
-        skipped, records = await self._eval(
-            SCRIPTS["claim_flow" if limits else "claim"],
+        # Rate limits too: the script keeps each group's starts (P:starts:<group>).
+        limited = bool(limits or rates)
+        flow: list[str] = []
+        if limited:
+            flow = [str(len(exclude_tasks)), *exclude_tasks, str(len(limits or {}))]
+            for task, cap in (limits or {}).items():
+                flow += [task, str(cap.limit), cap.key or ""]
+            for task, rate in (rates or {}).items():
+                flow += [task, str(rate.limit), repr(float(rate.per)), rate.key or ""]
+        reply = await self._eval(
+            SCRIPTS["claim_flow" if limited else "claim"],
             worker,
             repr(float(lease_ttl)),
             str(limit),
@@ -359,7 +369,11 @@ class RedisBackend(PresenceMixin, LeasesMixin):
             *(flow or exclude_tasks),
             retry_for=0.0,  # a lost reply must not claim twice; the worker loop retries
         )
+        skipped, records = reply[0], reply[1]
         self._skipped = bool(skipped)
+        next_at = reply[2] if len(reply) > 2 else b""
+        next_at = next_at.decode() if isinstance(next_at, bytes) else str(next_at)
+        self._rate_next = float(next_at) if next_at else None
         claims: list[Claim] = []
         for record in records:
             try:
@@ -635,7 +649,32 @@ class RedisBackend(PresenceMixin, LeasesMixin):
                 return
             if due > 0:
                 timeout = min(timeout, due)
+        elif self._rate_next is not None:
+            # Passed over for a rate limit: sleep until its next start is allowed.
+            timeout = min(timeout, max(self._rate_next - self.now(), 0.0))
         await self._wake.wait(ticket, timeout)
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of a rate group still within its window."""
+        now = self.now()
+        pairs = await self._command(
+            "ZRANGEBYSCORE", self._key(f"starts:{group}"), "-inf", "+inf", "WITHSCORES"
+        )
+        flat = (
+            [x for pair in pairs for x in pair]
+            if pairs and isinstance(pairs[0], list | tuple)
+            else pairs
+        )
+        starts = [float(score) for score in flat[1::2]]
+        # Claimed and not started: they count as starting now (the next claim drops those
+        # released meanwhile, so this may count one too many until then).
+        pending = int(await self._command("SCARD", self._key(f"rpend:{group}")))
+        begun = [s for s in starts if not life.rate_expired(s, now=now, rate=rate)]
+        return sorted(begun) + [now] * pending
 
     @property
     def event_retention(self) -> int:

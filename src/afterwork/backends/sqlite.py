@@ -33,7 +33,7 @@ from ..exceptions import BackendUnavailable, ConfigurationError, SchemaVersionEr
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import MESSAGE_KIND, EventPump
-from ._sqlite_flow import Groups
+from ._sqlite_flow import STAMP_START, Groups, read_starts
 from ._sqlite_inspect import InspectorMixin
 from ._sqlite_leases import LeasesMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
@@ -50,6 +50,7 @@ from .base import (
     MessageStream,
     NewJob,
     Outcome,
+    RateLimit,
 )
 
 __all__ = ("SQLiteBackend", "path_from_url")
@@ -172,6 +173,8 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
         self._work = Notifier()
         self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
         self._flow_wait = self._poll_interval / 2
+        self._conc_skipped = False  # ... at a concurrency limit (a finish may free a slot)
+        self._rate_next: float | None = None  # when a job passed over for a rate may start
         self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
         self._finish_loop: asyncio.AbstractEventLoop | None = None
@@ -332,19 +335,22 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0 or (queues is not None and not queues):
             return []
-        if limits:
+        if limits or rates:
             return await self._claim_limited(
                 worker,
                 queues=queues,
                 limit=limit,
                 lease_ttl=lease_ttl,
                 exclude_tasks=exclude_tasks,
-                limits=limits,
+                limits=limits or {},
+                rates=rates or {},
             )
-        self._flow_skipped = False
+        self._flow_skipped = self._conc_skipped = False
+        self._rate_next = None
         excluded = list(exclude_tasks)
         not_in = f" AND task NOT IN ({', '.join('?' * len(excluded))})" if excluded else ""
         order = " ORDER BY priority DESC, run_at, seq LIMIT ?"
@@ -405,8 +411,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
         lease_ttl: float,
         exclude_tasks: Collection[str],
         limits: Mapping[str, FlowLimit],
+        rates: Mapping[str, RateLimit],
     ) -> list[Claim]:
-        """A claim that passes over jobs whose flow group is at its fleet-wide limit.
+        """A claim that passes over jobs whose flow group is at its fleet-wide limit
+        (running jobs, or starts in a rate limit's window).
 
         Reads first (the running jobs of limited tasks, then the ready jobs page by page,
         skipping full groups), writes after: one transaction, as the plain claim.
@@ -423,10 +431,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
             " INDEXED BY afterwork_jobs_ready"
             f" WHERE status = 'queued' AND queue = ?{not_in}{order}"
         )
-        groups = Groups(limits)
 
         def claim(tx: Tx) -> list[Claim]:
             conn, now = tx.conn, tx.now
+            groups = Groups(limits, rates, conn=conn, now=now)
             conn.execute(
                 "UPDATE afterwork_jobs INDEXED BY afterwork_jobs_due SET status = 'queued'"
                 " WHERE status = 'scheduled' AND run_at <= ?",
@@ -461,10 +469,22 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
                 assert claimed is not None
                 self._saw_lease(claimed, token)
                 claims.append(Claim(claimed, token))
-            self._flow_skipped = groups.skipped
+            groups.write_starts()
+            self._flow_skipped = groups.skipped or groups.rate_next is not None
+            self._conc_skipped = groups.skipped
+            self._rate_next = groups.rate_next
             return claims
 
         return await self._write(claim)
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of a rate group still within its window."""
+        now = self._clock()
+        return await self._db.read(lambda conn: read_starts(conn, group, now, rate))
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
@@ -479,7 +499,10 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
                     if job is None
                     else life.begin(job, held=held, token=lease.token, now=tx.now)
                 )
-                begun.append(None if job is None else tx.apply(job, change))
+                started = None if job is None else tx.apply(job, change)
+                if started is not None and change is not None and change.event == "started":
+                    tx.conn.execute(STAMP_START, (started.started_at, lease.job_id))
+                begun.append(started)
             return begun
 
         # Starts ride in the same group commit as finishes: a slot freed by a finish is
@@ -530,7 +553,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
             return tx.apply(job, change)
 
         result: Job | None = await self._grouped(finish)
-        if result is not None and self._flow_skipped:
+        if result is not None and self._conc_skipped:
             self._work.notify()  # a slot of a fleet limit is free: claim again
         return result
 
@@ -699,8 +722,14 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
             # The last claim passed over jobs at a fleet limit: they are queued, so the
             # check below would return at once and spin. Wait for a finish here, or poll
             # (other processes' finishes), backing off while the limit holds.
+            # A rate limit: sleep until its next start is allowed (or a new job comes).
             self._flow_wait = min(self._flow_wait * 2, self._max_poll_interval)
-            await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
+            wait = max(timeout, 0.0)
+            if self._conc_skipped:
+                wait = min(wait, self._flow_wait)
+            if self._rate_next is not None:
+                wait = min(wait, max(self._rate_next - self._clock(), 0.0))
+            await self._work.wait(self._work.ticket(), wait)
             return
         self._flow_wait = self._poll_interval / 2
         while True:

@@ -73,6 +73,8 @@ class JobOut(BaseModel):  # type: ignore[no-redef]
     lease_expires_at: float | None
     cancel_requested: bool
     timeline: list[JobAttemptOut] = []
+    waiting_reason: str | None = None
+    """Why a waiting job has not started (paused queue, concurrency or rate limit, debounce)."""
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -156,6 +158,10 @@ class TaskOut(BaseModel):
     concurrency: int | None = Field(description="Most running jobs across the fleet.")
     concurrency_key: str | None = None
     local_concurrency: int | None = Field(None, description="Most running jobs per process.")
+    rate_limit: dict[str, Any] | None = Field(
+        None, description="Most starts per window across the fleet: limit, per, key."
+    )
+    debounce: float | None = Field(None, description="Quiet seconds before a keyed burst runs.")
     result_ttl: float | None
     arguments: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 
@@ -171,6 +177,14 @@ class TaskOut(BaseModel):
             concurrency=opts.concurrency,
             concurrency_key=opts.concurrency_key,
             local_concurrency=opts.local_concurrency,
+            rate_limit=None
+            if opts.rate_limit is None
+            else {
+                "limit": opts.rate_limit.limit,
+                "per": opts.rate_limit.per,
+                "key": opts.rate_limit.key,
+            },
+            debounce=opts.debounce,
             result_ttl=opts.result_ttl,
             arguments=task.codec.json_schema(),
         )

@@ -334,6 +334,19 @@ async def test_pause_and_resume_a_queue(aw: Afterwork, client: httpx.AsyncClient
     assert await aw.paused_queues() == frozenset()
 
 
+async def test_a_waiting_job_says_why_through_the_api(
+    aw: Afterwork, client: httpx.AsyncClient
+) -> None:
+    job = await aw.tasks["echo"].enqueue("x")
+    url = f"{PREFIX}/jobs/{job.id}"
+    assert (await client.get(url, headers=AUTH)).json()["waiting_reason"] is None
+    await aw.pause("default")
+    shown = (await client.get(url, headers=AUTH)).json()
+    assert shown["waiting_reason"] == (
+        "paused queue: 'default' is paused (it starts nothing until resumed)"
+    )
+
+
 async def test_bulk_cancel_and_retry_in_one_call_each(
     aw: Afterwork, client: httpx.AsyncClient
 ) -> None:

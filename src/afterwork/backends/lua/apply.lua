@@ -60,6 +60,18 @@ local function apply(c)
   if TERMINAL[new] and not TERMINAL[old] then finalize(id, g[5], g[6]) end
   if c.done then redis.call('HSET', k, 'done_token', c.done) end
   if c.cancelpub then redis.call('PUBLISH', P .. ':cancel', id) end
+  -- A rate-limited job (claim_flow.lua): its begun attempt's start joins the group's log;
+  -- a job that stops running without starting leaves the pending set.
+  local rate = redis.call('HMGET', k, 'rgrp', 'rper', 'started')
+  if rate[1] and (rate[3] or new ~= 'running') then
+    redis.call('SREM', P .. ':rpend:' .. rate[1], id)
+    if rate[3] and c.set.started then
+      local zkey = P .. ':starts:' .. rate[1]
+      redis.call('ZADD', zkey, rate[3], id .. ':' .. (g[8] or '0')) -- one per attempt
+      redis.call('PEXPIRE', zkey, math.ceil(tonumber(rate[2]) * 1000) + 1000)
+    end
+    redis.call('HDEL', k, 'rgrp', 'rper')
+  end
   if c.event then emit(c.event, id, g[7], queue, new, g[8], g[9], c.message) end
   return record(id)
 end

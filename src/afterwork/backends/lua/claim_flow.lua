@@ -2,7 +2,9 @@
 -- already has `limit` running jobs is passed over, and the jobs behind it may be claimed.
 -- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix,
 -- ARGV[8] number of queues (0: all), the queues, then the number of excluded tasks and
--- those tasks, then triples (task, limit, key argument or "") of the limited tasks.
+-- those tasks, then the number of limited tasks and triples (task, limit, key argument or
+-- "") of them, then quads (task, limit, per, key argument or "") of the rate-limited tasks
+-- (afterwork._lifecycle.RateLimit).
 -- The running jobs per group are counted from the records of the running jobs (P:leases),
 -- whoever claimed them (a claim without limits, an in-process start), once per run: a
 -- dead worker's jobs count until their leases are recovered, and not after.
@@ -22,9 +24,74 @@ queues = open_queues
 local ne = tonumber(ARGV[9 + nq])
 local excluded = {}
 for i = 10 + nq, 9 + nq + ne do excluded[ARGV[i]] = true end
+local nl = tonumber(ARGV[10 + nq + ne])
 local limits = {}
-for i = 10 + nq + ne, #ARGV, 3 do
+for i = 11 + nq + ne, 10 + nq + ne + 3 * nl, 3 do
   limits[ARGV[i]] = {tonumber(ARGV[i + 1]), ARGV[i + 2]}
+end
+local rates = {}
+for i = 11 + nq + ne + 3 * nl, #ARGV, 4 do
+  rates[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]}
+end
+
+-- The value of a job's key argument, JSON-encoded as afterwork._lifecycle.flow_group does.
+local function key_value(id, name)
+  local value = nil
+  local ok, kwargs = pcall(cjson.decode, redis.call('HGET', jkey(id), 'kwargs') or '{}')
+  if ok and type(kwargs) == 'table' then value = kwargs[name] end
+  if value == nil then value = cjson.null end
+  return cjson.encode(value)
+end
+
+-- Rate limits: a sliding log per group. P:starts:<group> holds the start times of the
+-- group's attempts (stamped by apply.lua when an attempt begins); P:rpend:<group> the jobs
+-- claimed and not started yet, which count as starting now. The decision is
+-- afterwork._lifecycle.rate_next_start: a claim at `now` is admitted while fewer than
+-- `limit` starts (pending ones included) are in the window (start + per > now); otherwise
+-- the next may be at the `limit`-th most recent start + per.
+local function rate_group(id, task)
+  local r = rates[task]
+  if r == nil then return nil end
+  if r[3] == '' then return task end
+  return task .. '\031' .. key_value(id, r[3])
+end
+local rate_seen = {}
+local rate_pending = {}
+local function rate_count(g, r)
+  local n = rate_seen[g]
+  if n == nil then
+    local zkey = P .. ':starts:' .. g
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', fmt(now - r[2]))
+    n = redis.call('ZCARD', zkey)
+    rate_seen[g] = n
+    local pending = 0
+    for _, id in ipairs(redis.call('SMEMBERS', P .. ':rpend:' .. g)) do
+      local f = fields(id, 'status', 'started')
+      if f ~= nil and f[1] == 'running' and not f[2] then
+        pending = pending + 1
+      else -- released or recovered before it started
+        redis.call('SREM', P .. ':rpend:' .. g, id)
+      end
+    end
+    rate_pending[g] = pending
+  end
+  return n
+end
+local rate_next = nil
+local function rate_full(g, r, extra)
+  local begun = rate_count(g, r)
+  local pending = rate_pending[g] + extra
+  if begun + pending < r[1] then return false end
+  local at = now + r[2] -- pending claims fill the window: they start now or later
+  if pending < r[1] then
+    local k = r[1] - pending
+    local e = redis.call('ZRANGE', P .. ':starts:' .. g, -k, -k, 'WITHSCORES')
+    local t = tonumber(e[2])
+    if t < now - r[2] then t = now - r[2] end
+    at = t + r[2]
+  end
+  if rate_next == nil or at < rate_next then rate_next = at end
+  return true
 end
 
 -- The group of a job of a limited task (afterwork._lifecycle.flow_group), or nil.
@@ -82,6 +149,7 @@ for _, queue in ipairs(queues) do
   local qkey = P .. ':q:' .. queue
   local offset, found, scanned = 0, 0, 0
   local taken = {}
+  local rtaken = {}
   while found < limit and scanned < 5000 do
     local page = redis.call('ZRANGE', qkey, offset, offset + limit + 31, 'WITHSCORES')
     if #page == 0 then break end
@@ -100,12 +168,16 @@ for _, queue in ipairs(queues) do
         offset = offset + 1
         local g = group(id, f[2])
         local cap = g ~= nil and limits[f[2]][1]
-        if g ~= nil and total + #candidates >= cap
+        local rg = rate_group(id, f[2])
+        if rg ~= nil and rate_full(rg, rates[f[2]], rtaken[rg] or 0) then
+          skipped = skipped + 1
+        elseif g ~= nil and total + #candidates >= cap
           and running(g) + (taken[g] or 0) >= cap then
           skipped = skipped + 1
         elseif found < limit then
           if g ~= nil then taken[g] = (taken[g] or 0) + 1 end
-          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue, g, f[2]}
+          if rg ~= nil then rtaken[rg] = (rtaken[rg] or 0) + 1 end
+          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue, g, f[2], rg}
           found = found + 1
         end
       end
@@ -128,13 +200,21 @@ end
 local lease = fmt(now + ttl)
 local out = {}
 local claimed = {}
+local rclaimed = {}
+local starts = {}
 for i = 1, #candidates do
   if #out >= limit then break end
   local c = candidates[i]
-  local id, g = c[2], c[5]
+  local id, g, rg = c[2], c[5], c[7]
   local cap = g ~= nil and limits[c[6]][1]
   -- The same group may be reached through several queues: count it across them.
-  if g == nil or total + #out < cap or running(g) + (claimed[g] or 0) < cap then
+  if rg ~= nil and rate_full(rg, rates[c[6]], rclaimed[rg] or 0) then
+    skipped = skipped + 1
+  elseif g == nil or total + #out < cap or running(g) + (claimed[g] or 0) < cap then
+    if rg ~= nil then
+      rclaimed[rg] = (rclaimed[rg] or 0) + 1
+      starts[#starts + 1] = {rg, rates[c[6]][2], id}
+    end
     redis.call('ZREM', c[3], id)
     redis.call('HDEL', jkey(id), 'started', 'done_token')
     redis.call('HSET', jkey(id), 'status', 'running', 'worker', worker,
@@ -145,4 +225,10 @@ for i = 1, #candidates do
     out[#out + 1] = record(id)
   end
 end
-return {skipped, out}
+-- This claim's jobs join their groups' pending sets (after the decisions above, which
+-- counted them as `extra`); apply.lua stamps each start when its attempt begins.
+for _, s in ipairs(starts) do
+  redis.call('SADD', P .. ':rpend:' .. s[1], s[3])
+  redis.call('HSET', jkey(s[3]), 'rgrp', s[1], 'rper', fmt(s[2]))
+end
+return {skipped, out, rate_next and fmt(rate_next) or ''}

@@ -99,13 +99,35 @@ end
 
 -- Create one job from 11 arguments starting at ARGV[i]. Returns false if created, or the
 -- record of the job that already holds the key (or the id).
-local function create(i)
+-- With `debounce` (afterwork._lifecycle.debounce), a waiting job holding the key takes the
+-- new arguments and is pushed back to `delay` from now (its record is returned); a running
+-- holder gives up its key, and the new job is created and takes it.
+local function create(i, debounce)
   local id, task, queue, args, kwargs = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local prio, max, key, delay = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local timeout, ttl = ARGV[i + 9], ARGV[i + 10]
   if key ~= '' then
     local holder = redis.call('GET', P .. ':key:' .. key)
-    if holder and redis.call('EXISTS', jkey(holder)) == 1 then return record(holder) end
+    if holder and redis.call('EXISTS', jkey(holder)) == 1 then
+      local f = debounce and fields(holder, 'status', 'queue', 'task', 'attempts')
+      if not f then return record(holder) end
+      if f[1] == 'scheduled' or f[1] == 'queued' then
+        local at = tonumber(fmt(now + delay))
+        redis.call('HSET', jkey(holder), 'status', 'scheduled', 'args', args, 'kwargs', kwargs,
+          'run_at', fmt(at))
+        if f[1] == 'queued' then
+          redis.call('ZREM', P .. ':q:' .. f[2], holder)
+          count(f[2], 'queued', 'scheduled')
+        end
+        delay_until(holder, at)
+        emit('debounced', holder, f[3], f[2], 'scheduled', f[4])
+        return record(holder)
+      elseif f[1] == 'running' then
+        redis.call('HDEL', jkey(holder), 'key') -- the new job below takes the key
+      else
+        return record(holder)
+      end
+    end
   end
   if redis.call('EXISTS', jkey(id)) == 1 then return record(id) end
   local status = 'queued'

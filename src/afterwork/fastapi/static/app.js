@@ -339,6 +339,7 @@
     status.appendChild(el("th", "status"));
     status.appendChild(statusCell(job.status));
     body.appendChild(status);
+    if (job.waiting_reason) field(body, "waiting", job.waiting_reason);
     field(body, "attempts", job.attempts + " of " + job.max_attempts);
     field(body, "priority", job.priority);
     field(body, "key", job.key);
