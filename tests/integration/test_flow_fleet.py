@@ -129,6 +129,7 @@ async def test_four_workers_run_at_most_three_and_a_killed_workers_slots_come_ba
 
 @pytest.mark.soak
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_the_cap_holds_over_the_issues_two_thousand_jobs(
     store_url: str, fleet: Fleet
 ) -> None:
@@ -273,6 +274,7 @@ async def test_fifty_per_second_across_four_workers(store_url: str, fleet: Fleet
 
 @pytest.mark.soak
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_fifty_per_second_across_four_workers_for_a_minute(
     store_url: str, fleet: Fleet
 ) -> None:
