@@ -22,8 +22,10 @@ What holds even on failure:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, cast
@@ -100,12 +102,24 @@ class SyncMiddleware(Protocol):
 Middleware: TypeAlias = AsyncMiddleware | SyncMiddleware
 
 
+#: Whether each middleware seen so far is awaited (asked once, not on every job).
+_KINDS: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+
+
 def is_async(middleware: Middleware) -> bool:
     """Whether ``middleware`` is awaited (an ``async def``, or an object whose ``__call__`` is)."""
+    try:
+        return _KINDS[middleware]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable
+        pass
     if inspect.iscoroutinefunction(middleware):
-        return True
-    call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
-    return call is not None and inspect.iscoroutinefunction(call)
+        found = True
+    else:
+        call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
+        found = call is not None and inspect.iscoroutinefunction(call)
+    with contextlib.suppress(TypeError):
+        _KINDS[middleware] = found
+    return found
 
 
 async def run_through(
@@ -114,20 +128,32 @@ async def run_through(
     last: Callable[[], Awaitable[Job | None]],
 ) -> Job | None:
     """Run ``last`` inside every middleware of ``chain``, the first outermost."""
+    if not chain:
+        return await last()
+    return await _step(chain, 0, call, last)
 
-    async def step(index: int) -> Job | None:
-        if index == len(chain):
-            return await last()
-        middleware = chain[index]
-        call_next = functools.partial(step, index + 1)
-        if is_async(middleware):
-            awaited = cast("AsyncMiddleware", middleware)
-            return await awaited(call, call_next)
 
-        def blocking_next() -> Job | None:
-            return anyio.from_thread.run(call_next)
+async def _step(
+    chain: Sequence[Middleware],
+    index: int,
+    call: JobCall,
+    last: Callable[[], Awaitable[Job | None]],
+) -> Job | None:
+    """Run ``chain[index]`` around the rest (the innermost one gets ``last`` itself)."""
+    middleware = chain[index]
+    if index + 1 == len(chain):
+        call_next = last
+    else:
+        call_next = functools.partial(_step, chain, index + 1, call, last)
+    if is_async(middleware):
+        awaited = cast("AsyncMiddleware", middleware)
+        return await awaited(call, call_next)
 
-        sync = cast("SyncMiddleware", middleware)
-        return await anyio.to_thread.run_sync(sync, call, blocking_next)
+    async def next_step() -> Job | None:
+        return await call_next()
 
-    return await step(0)
+    def blocking_next() -> Job | None:
+        return anyio.from_thread.run(next_step)
+
+    sync = cast("SyncMiddleware", middleware)
+    return await anyio.to_thread.run_sync(sync, call, blocking_next)
