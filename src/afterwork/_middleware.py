@@ -22,12 +22,11 @@ What holds even on failure:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import FunctionType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, cast
 
 import anyio
@@ -102,23 +101,27 @@ class SyncMiddleware(Protocol):
 Middleware: TypeAlias = AsyncMiddleware | SyncMiddleware
 
 
-#: Whether each middleware seen so far is awaited (asked once, not on every job).
-_KINDS: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+#: Whether the instances of a class whose ``__call__`` is written in Python are awaited
+#: (asked once per class, not on every job).
+_CLASS_IS_ASYNC: dict[type, bool] = {}
 
 
 def is_async(middleware: Middleware) -> bool:
     """Whether ``middleware`` is awaited (an ``async def``, or an object whose ``__call__`` is)."""
-    try:
-        return _KINDS[middleware]
-    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable
-        pass
+    kind = type(middleware)
+    if kind is FunctionType:  # the common case, read from the code's flags
+        if middleware.__code__.co_flags & inspect.CO_COROUTINE:  # type: ignore[union-attr]
+            return True
+        return inspect.iscoroutinefunction(middleware)
+    cached = _CLASS_IS_ASYNC.get(kind)
+    if cached is not None:
+        return cached
     if inspect.iscoroutinefunction(middleware):
-        found = True
-    else:
-        call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
-        found = call is not None and inspect.iscoroutinefunction(call)
-    with contextlib.suppress(TypeError):
-        _KINDS[middleware] = found
+        return True
+    call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
+    found = call is not None and inspect.iscoroutinefunction(call)
+    if isinstance(kind.__dict__.get("__call__"), FunctionType):  # the class's own __call__
+        _CLASS_IS_ASYNC[kind] = found
     return found
 
 
@@ -146,7 +149,7 @@ async def _step(
     else:
         call_next = functools.partial(_step, chain, index + 1, call, last)
     if is_async(middleware):
-        awaited = cast("AsyncMiddleware", middleware)
+        awaited: AsyncMiddleware = middleware  # type: ignore[assignment]
         return await awaited(call, call_next)
 
     async def next_step() -> Job | None:

@@ -160,7 +160,7 @@ class Metrics:
         started = perf_counter()
         done = await call_next()
         series.duration.observe(perf_counter() - started)
-        outcome = "lost" if done is None else _OUTCOMES.get(done.status, done.status.value)
+        outcome = "lost" if done is None else _OUTCOMES.get(done.status) or done.status.value
         counts[outcome] = counts.get(outcome, 0) + 1
         return done
 
