@@ -54,7 +54,7 @@ def processes_count(value: str) -> int:
     return count
 
 
-def metrics_ports(port: int | None, host: str) -> Callable[[int], list[str]] | None:
+def metrics_ports(port: int | None, host: str, count: int = 1) -> Callable[[int], list[str]] | None:
     """``--metrics-port PORT`` with ``--processes N``: process ``i`` serves its own metrics
     on ``PORT + i`` (any free port for each when ``PORT`` is 0).
 
@@ -63,6 +63,8 @@ def metrics_ports(port: int | None, host: str) -> Callable[[int], list[str]] | N
     """
     if port is None:
         return None
+    if port and port + count - 1 > 65535:
+        raise ValueError(f"--metrics-port {port} with {count} processes goes past port 65535")
 
     def args(index: int) -> list[str]:
         return ["--metrics-port", str(port + index if port else 0), "--metrics-host", host]

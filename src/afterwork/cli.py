@@ -278,12 +278,10 @@ def worker(
 
         try:
             count = processes_count(processes)
+            per_process = metrics_ports(metrics_port, metrics_host, count)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-        if metrics_port and metrics_port + count - 1 > 65535:
-            typer.echo(f"error: --metrics-port {metrics_port} + {count} processes passes 65535")
-            raise typer.Exit(2)
         args = [target, "--log-level", log_level, "--log-format", log_format]
         for flag, value in (
             ("--concurrency", concurrency),
@@ -294,7 +292,7 @@ def worker(
         ):
             if value is not None:
                 args += [flag, str(value)]
-        raise typer.Exit(run_processes(args, count, metrics_ports(metrics_port, metrics_host)))
+        raise typer.Exit(run_processes(args, count, per_process))
     if reload:
         from ._cli_reload import reload_worker
 

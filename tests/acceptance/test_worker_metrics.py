@@ -148,8 +148,10 @@ def test_each_of_n_processes_gets_its_own_metrics_port() -> None:
         ["--metrics-port", "9100", "--metrics-host", "0.0.0.0"],
         ["--metrics-port", "9102", "--metrics-host", "0.0.0.0"],
     ]
-    any_port = metrics_ports(0, "127.0.0.1")
+    any_port = metrics_ports(0, "127.0.0.1", 8)
     assert any_port is not None and any_port(3)[1] == "0"
+    with pytest.raises(ValueError, match="past port 65535"):
+        metrics_ports(65535, "127.0.0.1", 2)
 
 
 async def test_with_processes_every_process_serves_what_it_ran(tmp_path: Path) -> None:

@@ -152,6 +152,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "read_history",
     ),
     "afterwork.metrics": ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"),
+    "afterwork.tracing": ("CONTEXTS_KEPT", "Tracing"),
     "afterwork.retry": ("Backoff", "ExponentialBackoff", "FixedBackoff", "Retry"),
     "afterwork.task": (
         # The documented limits of enqueue's options (issue 17: bad input never gets in).
