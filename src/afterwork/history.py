@@ -361,6 +361,8 @@ async def read_history(
     """The history kept in ``store`` (see :meth:`Afterwork.history`)."""
     if step < 60.0 or step % 60.0:
         raise ValueError("step must be a whole number of minutes, in seconds (60, 300, ...)")
+    if not all(math.isfinite(t) for t in (since, until) if t is not None):
+        raise ValueError("since and until must be finite numbers")
     if any(group not in ("task", "queue") for group in by):
         raise ValueError("by names 'task' and/or 'queue'")
     if not isinstance(store, HistoryStore):

@@ -135,6 +135,8 @@ async def test_history_of_a_store_with_none_is_empty_and_steps_are_whole_minutes
     assert await aw.history() == []
     with pytest.raises(ValueError, match="whole number of minutes"):
         await aw.history(step=90)
+    with pytest.raises(ValueError, match="finite"):
+        await aw.history(since=float("-inf"))
 
 
 def test_quantiles_are_read_within_a_bucket() -> None:

@@ -34,9 +34,9 @@ class HistoryPointOut(BaseModel):
 def add_history_routes(router: APIRouter, aw: Afterwork) -> None:
     @router.get("/history", response_model=list[HistoryPointOut], summary="History per step")
     async def history(
-        since: float | None = None,
-        until: float | None = None,
-        step: Annotated[float, Query(ge=60, le=31 * 86_400)] = 60.0,
+        since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        until: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        step: Annotated[int, Query(ge=60, le=31 * 86_400, multiple_of=60)] = 60,
         task: str | None = None,
         queue: str | None = None,
         by: Annotated[list[Literal["task", "queue", "none"]] | None, Query()] = None,
@@ -48,6 +48,7 @@ def add_history_routes(router: APIRouter, aw: Afterwork) -> None:
             points = await aw.history(
                 since=since, until=until, step=step, task=task, queue=queue, by=groups
             )
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        except ValueError as exc:  # FastAPI's shape of a 422, as the schema says
+            detail = [{"loc": ["query"], "msg": str(exc), "type": "value_error"}]
+            raise HTTPException(422, detail) from None
         return [HistoryPointOut.model_validate(p.to_dict()) for p in points]
