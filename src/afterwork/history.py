@@ -51,7 +51,7 @@ __all__ = (
     "read_history",
 )
 
-logger = logging.getLogger("afterwork.history")
+logger: logging.Logger = logging.getLogger("afterwork.history")
 
 #: Upper bounds (seconds) of the timing buckets: 1 ms to about an hour, each 2^(1/4) times
 #: the one before (a quantile read from them is within 19 % of the true value).

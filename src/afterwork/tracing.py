@@ -78,7 +78,9 @@ class Tracing:
         trace, propagate = _otel()
         self._trace = trace
         self._propagate = propagate
-        self.tracer = trace.get_tracer("afterwork", __version__, tracer_provider=tracer_provider)
+        self.tracer: Any = trace.get_tracer(
+            "afterwork", __version__, tracer_provider=tracer_provider
+        )
         self._contexts: OrderedDict[str, dict[str, str]] = OrderedDict()
         middleware: Callable[[Middleware], Middleware] = aw.middleware
         middleware(self)
