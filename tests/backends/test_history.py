@@ -148,3 +148,32 @@ def test_quantiles_are_read_within_a_bucket() -> None:
     assert estimate is not None and BUCKETS[index - 1] <= estimate <= BUCKETS[index]
     assert quantile({len(BUCKETS): 3}, 0.95) == BUCKETS[-1]
     assert HistoryPoint.__dataclass_fields__.keys() >= {"run_p95", "wait_p95"}
+
+
+async def test_a_failed_flush_is_kept_for_the_next_one(
+    make_aw: AwFactory, backend_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend_name == "memory":
+        pytest.skip("the memory store cannot be made unreachable")
+    aw = make_aw()
+    history = History(aw)
+
+    @aw.task(name="ok")
+    async def ok() -> None: ...
+
+    async with aw:
+        await ok.enqueue()
+        assert await aw.drain() == 1
+        await aw.backend.aclose()  # the store is gone: the flush fails
+        await history.flush()
+        await history.flush()  # still failing: logged once
+        warnings = [r for r in caplog.records if r.getMessage().startswith("could not write")]
+        assert len(warnings) == 1
+        await aw.backend.open()
+        await ok.enqueue()
+        assert await aw.drain() == 1
+        await history.flush()
+        store = aw.backend
+        assert isinstance(store, HistoryStore)
+        rows = await store.read_history(since=0, until=aw.backend.now() + 60)
+        assert sum(r.succeeded for r in rows) == 2  # the kept tally and the new one
