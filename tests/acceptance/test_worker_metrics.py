@@ -206,3 +206,39 @@ async def test_with_processes_every_process_serves_what_it_ran(tmp_path: Path) -
         with anyio.fail_after(30):
             await process.wait()
     assert process.returncode == 0
+
+
+async def test_a_worker_process_flushes_its_history_when_it_stops(tmp_path: Path) -> None:
+    app = APP + "\nfrom afterwork.history import History\n\nHistory(aw, flush_interval=3600.0)\n"
+    (tmp_path / "history_app.py").write_text(app)
+    url = f"sqlite:///{tmp_path / 'afterwork.db'}"
+    env = {**os.environ, "AFTERWORK_URL": url}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(tmp_path)])
+    backend = SQLiteBackend(str(tmp_path / "afterwork.db"))
+    await backend.open()
+    ids = [new_job_id() for _ in range(3)]
+    await backend.enqueue([NewJob(id=i, task="history_app:ok", args=[1]) for i in ids])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "afterwork", "worker", "history_app:aw", cwd=tmp_path, env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        async def all_succeeded() -> bool:
+            jobs = [await backend.get(i) for i in ids]
+            return all(j is not None and j.status is JobStatus.SUCCEEDED for j in jobs)
+
+        await eventually(all_succeeded, timeout=30)
+        assert await backend.read_history(since=0, until=backend.now() + 60) == []  # not yet
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()
+    try:
+        assert process.returncode == 0
+        rows = await backend.read_history(since=0, until=backend.now() + 60)
+        assert {r.task for r in rows} == {"history_app:ok"}  # one minute, or two if it ticked
+        assert sum(r.succeeded for r in rows) == 3
+    finally:
+        await backend.aclose()
