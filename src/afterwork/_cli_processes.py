@@ -23,10 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-__all__ = ("processes_count", "run_processes")
+__all__ = ("metrics_ports", "processes_count", "run_processes")
 
 logger: logging.Logger = logging.getLogger("afterwork.cli")
 
@@ -53,6 +54,24 @@ def processes_count(value: str) -> int:
     return count
 
 
+def metrics_ports(port: int | None, host: str, count: int = 1) -> Callable[[int], list[str]] | None:
+    """``--metrics-port PORT`` with ``--processes N``: process ``i`` serves its own metrics
+    on ``PORT + i`` (any free port for each when ``PORT`` is 0).
+
+    Each process counts the jobs it ran, so each is a scrape target of its own and queries
+    ``sum()`` across them, as Prometheus does for every multi-process server.
+    """
+    if port is None:
+        return None
+    if port and port + count - 1 > 65535:
+        raise ValueError(f"--metrics-port {port} with {count} processes goes past port 65535")
+
+    def args(index: int) -> list[str]:
+        return ["--metrics-port", str(port + index if port else 0), "--metrics-host", host]
+
+    return args
+
+
 def _die_with_supervisor() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: a worker process gets SIGTERM (a graceful drain) if the supervisor dies."""
     with contextlib.suppress(Exception):
@@ -72,8 +91,14 @@ class _Slot:
 
 
 class _Supervisor:
-    def __init__(self, worker_args: list[str], count: int) -> None:
+    def __init__(
+        self,
+        worker_args: list[str],
+        count: int,
+        slot_args: Callable[[int], list[str]] | None = None,
+    ) -> None:
         self.command = [sys.executable, "-m", "afterwork", "worker", *worker_args]
+        self.slot_args = slot_args
         self.slots = [_Slot(index) for index in range(count)]
         self.received = 0
         self.pending: list[int] = []
@@ -117,7 +142,8 @@ class _Supervisor:
     def start(self, slot: _Slot) -> None:
         # Their own process group: the terminal's Ctrl-C reaches the supervisor only, which
         # passes it on once (a second one would stop them at once).
-        process = subprocess.Popen(self.command, process_group=0, preexec_fn=_die_with_supervisor)
+        command = self.command + (self.slot_args(slot.index) if self.slot_args else [])
+        process = subprocess.Popen(command, process_group=0, preexec_fn=_die_with_supervisor)
         slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
         logger.info(
             "worker process %d started (pid %d)",
@@ -197,9 +223,17 @@ class _Supervisor:
                 slot.process.wait()
 
 
-def run_processes(worker_args: list[str], count: int) -> int:
-    """Run ``count`` ``afterwork worker <worker_args>`` processes until stopped; the exit code."""
-    supervisor = _Supervisor(worker_args, count)
+def run_processes(
+    worker_args: list[str],
+    count: int,
+    slot_args: Callable[[int], list[str]] | None = None,
+) -> int:
+    """Run ``count`` ``afterwork worker <worker_args>`` processes until stopped; the exit code.
+
+    ``slot_args(i)`` adds arguments of the ``i``-th process (0-based; a restarted process
+    gets its slot's again), such as its own ``--metrics-port``.
+    """
+    supervisor = _Supervisor(worker_args, count, slot_args)
     previous = {s: signal.signal(s, supervisor.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         logger.info("starting %d worker processes", count)

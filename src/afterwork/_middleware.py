@@ -26,6 +26,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import FunctionType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, cast
 
 import anyio
@@ -100,12 +101,28 @@ class SyncMiddleware(Protocol):
 Middleware: TypeAlias = AsyncMiddleware | SyncMiddleware
 
 
+#: Whether the instances of a class whose ``__call__`` is written in Python are awaited
+#: (asked once per class, not on every job).
+_CLASS_IS_ASYNC: dict[type, bool] = {}
+
+
 def is_async(middleware: Middleware) -> bool:
     """Whether ``middleware`` is awaited (an ``async def``, or an object whose ``__call__`` is)."""
+    kind = type(middleware)
+    if kind is FunctionType:  # the common case, read from the code's flags
+        if middleware.__code__.co_flags & inspect.CO_COROUTINE:  # type: ignore[union-attr]
+            return True
+        return inspect.iscoroutinefunction(middleware)
+    cached = _CLASS_IS_ASYNC.get(kind)
+    if cached is not None:
+        return cached
     if inspect.iscoroutinefunction(middleware):
         return True
     call = getattr(middleware, "__call__", None)  # noqa: B004 (an object's async __call__)
-    return call is not None and inspect.iscoroutinefunction(call)
+    found = call is not None and inspect.iscoroutinefunction(call)
+    if isinstance(kind.__dict__.get("__call__"), FunctionType):  # the class's own __call__
+        _CLASS_IS_ASYNC[kind] = found
+    return found
 
 
 async def run_through(
@@ -114,20 +131,32 @@ async def run_through(
     last: Callable[[], Awaitable[Job | None]],
 ) -> Job | None:
     """Run ``last`` inside every middleware of ``chain``, the first outermost."""
+    if not chain:
+        return await last()
+    return await _step(chain, 0, call, last)
 
-    async def step(index: int) -> Job | None:
-        if index == len(chain):
-            return await last()
-        middleware = chain[index]
-        call_next = functools.partial(step, index + 1)
-        if is_async(middleware):
-            awaited = cast("AsyncMiddleware", middleware)
-            return await awaited(call, call_next)
 
-        def blocking_next() -> Job | None:
-            return anyio.from_thread.run(call_next)
+async def _step(
+    chain: Sequence[Middleware],
+    index: int,
+    call: JobCall,
+    last: Callable[[], Awaitable[Job | None]],
+) -> Job | None:
+    """Run ``chain[index]`` around the rest (the innermost one gets ``last`` itself)."""
+    middleware = chain[index]
+    if index + 1 == len(chain):
+        call_next = last
+    else:
+        call_next = functools.partial(_step, chain, index + 1, call, last)
+    if is_async(middleware):
+        awaited: AsyncMiddleware = middleware  # type: ignore[assignment]
+        return await awaited(call, call_next)
 
-        sync = cast("SyncMiddleware", middleware)
-        return await anyio.to_thread.run_sync(sync, call, blocking_next)
+    async def next_step() -> Job | None:
+        return await call_next()
 
-    return await step(0)
+    def blocking_next() -> Job | None:
+        return anyio.from_thread.run(next_step)
+
+    sync = cast("SyncMiddleware", middleware)
+    return await anyio.to_thread.run_sync(sync, call, blocking_next)

@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from ._engine.worker import Worker
     from ._pubsub import Subscription
     from .fastapi._options import AuthDependency, RouterOptions
+    from .history import HistoryPoint
 
 __all__ = ("Afterwork", "ServiceContext", "ServiceInstance", "Settings")
 
@@ -154,6 +155,7 @@ class Afterwork(FlowControl):
         """Registered tasks run inline (tests); see the ``eager`` argument."""
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._middleware: list[Middleware] = list(middleware)
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []  # e.g. History.close
         self._local_runs = LocalRuns(self)
         self._open = False
         self._reconnecting = False
@@ -518,6 +520,11 @@ class Afterwork(FlowControl):
         """Stop local workers and disconnect from the store."""
         self._local_runs.stop_workers()
         if self._open:
+            for hook in self._close_hooks:
+                try:
+                    await hook()
+                except Exception:
+                    logger.warning("a close hook failed", exc_info=True)
             self._open = False
             self._loop = None
             await self.backend.aclose()
@@ -797,6 +804,39 @@ class Afterwork(FlowControl):
         await self._ensure_open()
         backend = self.backend
         return await backend.list_workers() if isinstance(backend, WorkerPresence) else []
+
+    async def history(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        step: float = 60.0,
+        task: str | None = None,
+        queue: str | None = None,
+        by: Sequence[Literal["task", "queue"]] = ("task", "queue"),
+    ) -> list[HistoryPoint]:
+        """Per-minute history recorded by :class:`afterwork.history.History`, summed into steps.
+
+        Args:
+            since: start, in seconds since the epoch (default: an hour before ``until``);
+                rounded down to its minute.
+            until: end, excluded (default: the end of the current minute).
+            step: seconds per point, a whole number of minutes (60, 300, 3600, ...).
+            task: only this task. queue: only this queue.
+            by: group the points by ``"task"``, ``"queue"``, both, or neither (``()``).
+
+        Returns:
+            The steps that saw an attempt end (empty ones are left out), oldest first;
+            ``[]`` on a store that keeps no history.
+
+        .. versionadded:: 0.2
+        """
+        from .history import read_history
+
+        await self._ensure_open()
+        return await read_history(
+            self.backend, since=since, until=until, step=step, task=task, queue=queue, by=by
+        )
 
     async def purge(self, *, older_than: float | None = None) -> int:
         """Delete finished jobs past their ``result_ttl`` (or finished ``older_than`` s ago)."""

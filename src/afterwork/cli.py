@@ -267,20 +267,18 @@ def worker(
         typer.echo("error: --isolation cannot be combined with --reload", err=True)
         raise typer.Exit(2)
     if processes is not None:
-        if metrics_port is not None or health_port is not None:
-            # Each process would bind the same port; one listener per fleet is to come.
-            typer.echo(
-                "error: --metrics-port and --health-port cannot be combined with --processes yet",
-                err=True,
-            )
+        if health_port is not None:
+            # A probe asks one port about one pod: per-process health ports would not say it.
+            typer.echo("error: --health-port cannot be combined with --processes yet", err=True)
             raise typer.Exit(2)
         if reload:
             typer.echo("error: --processes cannot be combined with --reload", err=True)
             raise typer.Exit(2)
-        from ._cli_processes import processes_count, run_processes
+        from ._cli_processes import metrics_ports, processes_count, run_processes
 
         try:
             count = processes_count(processes)
+            per_process = metrics_ports(metrics_port, metrics_host, count)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -294,7 +292,7 @@ def worker(
         ):
             if value is not None:
                 args += [flag, str(value)]
-        raise typer.Exit(run_processes(args, count))
+        raise typer.Exit(run_processes(args, count, per_process))
     if reload:
         from ._cli_reload import reload_worker
 

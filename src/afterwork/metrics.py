@@ -21,14 +21,16 @@ Example:
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import MissingDependencyError
 from .job import Job, JobStatus
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
     from ._engine.services import ServiceStatus
@@ -45,6 +47,9 @@ DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
     3600.0,
 )  # fmt: skip
+
+#: The ``le`` label of each bucket, as Prometheus writes it.
+_BOUNDS = tuple(repr(float(bound)) for bound in DURATION_BUCKETS)
 
 #: The ``outcome`` label of an attempt, by the status its outcome left the job in.
 _OUTCOMES = {
@@ -96,6 +101,11 @@ class Metrics:
         ``afterwork_workers``: gauge, the live workers sharing the store, read at scrape.
         ``afterwork_services{name,state}``: gauge, 1 for each service's current state.
 
+    The counts and histograms are plain integers kept per ``(task, queue)`` and turned into
+    Prometheus samples only when scraped (a ``prometheus_client`` child per observation
+    costs a lock and a bucket walk per job). They count what ran on the event loop of this
+    process.
+
     Args:
         aw: the instance to observe.
         registry: where the metrics are registered (default: a new registry of its own).
@@ -116,31 +126,12 @@ class Metrics:
         self.aw = aw
         self.registry: CollectorRegistry = registry or prom.CollectorRegistry(auto_describe=True)
         self.cache_ttl = cache_ttl
-        labels = ("task", "queue")
-        self.jobs: Counter = prom.Counter(
-            "afterwork_jobs",
-            "Jobs enqueued and attempts by how they ended.",
-            (*labels, "outcome"),
-            registry=self.registry,
-        )
-        self.duration: Histogram = prom.Histogram(
-            "afterwork_job_duration_seconds",
-            "How long each attempt ran.",
-            labels,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.wait: Histogram = prom.Histogram(
-            "afterwork_job_wait_seconds",
-            "How long each attempt waited from its due time to its start.",
-            labels,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
         self._series: dict[tuple[str, str], _Series] = {}
         self._queues: list[QueueStats] = []
         self._workers = 0
         self._read_at = -float("inf")
+        self._now = aw.backend.now
+        self.registry.register(_JobCollector(self))
         self.registry.register(_QueueCollector(self))
         aw.middleware(self)
 
@@ -148,25 +139,29 @@ class Metrics:
         self, call: JobCall, call_next: Callable[[], Awaitable[Job | None]]
     ) -> Job | None:
         """The middleware: count the enqueue or the attempt, time it."""
-        series = self._series.get((call.task, call.queue))
+        key = (call.task, call.queue)
+        series = self._series.get(key)
         if series is None:
-            series = self._series[(call.task, call.queue)] = _Series(self, call.task, call.queue)
+            series = self._series[key] = _Series()
+        counts = series.counts
         if call.kind == "enqueue":
             stored = await call_next()
             if stored is not None and stored.id == call.job_id:
-                series.count("enqueued")
+                counts["enqueued"] = counts.get("enqueued", 0) + 1
             return stored
         job = call.job
         if job is not None:
-            series.timers()[1].observe(max(self.aw.backend.now() - job.run_at, 0.0))
+            wait = self._now() - job.run_at
+            series.wait.observe(wait if wait > 0.0 else 0.0)
             timeline = job.timeline
             if timeline and timeline[-1].outcome == "lost":
-                series.count("recovered")
-        series.count("started")
-        started = time.perf_counter()
+                counts["recovered"] = counts.get("recovered", 0) + 1
+        counts["started"] = counts.get("started", 0) + 1
+        started = perf_counter()
         done = await call_next()
-        series.timers()[0].observe(time.perf_counter() - started)
-        series.count("lost" if done is None else _OUTCOMES.get(done.status, done.status.value))
+        series.duration.observe(perf_counter() - started)
+        outcome = "lost" if done is None else _OUTCOMES.get(done.status) or done.status.value
+        counts[outcome] = counts.get(outcome, 0) + 1
         return done
 
     async def refresh(self) -> None:
@@ -185,32 +180,72 @@ class Metrics:
         return data
 
 
+class _Histogram:
+    """Bucket counts (not cumulative; the last is ``+Inf``) and the sum of one histogram."""
+
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(DURATION_BUCKETS, value)] += 1  # le: the first bound >= value
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        total, out = 0, []
+        for bound, count in zip((*_BOUNDS, "+Inf"), self.buckets, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
 class _Series:
-    """The labelled children of one (task, queue), looked up once (``labels()`` is slow)."""
+    """What one (task, queue) counted: outcomes, run time and wait time."""
 
-    __slots__ = ("_counters", "_metrics", "_queue", "_task", "_timers")
+    __slots__ = ("counts", "duration", "wait")
 
-    def __init__(self, metrics: Metrics, task: str, queue: str) -> None:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.duration = _Histogram()
+        self.wait = _Histogram()
+
+
+class _JobCollector:
+    """``afterwork_jobs_total`` and the two histograms, from the counts kept per series."""
+
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._task = task
-        self._queue = queue
-        self._counters: dict[str, Any] = {}
-        self._timers: tuple[Any, Any] | None = None
 
-    def timers(self) -> tuple[Any, Any]:
-        """The duration and wait histograms (made on the first attempt, not on enqueue)."""
-        if self._timers is None:
-            metrics, labels = self._metrics, (self._task, self._queue)
-            self._timers = (metrics.duration.labels(*labels), metrics.wait.labels(*labels))
-        return self._timers
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-    def count(self, outcome: str) -> None:
-        counter = self._counters.get(outcome)
-        if counter is None:
-            counter = self._counters[outcome] = self._metrics.jobs.labels(
-                self._task, self._queue, outcome
-            )
-        counter.inc()
+        jobs = CounterMetricFamily(
+            "afterwork_jobs", "Jobs enqueued and attempts by how they ended.",
+            labels=("task", "queue", "outcome"),
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "afterwork_job_duration_seconds", "How long each attempt ran.",
+            labels=("task", "queue"),
+        )  # fmt: skip
+        wait = HistogramMetricFamily(
+            "afterwork_job_wait_seconds",
+            "How long each attempt waited from its due time to its start.",
+            labels=("task", "queue"),
+        )
+        for (task, queue), series in list(self._metrics._series.items()):
+            for outcome, count in list(series.counts.items()):
+                jobs.add_metric((task, queue, outcome), count)
+            if series.counts.get("started"):  # histograms only for what ran here
+                for family, histogram in ((duration, series.duration), (wait, series.wait)):
+                    family.add_metric((task, queue), histogram.cumulative(), histogram.sum)
+        yield jobs
+        yield duration
+        yield wait
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _QueueCollector:

@@ -60,3 +60,22 @@ def _async(check: Callable[[], T | None]) -> Callable[[], Awaitable[T | None]]:
         return check()
 
     return run
+
+
+def test_the_page_shows_the_history_example() -> None:
+    text = (ROOT / "docs" / "observability.md").read_text()
+    code = (ROOT / "examples/docs/history.py").read_text()
+    assert f"```python\n{code}```" in text
+
+
+async def test_the_history_example() -> None:
+    from examples.docs import history as ex
+
+    async with ex.aw:
+        for day in ("mon", "tue", "wed"):
+            await ex.send_report.enqueue(day)
+        assert await ex.aw.drain() == 3
+        await ex.history.flush()
+        ((task, attempts, failures, p95),) = await ex.last_hour()
+    assert (task, attempts, failures) == (ex.send_report.name, 3, 0)
+    assert p95 is not None and p95 < 1.0

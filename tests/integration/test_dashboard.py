@@ -330,3 +330,102 @@ async def test_dashboard_cancels_the_jobs_a_filter_matches_after_confirming(
 
 async def _true(value: bool) -> bool | None:
     return value or None
+
+
+async def test_dashboard_charts_history_and_fits_a_phone(browser: Browser, tmp_path: Path) -> None:
+    from afterwork.backends.base import HistoryRow, HistoryStore
+    from afterwork.history import History
+
+    aw = Afterwork("memory://")
+    history = History(aw)
+
+    @aw.task(name="resize")
+    async def resize(n: int) -> int:
+        return n
+
+    @aw.task(name="flop")
+    async def flop() -> None:
+        raise ValueError("no")
+
+    update = bool(os.environ.get("AFTERWORK_UPDATE_SCREENSHOT"))
+    shots = DOCS_SCREENSHOT.parent / "img" if update else tmp_path
+    shots.mkdir(exist_ok=True)
+    errors: list[str] = []
+    try:
+        async with serve(make_app(aw)) as url:
+            with anyio.fail_after(60):
+                jobs = [await resize.enqueue(n) for n in range(5)] + [await flop.enqueue()]
+                for job in jobs:
+                    await aw.wait_for_job(job.id, timeout=20)
+                await history.flush()
+                # An hour of another task's history, to draw more than one bar.
+                now = aw.backend.now()
+                minute = now - now % 60.0
+                store = aw.backend
+                assert isinstance(store, HistoryStore)
+                await store.record_history(
+                    [
+                        HistoryRow(
+                            minute=minute - 60.0 * ago, task="report", queue="default",
+                            succeeded=20 + (ago * 7) % 30, failed=ago % 9 // 8,
+                            retried=(ago % 13) // 10, run_sum=1.0, run_buckets={30 + ago % 5: 9},
+                            wait_sum=1.0, wait_buckets={20 + (ago * 5) % 17: 9},
+                        )
+                        for ago in range(1, 59)
+                    ]
+                )  # fmt: skip
+
+                context = await browser.new_context(viewport={"width": 1280, "height": 900})
+                await context.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+                page = await context.new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await page.goto(f"{url}/afterwork/")
+                await page.wait_for_selector("#chart-throughput rect.bar")
+                await page.wait_for_selector("#chart-failures rect.bar")
+                await page.wait_for_selector('#task-stats tr[data-task="flop"]')
+                rows = {
+                    cells[0]: cells
+                    for cells in [
+                        await row.locator("td").all_text_contents()
+                        for row in await page.locator("#task-stats tbody tr").all()
+                    ]
+                }
+                assert rows["resize"][1:4] == ["default", "5", "0.0 %"]
+                assert rows["flop"][1:4] == ["default", "1", "100.0 %"]
+                assert rows["report"][2] == str(58 * 9)
+                bars = await page.locator("#chart-throughput rect.bar").count()
+                assert bars == 59  # one per minute that saw a success, none for the others
+                assert rows["resize"][4].endswith("ms")  # run p95
+                caption = await page.text_content("#chart-throughput-max")
+                assert caption is not None and caption.startswith("max ")
+                assert await page.is_hidden("#history-none")
+                await page.screenshot(
+                    path=str(shots / "dashboard-overview.png"), animations="disabled"
+                )
+
+                await page.click('#range button[data-range="86400"]')
+                await page.wait_for_selector('#range button[data-range="86400"][aria-pressed=true]')
+                await page.wait_for_selector("#chart-throughput rect.bar")
+                await context.close()
+
+                phone = await browser.new_context(
+                    viewport={"width": 390, "height": 844}, device_scale_factor=2
+                )
+                await phone.add_cookies([{"name": SESSION_COOKIE, "value": TOKEN, "url": url}])
+                page = await phone.new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                await page.goto(f"{url}/afterwork/")
+                await page.wait_for_selector("#chart-wait rect.bar")
+                width = await page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390  # nothing wider than the screen: tables scroll inside
+                box = await page.locator("#chart-throughput").bounding_box()
+                assert box is not None and 300 <= box["width"] <= 390
+                await page.screenshot(
+                    path=str(shots / "dashboard-phone.png"), full_page=True, animations="disabled"
+                )
+                await phone.close()
+    finally:
+        await aw.aclose()
+    assert errors == []
+    assert (shots / "dashboard-phone.png").stat().st_size > 10_000

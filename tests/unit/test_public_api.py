@@ -78,6 +78,8 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "EventStream",
         "FlowLimit",
         "HeartbeatReply",
+        "HistoryRow",
+        "HistoryStore",
         "Inspector",
         "JobFilter",
         "Lease",
@@ -147,7 +149,15 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "check_transition",
         "new_job_id",
     ),
+    "afterwork.history": (
+        "BUCKETS",
+        "DEFAULT_RETENTION",
+        "History",
+        "HistoryPoint",
+        "read_history",
+    ),
     "afterwork.metrics": ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"),
+    "afterwork.tracing": ("CONTEXTS_KEPT", "Tracing"),
     "afterwork.retry": ("Backoff", "ExponentialBackoff", "FixedBackoff", "Retry"),
     "afterwork.task": (
         # The documented limits of enqueue's options (issue 17: bad input never gets in).

@@ -156,8 +156,28 @@ _V5 = (
     "CREATE INDEX afterwork_starts_pending ON afterwork_starts (job_id) WHERE pending = 1",
 )
 
+# Version 6: per-minute history of attempts per task and queue (``afterwork.history``;
+# buckets are sparse JSON objects, see ``afterwork.backends.base.HistoryRow``).
+_V6 = (
+    """
+    CREATE TABLE afterwork_history (
+        minute REAL NOT NULL,
+        task TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        retried INTEGER NOT NULL DEFAULT 0,
+        run_sum REAL NOT NULL DEFAULT 0,
+        run_buckets TEXT NOT NULL DEFAULT '{}',
+        wait_sum REAL NOT NULL DEFAULT 0,
+        wait_buckets TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (minute, task, queue)
+    ) STRICT, WITHOUT ROWID
+    """,
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

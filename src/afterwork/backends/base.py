@@ -27,7 +27,7 @@ Contract (what must hold even on failure):
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .._lifecycle import Claim, FlowLimit, Lease, NewJob, Outcome, RateLimit
@@ -46,6 +46,8 @@ __all__ = (
     "EventStream",
     "FlowLimit",
     "HeartbeatReply",
+    "HistoryRow",
+    "HistoryStore",
     "Inspector",
     "JobFilter",
     "Lease",
@@ -472,6 +474,101 @@ class WorkerPresence(Protocol):
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The workers whose record has not expired by the store's clock, by start time."""
+
+
+# -- history: per-minute counts and timings (``afterwork.history``) --------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryRow:
+    """What one or more workers saw of one task on one queue during one minute.
+
+    Rows are additive: two rows of the same ``(minute, task, queue)`` (two workers, or two
+    flushes of one worker) combine by adding every count, sum and bucket count
+    (:meth:`merged`). Timings are kept as sparse histograms: ``run_buckets[i]`` counts
+    attempts whose run time fell in bucket ``i`` of :data:`afterwork.history.BUCKETS`
+    (``(bounds[i-1], bounds[i]]``; ``i == len(bounds)`` is above the last bound).
+
+    .. versionadded:: 0.2
+    """
+
+    minute: float
+    """Start of the minute, in seconds since the epoch (a multiple of 60)."""
+    task: str
+    queue: str
+    succeeded: int = 0
+    failed: int = 0
+    """Attempts that failed for good."""
+    retried: int = 0
+    """Attempts that failed with another attempt to follow."""
+    run_sum: float = 0.0
+    run_buckets: dict[int, int] = field(default_factory=dict)
+    """Attempts by run-time bucket (every attempt that ended, cancelled ones too)."""
+    wait_sum: float = 0.0
+    wait_buckets: dict[int, int] = field(default_factory=dict)
+    """Attempts by wait-time bucket (due time to start)."""
+
+    @property
+    def key(self) -> tuple[float, str, str]:
+        return (self.minute, self.task, self.queue)
+
+    def merged(self, other: HistoryRow) -> HistoryRow:
+        """This row plus ``other`` (same key)."""
+        return HistoryRow(
+            minute=self.minute,
+            task=self.task,
+            queue=self.queue,
+            succeeded=self.succeeded + other.succeeded,
+            failed=self.failed + other.failed,
+            retried=self.retried + other.retried,
+            run_sum=self.run_sum + other.run_sum,
+            run_buckets=_add_buckets(self.run_buckets, other.run_buckets),
+            wait_sum=self.wait_sum + other.wait_sum,
+            wait_buckets=_add_buckets(self.wait_buckets, other.wait_buckets),
+        )
+
+
+def _add_buckets(a: Mapping[int, int], b: Mapping[int, int]) -> dict[int, int]:
+    out = dict(a)
+    for index, count in b.items():
+        out[index] = out.get(index, 0) + count
+    return out
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """Where per-minute history is kept (optional: a store without it keeps no history).
+
+    History is advisory, like presence: it decides nothing about jobs, so a store may keep
+    it outside its job transactions, and a flush that fails is tried again later by the
+    worker (or dropped at its stop) rather than failing any job.
+
+    .. versionadded:: 0.2
+    """
+
+    async def record_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Add each row to the stored row of its ``(minute, task, queue)`` (created at zero).
+
+        Counts, sums and bucket counts add up, so several workers may flush the same minute.
+        One call applies all its rows or none where the store can make it so.
+        """
+        ...
+
+    async def read_history(
+        self,
+        *,
+        since: float,
+        until: float,
+        task: str | None = None,
+        queue: str | None = None,
+    ) -> list[HistoryRow]:
+        """Rows with ``since <= minute < until`` (of one task, one queue if given), ordered
+        by ``(minute, task, queue)``, one per key."""
+        ...
+
+    async def purge_history(self, *, before: float) -> None:
+        """Delete the rows whose ``minute`` is before ``before``."""
+        ...
 
 
 # -- channels: messages between processes sharing a store (``aw.publish``) ------------------

@@ -36,6 +36,7 @@ from .base import (
     Clock,
     EventStream,
     HeartbeatReply,
+    HistoryRow,
     JobFilter,
     Lease,
     LeaseInfo,
@@ -67,6 +68,7 @@ class MemoryBackend:
         self._lock = threading.RLock()
         self._workers: dict[str, WorkerInfo] = {}
         self._named_leases: dict[str, tuple[str, LeaseInfo]] = {}  # name -> (token, info)
+        self._history: dict[tuple[float, str, str], HistoryRow] = {}
         self._jobs: dict[str, Job] = {}
         self._tokens: dict[str, str] = {}
         self._keys: dict[str, str] = {}
@@ -647,3 +649,33 @@ class MemoryBackend:
             for name in list(self._named_leases):
                 self._held_lease(name)
             return [self._named_leases[name][1] for name in sorted(self._named_leases)]
+    # -- history -------------------------------------------------------------------------
+
+    async def record_history(self, rows: Sequence[HistoryRow]) -> None:
+        with self._lock:
+            for row in rows:
+                held = self._history.get(row.key)
+                self._history[row.key] = row if held is None else held.merged(row)
+
+    async def read_history(
+        self,
+        *,
+        since: float,
+        until: float,
+        task: str | None = None,
+        queue: str | None = None,
+    ) -> list[HistoryRow]:
+        with self._lock:
+            found = [
+                row
+                for row in self._history.values()
+                if since <= row.minute < until
+                and (task is None or row.task == task)
+                and (queue is None or row.queue == queue)
+            ]
+        return sorted(found, key=lambda row: row.key)
+
+    async def purge_history(self, *, before: float) -> None:
+        with self._lock:
+            for key in [key for key in self._history if key[0] < before]:
+                del self._history[key]

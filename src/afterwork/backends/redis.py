@@ -38,6 +38,7 @@ from ..exceptions import BackendError, BackendUnavailable, ConfigurationError
 from ..job import Job, JobStatus
 from ._redis_channels import RedisChannel
 from ._redis_events import StreamEvents, execute
+from ._redis_history import HistoryMixin
 from ._redis_leases import LeasesMixin
 from ._redis_presence import PresenceMixin
 from ._redis_scripts import (
@@ -89,7 +90,7 @@ _FINISH_BATCH = 256
 _CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
 
-class RedisBackend(PresenceMixin, LeasesMixin):
+class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
     """Jobs in Redis, moved between states by Lua scripts.
 
     Args:

@@ -34,6 +34,7 @@ from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._sqlite_db import Database, connect
 from ._sqlite_events import MESSAGE_KIND, EventPump
 from ._sqlite_flow import STAMP_START, Groups, read_starts
+from ._sqlite_history import HistoryMixin
 from ._sqlite_inspect import InspectorMixin
 from ._sqlite_leases import LeasesMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
@@ -98,7 +99,7 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
-class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin):
+class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, HistoryMixin):
     """Jobs in a SQLite file (WAL), shared safely by the processes of one host.
 
     Args:

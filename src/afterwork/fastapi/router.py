@@ -47,6 +47,7 @@ from ..exceptions import ConfigurationError, EnqueueError, PayloadTooLarge, Task
 from ..job import Job, JobStatus
 from . import _extras
 from ._flow_routes import add_flow_routes
+from ._history_routes import add_history_routes
 from ._options import AuthDependency, RouterOptions
 from ._schemas import EnqueueBody, InfoOut, JobOut, JobPage, QueueOut, TaskOut
 from ._sse import event_stream
@@ -356,6 +357,7 @@ def create_router(
     _extras.add_schedule_routes(router, aw)
     _extras.add_service_routes(router, aw)
     _extras.add_worker_routes(router, aw)
+    add_history_routes(router, aw)
     if metrics is not None:
         _extras.add_metrics_route(router, metrics)
 

@@ -13,6 +13,7 @@
     timeline: [],
     queueTimer: null,
     jobTimer: null,
+    range: 3600, // seconds of history the overview shows
   };
 
   const $ = (id) => document.getElementById(id);
@@ -74,6 +75,114 @@
     link.href = "#/jobs/" + encodeURIComponent(id);
     link.title = String(id);
     return link;
+  }
+
+  // -- overview: activity charts and per-task table, from GET history -------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const CHART_W = 600;
+  const CHART_H = 100;
+
+  function svgEl(tag, attrs, className) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    if (className) node.setAttribute("class", className);
+    return node;
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    if (seconds < 1) return (seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0) + " ms";
+    return age(seconds);
+  }
+
+  function clock(seconds) {
+    return new Date(seconds * 1000).toISOString().slice(11, 16);
+  }
+
+  // Bars of one value per step (missing steps are zero), drawn into an empty <svg>.
+  function drawBars(svg, values, className, format) {
+    clear(svg);
+    svg.setAttribute("viewBox", "0 0 " + CHART_W + " " + CHART_H);
+    svg.setAttribute("preserveAspectRatio", "none");
+    const top = Math.max(...values, 0);
+    for (const y of [0.25, 0.5, 0.75]) {
+      svg.appendChild(svgEl("line", { x1: 0, x2: CHART_W, y1: CHART_H * y, y2: CHART_H * y }, "grid"));
+    }
+    const width = CHART_W / values.length;
+    values.forEach((value, i) => {
+      if (!value) return;
+      const height = Math.max((value / top) * (CHART_H - 4), 1);
+      const bar = svgEl("rect", {
+        x: (i * width).toFixed(2), y: (CHART_H - height).toFixed(2),
+        width: Math.max(width - (width > 3 ? 1 : 0), 0.5).toFixed(2), height: height.toFixed(2),
+      }, "bar " + className);
+      const title = svgEl("title", {});
+      title.textContent = format(value);
+      bar.appendChild(title);
+      svg.appendChild(bar);
+    });
+    const label = $(svg.id + "-max");
+    if (label) label.textContent = top ? "max " + format(top) : "";
+    const axis = svg.nextElementSibling;
+    return axis;
+  }
+
+  async function loadHistory() {
+    const range = state.range;
+    const step = range <= 3600 ? 60 : 900;
+    const until = Math.floor(Date.now() / 60000) * 60 + 60;
+    const since = until - range;
+    const query = (params) => "history?" + new URLSearchParams(params).toString();
+    const [totals, tasks] = await Promise.all([
+      api(query({ since, until, step, by: "none" })),
+      api(query({ since, until, step: range })),
+    ]);
+    const slots = Math.round(range / step);
+    const pick = (fn) => {
+      const values = new Array(slots).fill(0);
+      for (const p of totals) {
+        const i = Math.floor((p.at - since) / step);
+        if (i >= 0 && i < slots) values[i] = fn(p) || 0;
+      }
+      return values;
+    };
+    const count = (n) => String(Math.round(n)) + " / " + (step === 60 ? "min" : step / 60 + " min");
+    const charts = [
+      ["chart-throughput", pick((p) => p.succeeded), "bar-ok", count],
+      ["chart-failures", pick((p) => p.failed + p.retried), "bar-bad", count],
+      ["chart-wait", pick((p) => p.wait_p95), "bar-wait", duration],
+    ];
+    for (const [id, values, className, format] of charts) {
+      const axis = drawBars($(id), values, className, format);
+      axis.querySelector(".axis-from").textContent = clock(since);
+      axis.querySelector(".axis-to").textContent = clock(until);
+    }
+    $("history-none").hidden = totals.length > 0;
+    const body = $("task-stats").tBodies[0];
+    clear(body);
+    tasks.sort((a, b) => b.attempts - a.attempts);
+    for (const p of tasks) {
+      const row = el("tr");
+      row.dataset.task = p.task;
+      row.appendChild(el("td", p.task));
+      row.appendChild(el("td", p.queue));
+      row.appendChild(el("td", p.attempts, "num"));
+      const failures = p.failed + p.retried;
+      const rate = p.attempts ? (100 * failures / p.attempts).toFixed(1) + " %" : "";
+      row.appendChild(el("td", rate, failures ? "num status-failed" : "num"));
+      row.appendChild(el("td", duration(p.run_p95), "num"));
+      row.appendChild(el("td", duration(p.wait_p95), "num"));
+      body.appendChild(row);
+    }
+  }
+
+  function setRange(seconds) {
+    state.range = seconds;
+    for (const button of $("range").querySelectorAll("button")) {
+      button.setAttribute("aria-pressed", String(Number(button.dataset.range) === seconds));
+    }
+    loadHistory().catch((err) => notice(err.message));
   }
 
   // -- overview: queues -------------------------------------------------------------
@@ -471,7 +580,7 @@
   }
 
   function refresh() {
-    const tasks = [loadQueues(), loadWorkers(), loadJobs(false)];
+    const tasks = [loadQueues(), loadWorkers(), loadJobs(false), loadHistory()];
     if (!$("schedules-section").hidden) tasks.push(loadSchedules());
     if (!$("services-section").hidden) tasks.push(loadServices());
     if (state.jobId) tasks.push(loadJob());
@@ -498,6 +607,12 @@
     $("bulk-cancel").addEventListener("click", () => bulkAction("cancel", "scheduled", "queued", "running"));
     $("cancel").addEventListener("click", () => jobAction("cancel"));
     $("retry").addEventListener("click", () => jobAction("retry"));
+    for (const button of $("range").querySelectorAll("button")) {
+      button.addEventListener("click", () => setRange(Number(button.dataset.range)));
+    }
+    setInterval(() => {
+      if (!state.jobId && !document.hidden) loadHistory().catch((err) => notice(err.message));
+    }, 30000);
     window.addEventListener("hashchange", route);
     route();
     connect();
