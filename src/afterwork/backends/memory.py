@@ -649,6 +649,7 @@ class MemoryBackend:
             for name in list(self._named_leases):
                 self._held_lease(name)
             return [self._named_leases[name][1] for name in sorted(self._named_leases)]
+
     # -- history -------------------------------------------------------------------------
 
     async def record_history(self, rows: Sequence[HistoryRow]) -> None:
