@@ -174,6 +174,23 @@ def _check(store: SQLiteBackend, conn: SAConnection) -> None:
             f"the connection is to a {dialect.name}+{dialect.driver} database, not to the "
             f"SQLite store's file {store.path} (enqueue in a transaction needs {_KINDS})"
         )
+    # A driver connection's main database never changes: checked once per connection
+    # (``info`` lives as long as the pooled driver connection), not on every enqueue.
+    checked = ("afterwork.store_file", store.path)
+    if not conn.info.get(checked):
+        _check_file(store, conn)
+        conn.info[checked] = True
+    driver = conn.connection.driver_connection
+    if getattr(driver, "isolation_level", "") is None and not getattr(
+        driver, "in_transaction", True
+    ):
+        raise EnqueueError(
+            "the connection is in autocommit mode: there is no transaction to enqueue in "
+            "(begin one, e.g. emit BEGIN from the engine's 'begin' event)"
+        )
+
+
+def _check_file(store: SQLiteBackend, conn: SAConnection) -> None:
     files = {row[1]: row[2] for row in conn.exec_driver_sql("PRAGMA database_list").fetchall()}
     main = files.get("main") or ""
     if not main:
@@ -185,14 +202,6 @@ def _check(store: SQLiteBackend, conn: SAConnection) -> None:
         raise EnqueueError(
             f"the connection is to the SQLite database {main}, not to the store's file "
             f"{store.path}: jobs can only be written in a transaction on the store's own file"
-        )
-    driver = conn.connection.driver_connection
-    if getattr(driver, "isolation_level", "") is None and not getattr(
-        driver, "in_transaction", True
-    ):
-        raise EnqueueError(
-            "the connection is in autocommit mode: there is no transaction to enqueue in "
-            "(begin one, e.g. emit BEGIN from the engine's 'begin' event)"
         )
 
 
