@@ -485,3 +485,17 @@ async def test_a_worker_in_another_process_runs_a_committed_job(app: Any, db: Pa
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode(errors="replace")
     assert await aw.get_job(dropped.id) is None
+
+
+async def test_eager_mode_stores_a_transactional_job_instead_of_running_it(
+    app: Any, db: Path
+) -> None:
+    """Running it inline would run it before the commit that decides whether it exists."""
+    aw, work, engine = app
+    aw.eager = True
+    async with AsyncSession(engine) as session:
+        job = await work.options(connection=session).enqueue(5)
+        assert job.status is JobStatus.QUEUED
+        await session.rollback()
+    assert job_count(db) == 0
+    assert (await work.enqueue(6)).status is JobStatus.SUCCEEDED  # a plain one runs inline
