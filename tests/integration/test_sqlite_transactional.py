@@ -168,6 +168,21 @@ async def test_workers_wake_only_once_the_commit_is_done(app: Any, db: Path) -> 
     assert await woken == 2
 
 
+async def test_a_session_closed_then_reused_does_not_wake_for_dropped_jobs(
+    app: Any, db: Path
+) -> None:
+    aw, work, engine = app
+    before = ticket(aw)
+    session = AsyncSession(engine)
+    dropped = await work.options(connection=session).enqueue(1)
+    await session.close()  # a rollback that fires no after_rollback
+    await session.execute(text("INSERT INTO notes (body) VALUES ('later')"))
+    await session.commit()
+    await session.close()
+    assert ticket(aw) == before
+    assert job_count(db) == 0 and events_of(db, dropped.id) == []
+
+
 async def test_through_a_connection_commit_and_rollback(app: Any, db: Path) -> None:
     aw, work, engine = app
     before = ticket(aw)

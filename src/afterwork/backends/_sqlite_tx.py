@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection as SAConnection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     from sqlalchemy.orm import Session as SASession
+    from sqlalchemy.orm import SessionTransaction
 
     from .sqlite import SQLiteBackend
 
@@ -226,11 +227,14 @@ def _after_session_commit(session: SASession, wakeup: _Wakeup) -> None:
         for pending in session.info.pop(_PENDING, ()):
             pending.fire()
 
-    def after_rollback(session: SASession) -> None:
-        session.info.pop(_PENDING, None)
+    def after_transaction_end(session: SASession, transaction: SessionTransaction) -> None:
+        # The outermost transaction ended without after_commit taking the wake-ups (a
+        # rollback, or close() without a commit, which fires no after_rollback): drop them.
+        if transaction.parent is None:
+            session.info.pop(_PENDING, None)
 
     event.listen(session, "after_commit", after_commit)
-    event.listen(session, "after_rollback", after_rollback)
+    event.listen(session, "after_transaction_end", after_transaction_end)
 
 
 def _after_connection_commit(conn: SAConnection, wakeup: _Wakeup) -> None:
