@@ -118,14 +118,18 @@ async def assign_doctor(body: AssignDoctor, db: DbSession, jobs: Jobs) -> Assign
         .values(doctor_id=body.doctor_id, status=QueueStatus.ASSIGNED, assigned_at=utcnow())
         .returning(QueueEntry.id)
     )
-    await db.commit()
     if entry_id is None:
+        await db.rollback()
         raise HTTPException(409, f"patient {body.patient_id} is not waiting in the queue")
+    # The patient's e-mail job is written in this transaction (the jobs live in the clinic's
+    # database): it exists if and only if the assignment commits. No assignment without
+    # its e-mail, no e-mail for an assignment that was rolled back.
+    notification = await notify_patient.options(connection=db).enqueue(entry_id)
+    await db.commit()
     entry = await db.get_one(QueueEntry, entry_id, populate_existing=True)
     # Before: background_tasks.add_task(broadcast_queue_update, ...). Same call, now a
     # tracked job with retries, enqueued once the response is sent.
     broadcast = jobs.add_task(broadcast_queue_update, f"ticket {entry.ticket} assigned")
-    notification = jobs.add_task(notify_patient, entry.id)
     return Assignment(
         entry=QueueItem.of(entry), broadcast_job=broadcast.id, notification_job=notification.id
     )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +28,18 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./clinic.db"
 def database_url() -> str:
     """``CLINIC_DATABASE_URL``, else a ``clinic.db`` file in the working directory."""
     return os.environ.get("CLINIC_DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def store_url(url: str | None = None) -> str:
+    """afterwork's store: the clinic's own database (``url``, default :func:`database_url`).
+
+    One database for the clinic's tables and its jobs, so a route's changes and the jobs
+    they call for commit together, or not at all (``task.options(connection=db)``).
+    ``sqlite+aiosqlite:///./clinic.db`` gives ``sqlite:///./clinic.db``; a PostgreSQL URL
+    (``postgresql+asyncpg://…``) gives ``postgresql://…``.
+    """
+    parsed = make_url(url or database_url())
+    return parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=False)
 
 
 def utcnow() -> datetime:

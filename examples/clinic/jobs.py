@@ -6,6 +6,8 @@
   running"), then a ``BackgroundTasks`` call that lost the update silently when it failed.
   Now it is a task: tracked, retried, visible in the dashboard.
 * ``notify_patient``: the e-mail to the patient, written to the outbox, retried, timed out.
+  The route that assigns the patient enqueues it inside its own transaction
+  (``options(connection=db)``): the assignment and its e-mail job commit together.
 * ``status_updater``: consumes the room devices' messages from the in-process bus.
 * ``purge_expired_sessions``: deletes expired logins.
 """
@@ -19,14 +21,15 @@ from sqlalchemy import select, update
 from afterwork import Afterwork, JobContext, Retry, ServiceContext
 
 from . import auth
-from .db import DbSession, database
+from .db import DbSession, database, store_url
 from .models import OutboxMessage, QueueEntry, QueueStatus, ticket
 from .realtime import SCREEN_CHANNEL, Bus, StatusMessage, hub, queue_snapshot, screen_message
 
 logger = logging.getLogger(__name__)
 
-#: ``AFTERWORK_URL`` if set, else the embedded SQLite default: ``./afterwork.db``.
-aw = Afterwork()
+#: The jobs live in the clinic's own database (``CLINIC_DATABASE_URL``; by default the
+#: SQLite file ``./clinic.db``): a route enqueues inside its own transaction.
+aw = Afterwork(store_url())
 
 
 @aw.task(retries=3, backoff=Retry.exponential(base=0.2, cap=5.0), timeout=15.0)

@@ -55,6 +55,7 @@ from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
+from ._transactional import enqueue_through
 from ._waiting import explain
 from .backends import from_url
 from .backends.base import (
@@ -613,14 +614,14 @@ class Afterwork(FlowControl):
         """The middleware added so far, the first outermost."""
         return self._middleware
 
-    async def _store(self, new: NewJob) -> Job:
-        """Store one new job inside the middleware chain."""
+    async def _store(self, new: NewJob, connection: Any = None) -> Job:
+        """Store one new job inside the middleware chain (in ``connection``'s transaction)."""
         if not self._middleware:
-            (job,) = await self._store_new([new])
+            (job,) = await self._store_new([new], connection)
             return _told(job, new).bind(self)
 
         async def store() -> Job:
-            (job,) = await self._store_new([new])
+            (job,) = await self._store_new([new], connection)
             return _told(job, new).bind(self)
 
         call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
@@ -637,13 +638,18 @@ class Afterwork(FlowControl):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
+        *,
+        connection: Any = None,
     ) -> Job:
-        """Validate and store one job of ``task`` (what ``task.enqueue`` calls)."""
+        """Validate and store one job of ``task`` (what ``task.enqueue`` calls).
+
+        With ``connection``, the job is written in that transaction (never run eagerly).
+        """
         new = self.build_job(task, args, kwargs, options)
         await self._ensure_open()
-        if self.eager and not new.delay and new.key is None:
+        if self.eager and not new.delay and new.key is None and connection is None:
             return await self.run_eager(new)
-        return await self._store(new)
+        return await self._store(new, connection)
 
     async def run_eager(self, new: NewJob) -> Job:
         """Store ``new`` and run it here and now (eager mode); return the job after it."""
@@ -654,13 +660,16 @@ class Afterwork(FlowControl):
             assert job is not None
         return job.bind(self)
 
-    async def _store_new(self, jobs: Sequence[NewJob]) -> list[Job]:
+    async def _store_new(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
         """Enqueue ``jobs``; an unconfirmed write says whether they may exist.
 
         The stores retry a transient failure themselves, with the same ids (a job id is
         made before the write, and a store keeps one job per id), so a retry never makes a
-        second job.
+        second job. With ``connection``, the jobs are written in the app's transaction,
+        whose commit or rollback decides (``_transactional``).
         """
+        if connection is not None:
+            return await enqueue_through(self.backend, connection, jobs)
         try:
             return await self.backend.enqueue(jobs)
         except BackendUnavailable as exc:
@@ -686,7 +695,7 @@ class Afterwork(FlowControl):
         """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
-        check_options(options)
+        check_options(options, job_only=True)
         if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
             raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
@@ -729,12 +738,16 @@ class Afterwork(FlowControl):
         """Where the store is: an absolute path for SQLite, the URL without password."""
         return store_location(self.backend, self.url)
 
-    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[Job]:
-        """Store several jobs in one round trip (build them with :meth:`build_job`)."""
+    async def enqueue_many(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]:
+        """Store several jobs in one round trip (build them with :meth:`build_job`).
+
+        ``connection``: the app's open session or connection; the jobs are written inside
+        its transaction and exist only if it commits (``docs/transactions.md``).
+        """
         await self._ensure_open()
         if self._middleware:  # each job through the chain, one store call each
-            return [await self._store(new) for new in jobs]
-        stored = await self._store_new(jobs)
+            return [await self._store(new, connection) for new in jobs]
+        stored = await self._store_new(jobs, connection)
         return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -48,6 +48,8 @@ class TaskOwner(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
+        *,
+        connection: Any = None,
     ) -> Job: ...
 
     def run_sync(self, func: Callable[[], Awaitable[T]]) -> T: ...
@@ -177,6 +179,17 @@ class EnqueueOptions(TypedDict, total=False):
     priority: int
     """Higher runs first; from ``PRIORITY_MIN`` (-1000) to ``PRIORITY_MAX`` (1000)."""
     queue: str
+    connection: Any
+    """The app's open database session or connection (a SQLAlchemy ``AsyncSession`` or
+    ``AsyncConnection`` the store accepts): the job is written inside its transaction and
+    exists only if it commits (``docs/transactions.md``). ``None``: a plain enqueue.
+
+    .. versionadded:: 0.3
+    """
+
+
+#: Options of the enqueue call itself, not of the job: never stored, never validated here.
+CALL_OPTIONS = frozenset({"connection"})
 
 
 def _delay_problem(value: object) -> str | None:
@@ -195,11 +208,21 @@ def _delay_problem(value: object) -> str | None:
     return None
 
 
-def check_options(options: Mapping[str, Any]) -> None:
-    """Raise :class:`EnqueueError`, naming the field, for an option no store can hold."""
+def check_options(options: Mapping[str, Any], *, job_only: bool = False) -> None:
+    """Raise :class:`EnqueueError`, naming the field, for an option no store can hold.
+
+    ``job_only``: ``options`` describe a job (:meth:`Afterwork.build_job`), so an option of
+    the enqueue call (``connection``) is refused too.
+    """
     unknown = set(options) - set(EnqueueOptions.__annotations__)
     if unknown:
         raise EnqueueError(f"unknown enqueue options: {', '.join(sorted(unknown))}")
+    if job_only and CALL_OPTIONS & set(options):
+        raise EnqueueError(
+            "connection is not an option of the job: pass it to the enqueue "
+            "(task.options(connection=...).enqueue(...), aw.enqueue_many(jobs, connection=...))",
+            field="connection",
+        )
     problems: list[tuple[str, str | None]] = []
     if "delay" in options:
         problems.append(("delay", _delay_problem(options["delay"])))
@@ -247,7 +270,9 @@ class Task(Generic[P, R]):
         return self.func(*args, **kwargs)
 
     def options(self, **options: Unpack[EnqueueOptions]) -> TaskCall:
-        """Options for one enqueue: ``delay``, ``key``, ``priority``, ``queue``."""
+        """Options for one enqueue: ``delay``, ``key``, ``priority``, ``queue``, and
+        ``connection`` (enqueue inside the app's own transaction, ``docs/transactions.md``).
+        """
         check_options(options)
         return TaskCall(self, dict(options))
 
@@ -277,16 +302,35 @@ class TaskCall:
         self._options = options
 
     def __repr__(self) -> str:
-        return f"<TaskCall {self.task.name} {self._options}>"
+        shown = {k: v for k, v in self._options.items() if k not in CALL_OPTIONS}
+        if self._options.get("connection") is not None:
+            shown["connection"] = type(self._options["connection"]).__name__
+        return f"<TaskCall {self.task.name} {shown}>"
 
     def options(self, **options: Unpack[EnqueueOptions]) -> TaskCall:
         check_options(options)
         return TaskCall(self.task, {**self._options, **options})
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Job:
-        return await self.task.owner.enqueue_task(self.task, args, kwargs, self._options)
+        """Validate the arguments and store a job with these options; return it.
+
+        With ``connection=``, the job is written inside that connection's transaction.
+
+        Raises:
+            EnqueueError: an argument or option is rejected, or the store cannot enqueue
+                through ``connection``; nothing was stored.
+        """
+        job_options = {k: v for k, v in self._options.items() if k not in CALL_OPTIONS}
+        return await self.task.owner.enqueue_task(
+            self.task, args, kwargs, job_options, connection=self._options.get("connection")
+        )
 
     def enqueue_sync(self, *args: Any, **kwargs: Any) -> Job:
+        if self._options.get("connection") is not None:
+            raise TypeError(
+                "a connection= enqueue runs on the connection's event loop: "
+                "await task.options(connection=...).enqueue(...) there"
+            )
         return self.task.owner.run_sync(functools.partial(self.enqueue, *args, **kwargs))
 
 

@@ -24,6 +24,7 @@ from examples.clinic.models import OutboxMessage, Patient, QueueEntry, Staff, St
 from examples.clinic.realtime import StatusMessage, hub
 from examples.clinic.schemas import QueueUpdate
 from examples.clinic.seed import seed
+from fastapi import HTTPException
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -117,8 +118,10 @@ async def clinic(
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(clinic_auth, "throttle", clinic_auth.Throttle())  # fresh counts
     monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
-    # A fresh SQLite job store per test; the module-level ``aw`` is closed between tests.
-    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/afterwork.db"))
+    # A fresh store per test, in the clinic's own database file (as ``store_url()`` makes
+    # it): the assignment route enqueues in its transaction. The module-level ``aw`` is
+    # closed between tests.
+    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/clinic.db"))
     await database.open()
     async with database.session() as db:
         await seed(db)
@@ -224,6 +227,35 @@ async def test_assignments_are_checked(clinic: Clinic) -> None:
     )
     assert nobody.status_code == 404
     assert (await clinic.client.get("/api/v1/queue/99")).status_code == 404
+
+
+async def test_an_assignment_and_its_email_job_commit_together(
+    clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The e-mail job is enqueued inside the assignment's transaction: when the commit
+    fails, neither the assignment nor the job exists; when it succeeds, both do."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    real_commit = AsyncSession.commit
+
+    async def failing_commit(self: AsyncSession) -> None:
+        raise HTTPException(503, "the database went away")
+
+    monkeypatch.setattr(AsyncSession, "commit", failing_commit)
+    failed = await clinic.client.post(
+        "/api/v1/doctors/assign-doctor", json={"patient_id": 5, "doctor_id": 1}
+    )
+    monkeypatch.setattr(AsyncSession, "commit", real_commit)
+    assert failed.status_code == 503
+    notify = "examples.clinic.jobs:notify_patient"
+    jobs = (await clinic.admin.get("/afterwork/jobs", params={"task": notify})).json()
+    assert jobs["jobs"] == []
+    waiting = (await clinic.client.get("/api/v1/queue/all")).json()
+    assert next(e for e in waiting if e["patient_id"] == 5)["status"] == "waiting"
+
+    assigned = await clinic.assign(patient_id=5, doctor_id=1)
+    notification = await clinic.finished_job(assigned["notification_job"])
+    assert notification["status"] == "succeeded", notification["error"]
 
 
 async def test_login_tokens_are_stored_hashed_and_expire(clinic: Clinic) -> None:

@@ -39,7 +39,6 @@ def worker_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-        "AFTERWORK_URL": f"sqlite:///{tmp_path}/afterwork.db",
         "CLINIC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/clinic.db",
     }
     log = (tmp_path / "worker.log").open("wb")
@@ -68,7 +67,7 @@ async def test_an_update_made_by_a_worker_process_reaches_the_web_process_screen
     worker_process: subprocess.Popen[bytes],
 ) -> None:
     monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
-    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/afterwork.db"))
+    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/clinic.db"))
     monkeypatch.setattr(clinic_app, "WEB_WORKER", False)  # jobs run in the worker only
     await database.open()
     async with database.session() as db:

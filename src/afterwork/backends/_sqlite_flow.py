@@ -8,12 +8,12 @@ full groups), then writes its claims and their starts.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import _lifecycle as life
+from ._sqlite_rows import Connection
 from ._sqlite_schema import COLUMNS
 
 __all__ = ("STAMP_START", "Groups", "read_starts")
@@ -142,7 +142,7 @@ class Groups:
             return task, flow.limit
         return life.flow_group(task, _decode(kwargs), flow), flow.limit
 
-    def count_running(self, conn: sqlite3.Connection) -> None:
+    def count_running(self, conn: Connection) -> None:
         tasks = list(self.limits)
         if not tasks:
             return
@@ -152,7 +152,7 @@ class Groups:
             "SELECT task, kwargs FROM afterwork_jobs INDEXED BY afterwork_jobs_leases"
             f" WHERE status = 'running' AND task IN ({marks})"
         )
-        for task, kwargs in conn.execute(query, tasks):
+        for task, kwargs in conn.execute(query, tasks).fetchall():
             group = self.of(task, kwargs)
             if group is not None:
                 self.used[group[0]] += 1

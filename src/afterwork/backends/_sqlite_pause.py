@@ -6,11 +6,10 @@ every process at its next claim, and survives restarts with the file.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ._sqlite_rows import Tx
+from ._sqlite_rows import Connection, Tx
 
 if TYPE_CHECKING:
     from ._sqlite_db import Database
@@ -22,7 +21,7 @@ T = TypeVar("T")
 _PREFIX = "paused:"
 
 
-def paused_queues(conn: sqlite3.Connection) -> frozenset[str]:
+def paused_queues(conn: Connection) -> frozenset[str]:
     rows = conn.execute(
         "SELECT name FROM afterwork_meta WHERE name >= ? AND name < ?", (_PREFIX, "paused;")
     ).fetchall()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import _lifecycle as life
 from .._lifecycle import MALFORMED, Change
@@ -22,7 +22,18 @@ from ..job import (
 from ._sqlite_schema import COLUMNS
 from .base import NewJob
 
-__all__ = ("ACTIVE_SQL", "MALFORMED", "SELECT", "TERMINAL_SQL", "Tx", "dumps", "load", "load_one")
+__all__ = (
+    "ACTIVE_SQL",
+    "MALFORMED",
+    "SELECT",
+    "TERMINAL_SQL",
+    "Connection",
+    "Cursor",
+    "Tx",
+    "dumps",
+    "load",
+    "load_one",
+)
 
 logger: logging.Logger = logging.getLogger(__name__)
 
@@ -164,11 +175,32 @@ def load_one(row: Sequence[Any] | None) -> Job | None:
     return None if row is None else load(row)[0]
 
 
+class Cursor(Protocol):
+    """What :class:`Tx` reads back from a statement (a ``sqlite3.Cursor`` is one)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class Connection(Protocol):
+    """What a transaction writes through: a ``sqlite3.Connection`` in the store's own
+    transactions, or an adapter of the application's connection for a transactional
+    enqueue (``_sqlite_tx``). Both run the same statements, built here."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
 @dataclass
 class Tx:
     """One write transaction: its connection, its time, and the events it produces."""
 
-    conn: sqlite3.Connection
+    conn: Connection
     now: float
     events: list[tuple[Any, ...]] = field(default_factory=list)
     wake: bool = False

@@ -39,8 +39,9 @@ from ._sqlite_inspect import InspectorMixin
 from ._sqlite_leases import LeasesMixin
 from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_presence import PresenceMixin
-from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
+from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Connection, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
+from ._sqlite_tx import enqueue_in, insert_jobs
 from .base import (
     Claim,
     Clock,
@@ -283,22 +284,32 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
     # -- transactions --------------------------------------------------------------------
 
     async def _write(self, fn: Callable[[Tx], T]) -> T:
-        def run(conn: sqlite3.Connection) -> tuple[T, bool, bool]:
-            tx = Tx(conn, self._clock())
-            result = fn(tx)
-            if tx.events:
-                conn.executemany(INSERT_EVENT, tx.events)
-                self._trim_events(conn, len(tx.events))
-            return result, bool(tx.events), tx.wake
-
-        result, evented, wake = await self._db.write(run)
-        if evented:
-            self._pump.poke()
-        if wake:
-            self._work.notify()
+        result, tx = await self._db.write(lambda conn: self.run_in(conn, fn))
+        self.committed(tx)
         return result
 
-    def _trim_events(self, conn: sqlite3.Connection, written: int) -> None:
+    def run_in(self, conn: Connection, fn: Callable[[Tx], T]) -> tuple[T, Tx]:
+        """Run ``fn`` in the transaction open on ``conn``, then write the events it made.
+
+        The store's own transactions and a transactional enqueue (through the app's
+        connection, see ``_sqlite_tx``) both go through here: the events are rows of the
+        same transaction, so they exist if and only if it commits.
+        """
+        tx = Tx(conn, self._clock())
+        result = fn(tx)
+        if tx.events:
+            conn.executemany(INSERT_EVENT, tx.events)
+            self._trim_events(conn, len(tx.events))
+        return result, tx
+
+    def committed(self, tx: Tx) -> None:
+        """``tx`` committed: tell this process's event readers and idle workers."""
+        if tx.events:
+            self._pump.poke()
+        if tx.wake:
+            self._work.notify()
+
+    def _trim_events(self, conn: Connection, written: int) -> None:
         before = self._events_written
         self._events_written += written
         step = max(self._event_retention // 10, 1)
@@ -314,7 +325,24 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
-        return await self._write(lambda tx: [tx.insert(new) for new in jobs])
+        return await self._write(lambda tx: insert_jobs(tx, jobs))
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
+        """Create ``jobs`` inside the app's own transaction on this store's file.
+
+        ``connection`` is a SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` on the
+        ``aiosqlite`` driver whose database is this store's file. The job rows and their
+        events are written through it, in its transaction: they exist if and only if it
+        commits, and this process's workers are woken after the commit (other processes
+        find the jobs at their next poll). See ``docs/transactions.md``.
+
+        Raises:
+            EnqueueError: ``connection`` is of another kind, closed, in autocommit mode, or
+                on another database than this store's file; nothing was written.
+        """
+        if not self._db.is_open:
+            raise BackendUnavailable("the SQLite store is closed; open it first")
+        return await enqueue_in(self, connection, jobs)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = secrets.token_hex(16)
@@ -381,7 +409,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             held = paused_queues(conn)
             if queues is None:
                 query, head = without_paused(every_queue, held)
-                candidates = conn.execute(query, (*head, *excluded, limit)).fetchall()
+                candidates = list(conn.execute(query, (*head, *excluded, limit)).fetchall())
             else:
                 # One indexed range per queue, merged here: never a sort over a backlog.
                 for queue in dict.fromkeys(q for q in queues if q not in held):
@@ -617,7 +645,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
         assert job.lease_expires_at is not None
         self._seen[job.id] = ((token, job.lease_expires_at), self._monotonic())
 
-    def _expired_leases(self, conn: sqlite3.Connection, now: float) -> list[str]:
+    def _expired_leases(self, conn: Connection, now: float) -> list[str]:
         """Leases this process has seen unchanged for as long as they were taken for.
 
         The store has no clock of its own, and the processes sharing the file may not
