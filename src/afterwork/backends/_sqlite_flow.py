@@ -35,7 +35,7 @@ class Groups:
         limits: Mapping[str, life.FlowLimit],
         rates: Mapping[str, life.RateLimit] | None = None,
         *,
-        conn: sqlite3.Connection | None = None,
+        conn: Connection | None = None,
         now: float = 0.0,
     ) -> None:
         self.limits = limits
@@ -217,7 +217,7 @@ STAMP_START = "UPDATE afterwork_starts SET at = ?, pending = 0 WHERE job_id = ? 
 
 
 def read_starts(
-    conn: sqlite3.Connection, group: str, now: float, rate: life.RateLimit
+    conn: Connection, group: str, now: float, rate: life.RateLimit
 ) -> list[float]:
     """A group's starts in the window, pending claims counted as ``now``."""
     rows = conn.execute(
