@@ -174,8 +174,8 @@ async def test_stopped_redis_with_a_worker_running(tmp_path: Path) -> None:
             assert not stored & surely_not
             await _wait_all_succeeded(aw, len(stored), worker)
 
-            for exc in ambiguous:  # the documented way: retry the same jobs
-                await aw.enqueue_many(list(exc.jobs))
+            for unconfirmed in ambiguous:  # the documented way: retry the same jobs
+                await aw.enqueue_many(list(unconfirmed.jobs))
             total = len(acknowledged) + len(unsure | surely_not)
             assert total == STREAM
             await _wait_all_succeeded(aw, total, worker)
