@@ -3,13 +3,15 @@
 Run with ``python -m afterwork worker tests.integration.redis_pause_app:aw``; the server
 comes from ``AFTERWORK_URL`` (a plain ``redis://host:port/db``), the key prefix from
 ``AFTERWORK_TEST_PREFIX``, and each run appends ``<job id> <n>`` to ``AFTERWORK_TEST_RUNS``.
-The worker's socket timeout is as short as the enqueuer's, so the pause times its calls out
-too (claims, starts, finishes), not only the enqueues.
+The worker's socket timeout is as short as the enqueuer's, and each job takes 50 ms, so the
+worker is busy when Redis stops and the pause times its calls out too (claims, starts,
+finishes, heartbeats), not only the enqueues.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from afterwork import Afterwork, JobContext
 from afterwork.backends.redis import RedisBackend
@@ -25,6 +27,7 @@ aw = Afterwork(backend=store, lease_ttl=3.0, poll_interval=0.05, reaper_interval
 
 @aw.task(name="record")
 def record(n: int, ctx: JobContext) -> int:
+    time.sleep(0.05)  # long enough that the worker is mid-drain when Redis stops
     with open(os.environ["AFTERWORK_TEST_RUNS"], "a") as runs:
         runs.write(f"{ctx.job.id} {n}\n")
     return n

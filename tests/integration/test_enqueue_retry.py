@@ -110,6 +110,21 @@ def _start_worker(env: dict[str, str], err: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def _read(path: Path) -> str:
+    return path.read_text()
+
+
+async def _wait_started(err: Path, worker: subprocess.Popen[bytes]) -> None:
+    """Until the worker logged that it started (its store open, claiming)."""
+    with anyio.fail_after(30):
+        while True:
+            log = _read(err)
+            assert worker.poll() is None, log
+            if " started (concurrency" in log:
+                return
+            await anyio.sleep(0.05)
+
+
 async def _wait_all_succeeded(aw: Afterwork, count: int, worker: subprocess.Popen[bytes]) -> None:
     """Until the store holds ``count`` jobs, all succeeded (the worker must stay alive)."""
     with anyio.fail_after(60):
@@ -148,6 +163,7 @@ async def test_stopped_redis_with_a_worker_running(tmp_path: Path) -> None:
     ambiguous: list[EnqueueUnconfirmed] = []
     stopped = False
     try:
+        await _wait_started(err, worker)
         async with aw:
             for n in range(STREAM):
                 if n == STREAM // 3:
