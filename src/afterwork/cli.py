@@ -119,37 +119,47 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received = 0
-    async with (
-        aw,
-        aw.runtime(concurrency=concurrency, queues=queues, grace=grace, name=name) as worker,
-    ):
+    running: list[Any] = []  # the worker, once the runtime started it
 
-        def on_signal(signum: int) -> None:
-            nonlocal received
-            received += 1
-            if received == 1:
-                logger.info(
-                    "received %s: stopping gracefully (send it again to stop at once)",
-                    signal.Signals(signum).name,
-                )
-                if worker is not None:
-                    worker.stop()
-                stopping.set()
-            else:
-                logger.warning("received %s again: stopping now", signal.Signals(signum).name)
-                if worker is not None:
-                    worker.stop(now=True)
+    def on_signal(signum: int) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            logger.info(
+                "received %s: stopping gracefully (send it again to stop at once)",
+                signal.Signals(signum).name,
+            )
+            for worker in running:
+                worker.stop()
+            stopping.set()
+        else:
+            logger.warning("received %s again: stopping now", signal.Signals(signum).name)
+            for worker in running:
+                worker.stop(now=True)
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        await stopping.wait()
-        # The handlers stay while the runtime shuts down, so a second signal counts.
-    # Stopped: a signal that arrives while the process exits has nothing left to stop. Held
-    # pending (and dropped at exit), it cannot end the exit in a KeyboardInterrupt traceback
-    # and a non-zero code, as it would once the handlers are gone.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    # Handled from before the worker starts: the worker logs "started" as the runtime
+    # enters, and a SIGTERM sent on seeing that line must stop it gracefully, not kill the
+    # process (it did, with the default action, while the handlers were not set yet).
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with (
+            aw,
+            aw.runtime(concurrency=concurrency, queues=queues, grace=grace, name=name) as worker,
+        ):
+            if worker is not None:
+                running.append(worker)
+                if received:  # a signal came while it started
+                    worker.stop(now=received > 1)
+            await stopping.wait()
+            # The handlers stay while the runtime shuts down, so a second signal counts.
+    finally:
+        # Stopped: a signal that arrives while the process exits has nothing left to stop.
+        # Held pending (and dropped at exit), it cannot end the exit in a KeyboardInterrupt
+        # traceback and a non-zero code, as it would once the handlers are gone.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 async def _side_ports(

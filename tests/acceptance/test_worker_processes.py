@@ -222,3 +222,68 @@ def test_isolation_must_be_process_or_none(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--isolation must be 'process' or 'none', not 'thread'" in done.stderr
+
+
+DRAIN_APP = """
+import os
+import time
+
+from afterwork import Afterwork
+
+aw = Afterwork("sqlite:///./afterwork.db", poll_interval=0.1, grace=10, lease_ttl=3.0,
+               reaper_interval=0.5)
+
+
+@aw.task(name="whoami")
+def whoami(n: int) -> int:
+    time.sleep(0.01)
+    return os.getpid()
+"""
+
+
+def test_a_sigkill_while_draining_loses_no_job(tmp_path: Path) -> None:
+    """One of two processes is SIGKILLed in the middle of a drain: the supervisor starts
+    another, the dead one's jobs come back when their leases expire, and all 300 succeed."""
+    (tmp_path / "app.py").write_text(DRAIN_APP)
+    (tmp_path / "batch.py").write_text(RUN_BATCH)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "afterwork", "worker", "app:aw", "--processes", "2", "-c", "2"],
+        cwd=tmp_path,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = Lines(supervisor)
+    batch = None
+    try:
+        first = {started_pid(lines.wait_for("started (pid")) for _ in range(2)}
+        for _ in range(2):
+            lines.wait_for("afterwork.worker: worker")
+        batch = subprocess.Popen(
+            [sys.executable, "batch.py", "300"],
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(30):  # well into the drain
+            lines.wait_for("(whoami) succeeded")
+        victim = sorted(first)[0]
+        os.kill(victim, signal.SIGKILL)
+        lines.wait_for(f"(pid {victim}) was killed by SIGKILL")
+        replacement = started_pid(lines.wait_for("started (pid"))
+        out, _ = batch.communicate(timeout=120)
+        assert batch.returncode == 0
+        pids, total, succeeded = out.rsplit("]", 1)[0] + "]", *out.rsplit("]", 1)[1].split()
+        assert (int(total), int(succeeded)) == (300, 300)
+        ran = {int(p) for p in re.findall(r"\d+", pids)}
+        assert ran <= first | {replacement}
+        assert supervisor.poll() is None
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(TIMEOUT) == 0
+    finally:
+        for process in (batch, supervisor):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        lines.close()

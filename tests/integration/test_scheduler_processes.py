@@ -3,13 +3,15 @@
 Each process is a real ``afterwork worker`` running ``tests.integration.sched_app`` (a
 1-second ``every`` schedule) and claiming from an unused queue, so tick jobs stay queued
 and can be counted. One process is SIGKILLed mid-run; the survivors must neither lose
-nor double a tick. The in-process variant for the memory store (which cannot be shared
-between processes) is ``tests/unit/test_scheduler.py``.
+nor double a tick. The same through one ``afterwork worker --processes 3`` command, whose
+supervisor replaces the killed process. The in-process variant for the memory store (which
+cannot be shared between processes) is ``tests/unit/test_scheduler.py``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,7 +43,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"{url}?prefix=afterwork:sched{uuid.uuid4().hex[:12]}"
 
 
-def _start_scheduler(url: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_scheduler(url: str, log: Path, *options: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "AFTERWORK_URL": url,
@@ -49,7 +51,7 @@ def _start_scheduler(url: str, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "afterwork", "worker", APP, "--queues", "unused"],
+            [sys.executable, "-m", "afterwork", "worker", APP, "--queues", "unused", *options],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -103,3 +105,58 @@ async def test_three_processes_enqueue_each_tick_once(store_url: str, tmp_path: 
     missing = [tick for tick in window if tick not in per_tick]
     assert not missing, f"ticks lost: {missing}\n{log.read_text()}"
     assert len(window) >= 9
+
+
+def _child_pids(log: Path) -> list[int]:
+    """The worker processes ``--processes`` started, from its log, in order."""
+    return [
+        int(pid) for pid in re.findall(r"worker process \d+ started \(pid (\d+)\)", log.read_text())
+    ]
+
+
+async def _wait_children(log: Path, count: int, timeout: float) -> list[int]:
+    with anyio.fail_after(timeout):
+        while True:
+            pids = _child_pids(log)
+            if len(pids) >= count:
+                return pids
+            await anyio.sleep(0.1)
+
+
+async def test_processes_flag_ticks_each_schedule_once(store_url: str, tmp_path: Path) -> None:
+    """``afterwork worker --processes 3``: three schedulers in one command, and one of them
+    SIGKILLed (the supervisor starts another): every 1-second tick is enqueued exactly once.
+
+    A fake clock cannot cross processes, so the run is bounded by the ticks the store has
+    seen, not by sleeping.
+    """
+    log = tmp_path / "supervisor.log"
+    supervisor = _start_scheduler(store_url, log, "--processes", "3")
+    aw = Afterwork(store_url)
+    try:
+        async with aw:
+            first = await _wait_tick(aw, 0, timeout=30)
+            children = await _wait_children(log, 3, timeout=10)
+            await _wait_tick(aw, first + 3, timeout=15)
+            os.kill(children[0], signal.SIGKILL)  # one scheduler dies mid-run, no goodbye
+            await _wait_children(log, 4, timeout=15)  # ... and the supervisor replaces it
+            await _wait_tick(aw, first + 8, timeout=20)
+            assert supervisor.poll() is None, log.read_text()
+            supervisor.send_signal(signal.SIGTERM)
+            assert supervisor.wait(timeout=30) == 0, log.read_text()
+            jobs = await aw.list_jobs(task="tests.integration.sched_app:heartbeat", limit=1000)
+            last = await aw.backend.last_tick("heartbeat")
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait(timeout=10)
+    assert "was killed by SIGKILL" in log.read_text()
+    assert last is not None
+    per_tick = Counter(_tick_of_key(job.key) for job in jobs)
+    doubled = {tick: n for tick, n in per_tick.items() if n > 1}
+    assert not doubled, f"ticks enqueued more than once: {doubled}"
+    window = [first + i for i in range(int(last - first) + 1)]
+    missing = [tick for tick in window if tick not in per_tick]
+    assert not missing, f"ticks lost: {missing}\n{log.read_text()}"
+    assert len(window) >= 9
+    assert sum(per_tick[tick] for tick in window) == len(window)

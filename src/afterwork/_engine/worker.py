@@ -121,6 +121,8 @@ class Worker:
         prefetch = config.prefetch
         self.prefetch: int = concurrency if prefetch is None else prefetch
         """Jobs claimed ahead of free slots, so the next job starts without a round trip."""
+        self._claim_batch: int = max(1, (self.prefetch + 1) // 2)
+        """While jobs wait in the buffer, claim again only once this many fit."""
         self._buffer: deque[Claim] = deque()
         self._jobs_group: TaskGroup | None = None
         self._runs: dict[str, JobRun] = {}
@@ -236,7 +238,10 @@ class Worker:
         while not self._stopping.is_set():
             await self._start_admitted()
             room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
-            if room <= 0:
+            if room <= 0 or (self._buffer and room < self._claim_batch):
+                # Refill the buffer in batches, not one job per freed slot: a claim is a
+                # round trip (and a write) whatever its size, and under load claims of one
+                # or two jobs cost more than the jobs (docs/benchmarks.md, "--processes").
                 await self._wait_slot()
                 continue
             at_limit = self._tasks_at_limit()

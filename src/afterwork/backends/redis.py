@@ -20,7 +20,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,6 +87,17 @@ def _before_sending(exc: BaseException) -> bool:
 
 
 _FINISH_BATCH = 256
+
+
+@dataclass
+class _Write:
+    """A start (``outcome`` is ``None``: one or more leases) or a finish (one lease)."""
+
+    leases: list[Lease]
+    outcome: Outcome | None
+    future: asyncio.Future[Any]
+
+
 _CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
 
@@ -146,13 +157,12 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._cancel_callbacks: list[Callable[[str], object]] = []
-        self._finishes: list[tuple[tuple[Lease, Outcome], asyncio.Future[Job | None]]] = []
+        # Starts and finishes waiting for the next script call (see _flush_writes).
+        self._writes: list[_Write] = []
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._begins: list[tuple[list[Lease], asyncio.Future[list[Job | None]]]] = []
-        self._beginner: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
         self._channels: set[RedisChannel] = set()
         self._closed = True
@@ -227,17 +237,13 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             stream.close()
         for channel in list(self._channels):
             channel.close()
-        tasks = {
-            t
-            for t in (self._listener, self._flusher, self._beginner)
-            if t is not None and not t.done()
-        }
+        tasks = {t for t in (self._listener, self._flusher) if t is not None and not t.done()}
         for task in tasks:
             task.cancel()
         if tasks:
             # redis-py's pub/sub read may swallow a cancel; the loop also checks _closed.
             await asyncio.wait(tasks, timeout=2.0)
-        self._listener = self._flusher = self._beginner = None
+        self._listener = self._flusher = None
         self._subscribed.clear()
         for client in (self._redis, self._blocking):
             if client is not None:
@@ -431,58 +437,89 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
             return []
-        # Starts asked for in the same loop turn share one script call (like finishes).
-        future: asyncio.Future[list[Job | None]] = asyncio.get_running_loop().create_future()
-        self._begins.append((list(leases), future))
-        if self._beginner is None or self._beginner.done():
-            self._beginner = asyncio.create_task(self._flush_begins())
-        return await future
+        # Starts ride in the same script call as the finishes and starts asked for in the
+        # same loop turn: a slot freed by a finish is usually taken by a start at once.
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write(list(leases), None, future))
+        self._kick_writes()
+        begun: list[Job | None] = await future
+        return begun
 
-    async def _flush_begins(self) -> None:
-        while self._begins:
-            batch, self._begins = self._begins[:_FINISH_BATCH], self._begins[_FINISH_BATCH:]
+    def _kick_writes(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_writes())
+
+    async def _flush_writes(self) -> None:
+        """Send the pending starts and finishes, a batch per script call (group commit).
+
+        Each is still fenced by its own token, and a repeat of an applied one writes nothing
+        (a start finds the attempt started, a finish returns its record): safe to retry, for
+        ``finish_retry_for`` when the batch holds a finish, ``retry_for`` otherwise.
+        """
+        while self._writes:
+            batch = self._writes[:_FINISH_BATCH]
+            del self._writes[:_FINISH_BATCH]
             try:
-                flat = [lease for leases, _ in batch for lease in leases]
-                results = await self._begin_batch(flat)
+                items, where = await self._write_items(batch)
+                retry_for = (
+                    self._finish_retry_for if any(w.outcome is not None for w in batch) else None
+                )
+                reply = await self._apply(items, retry_for=retry_for) if items else []
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc)
                 continue
-            done = iter(results)
-            for leases, future in batch:
-                begun = [next(done) for _ in leases]
-                if not future.done():
-                    future.set_result(begun)
+            results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
+            finished = False
+            for (b, i), record in zip(where, reply, strict=True):
+                if record == 0:
+                    continue
+                job = self._parse(record)
+                results[b][i] = job
+                if batch[b].outcome is None:
+                    self._held[job.id] = (batch[b].leases[i].token, job)
+            for write, result in zip(batch, results, strict=True):
+                if write.outcome is not None:
+                    finished = True
+                    self._held.pop(write.leases[0].job_id, None)
+                if not write.future.done():
+                    write.future.set_result(result if write.outcome is None else result[0])
+            if finished:
+                self._wake.notify()
 
-    async def _begin_batch(self, leases: list[Lease]) -> list[Job | None]:
+    async def _write_items(
+        self, batch: list[_Write]
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+        """``apply.lua`` items for ``batch``, and which write and lease each one is for."""
         now = self.now()
-        results: list[Job | None] = [None] * len(leases)
         items: list[dict[str, Any]] = []
-        where: list[int] = []
-        for i, lease in enumerate(leases):
-            held = await self._held_job(lease)
-            if held is None:
-                continue
-            job, token = held
-            change = life.begin(job, held=token, token=lease.token, now=now)
-            if change is None:
-                continue
-            expect: dict[str, str | None] = {"status": "running", "token": lease.token}
-            if change.event is not None:
-                expect["started"] = None
-            # Begun already under this lease: the item writes what is there (a check alone).
-            items.append(change_item("begin", change, expect=expect))
-            where.append(i)
-        if items:
-            # Safe to retry: a repeat finds the attempt started and writes nothing.
-            reply = await self._apply(items)
-            for i, record in zip(where, reply, strict=True):
-                if record != 0:
-                    job = self._parse(record)
-                    results[i] = job
-                    self._held[job.id] = (leases[i].token, job)
-        return results
+        where: list[tuple[int, int]] = []
+        for b, write in enumerate(batch):
+            for i, lease in enumerate(write.leases):
+                held = await self._held_job(lease)
+                if held is None:
+                    continue
+                job, token = held
+                if write.outcome is None:
+                    change = life.begin(job, held=token, token=lease.token, now=now)
+                    if change is None:
+                        continue
+                    expect: dict[str, str | None] = {"status": "running", "token": lease.token}
+                    if change.event is not None:
+                        expect["started"] = None
+                    # Begun already under this lease: the item writes what is there.
+                    items.append(change_item("begin", change, expect=expect))
+                else:
+                    change = life.finish(
+                        job, held=token, token=lease.token, outcome=write.outcome, now=now
+                    )
+                    if change is None:
+                        continue
+                    expect = {"status": "running", "token": lease.token}
+                    items.append(change_item("finish", change, expect=expect, done=lease.token))
+                where.append((b, i))
+        return items, where
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
@@ -506,52 +543,15 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         ):
             raise ValueError(f"not an outcome: {status!r}")
         # Finishes issued together (a batch of jobs ending in the same loop turn) share one
-        # script call: group commit, with each one still fenced by its own token.
-        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
-        self._finishes.append(((lease, outcome), future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_finishes())
-        job = await future
+        # script call with the starts asked for meanwhile: group commit, with each one still
+        # fenced by its own token.
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write([lease], outcome, future))
+        self._kick_writes()
+        job: Job | None = await future
         if job is not None and (status is not JobStatus.SUCCEEDED or self._skipped):
             self._wake.notify()  # a slot or a concurrency-limited task may be free now
         return job
-
-    async def _flush_finishes(self) -> None:
-        while self._finishes:
-            batch = self._finishes[:_FINISH_BATCH]
-            del self._finishes[:_FINISH_BATCH]
-            now = self.now()
-            items: list[dict[str, Any]] = []
-            where: list[int] = []
-            results: list[Job | None] = [None] * len(batch)
-            try:
-                for i, ((lease, outcome), _) in enumerate(batch):
-                    held = await self._held_job(lease)
-                    if held is None:
-                        continue
-                    job, token = held
-                    change = life.finish(
-                        job, held=token, token=lease.token, outcome=outcome, now=now
-                    )
-                    if change is None:
-                        continue
-                    expect = {"status": "running", "token": lease.token}
-                    items.append(change_item("finish", change, expect=expect, done=lease.token))
-                    where.append(i)
-                # Fenced, and a repeat of an applied finish returns its record: safe to retry.
-                reply = await self._apply(items, retry_for=self._finish_retry_for) if items else []
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for i, record in zip(where, reply, strict=True):
-                results[i] = None if record == 0 else self._parse(record)
-            self._wake.notify()
-            for ((lease, _), future), done in zip(batch, results, strict=True):
-                self._held.pop(lease.job_id, None)
-                if not future.done():
-                    future.set_result(done)
 
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         reply = await self._eval(
