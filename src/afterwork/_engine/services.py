@@ -321,6 +321,7 @@ class _Service:
         self._changed = anyio.Event()
         self._consecutive = 0  # crashes in a row (a stable run resets it)
         self.lease_acquired_at: float | None = None
+        self._lease_errors = 0  # store errors about the lease in a row (logged once)
         """When this process took the singleton's lease (store clock), while it holds it."""
 
     def status(self) -> ServiceStatus:
@@ -513,12 +514,9 @@ class _Service:
                 token = await leases.acquire_lease(name, self._holder(), ttl=ttl)
             except Exception as exc:
                 token = None
-                logger.warning(
-                    "service %s could not try to take its lease: %r",
-                    self.spec.name,
-                    exc,
-                    extra={"action": "service_lease_error", "service": {"name": self.spec.name}},
-                )
+                self._lease_error("could not try to take its lease", exc)
+            else:
+                self._lease_errors = 0
             if token is not None:
                 self.lease_acquired_at = self.supervisor.host.backend.now()
                 self._log_info("took its lease; it runs in this process", "service_lease_taken")
@@ -558,15 +556,9 @@ class _Service:
                 try:
                     renewed = await leases.renew_lease(name, token, ttl=ttl)
                 except Exception as exc:
-                    logger.warning(
-                        "service %s could not renew its lease: %r",
-                        self.spec.name,
-                        exc,
-                        extra={
-                            "action": "service_lease_error",
-                            "service": {"name": self.spec.name},
-                        },
-                    )
+                    self._lease_error("could not renew its lease", exc)
+                else:
+                    self._lease_errors = 0
             if renewed:
                 deadline = sent + ttl - margin
             elif renewed is False:
@@ -580,6 +572,19 @@ class _Service:
         )
         self.stop_event.set()
         self._notify()
+
+    def _lease_error(self, what: str, exc: Exception) -> None:
+        """Log a store error about the lease: the first of a run at WARNING, then DEBUG."""
+        self._lease_errors += 1
+        level = logging.WARNING if self._lease_errors == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "service %s %s: %r (further errors in a row are logged at DEBUG)",
+            self.spec.name,
+            what,
+            exc,
+            extra={"action": "service_lease_error", "service": {"name": self.spec.name}},
+        )
 
     async def _release(self, leases: Leases, name: str, token: str) -> None:
         try:
