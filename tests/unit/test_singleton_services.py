@@ -174,7 +174,9 @@ async def _steal(store: Leases) -> str:
     return token
 
 
-async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease() -> None:
+async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     ledger: list[tuple[str, str]] = []
     store, (only,) = fleet(clock, ledger, count=1)
@@ -193,6 +195,7 @@ async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease() -> 
 
     broken = False
     store.renew_lease = unreachable  # type: ignore[method-assign]
+    caplog.set_level(logging.DEBUG, logger="afterwork.services")
     async with only, only.runtime(worker=False):
         assert running(ledger) == {"p0"}
         broken = True
@@ -208,6 +211,8 @@ async def test_a_holder_that_cannot_reach_the_store_stops_within_its_lease() -> 
         await eventually(lambda: _is(only, ServiceState.STANDBY))
         assert ("p0", "stop") in ledger
         assert failures == 2
+    errors = [r.levelno for r in caplog.records if "could not renew" in r.getMessage()]
+    assert errors == [logging.WARNING, logging.DEBUG]  # one warning per run of errors
 
 
 def test_a_store_without_leases_refuses_a_singleton_at_declaration() -> None:

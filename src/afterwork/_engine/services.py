@@ -321,6 +321,7 @@ class _Service:
         self._changed = anyio.Event()
         self._consecutive = 0  # crashes in a row (a stable run resets it)
         self.lease_acquired_at: float | None = None
+        self._lease_errors = 0  # store errors about the lease in a row (logged once)
         """When this process took the singleton's lease (store clock), while it holds it."""
 
     def status(self) -> ServiceStatus:
@@ -457,14 +458,15 @@ class _Service:
         once = _Once(task_status)
         try:
             while not self._shutdown.is_set():
-                token = await self._acquire(leases, name, ttl, once)
-                if token is None:
+                taken = await self._acquire(leases, name, ttl, once)
+                if taken is None:
                     break
+                token, sent = taken
                 lost = anyio.Event()
                 failure: ServiceStartError | None = None
                 try:
                     async with anyio.create_task_group() as group:
-                        group.start_soon(self._keep_lease, leases, name, token, ttl, lost)
+                        group.start_soon(self._keep_lease, leases, name, token, ttl, sent, lost)
                         try:
                             # A start failure fails the runtime only while it is starting;
                             # after a takeover, it is a crash like any other.
@@ -496,28 +498,29 @@ class _Service:
     def _holder(self) -> str:
         return self.supervisor.holder
 
-    async def _acquire(self, leases: Leases, name: str, ttl: float, status: _Once) -> str | None:
-        """Take the lease (its token), standing by meanwhile; ``None`` once shutdown began.
+    async def _acquire(
+        self, leases: Leases, name: str, ttl: float, status: _Once
+    ) -> tuple[str, float] | None:
+        """Take the lease, standing by meanwhile: its token and when the request was sent
+        (by the engine's clock); ``None`` once shutdown began.
 
         ``status`` (the runtime waiting for this service to start) is told at the first
         failed attempt: a standby singleton has started.
         """
         clock = self.supervisor.host.clock
         while not self._shutdown.is_set():
+            sent = clock.now()
             try:
                 token = await leases.acquire_lease(name, self._holder(), ttl=ttl)
             except Exception as exc:
                 token = None
-                logger.warning(
-                    "service %s could not try to take its lease: %r",
-                    self.spec.name,
-                    exc,
-                    extra={"action": "service_lease_error", "service": {"name": self.spec.name}},
-                )
+                self._lease_error("could not try to take its lease", exc)
+            else:
+                self._lease_errors = 0
             if token is not None:
                 self.lease_acquired_at = self.supervisor.host.backend.now()
                 self._log_info("took its lease; it runs in this process", "service_lease_taken")
-                return token
+                return token, sent
             if self.state is not ServiceState.STANDBY:
                 self.state = ServiceState.STANDBY
                 self._log_info("is held by another process; standing by", "service_standby")
@@ -528,7 +531,7 @@ class _Service:
         return None
 
     async def _keep_lease(
-        self, leases: Leases, name: str, token: str, ttl: float, lost: anyio.Event
+        self, leases: Leases, name: str, token: str, ttl: float, sent: float, lost: anyio.Event
     ) -> None:
         """Renew the lease until cancelled; stop the run as soon as it may be lost.
 
@@ -538,8 +541,8 @@ class _Service:
         """
         clock = self.supervisor.host.clock
         interval, margin = ttl / RENEW_PER_TTL, ttl / 10
-        deadline = clock.now() + ttl - margin
-        due = clock.now() + interval
+        deadline = sent + ttl - margin
+        due = sent + interval
         reason = ""
         while not reason:
             await clock.sleep_until(min(due, deadline))
@@ -553,15 +556,9 @@ class _Service:
                 try:
                     renewed = await leases.renew_lease(name, token, ttl=ttl)
                 except Exception as exc:
-                    logger.warning(
-                        "service %s could not renew its lease: %r",
-                        self.spec.name,
-                        exc,
-                        extra={
-                            "action": "service_lease_error",
-                            "service": {"name": self.spec.name},
-                        },
-                    )
+                    self._lease_error("could not renew its lease", exc)
+                else:
+                    self._lease_errors = 0
             if renewed:
                 deadline = sent + ttl - margin
             elif renewed is False:
@@ -575,6 +572,19 @@ class _Service:
         )
         self.stop_event.set()
         self._notify()
+
+    def _lease_error(self, what: str, exc: Exception) -> None:
+        """Log a store error about the lease: the first of a run at WARNING, then DEBUG."""
+        self._lease_errors += 1
+        level = logging.WARNING if self._lease_errors == 1 else logging.DEBUG
+        logger.log(
+            level,
+            "service %s %s: %r (further errors in a row are logged at DEBUG)",
+            self.spec.name,
+            what,
+            exc,
+            extra={"action": "service_lease_error", "service": {"name": self.spec.name}},
+        )
 
     async def _release(self, leases: Leases, name: str, token: str) -> None:
         try:
