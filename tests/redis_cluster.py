@@ -91,17 +91,25 @@ class RedisCluster:
         self.wait_ok(timeout)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and sees three masters."""
+        """Until every live node says ``cluster_state:ok`` and sees three masters, and every
+        replica is in sync with its master (a replica never synced cannot take over)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            live = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
             if all(
                 "cluster_state:ok" in self.info(n) and "cluster_size:3" in self.info(n)
-                for n in self.nodes
-                if n.process is not None and n.process.poll() is None
-            ):
+                for n in live
+            ) and all(self.synced(n) for n in live):
                 return
             time.sleep(0.05)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok in time")
+
+    def synced(self, node: RedisServer) -> bool:
+        try:
+            info = _command(node.port, "INFO", "replication")
+        except OSError:
+            return False
+        return "role:master" in info or "master_link_status:up" in info
 
     def info(self, node: RedisServer) -> str:
         try:
@@ -111,10 +119,9 @@ class RedisCluster:
 
     def master_of(self, key: str) -> RedisServer:
         """The node that is master of ``key``'s slot now."""
-        slot = int(_command(self.nodes[0].port, "CLUSTER", "KEYSLOT", key).strip()[1:])
-        for node in self.nodes:
-            if node.process is None or node.process.poll() is not None:
-                continue
+        live = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+        slot = int(_command(live[0].port, "CLUSTER", "KEYSLOT", key).strip()[1:])
+        for node in live:
             try:
                 reply = _command(node.port, "ROLE")
             except OSError:
@@ -131,6 +138,17 @@ class RedisCluster:
                     if low.isdigit() and int(low) <= slot <= int(high or low):
                         return node
         raise RuntimeError(f"no live master serves slot {slot}")
+
+    def wait_master(self, key: str, timeout: float = 30.0) -> RedisServer:
+        """The live master of ``key``'s slot, once there is one (a replica took over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.master_of(key)
+            except (RuntimeError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for node in self.nodes:
