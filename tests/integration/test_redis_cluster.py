@@ -21,6 +21,8 @@ from afterwork.backends.redis import RedisBackend
 from afterwork.exceptions import BackendUnavailable, ConfigurationError
 
 from ..redis_cluster import RedisCluster
+from ..redis_sentinel import RedisSentinel
+from .redis_chaos_jobs import chaos as chaos_task
 from .test_redis_chaos import Fleet, all_succeeded, enqueue, until
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +35,7 @@ async def keys_on_each_node(cluster: RedisCluster, pattern: str) -> dict[int, li
             continue
         raw = aioredis.Redis(port=node.port, decode_responses=True)
         try:
-            if "master" not in str(await raw.execute_command("ROLE")):
+            if "master" not in str(await raw.execute_command("ROLE")):  # type: ignore[no-untyped-call]
                 continue
             keys = [key async for key in raw.scan_iter(match=pattern, count=1000)]
         finally:
@@ -141,7 +143,7 @@ async def test_a_master_killed_mid_drain_fails_over_and_loses_nothing(
     client = Afterwork(backend=RedisBackend.from_url(url, retry_for=15.0))
     impatient = Afterwork(backend=RedisBackend.from_url(url, retry_for=0.3))
     for aw in (client, impatient):
-        aw.register(_chaos_func(), name="chaos")
+        aw.register(chaos_task.func, name="chaos")
     try:
         async with client, impatient:
             ids = await enqueue(client, 80, 0.05)
@@ -174,7 +176,43 @@ async def test_a_master_killed_mid_drain_fails_over_and_loses_nothing(
         gc.collect()
 
 
-def _chaos_func():  # type: ignore[no-untyped-def]
-    from .redis_chaos_jobs import chaos
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
+    watched = RedisSentinel(tmp_path / "sentinel")
+    try:
+        watched.start()
+        yield watched
+    finally:
+        watched.stop()
 
-    return chaos.func
+
+@pytest.mark.chaos
+@pytest.mark.slow
+async def test_sentinel_finds_the_master_and_follows_a_failover(sentinel: RedisSentinel) -> None:
+    aw = Afterwork(backend=RedisBackend.from_url(f"{sentinel.url}?prefix=s", retry_for=15.0))
+    ran: list[int] = []
+
+    @aw.task(name="note")
+    async def note(n: int) -> int:
+        ran.append(n)
+        return n
+
+    async with aw:
+        first = [await note.enqueue(n) for n in range(5)]
+        assert await aw.drain() == 5
+        # the replica has every write before its master dies (WAIT: replication is async)
+        raw = aioredis.Redis(port=sentinel.master.port)
+        try:
+            assert await raw.wait(1, 5000) == 1
+        finally:
+            await raw.aclose()
+        old = sentinel.master_port()
+        assert old == sentinel.master.port
+        sentinel.master.kill()  # SIGKILL
+        await until(lambda: sentinel.master_port() == sentinel.replica.port, 30, "a failover")
+        second = [await note.enqueue(n) for n in range(5, 10)]  # reaches the new master
+        assert await aw.drain() == 5
+        for job in first + second:
+            got = await aw.get_job(job.id)
+            assert got is not None and got.status is JobStatus.SUCCEEDED, got
+    assert sorted(ran) == list(range(10))

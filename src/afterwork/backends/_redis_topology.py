@@ -98,6 +98,13 @@ class Topology:
             self.service, redis_class=aioredis.Redis, db=self.db, **options
         )
 
+    async def aclose(self) -> None:
+        """Close the connections to the Sentinels (clients close their own)."""
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            for client in sentinel.sentinels:
+                await client.aclose()
+
     def subscriber(self, commands: Any, options: dict[str, Any]) -> aioredis.Redis:
         """A plain client for a pub/sub connection.
 

@@ -270,6 +270,8 @@ class RedisBackend(PresenceMixin):
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._redis = self._blocking = None
+        with contextlib.suppress(Exception):
+            await self._topology.aclose()
         self._wake.notify()
 
     # -- talking to Redis ----------------------------------------------------------------
