@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from afterwork import Afterwork, JobStatus
+from afterwork._location import redact_url
 from afterwork.backends.redis import RedisBackend
 from afterwork.exceptions import BackendUnavailable, ConfigurationError
 
@@ -98,6 +99,7 @@ async def test_a_single_server_keeps_its_key_names(redis_url: str) -> None:
         "redis+sentinel://127.0.0.1:26379",
         "redis+sentinel://127.0.0.1:26379/mymaster/x",
         "redis+cluster://127.0.0.1:port",
+        "redis+cluster://a:1,:2",
     ],
 )
 def test_bad_cluster_and_sentinel_urls_are_refused(url: str) -> None:
@@ -113,6 +115,10 @@ def test_the_url_forms_are_understood() -> None:
     assert sentinel._topology.service == "main" and sentinel._topology.db == 2
     assert sentinel._topology.password == "p"
     assert sentinel.events_key == "y:events"  # not a cluster: the names a server always had
+    # logs and `afterwork jobs` show the location without its password, every host kept
+    assert redact_url("redis+cluster://u:pw@a:1,b:2?prefix=x") == (
+        "redis+cluster://u:***@a:1,b:2?prefix=x"
+    )
 
 
 @pytest.fixture

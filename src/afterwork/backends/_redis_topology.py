@@ -40,14 +40,15 @@ _KINDS = {
 def _hosts(netloc: str, url: str) -> list[tuple[str, int]]:
     hosts: list[tuple[str, int]] = []
     for part in netloc.rpartition("@")[2].split(","):
-        host, _, port = part.strip().rpartition(":")
-        if not host:
-            host, port = port, "6379" if not port.isdigit() else port
+        part = part.strip()
+        host, port = part, "6379"  # "host" alone, or "[::1]" alone
+        if part.count(":") == 1 or (part.startswith("[") and "]:" in part):
+            host, _, port = part.rpartition(":")
         try:
-            hosts.append((host.strip("[]") or "localhost", int(port or 6379)))
+            hosts.append((host.strip("[]"), int(port)))
         except ValueError:
             raise ConfigurationError(f"bad host:port {part!r} in Redis URL") from None
-    if not hosts or not hosts[0][0]:
+    if not hosts or any(not host for host, _ in hosts):
         raise ConfigurationError(f"no host in Redis URL {url!r}")
     return hosts
 

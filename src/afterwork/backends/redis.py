@@ -95,8 +95,8 @@ _TRANSIENT = (
 
 def _before_sending(exc: BaseException) -> bool:
     """Whether ``exc`` happened before a request could go out (connecting, refused)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return True
+    if isinstance(exc, (ConnectionRefusedError, ClusterDownError, TryAgainError, ReadOnlyError)):
+        return True  # refused: a cluster mid-failover runs nothing it answers so
     # redis-py words every failure to connect "Error ... connecting to ..." / "Timeout
     # connecting to server"; failures after that (reading the reply) say otherwise.
     return "connecting to" in str(exc)
