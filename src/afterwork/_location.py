@@ -18,11 +18,10 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    # Everything after the last "@" as written: one host[:port], or several
+    # (redis+cluster://, redis+sentinel://), which ``parts.port`` cannot parse.
+    hosts = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def store_location(backend: object, url: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -39,6 +39,10 @@ def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureReques
     if backend_name == "redis":
         # One key prefix per test keeps tests apart on one server.
         url = request.getfixturevalue("redis_url")
+        return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
+    if backend_name == "redis-cluster":
+        # A 3-master + 3-replica cluster; the prefix becomes the hash tag of every key.
+        url = request.getfixturevalue("redis_cluster_url")
         return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 

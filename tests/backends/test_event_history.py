@@ -40,7 +40,7 @@ def order(event_id: str | None) -> tuple[int, ...]:
 
 
 def with_retention(url: str, backend_name: str, count: int) -> str:
-    option = "events_maxlen" if backend_name == "redis" else "event_retention"
+    option = "events_maxlen" if backend_name.startswith("redis") else "event_retention"
     return f"{url}{'&' if '?' in url else '?'}{option}={count}"
 
 

@@ -20,6 +20,20 @@ def test_the_redis_page_imports_what_it_uses() -> None:
     assert aw.backend.prefix == "myapp"
 
 
+def test_the_redis_page_cluster_and_sentinel_urls_build_what_it_says() -> None:
+    block = next(b for b in python_blocks("redis.md") if "redis+cluster://" in b)
+    namespace: dict[str, object] = {"Afterwork": Afterwork}
+    lines = block.splitlines()
+    exec(compile(lines[0], "docs/redis.md", "exec"), namespace)  # builds, connects to nothing
+    cluster = namespace["aw"]
+    assert isinstance(cluster, Afterwork) and isinstance(cluster.backend, RedisBackend)
+    assert cluster.backend.events_key == "{myapp}:events"  # the hash tag the page describes
+    exec(compile(lines[1], "docs/redis.md", "exec"), namespace)
+    sentinel = namespace["aw"]
+    assert isinstance(sentinel, Afterwork) and isinstance(sentinel.backend, RedisBackend)
+    assert sentinel.backend.events_key == "myapp:events"  # no tag off a cluster
+
+
 def test_the_readme_offers_no_postgres_extra_while_postgres_is_unsupported() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "afterwork[postgres]" not in readme

@@ -18,6 +18,10 @@ SCHEMES: dict[str, tuple[str, str, str | None, str | None]] = {
     "sqlite": ("afterwork.backends.sqlite", "SQLiteBackend", None, None),
     "redis": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
     "rediss": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
+    "redis+cluster": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
+    "rediss+cluster": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
+    "redis+sentinel": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
+    "rediss+sentinel": ("afterwork.backends.redis", "RedisBackend", "redis", "redis"),
     "postgresql": ("afterwork.backends.postgres", "PostgresBackend", "postgres", "asyncpg"),
     "postgres": ("afterwork.backends.postgres", "PostgresBackend", "postgres", "asyncpg"),
 }

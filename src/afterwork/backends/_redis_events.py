@@ -16,7 +16,6 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..job import JobEvent, JobStatus
@@ -61,8 +60,9 @@ def parse_id(value: str) -> tuple[int, int] | None:
     return pair if max(pair) <= _MAX_PART else None
 
 
-async def execute(client: aioredis.Redis, *args: Any) -> Any:
-    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+async def execute(client: Any, *args: Any) -> Any:
+    """One raw command on ``client`` (``redis.asyncio.Redis`` or ``RedisCluster``)."""
+    return await client.execute_command(*args)
 
 
 class StreamEvents:
@@ -122,7 +122,7 @@ class StreamEvents:
         if event is not None:
             self._buffer.append(event)
 
-    async def _resume(self, client: aioredis.Redis, since: str) -> None:
+    async def _resume(self, client: Any, since: str) -> None:
         """Start after ``since``: buffer what follows it, or the truncated marker."""
         after = parse_id(since)
         start = f"{after[0]}-{after[1]}" if after is not None else "0-0"

@@ -6,7 +6,12 @@ The scripts decide nothing that :mod:`afterwork._lifecycle` decides: ``apply.lua
 the changes it computed (compare-and-set), and ``claim``/``heartbeat``/``progress`` write
 changes that do not depend on the record.
 
-Key layout under the prefix ``P`` (default ``afterwork``)::
+Every script is called with one key, ``KEYS[1]`` = ``P:events``: it only routes the call
+(on a Redis Cluster, to the node of the store's slot). The scripts build their keys from
+``ARGV[1]`` = ``P``, which on a cluster is the hash tag ``{prefix}``, so every key below is
+in ``KEYS[1]``'s slot.
+
+Key layout under the prefix ``P`` (default ``afterwork``; ``{afterwork}`` on a cluster)::
 
     P:job:<id>        hash     one job (fields: FIELDS below, plus done_token)
     P:q:<queue>       zset     ready jobs; score orders by priority, then due time (ms), then id

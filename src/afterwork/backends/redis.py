@@ -28,8 +28,16 @@ import redis.asyncio as aioredis
 from pydantic_core import to_json
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _lifecycle as life
@@ -55,6 +63,7 @@ from ._redis_scripts import (
     record_fields,
     unreadable_job,
 )
+from ._redis_topology import parse_topology
 from .base import (
     Claim,
     Clock,
@@ -74,13 +83,23 @@ __all__ = ("RedisBackend",)
 
 logger: logging.Logger = logging.getLogger(__name__)
 
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    # A cluster mid-failover: the slot's master is down or a new one is taking over.
+    ClusterDownError,
+    MasterDownError,
+    TryAgainError,
+    ReadOnlyError,
+    RedisClusterException,
+)
 
 
 def _before_sending(exc: BaseException) -> bool:
     """Whether ``exc`` happened before a request could go out (connecting, refused)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return True
+    if isinstance(exc, (ConnectionRefusedError, ClusterDownError, TryAgainError, ReadOnlyError)):
+        return True  # refused: a cluster mid-failover runs nothing it answers so
     # redis-py words every failure to connect "Error ... connecting to ..." / "Timeout
     # connecting to server"; failures after that (reading the reply) say otherwise.
     return "connecting to" in str(exc)
@@ -105,9 +124,12 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
     """Jobs in Redis, moved between states by Lua scripts.
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` or ``rediss://…`` for TLS. Query
-            options ``prefix`` and ``events_maxlen`` are read here; the others go to
-            redis-py (``ssl_ca_certs``, ``ssl_cert_reqs``, …).
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://…`` for TLS;
+            ``redis+cluster://host:port[,host:port…]`` for a Redis Cluster (every key then
+            carries the hash tag ``{prefix}``: one slot per store);
+            ``redis+sentinel://host:port[,host:port…]/service`` for a master watched by
+            Sentinel. Query options ``prefix`` and ``events_maxlen`` are read here; the
+            others go to redis-py (``ssl_ca_certs``, ``ssl_cert_reqs``, …).
         clock: seconds since the epoch; ``None`` uses the Redis server's clock.
         prefix: every key and channel starts with ``<prefix>:``.
         events_maxlen: about how many events the stream keeps for late readers.
@@ -140,7 +162,11 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             raise ConfigurationError(f"invalid Redis key prefix {prefix!r}")
         self.url: str = url
         self.prefix: str = prefix
-        self.events_key: str = f"{prefix}:events"
+        self._topology = parse_topology(url)
+        # On a cluster every key is hash-tagged, so one store's keys share one slot and each
+        # script touches one node; a single server keeps the untagged names it always had.
+        self._keys = f"{{{prefix}}}" if self._topology.cluster else prefix
+        self.events_key: str = f"{self._keys}:events"
         self._clock = clock
         self._maxlen = str(int(events_maxlen))
         self._socket_timeout = socket_timeout
@@ -148,8 +174,8 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         self._retry_for = retry_for
         self._finish_retry_for = finish_retry_for
         self._redis_options = redis_options
-        self._redis: aioredis.Redis | None = None
-        self._blocking: aioredis.Redis | None = None
+        self._redis: Any = None  # redis.asyncio.Redis, or RedisCluster
+        self._blocking: Any = None
         self._offset = 0.0  # server clock minus local clock
         self._wake = Notifier()
         self._skipped = False
@@ -186,7 +212,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         return f"RedisBackend(prefix={self.prefix!r})"
 
     def _key(self, name: str) -> str:
-        return f"{self.prefix}:{name}"
+        return f"{self._keys}:{name}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -195,17 +221,19 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             return self._clock()
         return time.time() + self._offset
 
-    def _client(self, socket_timeout: float | None) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=self._connect_timeout,
-            retry=RedisRetry(NoBackoff(), 0),
-            health_check_interval=0,
-            client_name=f"afterwork:{self.prefix}",
+    def _options(self, socket_timeout: float | None) -> dict[str, Any]:
+        return {
+            "decode_responses": True,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": self._connect_timeout,
+            "retry": RedisRetry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "client_name": f"afterwork:{self.prefix}",
             **self._redis_options,
-        )
+        }
+
+    def _client(self, socket_timeout: float | None) -> Any:
+        return self._topology.client(self._options(socket_timeout))
 
     async def open(self) -> None:
         if not self._closed:
@@ -226,6 +254,8 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
 
     async def _load_scripts(self) -> None:
         assert self._redis is not None
+        if self._topology.cluster:
+            return  # each node learns a script on first use (EVAL after NOSCRIPT)
         async with self._redis.pipeline(transaction=False) as pipe:
             for script in SCRIPTS.values():
                 pipe.execute_command("SCRIPT", "LOAD", script.source)
@@ -250,11 +280,13 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._redis = self._blocking = None
+        with contextlib.suppress(Exception):
+            await self._topology.aclose()
         self._wake.notify()
 
     # -- talking to Redis ----------------------------------------------------------------
 
-    def _require(self) -> aioredis.Redis:
+    def _require(self) -> Any:
         if self._redis is None:
             raise RuntimeError("the Redis backend is not open; use `async with aw:`")
         return self._redis
@@ -265,17 +297,21 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
     async def _eval(
         self, script: Script, *args: str, retry_for: float | None = None, replay: int = -1
     ) -> Any:
-        """Run ``script`` (``now`` and the prefix go first); reload it after a restart."""
-        argv = [self.prefix, "" if self._clock is None else repr(self._clock()), self._maxlen]
+        """Run ``script`` (``now`` and the key prefix go first); resend it after a restart.
+
+        Every script gets one key, ``KEYS[1]`` = the events stream: it names the slot of all
+        the store's keys, so a cluster client sends the script to the node that holds them
+        (the scripts build their keys from ``ARGV[1]``, the prefix, in that same slot).
+        """
+        argv = [self._keys, "" if self._clock is None else repr(self._clock()), self._maxlen]
         argv.extend(args)
 
         async def call() -> Any:
             client = self._require()
             try:
-                return await execute(client, "EVALSHA", script.sha, 0, *argv)
-            except NoScriptError:
-                await execute(client, "SCRIPT", "LOAD", script.source)
-                return await execute(client, "EVALSHA", script.sha, 0, *argv)
+                return await execute(client, "EVALSHA", script.sha, 1, self.events_key, *argv)
+            except NoScriptError:  # not run: a restarted or newly promoted node
+                return await execute(client, "EVAL", script.source, 1, self.events_key, *argv)
 
         def on_retry() -> None:
             if replay >= 0:
@@ -692,8 +728,8 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         return self._key(f"channel:{channel}")
 
     def new_client(self, *, socket_timeout: float | None) -> aioredis.Redis:
-        """A client of its own (a subscriber's connection)."""
-        return self._client(socket_timeout)
+        """A client of its own for a subscriber's connection (on a cluster: to one node)."""
+        return self._topology.subscriber(self._redis, self._options(socket_timeout))
 
     def forget_channel(self, channel: RedisChannel) -> None:
         self._channels.discard(channel)
@@ -742,7 +778,9 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         wake, cancel = self._key("wake"), self._key("cancel")
         backoff = 0.05
         while not self._closed:
-            pubsub = self._require().pubsub()
+            self._require()
+            client = self.new_client(socket_timeout=self._socket_timeout)
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(wake, cancel)
                 self._subscribed.set()
@@ -766,6 +804,8 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     # -- the Inspector protocol ----------------------------------------------------------
 

@@ -1,6 +1,7 @@
 -- Shared prelude of every afterwork script. ARGV[1] = key prefix, ARGV[2] = now (seconds
 -- since the epoch, or "" for the server's TIME), ARGV[3] = events stream MAXLEN.
--- Keys are built from the prefix, so every script runs on a standalone Redis (not Cluster).
+-- Keys are built from the prefix. KEYS[1] (the events stream) only routes the call: on a
+-- Redis Cluster the prefix is a hash tag ('{name}'), so every key is in KEYS[1]'s slot.
 local P = ARGV[1]
 local now = tonumber(ARGV[2])
 if not now then
