@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from .pg_server import PostgresServer
 from .redis_server import RedisServer
 
 
@@ -58,3 +59,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private postgres for the session (or ``AFTERWORK_TEST_POSTGRES_URL``).
+
+    Tests share it and keep apart by schema (``?schema=`` a name of their own).
+    """
+    url = os.environ.get("AFTERWORK_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.remove()

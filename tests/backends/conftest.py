@@ -15,7 +15,7 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -40,6 +40,10 @@ def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureReques
         # One key prefix per test keeps tests apart on one server.
         url = request.getfixturevalue("redis_url")
         return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
+    if backend_name == "postgres":
+        # One schema per test keeps tests apart on one server.
+        url = request.getfixturevalue("postgres_url")
+        return f"{url}?schema=t{uuid.uuid4().hex[:12]}"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 
 
