@@ -391,7 +391,9 @@ def test_every_store_agrees_with_the_model(
         settings=settings(
             # A PostgreSQL example creates and migrates a schema of its own: fewer of them
             # keep the suite's time (MODEL_EXAMPLES raises it for a long run).
-            max_examples=int(os.environ.get("MODEL_EXAMPLES", "40" if name == "postgres" else "100")),
+            max_examples=int(
+                os.environ.get("MODEL_EXAMPLES", "40" if name == "postgres" else "100")
+            ),
             stateful_step_count=int(os.environ.get("MODEL_STEPS", "80")),
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -33,6 +33,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -44,7 +45,7 @@ from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, E
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
-from ._pg_schema import check, migrate, not_migrated, quote_schema
+from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
 from ._sqlite_flow import Groups
 from .base import (
     Claim,
@@ -83,6 +84,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InternalClientError,
 )
 _RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)
 
@@ -101,6 +103,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "migrate": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "listen": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "statement_cache_size": int,
+    "finish_retry_for": float,
 }
 
 
@@ -132,6 +135,8 @@ class PostgresBackend:
         listen: use ``LISTEN``/``NOTIFY`` (``False`` behind PgBouncer in transaction mode:
             poll only).
         statement_cache_size: asyncpg's prepared statement cache (0 behind PgBouncer).
+        finish_retry_for: how long recording outcomes and starts is retried while the
+            server cannot be reached (safe: fenced by the lease token).
 
     Example:
         ```python
@@ -156,6 +161,7 @@ class PostgresBackend:
         migrate: bool = True,
         listen: bool = True,
         statement_cache_size: int = 100,
+        finish_retry_for: float = 30.0,
     ) -> None:
         self.schema: str = schema
         self._s = quote_schema(schema)
@@ -181,6 +187,7 @@ class PostgresBackend:
         self.migrate_on_open: bool = migrate
         self._listen = listen
         self._statement_cache_size = statement_cache_size
+        self._finish_retry_for = finish_retry_for
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncio.Task[None] | None = None
         self._cancel_callbacks: list[Callable[[str], object]] = []
@@ -251,15 +258,15 @@ class PostgresBackend:
                     if self.migrate_on_open:
                         await migrate(conn, self.schema)
                     else:
-                        from ._pg_schema import SCHEMA_VERSION
-
                         version = await check(conn, self.schema)
                         if version != SCHEMA_VERSION:
                             raise not_migrated(self.schema, version)
                     self._store_id = await conn.fetchval(
                         f"SELECT value FROM {self._s}.meta WHERE name = 'store_id'"
                     )
-                    cursor = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {self._s}.events")
+                    cursor = await conn.fetchval(
+                        f"SELECT coalesce(max(id), 0) FROM {self._s}.events"
+                    )
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
@@ -280,6 +287,30 @@ class PostgresBackend:
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen_loop(), name="afterwork postgres listener"
             )
+
+    async def migrate(self) -> tuple[int, int]:
+        """Create or migrate the schema now (``afterwork db migrate``): (before, after)."""
+        conn = await self._connect()
+        try:
+            with self._errors(sent=False):
+                return await migrate(conn, self.schema)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def schema_version(self) -> int | None:
+        """The stored schema version (``None``: no store in the schema yet).
+
+        Raises:
+            SchemaVersionError: the store was migrated by a newer afterwork.
+        """
+        conn = await self._connect()
+        try:
+            with self._errors(sent=False):
+                return await check(conn, self.schema)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     async def aclose(self) -> None:
         listener, self._listener = self._listener, None
@@ -339,6 +370,11 @@ class PostgresBackend:
             raise error from exc
         try:
             yield conn
+        except _UNREACHABLE:
+            # Never hand a connection that failed mid-operation to the next caller: its
+            # protocol state may be stuck (asyncpg: "another operation is in progress").
+            conn.terminate()
+            raise
         finally:
             with contextlib.suppress(Exception):
                 await pool.release(conn)
@@ -382,6 +418,24 @@ class PostgresBackend:
             self._work.notify()
         return result
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again while the server cannot be reached, for ``finish_retry_for``.
+
+        For finishes and starts only: they are fenced by their lease token, so a retry of
+        one that did commit changes nothing (it finds the lease gone and returns ``None``).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._finish_retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except BackendUnavailable:
+                if self._pool is None or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def _channel(self, name: str) -> str:
         return f"{self.channel_prefix}.{name}"
 
@@ -399,7 +453,9 @@ class PostgresBackend:
             calls = ", ".join(f"pg_notify(${2 * i + 1}, ${2 * i + 2})" for i in range(len(notes)))
             await conn.execute(f"SELECT {calls}", *[v for note in notes for v in note])
 
-    async def _append_events(self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def _append_events(
+        self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
         # Held to the commit: ids become visible in increasing order (see ``_pg_events``).
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"events:{self.schema}")
         await conn.executemany(
@@ -436,7 +492,7 @@ class PostgresBackend:
             try:
                 conn = await self._connect()
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn: lost.set())
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 for channel, handler in channels.items():
 
                     def relay(*args: Any, handler: Callable[[str], object] = handler) -> None:
@@ -544,9 +600,7 @@ class PostgresBackend:
             claims.append(Claim(change.job, token))
         for names, values in updates.items():
             assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, 2))
-            await tx.conn.executemany(
-                f"UPDATE {tx.jobs} SET {assignments} WHERE id = $1", values
-            )
+            await tx.conn.executemany(f"UPDATE {tx.jobs} SET {assignments} WHERE id = $1", values)
         return claims
 
     async def claim(
@@ -652,7 +706,9 @@ class PostgresBackend:
             for lease in leases:
                 job, held = await tx.held(lease.job_id)
                 change = (
-                    None if job is None else life.begin(job, held=held, token=lease.token, now=tx.now)
+                    None
+                    if job is None
+                    else life.begin(job, held=held, token=lease.token, now=tx.now)
                 )
                 begun.append(None if job is None else await tx.apply(job, change))
             return begun
@@ -731,7 +787,7 @@ class PostgresBackend:
                 return [await fn(tx) for fn, _ in batch]
 
             try:
-                results = await self._write(run)
+                results: list[Any] = await self._retrying(partial(self._write, run))
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -803,7 +859,9 @@ class PostgresBackend:
             if await conn.fetchval(f"SELECT 1 FROM {self._s}.jobs WHERE {where} LIMIT 1", *params):
                 return 0.0
             where = where.replace("status = 'queued'", "status = 'scheduled'", 1)
-            at = await conn.fetchval(f"SELECT min(run_at) FROM {self._s}.jobs WHERE {where}", *params)
+            at = await conn.fetchval(
+                f"SELECT min(run_at) FROM {self._s}.jobs WHERE {where}", *params
+            )
             return None if at is None else max(float(at) - self.now(), 0.0)
 
         return await self._read(due)
@@ -940,7 +998,9 @@ class PostgresBackend:
         data = json.dumps(info.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
         async def upsert(conn: asyncpg.Connection) -> None:
-            await conn.execute(f"DELETE FROM {self._s}.workers WHERE expires_at <= $1", info.last_seen)
+            await conn.execute(
+                f"DELETE FROM {self._s}.workers WHERE expires_at <= $1", info.last_seen
+            )
             await conn.execute(
                 f"INSERT INTO {self._s}.workers (id, info, started_at, expires_at)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE"
@@ -1037,7 +1097,7 @@ class PostgresBackend:
                 counts = by_queue.setdefault(queue, dict.fromkeys(JobStatus, 0))
                 if status in JobStatus.__members__.values():
                     counts[JobStatus(status)] += count
-            oldest = {queue: at for queue, at in oldest_rows}
+            oldest = {row[0]: row[1] for row in oldest_rows}
             return [
                 QueueStats(queue=name, counts=counts, oldest_waiting_at=oldest.get(name))
                 for name, counts in sorted(by_queue.items())
@@ -1143,7 +1203,9 @@ class PostgresBackend:
                     )
                 )
             except asyncpg.InterfaceError as exc:
-                raise EnqueueError(f"the connection given to enqueue cannot be used: {exc}") from exc
+                raise EnqueueError(
+                    f"the connection given to enqueue cannot be used: {exc}"
+                ) from exc
             if store_id is None or store_id != self._store_id:
                 raise EnqueueError(
                     "the connection given to enqueue reaches another database than this store's "
@@ -1184,7 +1246,7 @@ async def _asyncpg_connection(connection: Any) -> asyncpg.Connection:
     try:
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
     except ImportError:  # pragma: no cover - SQLAlchemy is optional
-        AsyncConnection = AsyncSession = None  # type: ignore[assignment,misc]  # noqa: N806
+        AsyncConnection = AsyncSession = None  # type: ignore[assignment,misc]
     if AsyncSession is not None and isinstance(connection, AsyncSession):
         connection = await connection.connection()  # begins the session's transaction
     if AsyncConnection is not None and isinstance(connection, AsyncConnection):
