@@ -303,3 +303,41 @@ async def test_a_server_restart_mid_drain_gives_typed_errors_then_work_resumes(
             done = await aw.get_job(job.id)
             assert done is not None and done.status is JobStatus.SUCCEEDED, done
     assert sorted(runs) == list(range(200))  # every job ran (one may run again: at least once)
+
+
+# -- least privilege -------------------------------------------------------------------------
+
+
+async def test_a_role_with_the_documented_grants_runs_the_store(postgres_url: str) -> None:
+    url = schema_url(postgres_url)
+    owner = from_url(url)
+    assert isinstance(owner, PostgresBackend)
+    await owner.migrate()  # by a role that may create the schema
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        s = owner.schema
+        # The grants of docs/postgres.md, "Roles".
+        await admin.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
+        await admin.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}"
+        )
+        await admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role}")
+        limited = url.replace("postgres@", f"{role}@", 1)
+        aw = Afterwork(limited)
+
+        @aw.task
+        async def double(n: int) -> int:
+            return 2 * n
+
+        async with aw:
+            job = await double.enqueue(21)
+            await aw.drain()
+            done = await aw.get_job(job.id)
+            assert done is not None and done.result == 42
+            assert await aw.purge(older_than=0) == 1
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
