@@ -132,7 +132,7 @@ class EventPump:
         # Every row committed before this call is at or below ``newest``: once the pump has
         # passed it, subscribing takes exactly the rows after the cursor.
         while self._cursor < newest and not self._closed:
-            ticket = self._wake.ticket()
+            ticket = self._passed.ticket()
             self.poke()
             await self._passed.wait(ticket, self.poll_interval)
         return broadcaster.subscribe()
