@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -341,3 +342,56 @@ async def test_a_role_with_the_documented_grants_runs_the_store(postgres_url: st
         await admin.execute(f"DROP OWNED BY {role}")
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
+
+
+# -- a worker process SIGKILLed mid-drain ------------------------------------------------------
+
+
+@pytest.mark.chaos
+async def test_sigkill_a_worker_process_mid_drain_loses_nothing_and_completes_nothing_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from .redis_chaos_jobs import chaos as chaos_task
+    from .test_redis_chaos import Fleet, until
+
+    url = schema_url(postgres_url)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    fleet = Fleet(url, ledger)
+    aw = Afterwork(url)
+    aw.register(chaos_task.func, name="chaos")
+    try:
+        async with aw:
+            task = aw.get_task("chaos")
+            ids = [(await task.enqueue(n, 0.3)).id for n in range(40)]
+            victim = fleet.spawn()
+            fleet.spawn()
+
+            def victim_busy() -> bool:
+                records = [r for r in fleet.records() if r["pid"] == victim.pid]
+                starts = {(r["job"], r["attempt"]) for r in records if r["ev"] == "start"}
+                ends = {(r["job"], r["attempt"]) for r in records if r["ev"] == "end"}
+                return len(starts) >= 3 and bool(starts - ends)
+
+            await until(victim_busy, 60, "the victim to be running jobs")
+            fleet.kill(victim)
+
+            async def all_done() -> bool:
+                return bool(await aw.backend.due_or_running() == 0)  # type: ignore[attr-defined]
+
+            await until(all_done, 90, "every job to finish")
+            for job_id in ids:
+                job = await aw.get_job(job_id)
+                assert job is not None and job.status is JobStatus.SUCCEEDED, job
+            conn = await asyncpg.connect(postgres_url)
+            try:
+                rows = await conn.fetch(
+                    f"SELECT job_id, count(*) FROM {url.rsplit('schema=', 1)[1]}.events"
+                    " WHERE kind = 'succeeded' GROUP BY job_id"
+                )
+            finally:
+                await conn.close()
+            completions = {row[0]: row[1] for row in rows}
+            assert all(completions.get(job_id) == 1 for job_id in ids), completions
+    finally:
+        fleet.stop_all()
