@@ -8,7 +8,6 @@ check`` tells a deploy whether the schema is at this version (exit 0), needs mig
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import typer
@@ -56,6 +55,8 @@ def migrate(url: UrlOption = None) -> None:
     from .backends.postgres import PostgresBackend
     from .exceptions import AfterworkError, SchemaVersionError
 
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     backend = _backend(url)
     assert isinstance(backend, PostgresBackend)
     try:
@@ -78,6 +79,8 @@ def check(url: UrlOption = None) -> None:
     from .backends._pg_schema import SCHEMA_VERSION
     from .backends.postgres import PostgresBackend
     from .exceptions import AfterworkError, SchemaVersionError
+
+    import asyncio  # lazily: `afterwork --help` need not load it
 
     backend = _backend(url)
     assert isinstance(backend, PostgresBackend)
