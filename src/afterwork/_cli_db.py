@@ -52,10 +52,10 @@ def _backend(url: str | None) -> object:
 @db_app.command()
 def migrate(url: UrlOption = None) -> None:
     """Create the store's tables, or migrate them to this version (idempotent)."""
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     from .backends.postgres import PostgresBackend
     from .exceptions import AfterworkError, SchemaVersionError
-
-    import asyncio  # lazily: `afterwork --help` need not load it
 
     backend = _backend(url)
     assert isinstance(backend, PostgresBackend)
@@ -76,11 +76,11 @@ def migrate(url: UrlOption = None) -> None:
 @db_app.command()
 def check(url: UrlOption = None) -> None:
     """Exit 0 if the schema is at this version, 1 if it needs migrating, 2 if newer."""
+    import asyncio  # lazily: `afterwork --help` need not load it
+
     from .backends._pg_schema import SCHEMA_VERSION
     from .backends.postgres import PostgresBackend
     from .exceptions import AfterworkError, SchemaVersionError
-
-    import asyncio  # lazily: `afterwork --help` need not load it
 
     backend = _backend(url)
     assert isinstance(backend, PostgresBackend)
