@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from .redis_cluster import RedisCluster
+from .pg_server import PostgresServer
 from .redis_server import RedisServer
 
 
@@ -92,3 +93,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 @pytest.fixture(scope="session")
 def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     return redis_cluster.url
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private postgres for the session (or ``AFTERWORK_TEST_POSTGRES_URL``).
+
+    Tests share it and keep apart by schema (``?schema=`` a name of their own).
+    """
+    url = os.environ.get("AFTERWORK_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.remove()

@@ -364,9 +364,11 @@ def schedules(
 
 
 def _register() -> None:
+    from ._cli_db import db_app
     from ._cli_jobs import jobs_app, purge, workers
     from ._cli_queues import queues_app
 
+    app.add_typer(db_app)
     app.add_typer(jobs_app)
     app.add_typer(queues_app)
     app.command()(purge)

@@ -15,7 +15,7 @@ import pytest
 from afterwork import Afterwork
 from afterwork.testing import FakeClock
 
-BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster", "postgres"]
 
 AwFactory = Callable[..., Afterwork]
 
@@ -44,6 +44,10 @@ def backend_url(backend_name: str, tmp_path: Path, request: pytest.FixtureReques
         # A 3-master + 3-replica cluster; the prefix becomes the hash tag of every key.
         url = request.getfixturevalue("redis_cluster_url")
         return f"{url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
+    if backend_name == "postgres":
+        # One schema per test keeps tests apart on one server.
+        url = request.getfixturevalue("postgres_url")
+        return f"{url}?schema=t{uuid.uuid4().hex[:12]}"
     raise AssertionError(f"no URL for backend {backend_name!r}")
 
 

@@ -366,11 +366,12 @@ class _Lives(RuleBasedStateMachine):
         assert got == expected
 
 
-@pytest.mark.parametrize("name", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("name", ["memory", "sqlite", "redis", "postgres"])
 def test_every_store_agrees_with_the_model(
     name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     redis_url = request.getfixturevalue("redis_url") if name == "redis" else ""
+    postgres_url = request.getfixturevalue("postgres_url") if name == "postgres" else ""
     counter = iter(range(10**9))
 
     class Lives(_Lives):
@@ -381,12 +382,18 @@ def test_every_store_agrees_with_the_model(
                 type(self).url = f"sqlite:///{tmp_path}/model-{run}.db?event_poll_interval=0.002"
             elif name == "redis":
                 type(self).url = f"{redis_url}?prefix=afterwork:m{run}"
+            elif name == "postgres":
+                type(self).url = f"{postgres_url}?schema=m{run}&min_pool_size=0"
             super().__init__()
 
     run_state_machine_as_test(
         Lives,
         settings=settings(
-            max_examples=int(os.environ.get("MODEL_EXAMPLES", "100")),
+            # A PostgreSQL example creates and migrates a schema of its own: fewer of them
+            # keep the suite's time (MODEL_EXAMPLES raises it for a long run).
+            max_examples=int(
+                os.environ.get("MODEL_EXAMPLES", "40" if name == "postgres" else "100")
+            ),
             stateful_step_count=int(os.environ.get("MODEL_STEPS", "80")),
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

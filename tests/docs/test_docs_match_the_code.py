@@ -34,11 +34,23 @@ def test_the_redis_page_cluster_and_sentinel_urls_build_what_it_says() -> None:
     assert sentinel.backend.events_key == "myapp:events"  # no tag off a cluster
 
 
-def test_the_readme_offers_no_postgres_extra_while_postgres_is_unsupported() -> None:
+def test_the_readme_and_the_postgres_page_name_the_store_that_exists() -> None:
+    from afterwork.backends.postgres import PostgresBackend
+
     readme = (ROOT / "README.md").read_text()
-    assert "afterwork[postgres]" not in readme
+    assert "afterwork[postgres]" in readme
+    page = (ROOT / "docs" / "postgres.md").read_text()
+    assert "?schema=" in page and "afterwork db migrate" in page
+    for url in ("postgresql://localhost/jobs?schema=jobs", "postgres://localhost/jobs?schema=jobs"):
+        backend = Afterwork(url).backend
+        assert isinstance(backend, PostgresBackend) and backend.schema == "jobs"
     with pytest.raises(ConfigurationError):
-        Afterwork("postgresql://localhost/jobs")
+        Afterwork("postgresql://localhost/jobs?schema=Bad-Name")
+    (block,) = python_blocks("postgres.md")  # builds the store (connects on open only)
+    scope: dict[str, object] = {"Afterwork": Afterwork}
+    exec(block, scope)
+    shown = scope["aw"]
+    assert isinstance(shown, Afterwork) and isinstance(shown.backend, PostgresBackend)
 
 
 def test_the_services_page_does_not_call_shipped_features_planned() -> None:

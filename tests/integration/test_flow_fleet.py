@@ -93,10 +93,12 @@ def running_at_once(
     return peak
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/flow.db"
+    if request.param == "postgres":
+        return f"{request.getfixturevalue('postgres_url')}?schema=f{uuid.uuid4().hex[:8]}"
     url = request.getfixturevalue("redis_url")
     return f"{url}?prefix=flow{uuid.uuid4().hex[:8]}"
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.integration.sched_app:aw"
 
 #: Backends the process test runs on (memory cannot be shared between processes).
-PROCESS_BACKENDS = ["sqlite", "redis"]
+PROCESS_BACKENDS = ["sqlite", "redis", "postgres"]
 
 
 @pytest.fixture(params=PROCESS_BACKENDS)
@@ -39,6 +39,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     name = str(request.param)
     if name == "sqlite":
         return f"sqlite:///{tmp_path / 'afterwork.db'}"
+    if name == "postgres":  # the session's private postgres, a schema of its own
+        return f"{request.getfixturevalue('postgres_url')}?schema=s{uuid.uuid4().hex[:12]}"
     url = str(request.getfixturevalue("redis_url"))  # the session's private redis-server
     return f"{url}?prefix=afterwork:sched{uuid.uuid4().hex[:12]}"
 

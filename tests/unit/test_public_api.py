@@ -100,6 +100,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "truncated_event",
     ),
     "afterwork.backends.memory": ("MemoryBackend",),
+    "afterwork.backends.postgres": ("PostgresBackend",),
     "afterwork.backends.redis": ("RedisBackend",),
     "afterwork.backends.sqlite": ("SQLiteBackend", "path_from_url"),
     "afterwork.cli": ("app", "load_afterwork", "main"),

@@ -245,6 +245,7 @@ class Worker:
                 await self._wait_slot()
                 continue
             at_limit = self._tasks_at_limit()
+            busy = bool(self._runs or self._buffer)
             claims = await self._claim(room, at_limit)
             if claims is None:
                 continue  # the store failed; _claim waited out the backoff
@@ -255,7 +256,7 @@ class Worker:
             if claims:
                 self._buffer.extend(claims)
                 continue
-            if not await self._wait_for_work(at_limit):
+            if not await self._wait_for_work(at_limit, busy=busy):
                 return
 
     async def _claim(self, room: int, exclude: set[str]) -> list[Claim] | None:
@@ -282,11 +283,16 @@ class Worker:
         self._outage.succeeded()
         return list(claims)
 
-    async def _wait_for_work(self, at_limit: set[str]) -> bool:
-        """Nothing was claimed: wait for a reason to claim again; ``False`` ends a burst."""
+    async def _wait_for_work(self, at_limit: set[str], *, busy: bool = False) -> bool:
+        """Nothing was claimed: wait for a reason to claim again; ``False`` ends a burst.
+
+        ``busy``: jobs of this worker were running when the claim began. The claim may have
+        passed over jobs at a fleet-wide limit because of them, and they may have ended
+        while it ran: a burst then claims once more before it concludes nothing is left.
+        """
         if self.burst:
             if not self._runs and not self._buffer:
-                return False
+                return busy
             await self._wait_slot()
         elif at_limit or self._buffer:
             # Work may be waiting only for tasks at their limit: wait_for_work would

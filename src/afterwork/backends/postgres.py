@@ -1,0 +1,1272 @@
+"""The PostgreSQL backend: jobs in the database most FastAPI apps already run.
+
+``Afterwork("postgresql://user@host:5432/app")`` (or ``postgres://``) stores jobs here,
+on asyncpg (``pip install 'afterwork[postgres]'``). Any number of processes on any number
+of hosts may share it:
+
+* it is the fourth user of :mod:`afterwork._lifecycle`: rows are read into jobs, the change
+  is computed by the pure transition functions, and written back in one transaction that
+  holds the row lock (``SELECT … FOR UPDATE``), fenced by the lease token;
+* claims take due rows in ``ready_order`` (priority, due millisecond, id) with
+  ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait on each other's rows;
+* ``LISTEN``/``NOTIFY`` wakes idle workers, pushes cancels and feeds the event stream; a
+  lost notification (or no ``LISTEN`` at all, behind PgBouncer in transaction mode) only
+  costs a bounded poll interval;
+* finishes and starts issued together share one transaction (group commit);
+* tables live in their own schema (``afterwork``, or ``?schema=``), created and migrated
+  on open (see :mod:`._pg_schema`);
+* driver errors become :class:`~afterwork.exceptions.BackendError`, and a server that
+  cannot be reached (restarting, ``max_connections`` exhausted, pool exhausted)
+  :class:`~afterwork.exceptions.BackendUnavailable`, never a hang.
+
+Time is the store's clock: the database server's (measured once on open), or an injected
+one. See ``docs/postgres.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from .. import _lifecycle as life
+from .._notify import Notifier
+from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
+from ..job import TERMINAL_STATUSES, Job, JobStatus
+from ._pg_events import MESSAGE_KIND, EventPump
+from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
+from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
+from ._sqlite_flow import Groups
+from .base import (
+    Claim,
+    Clock,
+    EventStream,
+    FlowLimit,
+    HeartbeatReply,
+    JobFilter,
+    Lease,
+    MessageStream,
+    NewJob,
+    Outcome,
+    QueueStats,
+    WorkerInfo,
+)
+
+__all__ = ("PostgresBackend",)
+
+logger: logging.Logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_FINISH_BATCH = 256
+_PURGE_BATCH = 500
+_SCAN = 5000
+_RETRIES = 5
+#: How long tick marks are kept (the contract asks for at least a day).
+TICK_RETENTION = 7 * 86_400.0
+
+_Pending = tuple[Callable[[Tx], Awaitable[Any]], "asyncio.Future[Any]"]
+
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.InternalClientError,
+)
+_RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)
+
+_EVENT_COLUMNS = "id, kind, job_id, task, queue, status, attempts, at, progress, message"
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "schema": str,
+    "pool_size": int,
+    "min_pool_size": int,
+    "connect_timeout": float,
+    "acquire_timeout": float,
+    "poll_interval": float,
+    "max_poll_interval": float,
+    "event_poll_interval": float,
+    "event_retention": int,
+    "migrate": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "listen": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "statement_cache_size": int,
+    "finish_retry_for": float,
+}
+
+
+class _Failed(Exception):
+    """Raised inside ``_transaction`` to remember whether the commit was sent."""
+
+
+class PostgresBackend:
+    """Jobs in PostgreSQL (asyncpg), shared by every process that reaches the database.
+
+    Args:
+        dsn: ``postgresql://user:password@host:port/database`` (options asyncpg reads,
+            such as ``sslmode``, may stay in the query).
+        clock: seconds since the epoch; ``None`` uses the database server's clock.
+        schema: the schema holding afterwork's tables (created if missing).
+        pool_size: most connections this process opens (plus one for ``LISTEN``).
+        min_pool_size: connections kept open while idle.
+        connect_timeout: seconds to wait for a new connection.
+        acquire_timeout: seconds to wait for a free pooled connection before
+            :class:`~afterwork.exceptions.BackendUnavailable` is raised.
+        poll_interval: first interval at which an idle worker looks for work when no
+            notification came; doubles up to ``max_poll_interval``.
+        max_poll_interval: the longest interval between those looks (the most a lost
+            notification costs).
+        event_poll_interval: how often the events table is read when no notification came.
+        event_retention: about how many recent events are kept for ``events(since=)``.
+        migrate: create or migrate the schema on open (``False``: refuse a store that is
+            not at this version; run ``afterwork db migrate`` as a deploy step).
+        listen: use ``LISTEN``/``NOTIFY`` (``False`` behind PgBouncer in transaction mode:
+            poll only).
+        statement_cache_size: asyncpg's prepared statement cache (0 behind PgBouncer).
+        finish_retry_for: how long recording outcomes and starts is retried while the
+            server cannot be reached (safe: fenced by the lease token).
+
+    Example:
+        ```python
+        aw = Afterwork("postgresql://app@db.internal/app?schema=jobs&pool_size=20")
+        ```
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        clock: Clock | None = None,
+        schema: str = "afterwork",
+        pool_size: int = 10,
+        min_pool_size: int = 1,
+        connect_timeout: float = 5.0,
+        acquire_timeout: float = 10.0,
+        poll_interval: float = 0.1,
+        max_poll_interval: float = 1.0,
+        event_poll_interval: float = 1.0,
+        event_retention: int = 10_000,
+        migrate: bool = True,
+        listen: bool = True,
+        statement_cache_size: int = 100,
+        finish_retry_for: float = 30.0,
+    ) -> None:
+        self.schema: str = schema
+        self._s = quote_schema(schema)
+        if pool_size < 1 or min_pool_size < 0 or min_pool_size > pool_size:
+            raise ConfigurationError("pool_size must be >= 1 and >= min_pool_size >= 0")
+        if min(connect_timeout, acquire_timeout, poll_interval, max_poll_interval) <= 0:
+            raise ConfigurationError("PostgreSQL timeouts and intervals must be positive")
+        if event_poll_interval <= 0:
+            raise ConfigurationError("event_poll_interval must be positive")
+        if event_retention < 1:
+            raise ConfigurationError("event_retention must be at least 1")
+        self.dsn: str = dsn
+        self._clock = clock
+        self._offset = 0.0  # the server's clock minus this host's
+        self._pool_size = pool_size
+        self._min_pool_size = min_pool_size
+        self._connect_timeout = connect_timeout
+        self._acquire_timeout = acquire_timeout
+        self._poll_interval = poll_interval
+        self._max_poll_interval = max(max_poll_interval, poll_interval)
+        self._event_retention = event_retention
+        self._events_written = 0
+        self.migrate_on_open: bool = migrate
+        self._listen = listen
+        self._statement_cache_size = statement_cache_size
+        self._finish_retry_for = finish_retry_for
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._cancel_callbacks: list[Callable[[str], object]] = []
+        self._work = Notifier()
+        self._flow_skipped = False
+        self._flow_wait = poll_interval / 2
+        self._finishes: list[_Pending] = []
+        self._finisher: asyncio.Task[None] | None = None
+        self._pump = EventPump(
+            self._fetch_events,
+            self._fetch_event_range,
+            self._newest_event,
+            poll_interval=event_poll_interval,
+            clock=self.now,
+        )
+        self.channel_prefix: str = f"afterwork.{schema}"
+        self._store_id: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, **options: Any) -> PostgresBackend:
+        """``postgresql://…`` or ``postgres://…``; afterwork's query options become keywords.
+
+        E.g. ``?schema=jobs&pool_size=20&migrate=false``; other query options go to asyncpg.
+        """
+        parts = urlsplit(url)
+        rest: list[tuple[str, str]] = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            parse = _OPTIONS.get(name)
+            if parse is None:
+                rest.append((name, value))
+                continue
+            try:
+                options.setdefault(name, parse(value))
+            except ValueError:
+                raise ConfigurationError(f"bad value for {name!r} in the PostgreSQL URL") from None
+        dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(dsn, clock=clock, **options)
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend(schema={self.schema!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return time.time() + self._offset
+
+    async def _connect(self) -> asyncpg.Connection:
+        with self._errors(sent=False):
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self.dsn,
+                timeout=self._connect_timeout,
+                statement_cache_size=self._statement_cache_size,
+            )
+        return conn
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            conn = await self._connect()
+            try:
+                with self._errors(sent=False):
+                    before = time.time()
+                    server = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+                    self._offset = float(server) - (before + time.time()) / 2
+                    if self.migrate_on_open:
+                        await migrate(conn, self.schema)
+                    else:
+                        version = await check(conn, self.schema)
+                        if version != SCHEMA_VERSION:
+                            raise not_migrated(self.schema, version)
+                    self._store_id = await conn.fetchval(
+                        f"SELECT value FROM {self._s}.meta WHERE name = 'store_id'"
+                    )
+                    cursor = await conn.fetchval(
+                        f"SELECT coalesce(max(id), 0) FROM {self._s}.events"
+                    )
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            with self._errors(sent=False):
+                self._pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_pool_size,
+                    max_size=self._pool_size,
+                    timeout=self._connect_timeout,
+                    statement_cache_size=self._statement_cache_size,
+                    reset=_reset,
+                )
+        except BaseException:
+            await self.aclose()
+            raise
+        self._pump.open(int(cursor))
+        if self._listen:
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen_loop(), name="afterwork postgres listener"
+            )
+
+    async def migrate(self) -> tuple[int, int]:
+        """Create or migrate the schema now (``afterwork db migrate``): (before, after)."""
+        conn = await self._connect()
+        try:
+            with self._errors(sent=False):
+                return await migrate(conn, self.schema)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def schema_version(self) -> int | None:
+        """The stored schema version (``None``: no store in the schema yet).
+
+        Raises:
+            SchemaVersionError: the store was migrated by a newer afterwork.
+        """
+        conn = await self._connect()
+        try:
+            with self._errors(sent=False):
+                return await check(conn, self.schema)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        await self._pump.close()
+        finisher = self._finisher
+        if finisher is not None and not finisher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(finisher), 5.0)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5.0)
+            except Exception:
+                pool.terminate()
+        self._work.notify()
+
+    # -- talking to PostgreSQL -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, *, sent: bool = True) -> Any:
+        """Driver errors as afterwork's: unreachable → BackendUnavailable, else BackendError."""
+        try:
+            yield
+        except (BackendError, EnqueueError, ConfigurationError):
+            raise
+        except asyncpg.exceptions.TooManyConnectionsError as exc:
+            error = BackendUnavailable(
+                f"PostgreSQL refused a connection: {exc} (max_connections is exhausted: "
+                "lower pool_size or raise max_connections)"
+            )
+            error.may_have_applied = False
+            raise error from exc
+        except _UNREACHABLE as exc:
+            error = BackendUnavailable(f"PostgreSQL cannot be reached: {exc!r}")
+            error.may_have_applied = sent
+            raise error from exc
+        except asyncpg.PostgresError as exc:
+            raise BackendError(f"PostgreSQL failed: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        if pool is None:
+            raise BackendError("the PostgreSQL backend is not open; use `async with aw:`")
+        try:
+            conn = await pool.acquire(timeout=self._acquire_timeout)
+        except TimeoutError as exc:
+            error = BackendUnavailable(
+                f"no PostgreSQL connection was free within {self._acquire_timeout}s "
+                f"(pool_size={self._pool_size})"
+            )
+            error.may_have_applied = False
+            raise error from exc
+        try:
+            yield conn
+        except _UNREACHABLE:
+            # Never hand a connection that failed mid-operation to the next caller: its
+            # protocol state may be stuck (asyncpg: "another operation is in progress").
+            conn.terminate()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
+
+    async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        with self._errors(sent=False):
+            async with self._conn() as conn:
+                return await fn(conn)
+
+    async def _write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction; publish its events and wake-ups with the commit."""
+        for attempt in range(_RETRIES):
+            sent = False
+            try:
+                with self._errors(sent=False):
+                    async with self._conn() as conn:
+                        transaction = conn.transaction()
+                        await transaction.start()
+                        try:
+                            tx = Tx(conn, self.now(), self._s)
+                            result = await fn(tx)
+                            await self._publish(tx)
+                        except BaseException:
+                            with contextlib.suppress(Exception):
+                                await transaction.rollback()
+                            raise
+                        sent = True
+                        await transaction.commit()
+            except BackendUnavailable as exc:
+                exc.may_have_applied = sent
+                raise
+            except BackendError as exc:
+                if isinstance(exc.__cause__, _RETRYABLE) and attempt + 1 < _RETRIES:
+                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                    continue
+                raise
+            break
+        if tx.events:
+            self._pump.poke()
+        if tx.wake:
+            self._work.notify()
+        return result
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again while the server cannot be reached, for ``finish_retry_for``.
+
+        For finishes and starts only: they are fenced by their lease token, so a retry of
+        one that did commit changes nothing (it finds the lease gone and returns ``None``).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._finish_retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except BackendUnavailable:
+                if self._pool is None or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _channel(self, name: str) -> str:
+        return f"{self.channel_prefix}.{name}"
+
+    async def _publish(self, tx: Tx) -> None:
+        """Append ``tx``'s events (ids in commit order) and queue its notifications."""
+        conn = tx.conn
+        notes: list[tuple[str, str]] = []
+        if tx.events:
+            await self._append_events(conn, tx.events)
+            notes.append((self._channel("events"), ""))
+        if tx.wake:
+            notes.append((self._channel("work"), ""))
+        notes += [(self._channel("cancel"), job_id) for job_id in tx.cancels]
+        if notes:
+            calls = ", ".join(f"pg_notify(${2 * i + 1}, ${2 * i + 2})" for i in range(len(notes)))
+            await conn.execute(f"SELECT {calls}", *[v for note in notes for v in note])
+
+    async def _append_events(
+        self, conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        # Held to the commit: ids become visible in increasing order (see ``_pg_events``).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"events:{self.schema}")
+        await conn.executemany(
+            f"INSERT INTO {self._s}.events (kind, job_id, task, queue, status, attempts, at,"
+            " progress, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            rows,
+        )
+        before = self._events_written
+        self._events_written += len(rows)
+        step = max(self._event_retention // 10, 1)
+        if before // step != self._events_written // step:
+            await conn.execute(
+                f"WITH gone AS (DELETE FROM {self._s}.events WHERE id <="
+                f" (SELECT max(id) FROM {self._s}.events) - $1 RETURNING id)"
+                f" INSERT INTO {self._s}.meta (name, value)"
+                " SELECT 'events_trimmed', max(id)::text FROM gone HAVING max(id) IS NOT NULL"
+                " ON CONFLICT (name) DO UPDATE SET value ="
+                " greatest(meta.value::bigint, excluded.value::bigint)::text",
+                self._event_retention,
+            )
+
+    # -- notifications -------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        """``LISTEN`` on a connection of its own; reconnect while the server is away."""
+        backoff = 0.05
+        channels = {
+            self._channel("work"): lambda payload: self._work.notify(),
+            self._channel("events"): lambda payload: self._pump.poke(),
+            self._channel("cancel"): self._cancelled,
+        }
+        while self._pool is not None or self._listener is not None:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                for channel, handler in channels.items():
+
+                    def relay(*args: Any, handler: Callable[[str], object] = handler) -> None:
+                        handler(str(args[3]))
+
+                    await conn.add_listener(channel, relay)
+                backoff = 0.05
+                self._work.notify()  # anything written while we were away: look again
+                self._pump.poke()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5.0)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("PostgreSQL listener lost its connection (%s); reconnecting", exc)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            self._work.notify()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _cancelled(self, job_id: str) -> None:
+        for callback in list(self._cancel_callbacks):
+            try:
+                callback(job_id)
+            except Exception:
+                logger.exception("a cancel callback failed")
+
+    def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``callback(job_id)`` when someone asks to cancel a running job."""
+        self._cancel_callbacks.append(callback)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._cancel_callbacks.remove(callback)
+
+        return unwatch
+
+    # -- the Backend protocol ------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        if not jobs:
+            return []
+
+        async def enqueue(tx: Tx) -> list[Job]:
+            return [await tx.insert(new) for new in jobs]
+
+        return await self._write(enqueue)
+
+    async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
+        token = secrets.token_hex(16)
+
+        async def start(tx: Tx) -> Job:
+            return await tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
+
+        return Claim(await self._write(start), token)
+
+    async def _promote(self, tx: Tx) -> None:
+        # The set-based form of ``life.promote`` (the status alone, no event).
+        await tx.conn.execute(
+            f"UPDATE {tx.jobs} SET status = 'queued' WHERE id IN (SELECT id FROM {tx.jobs}"
+            " WHERE status = 'scheduled' AND run_at <= $1 FOR UPDATE SKIP LOCKED)",
+            tx.now,
+        )
+
+    async def _paused(self, conn: asyncpg.Connection) -> list[str]:
+        return [row[0] for row in await conn.fetch(f"SELECT queue FROM {self._s}.paused")]
+
+    def _ready_where(
+        self, queues: Sequence[str] | None, excluded: list[str], held: list[str]
+    ) -> tuple[str, list[Any]]:
+        where = ["status = 'queued'"]
+        params: list[Any] = []
+        if queues is not None:
+            params.append(list(dict.fromkeys(queues)))
+            where.append(f"queue = ANY(${len(params)}::text[])")
+        if held:
+            params.append(held)
+            where.append(f"NOT (queue = ANY(${len(params)}::text[]))")
+        if excluded:
+            params.append(excluded)
+            where.append(f"NOT (task = ANY(${len(params)}::text[]))")
+        return " AND ".join(where), params
+
+    async def _claim_rows(
+        self, tx: Tx, rows: Sequence[Any], worker: str, lease_ttl: float
+    ) -> list[Claim]:
+        """Claim the locked ``rows`` (job columns) through ``life.claim``, in one batch."""
+        claims: list[Claim] = []
+        updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for row in rows:
+            job, problems = load(tuple(row))
+            if problems:
+                await tx.quarantine(job)
+                continue
+            token = secrets.token_hex(16)
+            change = life.claim(job, worker=worker, now=tx.now, lease_ttl=lease_ttl)
+            columns = tx.columns(job, change.job, token=token, lease_ttl=lease_ttl)
+            updates.setdefault(tuple(columns), []).append((job.id, *columns.values()))
+            claims.append(Claim(change.job, token))
+        for names, values in updates.items():
+            assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, 2))
+            await tx.conn.executemany(f"UPDATE {tx.jobs} SET {assignments} WHERE id = $1", values)
+        return claims
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
+    ) -> list[Claim]:
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        excluded = list(exclude_tasks)
+        if limits:
+            return await self._claim_limited(worker, queues, limit, lease_ttl, excluded, limits)
+        self._flow_skipped = False
+
+        async def claim(tx: Tx) -> list[Claim]:
+            await self._promote(tx)
+            where, params = self._ready_where(queues, excluded, await self._paused(tx.conn))
+            rows = await tx.conn.fetch(
+                f"SELECT {COLS} FROM {tx.jobs} WHERE {where}"
+                f" ORDER BY priority DESC, due_ms, id LIMIT ${len(params) + 1}"
+                " FOR UPDATE SKIP LOCKED",
+                *params,
+                limit,
+            )
+            return await self._claim_rows(tx, rows, worker, lease_ttl)
+
+        return await self._write(claim)
+
+    async def _claim_limited(
+        self,
+        worker: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        excluded: list[str],
+        limits: Mapping[str, FlowLimit],
+    ) -> list[Claim]:
+        """A claim that passes over jobs whose flow group is at its fleet-wide limit.
+
+        Claims with limits are serialized by an advisory lock, so the running jobs they
+        count cannot change under them; rows are then locked ``SKIP LOCKED`` as usual.
+        """
+        groups = Groups(limits)
+
+        async def claim(tx: Tx) -> list[Claim]:
+            conn = tx.conn
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flow:{self.schema}")
+            await self._promote(tx)
+            groups.used.clear()
+            for task, kwargs in await conn.fetch(
+                f"SELECT task, kwargs FROM {tx.jobs} WHERE status = 'running'"
+                " AND task = ANY($1::text[])",
+                list(limits),
+            ):
+                group = groups.of(task, kwargs)
+                if group is not None:
+                    groups.used[group[0]] += 1
+            where, params = self._ready_where(queues, excluded, await self._paused(conn))
+            n = len(params)
+            query = (
+                f"SELECT priority, due_ms, id, {COLS} FROM {tx.jobs} WHERE {where}"
+                f" ORDER BY priority DESC, due_ms, id LIMIT ${n + 1} OFFSET ${n + 2}"
+            )
+            taken: Counter[str] = Counter(groups.used)
+            found: list[Any] = []
+            page, offset = limit, 0
+            while len(found) < limit and offset < _SCAN:
+                rows = await conn.fetch(query, *params, page, offset)
+                for row in rows:
+                    if not groups._over(tuple(row), taken):
+                        found.append(row)
+                        if len(found) >= limit:
+                            break
+                if len(rows) < page:
+                    break
+                offset += page
+                page = min(page * 4, _SCAN)
+            locked = {
+                row[0]
+                for row in await conn.fetch(
+                    f"SELECT id FROM {tx.jobs} WHERE id = ANY($1::text[]) AND status = 'queued'"
+                    " FOR UPDATE SKIP LOCKED",
+                    [row["id"] for row in found],
+                )
+            }
+            rows = [tuple(row)[3:] for row in found if row["id"] in locked]
+            self._flow_skipped = groups.skipped
+            return await self._claim_rows(tx, rows, worker, lease_ttl)
+
+        return await self._write(claim)
+
+    async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
+        if not leases:
+            return []
+
+        async def begin(tx: Tx) -> list[Job | None]:
+            begun: list[Job | None] = []
+            for lease in leases:
+                job, held = await tx.held(lease.job_id)
+                change = (
+                    None
+                    if job is None
+                    else life.begin(job, held=held, token=lease.token, now=tx.now)
+                )
+                begun.append(None if job is None else await tx.apply(job, change))
+            return begun
+
+        # Starts ride in the same group commit as finishes.
+        result: list[Job | None] = await self._grouped(begin)
+        return result
+
+    async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
+        if not leases:
+            return HeartbeatReply()
+
+        async def heartbeat(tx: Tx) -> HeartbeatReply:
+            lost: set[str] = set()
+            cancel: set[str] = set()
+            for lease in leases:
+                job, held = await tx.held(lease.job_id)
+                renewed = (
+                    None
+                    if job is None
+                    else life.heartbeat(
+                        job, held=held, token=lease.token, now=tx.now, lease_ttl=lease_ttl
+                    )
+                )
+                if job is None or renewed is None:
+                    lost.add(lease.job_id)
+                    continue
+                await tx.save(job, renewed, lease_ttl=lease_ttl)
+                if renewed.cancel_requested:
+                    cancel.add(lease.job_id)
+            return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
+
+        return await self._write(heartbeat)
+
+    async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
+        status = outcome.status
+        if status not in TERMINAL_STATUSES and status not in (
+            JobStatus.SCHEDULED,
+            JobStatus.QUEUED,
+        ):
+            raise ValueError(f"not an outcome: {status!r}")
+
+        async def finish(tx: Tx) -> Job | None:
+            job, held = await tx.held(lease.job_id)
+            if job is None:
+                return None
+            change = life.finish(job, held=held, token=lease.token, outcome=outcome, now=tx.now)
+            return await tx.apply(job, change)
+
+        result: Job | None = await self._grouped(finish)
+        if result is not None and self._flow_skipped:
+            self._work.notify()  # a slot of a fleet limit is free: claim again
+        return result
+
+    async def _grouped(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction shared with the calls made in the same turn.
+
+        Each is still fenced by its own token; one transaction commits them all.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._finishes.append((fn, future))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = loop.create_task(self._flush_finishes())
+        result: T = await future
+        return result
+
+    async def _flush_finishes(self) -> None:
+        while self._finishes:
+            batch, self._finishes = (
+                self._finishes[:_FINISH_BATCH],
+                self._finishes[_FINISH_BATCH:],
+            )
+
+            async def run(tx: Tx, batch: list[_Pending] = batch) -> list[Any]:
+                return [await fn(tx) for fn, _ in batch]
+
+            try:
+                results: list[Any] = await self._retrying(partial(self._write, run))
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
+        async def set_progress(tx: Tx) -> bool:
+            job, held = await tx.held(lease.job_id)
+            if job is None:
+                return False
+            change = life.progress(
+                job, held=held, token=lease.token, progress=progress, message=message
+            )
+            return await tx.apply(job, change) is not None
+
+        return await self._write(set_progress)
+
+    async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
+        async def recover(tx: Tx) -> list[Job]:
+            rows = await tx.conn.fetch(
+                f"SELECT {COLS} FROM {tx.jobs} WHERE status = 'running'"
+                " AND lease_expires_at <= $1 ORDER BY lease_expires_at, id"
+                " FOR UPDATE SKIP LOCKED",
+                tx.now,
+            )
+            recovered: list[Job] = []
+            for row in rows:
+                job = load(tuple(row))[0]
+                if not life.lease_expired(job, tx.now):
+                    continue
+                change = life.recover(job, now=tx.now, max_recoveries=max_recoveries)
+                back = await tx.apply(job, change)
+                assert back is not None
+                recovered.append(back)
+            return recovered
+
+        return await self._write(recover)
+
+    async def get(self, job_id: str) -> Job | None:
+        async def get(conn: asyncpg.Connection) -> Job | None:
+            return load_one(
+                await conn.fetchrow(f"SELECT {COLS} FROM {self._s}.jobs WHERE id = $1", job_id)
+            )
+
+        return await self._read(get)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        async def cancel(tx: Tx) -> Job | None:
+            job = await tx.get(job_id)
+            if job is None:
+                return None
+            return await tx.apply(job, life.cancel(job, now=tx.now)) or job
+
+        return await self._write(cancel)
+
+    async def _due_in(self, queues: Sequence[str] | None) -> float | None:
+        """0 if a job is ready in ``queues``, else seconds until the next delayed one is due."""
+
+        async def due(conn: asyncpg.Connection) -> float | None:
+            held = await self._paused(conn)
+            names = None if queues is None else [q for q in queues if q not in held]
+            if names is not None and not names:
+                return None
+            where, params = self._ready_where(names, [], held if names is None else [])
+            if await conn.fetchval(f"SELECT 1 FROM {self._s}.jobs WHERE {where} LIMIT 1", *params):
+                return 0.0
+            where = where.replace("status = 'queued'", "status = 'scheduled'", 1)
+            at = await conn.fetchval(
+                f"SELECT min(run_at) FROM {self._s}.jobs WHERE {where}", *params
+            )
+            return None if at is None else max(float(at) - self.now(), 0.0)
+
+        return await self._read(due)
+
+    async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
+        """Return when work may be due, or after ``timeout`` seconds.
+
+        A ``NOTIFY`` from any process wakes it at once; without one (lost, or no
+        ``LISTEN``) it looks every ``poll_interval``, backing off to ``max_poll_interval``.
+        """
+        if queues is not None and not queues:
+            queues = None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        interval = self._poll_interval
+        if self._flow_skipped:
+            self._flow_wait = min(self._flow_wait * 2, self._max_poll_interval)
+            await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
+            return
+        self._flow_wait = self._poll_interval / 2
+        while True:
+            ticket = self._work.ticket()
+            try:
+                due_in = await self._due_in(queues)
+            except BackendError:
+                due_in = None  # the server is away: wait, the claim loop will retry
+            if due_in is not None and due_in <= 0:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            wait = min(remaining, interval)
+            if due_in is not None:
+                wait = min(wait, due_in)
+            if await self._work.wait(ticket, wait) or self._pool is None:
+                return
+            interval = min(interval * 2, self._max_poll_interval)
+
+    # -- events and channels -------------------------------------------------------------
+
+    async def _fetch_events(self, cursor: int) -> tuple[list[tuple[Any, ...]], int]:
+        async def fetch(conn: asyncpg.Connection) -> tuple[list[tuple[Any, ...]], int]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                trimmed = await conn.fetchval(
+                    f"SELECT value FROM {self._s}.meta WHERE name = 'events_trimmed'"
+                )
+                rows = await conn.fetch(
+                    f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events WHERE id > $1"
+                    " ORDER BY id LIMIT 1000",
+                    cursor,
+                )
+            return [tuple(row) for row in rows], int(trimmed or 0)
+
+        return await self._read(fetch)
+
+    async def _fetch_event_range(
+        self, after: int, until: int
+    ) -> tuple[list[tuple[Any, ...]], int, int]:
+        async def fetch(conn: asyncpg.Connection) -> tuple[list[tuple[Any, ...]], int, int]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                trimmed = await conn.fetchval(
+                    f"SELECT value FROM {self._s}.meta WHERE name = 'events_trimmed'"
+                )
+                newest = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {self._s}.events")
+                rows = (
+                    await conn.fetch(
+                        f"SELECT {_EVENT_COLUMNS} FROM {self._s}.events"
+                        " WHERE id > $1 AND id <= $2 ORDER BY id",
+                        after,
+                        until,
+                    )
+                    if after < until
+                    else []
+                )
+            return [tuple(row) for row in rows], int(trimmed or 0), int(newest)
+
+        return await self._read(fetch)
+
+    async def _newest_event(self) -> int:
+        async def newest(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {self._s}.events"))
+
+        return await self._read(newest)
+
+    @property
+    def event_retention(self) -> int:
+        """About how many recent events the events table keeps."""
+        return self._event_retention
+
+    def events(self, since: str | None = None) -> EventStream:
+        """Events from now on; with ``since`` (an event id), first the kept ones after it.
+
+        If events after ``since`` were trimmed, a ``truncated`` marker comes first instead.
+        """
+        return self._pump.subscribe(since)
+
+    async def publish(self, channel: str, data: str) -> None:
+        """Append the message to the events table: every process's pump delivers it."""
+        row = (MESSAGE_KIND, "", channel, "", "queued", 0, self.now(), None, data)
+
+        async def publish(tx: Tx) -> None:
+            tx.events.append(row)
+
+        await self._write(publish)
+
+    async def subscribe(self, channel: str) -> MessageStream:
+        """Messages on ``channel`` committed from now on, by this or any other process."""
+        return await self._pump.subscribe_channel(channel)
+
+    # -- queue pause -----------------------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        async def pause(tx: Tx) -> None:
+            await tx.conn.execute(
+                f"INSERT INTO {self._s}.paused (queue) VALUES ($1) ON CONFLICT DO NOTHING", queue
+            )
+
+        await self._write(pause)
+
+    async def resume_queue(self, queue: str) -> None:
+        async def resume(tx: Tx) -> None:
+            await tx.conn.execute(f"DELETE FROM {self._s}.paused WHERE queue = $1", queue)
+            tx.wake = True  # its waiting jobs are work again
+
+        await self._write(resume)
+
+    async def paused_queues(self) -> frozenset[str]:
+        return frozenset(await self._read(self._paused))
+
+    # -- worker presence -------------------------------------------------------------------
+
+    async def announce_worker(self, info: WorkerInfo) -> None:
+        import json
+
+        data = json.dumps(info.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+        async def upsert(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                f"DELETE FROM {self._s}.workers WHERE expires_at <= $1", info.last_seen
+            )
+            await conn.execute(
+                f"INSERT INTO {self._s}.workers (id, info, started_at, expires_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE"
+                " SET info = excluded.info, expires_at = excluded.expires_at",
+                info.id,
+                data,
+                info.started_at,
+                info.expires_at,
+            )
+
+        await self._read(upsert)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        async def remove(conn: asyncpg.Connection) -> None:
+            await conn.execute(f"DELETE FROM {self._s}.workers WHERE id = $1", worker_id)
+
+        await self._read(remove)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        import json
+
+        now = self.now()
+
+        async def live(conn: asyncpg.Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    f"SELECT info FROM {self._s}.workers WHERE expires_at > $1"
+                    " ORDER BY started_at, id",
+                    now,
+                )
+            )
+
+        workers: list[WorkerInfo] = []
+        for (text,) in await self._read(live):
+            try:
+                workers.append(WorkerInfo.from_dict(json.loads(text)))
+            except (ValueError, TypeError, KeyError):
+                continue  # a record this version cannot read: presence is advisory
+        return workers
+
+    # -- the Inspector protocol ------------------------------------------------------------
+
+    async def list_jobs(self, filter: JobFilter) -> list[Job]:
+        where: list[str] = []
+        params: list[Any] = []
+        statuses = [JobStatus(s).value for s in filter.statuses]
+        if statuses:
+            params.append(statuses)
+            where.append(f"status = ANY(${len(params)}::text[])")
+        for column, value in (
+            ("queue", filter.queue),
+            ("task", filter.task),
+        ):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ${len(params)}")
+        if filter.before is not None:
+            params.append(filter.before)
+            where.append(f"id < ${len(params)}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        params.append(max(filter.limit, 0))
+        sql = f"SELECT {COLS} FROM {self._s}.jobs{clause} ORDER BY id DESC LIMIT ${len(params)}"
+
+        async def fetch(conn: asyncpg.Connection) -> list[Any]:
+            return list(await conn.fetch(sql, *params))
+
+        return [load(tuple(row))[0] for row in await self._read(fetch)]
+
+    async def due_or_running(self) -> int:
+        async def count(conn: asyncpg.Connection) -> int:
+            return int(
+                await conn.fetchval(
+                    f"SELECT count(*) FROM {self._s}.jobs WHERE status IN ('queued', 'running')"
+                    " OR (status = 'scheduled' AND run_at <= $1)",
+                    self.now(),
+                )
+            )
+
+        return await self._read(count)
+
+    async def stats(self) -> list[QueueStats]:
+        async def stats(conn: asyncpg.Connection) -> list[QueueStats]:
+            by_queue: dict[str, dict[JobStatus, int]] = {}
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                counted = await conn.fetch(
+                    f"SELECT queue, status, count(*) FROM {self._s}.jobs GROUP BY queue, status"
+                )
+                oldest_rows = await conn.fetch(
+                    f"SELECT queue, min(run_at) FROM {self._s}.jobs"
+                    " WHERE status IN ('queued', 'scheduled') AND run_at <= $1 GROUP BY queue",
+                    self.now(),
+                )
+            for queue, status, count in counted:
+                counts = by_queue.setdefault(queue, dict.fromkeys(JobStatus, 0))
+                if status in JobStatus.__members__.values():
+                    counts[JobStatus(status)] += count
+            oldest = {row[0]: row[1] for row in oldest_rows}
+            return [
+                QueueStats(queue=name, counts=counts, oldest_waiting_at=oldest.get(name))
+                for name, counts in sorted(by_queue.items())
+            ]
+
+        return await self._read(stats)
+
+    async def retry(self, job_id: str) -> Job | None:
+        async def retry(tx: Tx) -> Job | None:
+            job = await tx.get(job_id)
+            if job is None:
+                return None
+            key_free = job.key is None or not await tx.select(
+                f"key = $1 AND status IN {ACTIVE_SQL}", job.key
+            )
+            change = life.retry(job, now=tx.now, key_free=key_free)
+            return await tx.apply(job, change, force=("result",)) or job
+
+        return await self._write(retry)
+
+    async def purge(self, *, older_than: float | None = None) -> int:
+        """Delete finished jobs in batches of a few hundred rows (short transactions)."""
+        now = self.now()
+        cut = None if older_than is None else now - older_than
+        total = 0
+        while True:
+
+            async def purge(tx: Tx) -> int:
+                # The set-based form of ``life.purgeable``: ``expires_at`` is the finished
+                # time plus ``result_ttl``, written when the job finished.
+                old = "" if cut is None else " OR finished_at <= $2"
+                params: list[Any] = [now] if cut is None else [now, cut]
+                result = await tx.conn.execute(
+                    f"DELETE FROM {tx.jobs} WHERE id IN (SELECT id FROM {tx.jobs}"
+                    f" WHERE expires_at <= $1{old} LIMIT {_PURGE_BATCH} FOR UPDATE SKIP LOCKED)",
+                    *params,
+                )
+                return int(result.split()[-1])
+
+            deleted = await self._write(purge)
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                break
+
+        async def ticks(tx: Tx) -> None:
+            # Old tick marks go too, but each schedule keeps its latest (``last_tick``).
+            await tx.conn.execute(
+                f"DELETE FROM {self._s}.ticks t WHERE tick < $1 AND tick <"
+                f" (SELECT max(u.tick) FROM {self._s}.ticks u WHERE u.schedule = t.schedule)",
+                now - TICK_RETENTION,
+            )
+
+        await self._write(ticks)
+        return total
+
+    # -- the Ticks protocol ----------------------------------------------------------------
+
+    async def enqueue_tick(self, schedule: str, tick: float, job: NewJob) -> Job | None:
+        async def enqueue_tick(tx: Tx) -> Job | None:
+            marked = await tx.conn.fetchval(
+                f"INSERT INTO {self._s}.ticks (schedule, tick, job_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                schedule,
+                tick,
+                job.id,
+            )
+            return await tx.insert(job) if marked else None
+
+        return await self._write(enqueue_tick)
+
+    async def last_tick(self, schedule: str) -> float | None:
+        async def last_tick(conn: asyncpg.Connection) -> float | None:
+            value = await conn.fetchval(
+                f"SELECT max(tick) FROM {self._s}.ticks WHERE schedule = $1", schedule
+            )
+            return None if value is None else float(value)
+
+        return await self._read(last_tick)
+
+    # -- the TransactionalEnqueue protocol -------------------------------------------------
+
+    async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
+        """Create ``jobs`` in the transaction of ``connection``: an asyncpg connection, or a
+        SQLAlchemy ``AsyncSession`` / ``AsyncConnection`` on the asyncpg driver.
+
+        The rows, their events and the ``NOTIFY`` that wakes workers are all part of that
+        transaction: invisible until it commits, gone if it rolls back. The events lock
+        (see ``_pg_events``) is held from here to that commit: keep the transaction short.
+        """
+        conn = await _asyncpg_connection(connection)
+        if conn.is_closed():
+            raise EnqueueError("the connection given to enqueue is closed")
+        if not jobs:
+            return []
+        with self._errors():
+            try:
+                found = await conn.fetchval("SELECT to_regclass($1)::text", f"{self._s}.meta")
+                store_id = (
+                    None
+                    if found is None
+                    else await conn.fetchval(
+                        f"SELECT value FROM {self._s}.meta WHERE name = 'store_id'"
+                    )
+                )
+            except asyncpg.InterfaceError as exc:
+                raise EnqueueError(
+                    f"the connection given to enqueue cannot be used: {exc}"
+                ) from exc
+            if store_id is None or store_id != self._store_id:
+                raise EnqueueError(
+                    "the connection given to enqueue reaches another database than this store's "
+                    f"(no afterwork store with this id in schema {self.schema!r})"
+                )
+            if conn.is_in_transaction():
+                created = await self._enqueue_on(conn, jobs)
+            else:
+                async with conn.transaction():
+                    created = await self._enqueue_on(conn, jobs)
+        return created
+
+    async def _enqueue_on(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[Job]:
+        tx = Tx(conn, self.now(), self._s)
+        created = [await tx.insert(new) for new in jobs]
+        await self._publish(tx)
+        return created
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before reuse: no open transaction.
+
+    asyncpg's default reset costs a round trip per release (``RESET ALL``, ``UNLISTEN *``…);
+    this store sets no session state on pooled connections (``LISTEN`` has its own, and
+    its advisory locks are transaction-scoped).
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def _asyncpg_connection(connection: Any) -> asyncpg.Connection:
+    """The asyncpg connection behind ``connection``, inside its transaction."""
+    if isinstance(connection, asyncpg.Connection):
+        return connection
+    pooled = getattr(connection, "_con", None)  # an asyncpg pool's proxy
+    if isinstance(pooled, asyncpg.Connection):
+        return pooled
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    except ImportError:  # pragma: no cover - SQLAlchemy is optional
+        AsyncConnection = AsyncSession = None  # type: ignore[assignment,misc]
+    if AsyncSession is not None and isinstance(connection, AsyncSession):
+        connection = await connection.connection()  # begins the session's transaction
+    if AsyncConnection is not None and isinstance(connection, AsyncConnection):
+        if connection.closed or connection.invalidated:
+            raise EnqueueError("the connection given to enqueue is closed")
+        if connection.dialect.driver != "asyncpg":
+            raise EnqueueError(
+                "the PostgreSQL store enqueues through SQLAlchemy's asyncpg driver only, "
+                f"not {connection.dialect.driver!r}"
+            )
+        if not connection.in_transaction():
+            await connection.begin()
+        # SQLAlchemy's asyncpg adapter opens the driver's transaction on the first
+        # statement: run one, so the job rows join that transaction.
+        await connection.exec_driver_sql("SELECT 1")
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        if isinstance(driver, asyncpg.Connection):
+            return driver
+    raise EnqueueError(
+        "the PostgreSQL store enqueues through an asyncpg connection or a SQLAlchemy "
+        f"AsyncSession/AsyncConnection on asyncpg, not {type(connection).__name__}"
+    )

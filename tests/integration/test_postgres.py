@@ -1,0 +1,397 @@
+"""What is PostgreSQL's own: migrations, enqueue in the app's transaction, a server restart.
+
+The semantics every store shares run on PostgreSQL in ``tests/backends`` (conformance,
+model, events, channels…); these tests cover what only this store has.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+from typer.testing import CliRunner, Result
+
+from afterwork import Afterwork, JobStatus
+from afterwork.backends import from_url
+from afterwork.backends._pg_schema import SCHEMA_VERSION
+from afterwork.backends.base import NewJob
+from afterwork.backends.postgres import PostgresBackend
+from afterwork.cli import app as cli
+from afterwork.exceptions import BackendError, BackendUnavailable, EnqueueError, SchemaVersionError
+from afterwork.job import new_job_id
+
+from ..pg_server import PostgresServer
+from ..waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+def schema_url(postgres_url: str, **query: str) -> str:
+    options = {"schema": f"p{uuid.uuid4().hex[:12]}", **query}
+    return postgres_url + "?" + "&".join(f"{k}={v}" for k, v in options.items())
+
+
+async def db(*args: str) -> Result:
+    """``afterwork db …`` (it runs its own event loop: in a thread of its own)."""
+    return await anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli, ["db", *args]))
+
+
+def new(task: str = "t") -> NewJob:
+    return NewJob(id=new_job_id(), task=task)
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[PostgresBackend]:
+    backend = from_url(schema_url(postgres_url))
+    assert isinstance(backend, PostgresBackend)
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+# -- migrations --------------------------------------------------------------------------
+
+
+async def test_a_fresh_schema_is_created_then_opened_without_migrating_again(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url)
+    backend = from_url(url)
+    assert isinstance(backend, PostgresBackend)
+    assert await backend.schema_version() is None
+    await backend.open()
+    await backend.aclose()
+    assert await backend.schema_version() == SCHEMA_VERSION
+    assert await backend.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+    async with Afterwork(url) as aw:  # a second open finds the store as it is
+        job = await aw.backend.enqueue([new()])
+        assert (await aw.get_job(job[0].id)) is not None
+
+
+async def test_a_store_migrated_by_a_newer_afterwork_is_refused(postgres_url: str) -> None:
+    url = schema_url(postgres_url)
+    backend = from_url(url)
+    assert isinstance(backend, PostgresBackend)
+    await backend.migrate()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(
+            f"UPDATE {backend.schema}.meta SET value = '99' WHERE name = 'schema_version'"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaVersionError, match="newer afterwork"):
+        async with Afterwork(url):
+            pass
+    result = await db("check", "--url", url)
+    assert result.exit_code == 2 and "newer afterwork" in result.output
+
+
+async def test_migrate_false_refuses_an_unmigrated_store_then_opens_a_migrated_one(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url, migrate="false")
+    with pytest.raises(BackendError, match="afterwork db migrate"):
+        async with Afterwork(url):
+            pass
+    assert (await db("check", "--url", url)).exit_code == 1
+    migrated = await db("migrate", "--url", url)
+    assert migrated.exit_code == 0, migrated.output
+    assert f"to {SCHEMA_VERSION}" in migrated.output
+    again = await db("migrate", "--url", url)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert (await db("check", "--url", url)).exit_code == 0
+    async with Afterwork(url) as aw:
+        assert await aw.backend.enqueue([new()])
+
+
+def test_the_db_commands_are_for_postgres_urls_only(tmp_path: object) -> None:
+    result = CliRunner().invoke(cli, ["db", "check", "--url", "memory://"])
+    assert result.exit_code == 2 and "PostgreSQL" in result.output
+
+
+# -- enqueue inside the app's transaction ---------------------------------------------------
+
+
+async def test_enqueue_in_an_asyncpg_transaction_exists_only_if_it_commits(
+    store: PostgresBackend, postgres_url: str
+) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():
+            (job,) = await store.enqueue_in(conn, [new()])
+            assert job.status is JobStatus.QUEUED
+            assert await store.get(job.id) is None  # invisible until the commit
+            assert await store.claim("w", queues=None, limit=5, lease_ttl=10) == []
+        assert await store.get(job.id) is not None
+        (claim,) = await store.claim("w", queues=None, limit=5, lease_ttl=10)
+        assert claim.job.id == job.id
+
+        transaction = conn.transaction()
+        await transaction.start()
+        (gone,) = await store.enqueue_in(conn, [new()])
+        await transaction.rollback()
+        assert await store.get(gone.id) is None  # rolled back with the app's rows
+        # Outside a transaction, the enqueue is its own.
+        (alone,) = await store.enqueue_in(conn, [new()])
+        assert await store.get(alone.id) is not None
+    finally:
+        await conn.close()
+
+
+async def test_workers_are_woken_by_the_commit(postgres_url: str) -> None:
+    url = schema_url(postgres_url)
+    waiter = from_url(f"{url}&poll_interval=30&max_poll_interval=30")
+    writer = from_url(url)
+    assert isinstance(writer, PostgresBackend)
+    await writer.open()
+    await waiter.open()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with anyio.create_task_group() as group:
+            woke = anyio.Event()
+
+            async def wait() -> None:
+                await waiter.wait_for_work(None, 30)  # polls every 30 s: only NOTIFY wakes it
+                woke.set()
+
+            async def idle() -> bool:  # the waiter found nothing and waits
+                return bool(await waiter.due_or_running() == 0)  # type: ignore[attr-defined]
+
+            await eventually(idle)
+            group.start_soon(wait)
+            async with conn.transaction():
+                await writer.enqueue_in(conn, [new()])
+            with anyio.fail_after(10):
+                await woke.wait()
+    finally:
+        await conn.close()
+        await waiter.aclose()
+        await writer.aclose()
+
+
+async def test_enqueue_in_a_sqlalchemy_session(store: PostgresBackend, postgres_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
+    try:
+        async with AsyncSession(engine) as session:
+            (job,) = await store.enqueue_in(session, [new()])
+            assert (await session.execute(text("SELECT 1"))).scalar() == 1
+            assert await store.get(job.id) is None
+            await session.commit()
+        assert await store.get(job.id) is not None
+
+        async with AsyncSession(engine) as session:
+            (gone,) = await store.enqueue_in(session, [new()])
+            await session.rollback()
+        assert await store.get(gone.id) is None
+
+        async with engine.connect() as connection:
+            (kept,) = await store.enqueue_in(connection, [new()])
+            await connection.commit()
+        assert await store.get(kept.id) is not None
+    finally:
+        await engine.dispose()
+
+
+async def test_enqueue_in_refuses_another_database_and_a_closed_connection(
+    store: PostgresBackend, postgres_url: str
+) -> None:
+    admin = await asyncpg.connect(postgres_url)
+    name = f"other_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        other = await asyncpg.connect(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            with pytest.raises(EnqueueError, match="another database"):
+                await store.enqueue_in(other, [new()])
+        finally:
+            await other.close()
+        with pytest.raises(EnqueueError, match="closed"):
+            await store.enqueue_in(other, [new()])
+        with pytest.raises(EnqueueError, match="asyncpg"):
+            await store.enqueue_in(object(), [new()])
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.close()
+
+
+async def test_a_cancel_reaches_the_running_process_at_once(postgres_url: str) -> None:
+    url = schema_url(postgres_url)
+    worker, client = from_url(url), from_url(url)
+    await worker.open()
+    await client.open()
+    try:
+        asked = anyio.Event()
+        seen: list[str] = []
+
+        def on_cancel(job_id: str) -> None:
+            seen.append(job_id)
+            asked.set()
+
+        worker.watch_cancels(on_cancel)  # type: ignore[attr-defined]
+        (job,) = await client.enqueue([new()])
+        await worker.claim("w", queues=None, limit=1, lease_ttl=60)
+        await client.cancel(job.id)
+        with anyio.fail_after(10):
+            await asked.wait()
+        assert seen == [job.id]
+    finally:
+        await worker.aclose()
+        await client.aclose()
+
+
+# -- a server restart mid-drain -----------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[PostgresServer]:
+    pg = PostgresServer()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.remove()
+
+
+async def test_a_server_restart_mid_drain_gives_typed_errors_then_work_resumes(
+    server: PostgresServer,
+) -> None:
+    aw = Afterwork(
+        f"{server.url}?connect_timeout=2&acquire_timeout=2",
+        poll_interval=0.05,
+        heartbeat_interval=0.2,
+        reaper_interval=0.2,
+    )
+    runs: Counter[int] = Counter()
+    half = anyio.Event()
+
+    @aw.task
+    async def work(n: int) -> int:
+        runs[n] += 1
+        if len(runs) >= 50:
+            half.set()
+        return n
+
+    async with aw:
+        jobs = await aw.enqueue_many([aw.build_job(work, (n,), {}, {}) for n in range(200)])
+        async with aw.worker(concurrency=8):
+            with anyio.fail_after(30):
+                await half.wait()
+            server.stop()  # a fast shutdown: every connection is cut
+            with pytest.raises(BackendUnavailable):
+                await aw.backend.get(jobs[0].id)
+            server.start()
+
+            async def drained() -> bool:
+                try:
+                    return bool(await aw.backend.due_or_running() == 0)  # type: ignore[attr-defined]
+                except BackendUnavailable:
+                    return False
+
+            # Outcomes that could not be written are retried (fenced), not left to expire.
+            await eventually(drained, timeout=20, interval=0.05)
+        for job in jobs:
+            done = await aw.get_job(job.id)
+            assert done is not None and done.status is JobStatus.SUCCEEDED, done
+    assert sorted(runs) == list(range(200))  # every job ran (one may run again: at least once)
+
+
+# -- least privilege -------------------------------------------------------------------------
+
+
+async def test_a_role_with_the_documented_grants_runs_the_store(postgres_url: str) -> None:
+    url = schema_url(postgres_url)
+    owner = from_url(url)
+    assert isinstance(owner, PostgresBackend)
+    await owner.migrate()  # by a role that may create the schema
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        s = owner.schema
+        # The grants of docs/postgres.md, "Roles".
+        await admin.execute(f"GRANT USAGE ON SCHEMA {s} TO {role}")
+        await admin.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {role}"
+        )
+        await admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {role}")
+        limited = url.replace("postgres@", f"{role}@", 1)
+        aw = Afterwork(limited)
+
+        @aw.task
+        async def double(n: int) -> int:
+            return 2 * n
+
+        async with aw:
+            job = await double.enqueue(21)
+            await aw.drain()
+            done = await aw.get_job(job.id)
+            assert done is not None and done.result == 42
+            assert await aw.purge(older_than=0) == 1
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+# -- a worker process SIGKILLed mid-drain ------------------------------------------------------
+
+
+@pytest.mark.chaos
+async def test_sigkill_a_worker_process_mid_drain_loses_nothing_and_completes_nothing_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from .redis_chaos_jobs import chaos as chaos_task
+    from .test_redis_chaos import Fleet, until
+
+    url = schema_url(postgres_url)
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    fleet = Fleet(url, ledger)
+    aw = Afterwork(url)
+    aw.register(chaos_task.func, name="chaos")
+    try:
+        async with aw:
+            task = aw.get_task("chaos")
+            ids = [(await task.enqueue(n, 0.3)).id for n in range(40)]
+            victim = fleet.spawn()
+            fleet.spawn()
+
+            def victim_busy() -> bool:
+                records = [r for r in fleet.records() if r["pid"] == victim.pid]
+                starts = {(r["job"], r["attempt"]) for r in records if r["ev"] == "start"}
+                ends = {(r["job"], r["attempt"]) for r in records if r["ev"] == "end"}
+                return len(starts) >= 3 and bool(starts - ends)
+
+            await until(victim_busy, 60, "the victim to be running jobs")
+            fleet.kill(victim)
+
+            async def all_done() -> bool:
+                return bool(await aw.backend.due_or_running() == 0)  # type: ignore[attr-defined]
+
+            await until(all_done, 90, "every job to finish")
+            for job_id in ids:
+                job = await aw.get_job(job_id)
+                assert job is not None and job.status is JobStatus.SUCCEEDED, job
+            conn = await asyncpg.connect(postgres_url)
+            try:
+                rows = await conn.fetch(
+                    f"SELECT job_id, count(*) FROM {url.rsplit('schema=', 1)[1]}.events"
+                    " WHERE kind = 'succeeded' GROUP BY job_id"
+                )
+            finally:
+                await conn.close()
+            completions = {row[0]: row[1] for row in rows}
+            assert all(completions.get(job_id) == 1 for job_id in ids), completions
+    finally:
+        fleet.stop_all()
