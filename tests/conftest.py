@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from .redis_cluster import RedisCluster
 from .pg_server import PostgresServer
+from .redis_cluster import RedisCluster
 from .redis_server import RedisServer
 
 
@@ -79,6 +79,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A private 3-master + 3-replica Redis Cluster for the session."""
@@ -93,6 +95,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 @pytest.fixture(scope="session")
 def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     return redis_cluster.url
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A private postgres for the session (or ``AFTERWORK_TEST_POSTGRES_URL``).

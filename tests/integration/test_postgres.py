@@ -163,7 +163,7 @@ async def test_workers_are_woken_by_the_commit(postgres_url: str) -> None:
                 woke.set()
 
             async def idle() -> bool:  # the waiter found nothing and waits
-                return bool(await waiter.due_or_running() == 0)  # type: ignore[attr-defined]
+                return bool(await waiter.due_or_running() == 0)
 
             await eventually(idle)
             group.start_soon(wait)

@@ -216,9 +216,7 @@ def _decode(kwargs: str | None) -> dict[str, Any]:
 STAMP_START = "UPDATE afterwork_starts SET at = ?, pending = 0 WHERE job_id = ? AND pending = 1"
 
 
-def read_starts(
-    conn: Connection, group: str, now: float, rate: life.RateLimit
-) -> list[float]:
+def read_starts(conn: Connection, group: str, now: float, rate: life.RateLimit) -> list[float]:
     """A group's starts in the window, pending claims counted as ``now``."""
     rows = conn.execute(
         "SELECT s.at, s.pending, j.status, j.started_at"
