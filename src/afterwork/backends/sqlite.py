@@ -24,7 +24,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
@@ -39,6 +39,9 @@ from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from .._engine.writebehind import LocalRecord
 from .base import (
     Claim,
     Clock,
@@ -321,6 +324,13 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             return created
 
         return Claim(await self._write(start), token)
+
+    async def write_local(self, records: Sequence[LocalRecord]) -> None:
+        """Write the jobs run in this process whose rows were kept back (``writebehind``),
+        in one transaction, each at the times it really started and ended."""
+        from .._engine.writebehind import write_local_rows
+
+        await self._write(lambda tx: write_local_rows(tx, records))
 
     async def claim(
         self,
