@@ -39,6 +39,7 @@ from ._sqlite_pause import PauseMixin, paused_queues, without_paused
 from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
+from ._sqlite_wake import WakeSignals
 
 if TYPE_CHECKING:
     from .._engine.writebehind import LocalRecord
@@ -172,6 +173,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             clock=self._clock,
         )
         self._work = Notifier()
+        self._signals = WakeSignals(self.path)  # wake-ups from the other processes
         self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
         self._flow_wait = self._poll_interval / 2
         self._finishes: list[_Pending] = []
@@ -234,6 +236,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
         self._pump.open()
 
     async def aclose(self) -> None:
+        self._signals.close()
         self._pump.close()
         await self._db.aclose()
         self._work.notify()
@@ -294,6 +297,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             self._pump.poke()
         if wake:
             self._work.notify()
+            self._signals.poke()
         return result
 
     def _trim_events(self, conn: sqlite3.Connection, written: int) -> None:
@@ -696,8 +700,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         """Return when work may be due, or after ``timeout`` seconds.
 
-        This process's own writes wake it at once; other processes' writes are seen by
-        polling, every ``poll_interval`` (50 ms) at first, backing off to
+        This process's own writes wake it at once; so do other processes' (a datagram on
+        a Unix socket next to the database file, ``_sqlite_wake.py``). Polling stays as
+        the safety net: every ``poll_interval`` (50 ms) at first, backing off to
         ``max_poll_interval`` (500 ms) while nothing happens.
         """
         if queues is not None and not queues:
@@ -712,6 +717,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
             return
         self._flow_wait = self._poll_interval / 2
+        self._signals.listen(self._work.notify)  # other processes' writes wake us too
         while True:
             ticket = self._work.ticket()
             due_in = await self._db.read(lambda conn: self._due_in(conn, queues))
