@@ -174,6 +174,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
         )
         self._work = Notifier()
         self._signals = WakeSignals(self.path)  # wake-ups from the other processes
+        self._remote_wakes = 0
         self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
         self._flow_wait = self._poll_interval / 2
         self._finishes: list[_Pending] = []
@@ -717,9 +718,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
             return
         self._flow_wait = self._poll_interval / 2
-        self._signals.listen(self._work.notify)  # other processes' writes wake us too
+        self._signals.listen(self._remote_wake)  # other processes' writes wake us too
         while True:
-            ticket = self._work.ticket()
+            ticket, remote = self._work.ticket(), self._remote_wakes
             due_in = await self._db.read(lambda conn: self._due_in(conn, queues))
             if due_in is not None and due_in <= 0:
                 return
@@ -729,9 +730,20 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin):
             wait = min(remaining, interval)
             if due_in is not None:
                 wait = min(wait, due_in)
-            if await self._work.wait(ticket, wait) or not self._db.is_open:
+            if await self._work.wait(ticket, wait):
+                if not self._db.is_open:
+                    return
+                if self._work.ticket() - ticket == self._remote_wakes - remote:
+                    continue  # only other processes wrote: look whether it is work for us
+                return
+            if not self._db.is_open:
                 return
             interval = min(interval * 2, self._max_poll_interval)
+
+    def _remote_wake(self) -> None:
+        """Another process committed a write that made some job due (maybe not ours)."""
+        self._remote_wakes += 1
+        self._work.notify()
 
     async def publish(self, channel: str, data: str) -> None:
         """Append the message to the events table: every process's pump delivers it."""
