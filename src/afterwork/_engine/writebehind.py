@@ -42,7 +42,7 @@ logger: logging.Logger = logging.getLogger("afterwork.fastapi._jobs")
 START_AFTER = 0.05
 
 #: Seconds the flusher waits after a job ended, so the jobs ending together share a write.
-LINGER = 0.005
+LINGER = 0.02
 
 #: Records written at once on a store without ``write_local`` (each its own calls).
 GENERIC_CONCURRENCY = 8
