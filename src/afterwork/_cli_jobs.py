@@ -18,10 +18,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from ._cli_bulk import BulkFilters, DryRun, ErrorType, Since, Until, Yes, bulk
 from ._cli_text import safe_block, safe_json, safe_line
@@ -29,6 +25,10 @@ from .exceptions import AfterworkError, BackendError
 from .job import TERMINAL_STATUSES, Job, JobStatus
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     from .app import Afterwork
     from .backends.base import QueueStats, WorkerInfo
 
@@ -152,6 +152,8 @@ def _when(ts: float | None) -> str:
 
 
 def _status(job: Job) -> Text:
+    from rich.text import Text
+
     label = job.status.value + (" (cancelling)" if job.cancel_requested else "")
     return Text(label, style=_STYLES.get(job.status, ""))
 
@@ -166,6 +168,8 @@ def _print_json(data: Any) -> None:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=False)
 
 
@@ -182,6 +186,10 @@ def _age(seconds: float) -> str:
 
 
 def _print_jobs(jobs: list[Job]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     console = _console()
     wide = console.width >= WIDE
     # One line per job at any width: the id is always whole (``jobs show`` takes it), long
@@ -229,6 +237,9 @@ def _print_jobs(jobs: list[Job]) -> None:
 
 
 def _print_job(job: Job) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -267,6 +278,9 @@ def _print_job(job: Job) -> None:
 
 def _timeline(job: Job) -> Table:
     """The job's kept attempts, oldest first: when, where, how long, how it ended."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="attempts", title_justify="left", box=None)
     for name in ("#", "started", "took", "worker", "outcome", "error"):
         table.add_column(name)
@@ -459,6 +473,9 @@ def queues(
     as_json: JsonOption = False,
 ) -> None:
     """Count each queue's jobs per state."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
     async def action(aw: Afterwork) -> tuple[list[QueueStats], frozenset[str], float, str]:
         return await aw.stats(), await aw.paused_queues(), aw.backend.now(), aw.location
@@ -578,6 +595,9 @@ def workers(
     ``services`` lists the ``@aw.service`` services each worker's process runs (a singleton
     only in the process holding its lease).
     """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
     async def action(aw: Afterwork) -> tuple[list[WorkerInfo], float, str]:
         return await aw.workers(), aw.backend.now(), aw.location

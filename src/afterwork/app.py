@@ -521,6 +521,8 @@ class Afterwork(FlowControl):
         """Stop local workers and disconnect from the store."""
         self._local_runs.stop_workers()
         if self._open:
+            with contextlib.suppress(Exception):  # logged by the write-behind
+                await self._local_runs.flush()
             for hook in self._close_hooks:
                 try:
                     await hook()
@@ -758,7 +760,7 @@ class Afterwork(FlowControl):
         the store's limit state now).
         """
         await self._ensure_open()
-        job = await self.backend.get(job_id)
+        job = self._local_runs.unwritten(job_id) or await self.backend.get(job_id)
         if job is None:
             return None
         return (await explain(self.backend, self.tasks, job)).bind(self)
@@ -769,7 +771,7 @@ class Afterwork(FlowControl):
         Returns the job as it is after the request (``None`` if there is no such job).
         """
         await self._ensure_open()
-        job = await self.backend.cancel(job_id)
+        job = self._local_runs.cancel_unwritten(job_id) or await self.backend.cancel(job_id)
         if job is not None and job.status is JobStatus.RUNNING:
             self._local_runs.cancel(job_id)
         return None if job is None else job.bind(self)
@@ -876,7 +878,7 @@ class Afterwork(FlowControl):
                 iterator = aiter(events)
                 exhausted = False
                 while True:
-                    job = await self.backend.get(job_id)
+                    job = self._local_runs.unwritten(job_id) or await self.backend.get(job_id)
                     if job is None:
                         raise JobNotFound(job_id)
                     if job.is_finished:
@@ -907,6 +909,7 @@ class Afterwork(FlowControl):
         from . import _join
 
         await self._ensure_open()
+        await self._local_runs.settle(timeout)  # in-process jobs ended and written
         await _join.join(
             self.backend,
             timeout=timeout,

@@ -7,17 +7,20 @@ else can run a plain callable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..backends.base import NewJob, Outcome
+from ..backends.base import Claim, Lease, NewJob, Outcome
 from ..job import Job, JobError
 from ..task import TaskOptions
 from .runner import CANCEL, JobRun, Runner, apply_heartbeat
 from .worker import worker_id
+from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     from .host import Host
@@ -42,6 +45,19 @@ def _safe_repr(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _LocalRunner(Runner):
+    """The runner of inline jobs: the outcome of a job whose row is not written yet is
+    recorded in memory (``writebehind``), any other goes to the store."""
+
+    behind: WriteBehind
+
+    async def _write_outcome(self, run: JobRun, outcome: Outcome) -> Job | None:
+        ended = await self.behind.finish(run.claim.lease, outcome)
+        if isinstance(ended, Lease):
+            return await self.host.backend.finish(ended, outcome)
+        return ended
+
+
 class InlineRunner:
     """Runs plain callables in this process, each tracked as a job (``Jobs.add_task``)."""
 
@@ -49,9 +65,21 @@ class InlineRunner:
         self.host = host
         self.id: str = worker_id("inline")
         self._runs: dict[str, JobRun] = {}
-        self._runner = Runner(
+        self._loops: dict[str, asyncio.AbstractEventLoop] = {}  # the loop each job runs on
+        self._beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )  # each loop's heartbeat task
+        self.behind = WriteBehind(host, self.id, on_written=self._written)
+        self._runner = _LocalRunner(
             host, worker_id=self.id, limiter=anyio.CapacityLimiter(THREADS), rng=host.rng
         )
+        self._runner.behind = self.behind
+
+    def _written(self, job_id: str, token: str) -> None:
+        """A running job's start was written with the store's own lease token."""
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.claim = Claim(run.claim.job, token)
 
     def cancel_local(self, job_id: str) -> bool:
         """Cancel an inline job running here; ``False`` if none has that id."""
@@ -79,7 +107,10 @@ class InlineRunner:
         options = TaskOptions(queue=INLINE_QUEUE)
         new = self.plain_job(job_id, name, args, kwargs)
         lease_ttl = self.host.config.lease_ttl
-        claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
+        if self.behind.usable():
+            claim = self.behind.begin(new, lease_ttl)  # its row is written later, in a group
+        else:
+            claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
 
         async def call(run: JobRun) -> Job | None:
             return await self._runner.execute(run, func, args, kwargs, options, is_async=is_async)
@@ -125,32 +156,52 @@ class InlineRunner:
     async def _supervised(
         self, run: JobRun, call: Callable[[JobRun], Awaitable[Job | None]]
     ) -> Job | None:
-        """Run ``call(run)`` with its lease kept alive; the finished job bound to the host."""
+        """Run ``call(run)`` with its lease kept alive; the finished job bound to the host.
+
+        One heartbeat task per event loop renews the leases of all the jobs running here
+        on that loop (a job whose row is not written yet has nothing to renew).
+        """
         job_id = run.job.id
+        loop = asyncio.get_running_loop()
         self._runs[job_id] = run
+        self._loops[job_id] = loop
+        beat = self._beats.get(loop)
+        if beat is None or beat.done():
+            self._beats[loop] = loop.create_task(self._keep_alive(loop))
         finished: Job | None = None
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._keep_alive, run)
-                try:
-                    finished = await call(run)
-                finally:
-                    group.cancel_scope.cancel()
+            finished = await call(run)
         finally:
             del self._runs[job_id]
+            del self._loops[job_id]
         return None if finished is None else finished.bind(self.host)
 
-    async def _keep_alive(self, run: JobRun) -> None:
-        """Renew the job's lease until cancelled; stop it if it was lost or cancelled."""
+    async def _keep_alive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Renew the leases of this loop's jobs until none runs; stop those lost or cancelled."""
         config = self.host.config
         interval = config.heartbeat_interval or config.lease_ttl / 3
-        while True:
-            await self.host.clock.sleep(interval)
-            try:
-                reply = await self.host.backend.heartbeat(
-                    [run.claim.lease], lease_ttl=config.lease_ttl
-                )
-            except Exception:
-                logger.warning("could not renew the lease of job %s", run.job.id, exc_info=True)
-                continue
-            apply_heartbeat(reply, {run.job.id: run}, self.id)
+        try:
+            while any(owner is loop for owner in self._loops.values()):
+                await self.host.clock.sleep(interval)
+                runs = {
+                    job_id: run
+                    for job_id, run in self._runs.items()
+                    if self._loops.get(job_id) is loop and self.behind.get(job_id) is None
+                }
+                if not runs:
+                    continue
+                try:
+                    reply = await self.host.backend.heartbeat(
+                        [run.claim.lease for run in runs.values()], lease_ttl=config.lease_ttl
+                    )
+                except Exception:
+                    logger.warning(
+                        "could not renew the lease of job(s) %s",
+                        ", ".join(runs),
+                        exc_info=True,
+                    )
+                    continue
+                apply_heartbeat(reply, runs, self.id)
+        finally:
+            if self._beats.get(loop) is asyncio.current_task():
+                del self._beats[loop]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..job import Job
     from .host import Host, LocalMember
     from .inline import InlineRunner
 
@@ -58,3 +59,28 @@ class LocalRuns:
         """Stop every local worker at once (running jobs are released)."""
         for worker in list(self._workers):
             worker.stop(now=True)
+
+    # -- the unwritten jobs of plain callables (``writebehind``) -------------------------
+
+    def unwritten(self, job_id: str) -> Job | None:
+        """A job run here whose row is not written yet, as this process knows it."""
+        return None if self._inline is None else self._inline.behind.get(job_id)
+
+    def cancel_unwritten(self, job_id: str) -> Job | None:
+        """Cancel a job run here whose row is not written yet; ``None`` if there is none."""
+        if self._inline is None:
+            return None
+        job = self._inline.behind.request_cancel(job_id)
+        if job is not None:
+            self._inline.cancel_local(job_id)
+        return job
+
+    async def settle(self, timeout: float | None) -> None:
+        """Wait until every job run here has ended and its row is written."""
+        if self._inline is not None:
+            await self._inline.behind.settle(timeout)
+
+    async def flush(self) -> None:
+        """Write the rows of the jobs run here that are not written yet."""
+        if self._inline is not None:
+            await self._inline.behind.flush()

@@ -506,9 +506,13 @@ class Runner:
     async def _give_up(self, run: JobRun, error: JobError, exc: BaseException | None) -> Job | None:
         return await self._record(run, Outcome.failed(error), exc)
 
+    async def _write_outcome(self, run: JobRun, outcome: Outcome) -> Job | None:
+        """Write how the attempt ended (fenced by the lease); ``None`` if it was lost."""
+        return await self.host.backend.finish(run.claim.lease, outcome)
+
     async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
         job = run.job
-        finished = await self.host.backend.finish(run.claim.lease, outcome)
+        finished = await self._write_outcome(run, outcome)
         if finished is None:
             logger.warning(
                 "job %s (%s) lost its lease before its outcome was written; discarded",

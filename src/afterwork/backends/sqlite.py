@@ -24,7 +24,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import _lifecycle as life
@@ -42,6 +42,7 @@ from ._sqlite_presence import PresenceMixin
 from ._sqlite_rows import COLS, INSERT_EVENT, SELECT, Connection, Tx, load, load_one
 from ._sqlite_schema import META_DDL, MIGRATIONS, SCHEMA_VERSION
 from ._sqlite_tx import enqueue_in, insert_jobs
+from ._sqlite_wake import WakeSignals
 from .base import (
     Claim,
     Clock,
@@ -54,6 +55,9 @@ from .base import (
     Outcome,
     RateLimit,
 )
+
+if TYPE_CHECKING:
+    from .._engine.writebehind import LocalRecord
 
 __all__ = ("SQLiteBackend", "path_from_url")
 
@@ -173,6 +177,8 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             clock=self._clock,
         )
         self._work = Notifier()
+        self._signals = WakeSignals(self.path)  # wake-ups from the other processes
+        self._remote_wakes = 0
         self._flow_skipped = False  # the last claim passed over jobs at a fleet limit
         self._flow_wait = self._poll_interval / 2
         self._conc_skipped = False  # ... at a concurrency limit (a finish may free a slot)
@@ -237,6 +243,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
         self._pump.open()
 
     async def aclose(self) -> None:
+        self._signals.close()
         self._pump.close()
         await self._db.aclose()
         self._work.notify()
@@ -308,6 +315,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             self._pump.poke()
         if tx.wake:
             self._work.notify()
+            self._signals.poke()  # and the other processes' workers
 
     def _trim_events(self, conn: Connection, written: int) -> None:
         before = self._events_written
@@ -354,6 +362,13 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             return created
 
         return Claim(await self._write(start), token)
+
+    async def write_local(self, records: Sequence[LocalRecord]) -> None:
+        """Write the jobs run in this process whose rows were kept back (``writebehind``),
+        in one transaction, each at the times it really started and ended."""
+        from .._engine.writebehind import write_local_rows
+
+        await self._write(lambda tx: write_local_rows(tx, records))
 
     async def claim(
         self,
@@ -739,8 +754,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         """Return when work may be due, or after ``timeout`` seconds.
 
-        This process's own writes wake it at once; other processes' writes are seen by
-        polling, every ``poll_interval`` (50 ms) at first, backing off to
+        This process's own writes wake it at once; so do other processes' (a datagram on
+        a Unix socket next to the database file, ``_sqlite_wake.py``). Polling stays as
+        the safety net: every ``poll_interval`` (50 ms) at first, backing off to
         ``max_poll_interval`` (500 ms) while nothing happens.
         """
         if queues is not None and not queues:
@@ -761,8 +777,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             await self._work.wait(self._work.ticket(), wait)
             return
         self._flow_wait = self._poll_interval / 2
+        self._signals.listen(self._remote_wake)  # other processes' writes wake us too
         while True:
-            ticket = self._work.ticket()
+            ticket, remote = self._work.ticket(), self._remote_wakes
             due_in = await self._db.read(lambda conn: self._due_in(conn, queues))
             if due_in is not None and due_in <= 0:
                 return
@@ -772,9 +789,20 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             wait = min(remaining, interval)
             if due_in is not None:
                 wait = min(wait, due_in)
-            if await self._work.wait(ticket, wait) or not self._db.is_open:
+            if await self._work.wait(ticket, wait):
+                if not self._db.is_open:
+                    return
+                if self._work.ticket() - ticket == self._remote_wakes - remote:
+                    continue  # only other processes wrote: look whether it is work for us
+                return
+            if not self._db.is_open:
                 return
             interval = min(interval * 2, self._max_poll_interval)
+
+    def _remote_wake(self) -> None:
+        """Another process committed a write that made some job due (maybe not ours)."""
+        self._remote_wakes += 1
+        self._work.notify()
 
     async def publish(self, channel: str, data: str) -> None:
         """Append the message to the events table: every process's pump delivers it."""

@@ -138,23 +138,40 @@ def _dependencies(
     """
     if not (inspect.isfunction(func) or inspect.ismethod(func)):
         return {}  # partials, builtins, callable objects: passed as they are
-    try:
-        plans = dependencies_of(func)
-    except DependencyError as exc:
-        if exc.param is None and not _mentions_depends(func):
-            return {}  # annotations that cannot be resolved, and no Depends among them
-        raise DependencyError(
-            f"jobs.add_task: {exc.message}. A job runs after the "
-            "response, outside the request: pass the value it needs as an argument",
-            param=exc.param,
-        ) from None
-    if not plans:
+    target = getattr(func, "__func__", func)
+    known = _plans.get(target)
+    if known is None:
+        known = _plans[target] = _plans_of(func)
+    if isinstance(known, DependencyError):
+        raise DependencyError(known.message, param=known.param) from None
+    if not known:
         return {}
     try:
         bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
     except TypeError:
         bound = {}
-    return {name: plan for name, plan in plans.items() if name not in bound}
+    return {name: plan for name, plan in known.items() if name not in bound}
+
+
+#: The ``Depends`` parameters of each plain function given to ``add_task`` (or why it
+#: cannot be one): resolving annotations costs more than the rest of a request.
+_plans: weakref.WeakKeyDictionary[Any, dict[str, Dependency] | DependencyError] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _plans_of(func: Callable[..., Any]) -> dict[str, Dependency] | DependencyError:
+    try:
+        plans = dependencies_of(func)
+    except DependencyError as exc:
+        if exc.param is None and not _mentions_depends(func):
+            return {}  # annotations that cannot be resolved, and no Depends among them
+        return DependencyError(
+            f"jobs.add_task: {exc.message}. A job runs after the "
+            "response, outside the request: pass the value it needs as an argument",
+            param=exc.param,
+        )
+    return plans
 
 
 def _mentions_depends(func: Callable[..., Any]) -> bool:
