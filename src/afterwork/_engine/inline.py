@@ -69,7 +69,7 @@ class InlineRunner:
         self._beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
             weakref.WeakKeyDictionary()
         )  # each loop's heartbeat task
-        self.behind = WriteBehind(host, self.id, on_written=self._written)
+        self.behind: WriteBehind = WriteBehind(host, self.id, on_written=self._written)
         self._runner = _LocalRunner(
             host, worker_id=self.id, limiter=anyio.CapacityLimiter(THREADS), rng=host.rng
         )

@@ -791,7 +791,7 @@ class ServiceSupervisor:
         self._services: dict[str, _Service] = {}
         self.abandoned: set[asyncio.Task[Any]] = set()
         """Runs that ignored cancellation at shutdown: kept referenced until they end."""
-        self.host_name = socket.gethostname()
+        self.host_name: str = socket.gethostname()
         self.holder: str = json.dumps(
             {"host": self.host_name, "pid": os.getpid(), "id": uuid.uuid4().hex[:12]},
             separators=(",", ":"),
