@@ -37,7 +37,7 @@ demo: install
 	bash scripts/demo
 
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
