@@ -44,6 +44,7 @@ from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._pg_events import MESSAGE_KIND, EventPump
+from ._pg_leases import HistoryMixin, LeasesMixin
 from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
 from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
 from ._sqlite_flow import Groups
@@ -111,7 +112,7 @@ class _Failed(Exception):
     """Raised inside ``_transaction`` to remember whether the commit was sent."""
 
 
-class PostgresBackend:
+class PostgresBackend(LeasesMixin, HistoryMixin):
     """Jobs in PostgreSQL (asyncpg), shared by every process that reaches the database.
 
     Args:
