@@ -151,6 +151,7 @@ async def test_workers_are_woken_by_the_commit(postgres_url: str) -> None:
     waiter = from_url(f"{url}&poll_interval=30&max_poll_interval=30")
     writer = from_url(url)
     assert isinstance(writer, PostgresBackend)
+    assert isinstance(waiter, PostgresBackend)
     await writer.open()
     await waiter.open()
     conn = await asyncpg.connect(postgres_url)
