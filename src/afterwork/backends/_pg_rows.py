@@ -182,6 +182,7 @@ class Tx:
         worker: str | None = None,
         token: str | None = None,
         lease_ttl: float = 0.0,
+        again: bool = True,
     ) -> Job:
         """Create the job ``new`` describes (already claimed when ``worker`` is given).
 
@@ -236,6 +237,9 @@ class Tx:
         # A conflict: the key is held by an unfinished job, or the id exists.
         if job.key is not None:
             holders = await self.select(f"key = $1 AND status IN {ACTIVE_SQL}", job.key)
+            if holders and worker is None and new.debounce and again:
+                # A concurrent enqueue created the holder after our look: debounce into it.
+                return await self.insert(new, again=False)
             if holders:
                 return holders[0]
         existing = await self.get(job.id, lock=False)
