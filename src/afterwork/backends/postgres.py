@@ -71,7 +71,6 @@ T = TypeVar("T")
 
 _FINISH_BATCH = 256
 _PURGE_BATCH = 500
-_SCAN = 5000
 _RETRIES = 5
 #: How long tick marks are kept (the contract asks for at least a day).
 TICK_RETENTION = 7 * 86_400.0
