@@ -75,6 +75,32 @@ async def test_a_fresh_schema_is_created_then_opened_without_migrating_again(
         assert (await aw.get_job(job[0].id)) is not None
 
 
+async def test_a_version_1_store_is_migrated_on_open_and_keeps_its_jobs(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url)
+    backend = from_url(url)
+    assert isinstance(backend, PostgresBackend)
+    await backend.open()
+    (job,) = await backend.enqueue([new()])
+    await backend.aclose()
+    conn = await asyncpg.connect(postgres_url)
+    try:  # back to version 1: without the tables version 2 added
+        s = f'"{backend.schema}"'
+        await conn.execute(f"DROP TABLE {s}.leases, {s}.history, {s}.starts")
+        await conn.execute(f"UPDATE {s}.meta SET value = '1' WHERE name = 'schema_version'")
+    finally:
+        await conn.close()
+    assert await backend.schema_version() == 1
+    async with Afterwork(url) as aw:
+        assert await backend.schema_version() == SCHEMA_VERSION == 2
+        assert await aw.get_job(job.id) is not None
+        store = aw.backend
+        assert isinstance(store, PostgresBackend)
+        assert await store.acquire_lease("one", "me", ttl=10.0) is not None
+        assert await store.read_history(since=0.0, until=1e12) == []
+
+
 async def test_a_store_migrated_by_a_newer_afterwork_is_refused(postgres_url: str) -> None:
     url = schema_url(postgres_url)
     backend = from_url(url)
@@ -151,6 +177,7 @@ async def test_workers_are_woken_by_the_commit(postgres_url: str) -> None:
     waiter = from_url(f"{url}&poll_interval=30&max_poll_interval=30")
     writer = from_url(url)
     assert isinstance(writer, PostgresBackend)
+    assert isinstance(waiter, PostgresBackend)
     await writer.open()
     await waiter.open()
     conn = await asyncpg.connect(postgres_url)

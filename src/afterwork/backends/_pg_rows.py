@@ -182,12 +182,25 @@ class Tx:
         worker: str | None = None,
         token: str | None = None,
         lease_ttl: float = 0.0,
+        again: bool = True,
     ) -> Job:
         """Create the job ``new`` describes (already claimed when ``worker`` is given).
 
         If its key is held by an unfinished job, or its id exists, nothing is written and
-        that existing job is returned.
+        that existing job is returned. A debounced ``new`` meeting an unfinished holder of
+        its key goes through ``life.debounce`` (a waiting holder takes its arguments and is
+        returned; a running one gives up its key to ``new``).
         """
+        if worker is None and new.debounce and new.key is not None:
+            holders = await self.select(
+                f"key = $1 AND status IN {ACTIVE_SQL}", new.key, lock=" FOR UPDATE"
+            )
+            if holders:
+                moved = life.debounce(holders[0], new, self.now)
+                await self.apply(holders[0], moved)
+                if moved.job.status is not JobStatus.RUNNING:
+                    return moved.job  # pushed back with the new arguments
+                # The running holder gave up its key: the new job below takes it.
         if worker is None:
             change = life.create(new, self.now)
         else:
@@ -224,6 +237,9 @@ class Tx:
         # A conflict: the key is held by an unfinished job, or the id exists.
         if job.key is not None:
             holders = await self.select(f"key = $1 AND status IN {ACTIVE_SQL}", job.key)
+            if holders and worker is None and new.debounce and again:
+                # A concurrent enqueue created the holder after our look: debounce into it.
+                return await self.insert(new, again=False)
             if holders:
                 return holders[0]
         existing = await self.get(job.id, lock=False)

@@ -140,8 +140,49 @@ _V1 = (
     "CREATE TABLE {s}.paused (queue text PRIMARY KEY)",
 )
 
+# Version 2: named leases (``afterwork.backends.base.Leases``), per-minute history
+# (``afterwork.history``; buckets are sparse JSON objects, see ``base.HistoryRow``) and the
+# starts of rate-limited groups within their window (a sliding log per group: a claim adds
+# a pending row, the attempt's begin stamps its start time; old rows are pruned).
+_V2 = (
+    """
+    CREATE TABLE {s}.leases (
+        name text PRIMARY KEY CHECK (length(name) > 0),
+        token text NOT NULL,
+        holder text NOT NULL,
+        acquired_at double precision NOT NULL,
+        expires_at double precision NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE {s}.history (
+        minute double precision NOT NULL,
+        task text NOT NULL,
+        queue text NOT NULL,
+        succeeded integer NOT NULL DEFAULT 0,
+        failed integer NOT NULL DEFAULT 0,
+        retried integer NOT NULL DEFAULT 0,
+        run_sum double precision NOT NULL DEFAULT 0,
+        run_buckets text NOT NULL DEFAULT '{}',
+        wait_sum double precision NOT NULL DEFAULT 0,
+        wait_buckets text NOT NULL DEFAULT '{}',
+        PRIMARY KEY (minute, task, queue)
+    )
+    """,
+    """
+    CREATE TABLE {s}.starts (
+        grp text NOT NULL,
+        at double precision NOT NULL,
+        job_id text NOT NULL,
+        pending boolean NOT NULL
+    )
+    """,
+    "CREATE INDEX starts_grp ON {s}.starts (grp, pending, at)",
+    "CREATE INDEX starts_pending ON {s}.starts (job_id) WHERE pending",
+)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,7 +31,6 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -44,9 +43,10 @@ from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._pg_events import MESSAGE_KIND, EventPump
+from ._pg_flow import PgGroups, read_starts, stamp_start
+from ._pg_leases import HistoryMixin, LeasesMixin
 from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
 from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
-from ._sqlite_flow import Groups
 from .base import (
     Claim,
     Clock,
@@ -59,6 +59,7 @@ from .base import (
     NewJob,
     Outcome,
     QueueStats,
+    RateLimit,
     WorkerInfo,
 )
 
@@ -70,7 +71,6 @@ T = TypeVar("T")
 
 _FINISH_BATCH = 256
 _PURGE_BATCH = 500
-_SCAN = 5000
 _RETRIES = 5
 #: How long tick marks are kept (the contract asks for at least a day).
 TICK_RETENTION = 7 * 86_400.0
@@ -111,7 +111,7 @@ class _Failed(Exception):
     """Raised inside ``_transaction`` to remember whether the commit was sent."""
 
 
-class PostgresBackend:
+class PostgresBackend(LeasesMixin, HistoryMixin):
     """Jobs in PostgreSQL (asyncpg), shared by every process that reaches the database.
 
     Args:
@@ -193,6 +193,8 @@ class PostgresBackend:
         self._cancel_callbacks: list[Callable[[str], object]] = []
         self._work = Notifier()
         self._flow_skipped = False
+        self._conc_skipped = False
+        self._rate_next: float | None = None  # when a job passed over for a rate may start
         self._flow_wait = poll_interval / 2
         self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
@@ -612,13 +614,17 @@ class PostgresBackend:
         lease_ttl: float,
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
     ) -> list[Claim]:
         if limit <= 0 or (queues is not None and not queues):
             return []
         excluded = list(exclude_tasks)
-        if limits:
-            return await self._claim_limited(worker, queues, limit, lease_ttl, excluded, limits)
-        self._flow_skipped = False
+        if limits or rates:
+            return await self._claim_limited(
+                worker, queues, limit, lease_ttl, excluded, limits or {}, rates or {}
+            )
+        self._flow_skipped = self._conc_skipped = False
+        self._rate_next = None
 
         async def claim(tx: Tx) -> list[Claim]:
             await self._promote(tx)
@@ -642,19 +648,22 @@ class PostgresBackend:
         lease_ttl: float,
         excluded: list[str],
         limits: Mapping[str, FlowLimit],
+        rates: Mapping[str, RateLimit],
     ) -> list[Claim]:
-        """A claim that passes over jobs whose flow group is at its fleet-wide limit.
+        """A claim that passes over jobs whose flow group is at its fleet-wide limit
+        (running jobs, or starts in a rate limit's window: see ``_pg_flow``).
 
-        Claims with limits are serialized by an advisory lock, so the running jobs they
-        count cannot change under them; rows are then locked ``SKIP LOCKED`` as usual.
+        Claims with limits are serialized by an advisory lock, so the running jobs and
+        starts they count cannot change under them; rows are then locked ``SKIP LOCKED``
+        as usual, and the claimed jobs of rate-limited tasks join their groups' starts as
+        pending (their begin stamps the start time).
         """
-        groups = Groups(limits)
 
         async def claim(tx: Tx) -> list[Claim]:
             conn = tx.conn
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"flow:{self.schema}")
+            groups = PgGroups(limits, rates, pg=conn, schema=self._s, now=tx.now)
             await self._promote(tx)
-            groups.used.clear()
             for task, kwargs in await conn.fetch(
                 f"SELECT task, kwargs FROM {tx.jobs} WHERE status = 'running'"
                 " AND task = ANY($1::text[])",
@@ -669,33 +678,40 @@ class PostgresBackend:
                 f"SELECT priority, due_ms, id, {COLS} FROM {tx.jobs} WHERE {where}"
                 f" ORDER BY priority DESC, due_ms, id LIMIT ${n + 1} OFFSET ${n + 2}"
             )
-            taken: Counter[str] = Counter(groups.used)
-            found: list[Any] = []
-            page, offset = limit, 0
-            while len(found) < limit and offset < _SCAN:
-                rows = await conn.fetch(query, *params, page, offset)
-                for row in rows:
-                    if not groups._over(tuple(row), taken):
-                        found.append(row)
-                        if len(found) >= limit:
-                            break
-                if len(rows) < page:
-                    break
-                offset += page
-                page = min(page * 4, _SCAN)
+
+            async def fetch(count: int, offset: int) -> list[Any]:
+                return [tuple(row) for row in await conn.fetch(query, *params, count, offset)]
+
+            found = await groups.pick_async(fetch, limit)
             locked = {
                 row[0]
                 for row in await conn.fetch(
                     f"SELECT id FROM {tx.jobs} WHERE id = ANY($1::text[]) AND status = 'queued'"
                     " FOR UPDATE SKIP LOCKED",
-                    [row["id"] for row in found],
+                    [row[2] for row in found],
                 )
             }
-            rows = [tuple(row)[3:] for row in found if row["id"] in locked]
-            self._flow_skipped = groups.skipped
-            return await self._claim_rows(tx, rows, worker, lease_ttl)
+            rows = [row for row in found if row[2] in locked]
+            for row in rows:
+                groups.record_start(row)
+            await groups.write_starts_async()
+            self._flow_skipped = groups.skipped or groups.rate_next is not None
+            self._conc_skipped = groups.skipped
+            self._rate_next = groups.rate_next
+            return await self._claim_rows(tx, [row[3:] for row in rows], worker, lease_ttl)
 
         return await self._write(claim)
+
+    def rate_next(self) -> float | None:
+        """When a job the last claim passed over for a rate limit may start (store time)."""
+        return self._rate_next
+
+    async def rate_starts(self, group: str, rate: RateLimit) -> list[float]:
+        """The recorded starts of a rate group still within its window."""
+        now = self.now()
+        return await self._read(
+            partial(read_starts, schema=self._s, group=group, now=now, rate=rate)
+        )
 
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
@@ -710,7 +726,11 @@ class PostgresBackend:
                     if job is None
                     else life.begin(job, held=held, token=lease.token, now=tx.now)
                 )
-                begun.append(None if job is None else await tx.apply(job, change))
+                started = None if job is None else await tx.apply(job, change)
+                if started is not None and change is not None and change.event == "started":
+                    assert started.started_at is not None
+                    await stamp_start(tx.conn, tx.schema, lease.job_id, started.started_at)
+                begun.append(started)
             return begun
 
         # Starts ride in the same group commit as finishes.
@@ -877,8 +897,16 @@ class PostgresBackend:
         deadline = time.monotonic() + max(timeout, 0.0)
         interval = self._poll_interval
         if self._flow_skipped:
+            # The last claim passed over jobs at a fleet limit: wait for a finish (or a
+            # poll, backing off while the limit holds); for a rate limit, until its next
+            # start is allowed (or new work comes).
             self._flow_wait = min(self._flow_wait * 2, self._max_poll_interval)
-            await self._work.wait(self._work.ticket(), min(max(timeout, 0.0), self._flow_wait))
+            wait = max(timeout, 0.0)
+            if self._conc_skipped or self._rate_next is None:
+                wait = min(wait, self._flow_wait)
+            if self._rate_next is not None:
+                wait = min(wait, max(self._rate_next - self.now(), 0.0))
+            await self._work.wait(self._work.ticket(), wait)
             return
         self._flow_wait = self._poll_interval / 2
         while True:
