@@ -46,19 +46,20 @@ class PgGroups(Groups):
         await self.pg.execute(
             f"DELETE FROM {s}.starts WHERE grp = $1 AND NOT pending AND at <= $2", group, cut
         )
-        begun = await self.pg.fetchval(
-            f"SELECT count(*) FROM {s}.starts WHERE grp = $1 AND NOT pending AND at > $2",
+        # One statement, so one snapshot: read in two, a begin committing in between (its
+        # start turned from pending to begun) would be counted in neither.
+        begun = pending = 0
+        dropped: list[str] = []
+        for job_id, is_pending, status, started_at in await self.pg.fetch(
+            f"SELECT s.job_id, s.pending, j.status, j.started_at FROM {s}.starts s"
+            f" LEFT JOIN {s}.jobs j ON s.pending AND j.id = s.job_id"
+            " WHERE s.grp = $1 AND (s.pending OR s.at > $2)",
             group,
             cut,
-        )
-        pending = 0
-        dropped: list[str] = []
-        for job_id, status, started_at in await self.pg.fetch(
-            f"SELECT s.job_id, j.status, j.started_at FROM {s}.starts s"
-            f" LEFT JOIN {s}.jobs j ON j.id = s.job_id WHERE s.grp = $1 AND s.pending",
-            group,
         ):
-            if status == "running" and started_at is None:
+            if not is_pending:
+                begun += 1
+            elif status == "running" and started_at is None:
                 pending += 1  # claimed, not started: it counts as starting now
             else:  # released or recovered before it started
                 dropped.append(job_id)
