@@ -49,10 +49,15 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    """One postgres process on 127.0.0.1 (fsync off: tests need no durability across power loss)."""
+    """One postgres process on 127.0.0.1.
 
-    def __init__(self, *, port: int | None = None) -> None:
+    fsync off by default: tests need no durability across power loss. ``durable=True`` keeps
+    PostgreSQL's defaults (fsync, synchronous_commit, full_page_writes on), for benchmarks.
+    """
+
+    def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
         self.port = port or free_port()
+        self.durable = durable
         self.directory = Path(tempfile.mkdtemp(prefix="afterwork-pg-"))
         self.data = self.directory / "data"
         self.process: subprocess.Popen[bytes] | None = None
@@ -81,9 +86,11 @@ class PostgresServer:
             postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1",
             "-c", f"unix_socket_directories={self.directory}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=300", "-c", "shared_buffers=64MB",
         ]  # fmt: skip
+        if not self.durable:
+            command += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                        "-c", "full_page_writes=off"]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **self._as)
         log.close()
         deadline = time.monotonic() + timeout

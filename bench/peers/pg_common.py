@@ -1,0 +1,134 @@
+"""The driver the PostgreSQL peer benchmarks share (bench/pg_bench.py runs one per system).
+
+Each system gets its own database on the one private server. A peer module defines ``Peer``
+(``setup``: install its schema; ``reset``: empty its tables; enqueue, bulk enqueue, the command
+for one worker process) and the jobs of :mod:`bench.peers.common`, which record their own
+start and end times to ``BENCH_OUT``. Scenarios: (a) enqueue one at a time, from 32
+concurrent callers, in batches of 1,000; (b) drain pre-enqueued no-ops with one worker
+process at its defaults; (c) 1,000 × 50 ms sleeps at concurrency 100; (d) enqueue-to-start
+latency on an idle worker, one job every 5 ms (200 jobs/s). (b) and (c) run from the first
+job's start to the last job's end by the jobs' own clock (worker start-up excluded).
+
+    bench/.venv-pg/bin/python -m bench.peers.pg_<system> postgresql://... [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.peers.common import BATCH, N_LATENCY, N_NOOP, N_SLEEP, spawn, stop, timed, wait_lines
+
+N_CONCURRENT = 32
+
+
+def pg_url() -> str:
+    return os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:1/postgres")
+
+
+async def truncate(schema: str, keep: tuple[str, ...] = ()) -> None:
+    """Empty every table of ``schema`` but ``keep`` (one statement: no lock waits between)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url())
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        names = [f'"{schema}"."{r["tablename"]}"' for r in rows if r["tablename"] not in keep]
+        if names:
+            await conn.execute(f"TRUNCATE {', '.join(names)}")
+    finally:
+        await conn.close()
+
+
+async def prefill(peer: Any, kind: str, count: int) -> None:
+    for _ in range(max(1, count // BATCH)):
+        await peer.enqueue_batch(kind, min(count, BATCH))
+
+
+async def span(peer: Any, path: Path, count: int, concurrency: int | None, timeout: float) -> float:
+    proc = spawn(peer.worker(concurrency), pg_url(), path, concurrency)
+    try:
+        rows = await wait_lines(path, count, proc, timeout)
+    finally:
+        stop(proc)
+    return max(end for _, end in rows) - min(start for start, _ in rows)
+
+
+async def run(peer: Any, folder: Path, timeout: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    await peer.setup()
+    await peer.open()
+    try:
+        await peer.reset()
+        out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+        await peer.reset()
+
+        async def caller() -> None:
+            for _ in range(N_NOOP // N_CONCURRENT):
+                await peer.enqueue("noop")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
+        elapsed = time.perf_counter() - started
+        out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
+        await peer.reset()
+        batches = max(1, N_NOOP // BATCH)
+        started = time.perf_counter()
+        for _ in range(batches):
+            await peer.enqueue_batch("noop", BATCH)
+        out["enqueue_batch_per_s"] = BATCH * batches / (time.perf_counter() - started)
+        # (b) drain, one worker process at its defaults
+        await peer.reset()
+        await prefill(peer, "noop", N_NOOP)
+        started = time.perf_counter()
+        out["drain_per_s"] = N_NOOP / await span(peer, folder / "drain.txt", N_NOOP, None, timeout)
+        out["drain_wall_per_s"] = N_NOOP / (time.perf_counter() - started)  # with start-up
+        # (c) sleeps at concurrency 100
+        await peer.reset()
+        await prefill(peer, "sleepy", N_SLEEP)
+        out["sleep_c100_s"] = await span(peer, folder / "sleep.txt", N_SLEEP, 100, timeout)
+        # (d) enqueue-to-start latency on an idle worker, 200 jobs/s
+        await peer.reset()
+        path = folder / "latency.txt"
+        proc = spawn(peer.worker(None), pg_url(), path, None)
+        try:
+            await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
+            await wait_lines(path, 1, proc, 120)
+            await asyncio.sleep(0.5)
+            for _ in range(N_LATENCY):
+                await peer.enqueue("stamp", time.time())
+                await asyncio.sleep(0.005)
+            rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
+        finally:
+            stop(proc)
+        latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
+        cuts = statistics.quantiles(latencies, n=100)
+        out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+    finally:
+        await peer.close()
+    return out
+
+
+def main(module: str) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--timeout", type=float, default=180, help="per scenario, seconds")
+    args = parser.parse_args()
+    os.environ["BENCH_PG_URL"] = args.url
+    peer = importlib.import_module(module).Peer()
+    folder = Path(tempfile.mkdtemp(prefix=f"aw-pgbench-{peer.name}-"))
+    result = asyncio.run(run(peer, folder, args.timeout))
+    report = {"peer": peer.name, "version": peer.version, "notes": peer.notes, **result}
+    print(json.dumps(report), file=sys.stdout)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
