@@ -68,6 +68,8 @@ class JobRun:
     context: JobContext | None = None
     thread_done: asyncio.Event | None = None
     """Set when a sync job's thread really returned (it may outlive a timeout)."""
+    recording: bool = False
+    """Its outcome is being written: the (fenced) write decides whether the lease held."""
     _progress: tuple[float, str | None] | None = None
     _progress_task: asyncio.Task[None] | None = None
 
@@ -88,7 +90,10 @@ def apply_heartbeat(reply: HeartbeatReply, runs: Mapping[str, JobRun], worker_id
     """Stop the runs a heartbeat reply names: lost leases (write nothing) and cancels."""
     for job_id in reply.lost:
         run = runs.get(job_id)
-        if run is not None:
+        # A run whose outcome is being written has nothing left to stop: a finish applied
+        # but not yet acknowledged (a reply lost in an outage, then retried) already ended
+        # the lease, and the write itself says whether the lease held.
+        if run is not None and not run.recording:
             logger.warning(
                 "job %s (%s) lost its lease (another worker took it over); stopping it",
                 job_id,
@@ -512,6 +517,7 @@ class Runner:
 
     async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
         job = run.job
+        run.recording = True
         finished = await self._write_outcome(run, outcome)
         if finished is None:
             logger.warning(
