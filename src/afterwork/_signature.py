@@ -12,7 +12,6 @@ import json
 import math
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .context import JobContext
@@ -98,17 +97,42 @@ def encode_payload(payload: Any, limit: int, *, task: str) -> bytes:
     return data
 
 
-def _adapter(annotation: Any) -> TypeAdapter[Any]:
-    from pydantic import TypeAdapter
+#: Annotations whose values of exactly that type pydantic returns unchanged, both validated
+#: and dumped to JSON: such a value skips pydantic (a float only if finite, as pydantic
+#: dumps NaN and infinities as null).
+_EXACT: frozenset[Any] = frozenset((int, str, bool, float))
 
-    return TypeAdapter(annotation)
 
-
-@dataclass(frozen=True, slots=True)
 class _Param:
-    name: str
-    kind: inspect._ParameterKind
-    adapter: TypeAdapter[Any] | None  # None: unannotated or Any, plain JSON required
+    """One parameter; its pydantic adapter is built when a value first needs it.
+
+    pydantic is imported when the first value needs it, not when the task is declared: a
+    worker whose jobs take plain values starts (and runs them) without loading pydantic.
+    """
+
+    __slots__ = ("_adapter", "annotation", "exact", "kind", "name")
+
+    def __init__(self, name: str, kind: inspect._ParameterKind, annotation: Any) -> None:
+        self.name = name
+        self.kind = kind
+        self.annotation = annotation  # None: unannotated or Any, plain JSON required
+        self.exact: type | None = annotation if annotation in _EXACT else None
+        self._adapter: TypeAdapter[Any] | None = None
+
+    @property
+    def adapter(self) -> TypeAdapter[Any] | None:
+        if self.annotation is None:
+            return None
+        if self._adapter is None:
+            from pydantic import TypeAdapter
+
+            self._adapter = TypeAdapter(self.annotation)
+        return self._adapter
+
+    def passes(self, value: Any) -> bool:
+        """Whether ``value`` is what pydantic would return for it, validated and dumped."""
+        kind = type(value)
+        return kind is self.exact and (kind is not float or math.isfinite(value))
 
 
 class ArgumentCodec:
@@ -146,7 +170,7 @@ class ArgumentCodec:
                 self.injected.append(injected)
                 continue
             plain = annotation is Any or annotation is inspect.Parameter.empty
-            params.append(_Param(param.name, param.kind, None if plain else _adapter(annotation)))
+            params.append(_Param(param.name, param.kind, None if plain else annotation))
             kept.append(param)
         if self.injected and any(p.kind is p.VAR_POSITIONAL for p in kept):
             raise TypeError(
@@ -197,7 +221,9 @@ class ArgumentCodec:
         return self._one(spec, name, value, encode)
 
     def _one(self, spec: _Param, path: str, value: Any, encode: bool) -> Any:
-        if spec.adapter is None:
+        if spec.exact is not None and spec.passes(value):
+            return value
+        if spec.annotation is None:
             if encode:
                 try:
                     ensure_json(value, path)
@@ -206,10 +232,12 @@ class ArgumentCodec:
                         f"{self.task_name}: argument {exc}", param=spec.name, task=self.task_name
                     ) from None
             return value
+        adapter = spec.adapter
+        assert adapter is not None
         try:
-            validated = spec.adapter.validate_python(value)
+            validated = adapter.validate_python(value)
             if encode:
-                return spec.adapter.dump_python(validated, mode="json")
+                return adapter.dump_python(validated, mode="json")
             return validated
         except Exception as exc:
             rejected = self._rejected(spec, path, exc)

@@ -28,12 +28,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ..job import Job, JobError, JobStatus
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from ..task import Task
 
 __all__ = ("ChildDied", "ChildResult", "ProcessPool", "memory_limit_error", "task_location")
@@ -177,6 +178,8 @@ async def _run_in_child(
 
 def child_main(fd: int, parent: int) -> None:  # pragma: no cover - runs in the child
     """Run attempts sent over the socket ``fd`` until it closes (the child's entry point)."""
+    from multiprocessing.connection import Connection
+
     from pydantic_core import to_jsonable_python
 
     from ..retry import Retry
@@ -331,6 +334,8 @@ class ProcessPool:
             raise
         finally:
             theirs.close()
+        from multiprocessing.connection import Connection  # lazily: most workers never fork
+
         self.started += 1
         return _Child(process, Connection(ours.detach()))
 

@@ -50,7 +50,6 @@ import logging
 import os
 import socket
 import typing
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -793,7 +792,7 @@ class ServiceSupervisor:
         """Runs that ignored cancellation at shutdown: kept referenced until they end."""
         self.host_name: str = socket.gethostname()
         self.holder: str = json.dumps(
-            {"host": self.host_name, "pid": os.getpid(), "id": uuid.uuid4().hex[:12]},
+            {"host": self.host_name, "pid": os.getpid(), "id": os.urandom(6).hex()},
             separators=(",", ":"),
         )
         """How this process names itself as a singleton's lease holder (JSON)."""

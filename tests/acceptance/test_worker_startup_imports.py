@@ -1,0 +1,142 @@
+"""``afterwork worker`` on SQLite runs its first job without loading what it does not need.
+
+Start-up time is measured in ``bench/startup_bench.py``, never here: this checks what makes
+it, without a clock. A worker process started from the command line runs a job that writes
+down the modules loaded in that process; the store drivers of other URLs, the CLI framework,
+FastAPI, pydantic (the job's arguments are plain values), Prometheus and OpenTelemetry must
+not be among them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from afterwork import Afterwork
+from afterwork._cli_worker import parse_worker
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+
+APP = """
+import json, sys
+from afterwork import Afterwork
+
+aw = Afterwork({url!r})
+
+@aw.task(name="modules")
+async def modules(path: str, n: int, ratio: float, flag: bool) -> None:
+    with open(path, "w") as out:
+        json.dump(sorted(sys.modules), out)
+"""
+
+#: Top-level packages a SQLite worker running a job with plain arguments never needs.
+NOT_LOADED = (
+    "redis",
+    "asyncpg",
+    "psycopg",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "pydantic_core",
+    "prometheus_client",
+    "opentelemetry",
+    "typer",
+    "click",
+    "rich",
+    "httpx",
+    "logging.config",
+    "multiprocessing.connection",
+)
+
+
+def worker(folder: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(folder)])}
+    env.pop("AFTERWORK_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "afterwork", "worker", "app:aw", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("args", [(), ("--concurrency", "2", "--log-format=json")])
+async def test_a_sqlite_worker_runs_a_job_without_heavy_modules(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    (tmp_path / "app.py").write_text(APP.format(url=url))
+    seen = tmp_path / "modules.json"
+    async with Afterwork(url) as aw:
+
+        @aw.task(name="modules")
+        async def modules(path: str, n: int, ratio: float, flag: bool) -> None: ...
+
+        job = await modules.enqueue(str(seen), 1, 0.5, True)
+        proc = worker(tmp_path, *args)
+        try:
+            done = await aw.wait_for_job(job.id, timeout=60)
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=30)
+    assert done.status.value == "succeeded", (done.error, stderr.decode())
+    loaded = set(json.loads(seen.read_text()))
+    assert "afterwork._engine.worker" in loaded and "afterwork.backends.sqlite" in loaded
+    found = sorted(
+        name
+        for name in loaded
+        for banned in NOT_LOADED
+        if name == banned or name.startswith(f"{banned}.")
+    )
+    assert found == [], f"a SQLite worker loaded {found}"
+    assert proc.returncode == 0, stderr.decode()
+
+
+def test_the_plain_worker_command_is_parsed_without_typer() -> None:
+    assert parse_worker(["worker", "app:aw"]) == {"target": "app:aw"}
+    assert parse_worker(
+        ["worker", "-c", "4", "app:aw", "--queues=a,b", "--grace", "2.5", "--log-level", "debug"]
+    ) == {
+        "target": "app:aw",
+        "concurrency": 4,
+        "queues": "a,b",
+        "grace": 2.5,
+        "log_level": "debug",
+    }
+    # Everything else goes to typer, which explains what is wrong or does the rest.
+    for argv in (
+        [],
+        ["worker"],
+        ["worker", "--help"],
+        ["worker", "app:aw", "--reload"],
+        ["worker", "app:aw", "--processes", "2"],
+        ["worker", "app:aw", "-c", "0"],
+        ["worker", "app:aw", "-c", "many"],
+        ["worker", "app:aw", "-c"],
+        ["worker", "app:aw", "-c=2"],
+        ["worker", "app:aw", "-c", "2", "-c", "3"],
+        ["worker", "app:aw", "other:aw"],
+        ["worker", "app:aw", "--log-format", "xml"],
+        ["worker", "app:aw", "--log-level", "chatty"],
+        ["worker", "app:aw", "--isolation", "thread"],
+        ["worker", "app:aw", "--metrics-port", "70000"],
+        ["--version"],
+        ["jobs", "list"],
+    ):
+        assert parse_worker(argv) is None, argv
+
+
+def test_a_refused_value_is_still_explained(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP.format(url=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    proc = worker(tmp_path, "--concurrency", "0")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--concurrency" in stderr.decode()
