@@ -13,12 +13,12 @@ import inspect
 import json
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic_core import to_jsonable_python
 
 from .._middleware import JobCall, run_through
 from .._task_names import unknown_task_message
@@ -56,6 +56,10 @@ def log_extra(action: str, job: Job, worker: str | None = None, **more: Any) -> 
         "worker": {"id": worker},
         **more,
     }
+
+
+#: Results stored as they are (the common ``None`` first): pydantic_core is loaded for others.
+_PLAIN_RESULTS: frozenset[type] = frozenset((str, int, bool, float))
 
 
 @dataclass(eq=False)
@@ -443,19 +447,34 @@ class Runner:
     ) -> Callable[[], Any]:
         loop = asyncio.get_running_loop()
         done = run.thread_done = asyncio.Event()
+        # Whoever comes second sets ``done``: the waiter, when the thread returned (no
+        # second wake-up of the loop for it), or the thread, when the waiter gave up.
+        lock = threading.Lock()
+        state = {"ended": False, "abandoned": False}
 
         def target() -> Any:
             try:
                 return func(*args, **kwargs)
             finally:
-                loop.call_soon_threadsafe(done.set)
+                with lock:
+                    state["ended"] = True
+                    abandoned = state["abandoned"]
+                if abandoned:
+                    loop.call_soon_threadsafe(done.set)
 
         async def call() -> Any:
             # A thread cannot be killed: on timeout or cancel we stop waiting for it
             # (abandon_on_cancel) and the worker keeps its slot until ``done`` is set.
-            return await anyio.to_thread.run_sync(
-                target, abandon_on_cancel=True, limiter=self.limiter
-            )
+            try:
+                return await anyio.to_thread.run_sync(
+                    target, abandon_on_cancel=True, limiter=self.limiter
+                )
+            finally:
+                with lock:
+                    ended = state["ended"]
+                    state["abandoned"] = not ended
+                if ended:
+                    done.set()
 
         return call
 
@@ -470,7 +489,12 @@ class Runner:
 
     def _success(self, job: Job, result: Any) -> Outcome:
         try:
-            value = to_jsonable_python(result)
+            if result is None or type(result) in _PLAIN_RESULTS:
+                value = result  # what to_jsonable_python returns for it, without pydantic
+            else:
+                from pydantic_core import to_jsonable_python
+
+                value = to_jsonable_python(result)
             size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8"))
         except Exception as exc:
             return Outcome.failed(

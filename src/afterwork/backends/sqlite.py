@@ -66,6 +66,9 @@ logger: logging.Logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FINISH_BATCH = 256
+
+#: Rows a write may touch and still run on the caller's thread (``_sqlite_db``, inline).
+_INLINE_ROWS = 64
 _Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 _SYNCHRONOUS = {"off", "normal", "full", "extra"}
 
@@ -290,8 +293,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
 
     # -- transactions --------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[Tx], T]) -> T:
-        result, tx = await self._db.write(lambda conn: self.run_in(conn, fn))
+    async def _write(self, fn: Callable[[Tx], T], *, inline: bool = False) -> T:
+        """Run ``fn`` in a write transaction; ``inline``: a short one (see ``_sqlite_db``)."""
+        result, tx = await self._db.write(lambda conn: self.run_in(conn, fn), inline=inline)
         self.committed(tx)
         return result
 
@@ -333,7 +337,8 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         if not jobs:
             return []
-        return await self._write(lambda tx: insert_jobs(tx, jobs))
+        inline = len(jobs) <= _INLINE_ROWS  # one request's jobs: no thread hop
+        return await self._write(lambda tx: insert_jobs(tx, jobs), inline=inline)
 
     async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
         """Create ``jobs`` inside the app's own transaction on this store's file.
@@ -361,13 +366,14 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
                 self._saw_lease(created, token)
             return created
 
-        return Claim(await self._write(start), token)
+        return Claim(await self._write(start, inline=True), token)
 
     async def write_local(self, records: Sequence[LocalRecord]) -> None:
         """Write the jobs run in this process whose rows were kept back (``writebehind``),
         in one transaction, each at the times it really started and ended."""
         from .._engine.writebehind import write_local_rows
 
+        # Not inline: nothing waits for it, and on the thread it runs beside the requests.
         await self._write(lambda tx: write_local_rows(tx, records))
 
     async def claim(
@@ -444,7 +450,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
                 claims.append(Claim(claimed, token))
             return claims
 
-        return await self._write(claim)
+        return await self._write(claim, inline=limit <= _INLINE_ROWS)
 
     async def _claim_limited(
         self,
@@ -519,7 +525,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
             self._rate_next = groups.rate_next
             return claims
 
-        return await self._write(claim)
+        return await self._write(claim, inline=limit <= _INLINE_ROWS)
 
     def rate_next(self) -> float | None:
         """When a job the last claim passed over for a rate limit may start (store time)."""
@@ -631,7 +637,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
                     return [fn(tx) for fn, _ in batch]
 
                 try:
-                    results = await self._write(run)
+                    results = await self._write(run, inline=len(batch) <= _INLINE_ROWS)
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
@@ -780,7 +786,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
         self._signals.listen(self._remote_wake)  # other processes' writes wake us too
         while True:
             ticket, remote = self._work.ticket(), self._remote_wakes
-            due_in = await self._db.read(lambda conn: self._due_in(conn, queues))
+            due_in = await self._db.read(lambda conn: self._due_in(conn, queues), inline=True)
             if due_in is not None and due_in <= 0:
                 return
             remaining = deadline - time.monotonic()
