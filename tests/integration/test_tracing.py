@@ -137,7 +137,7 @@ def _stop(proc: Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
 async def test_a_worker_process_continues_the_requests_trace(
     store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -148,8 +148,10 @@ async def test_a_worker_process_continues_the_requests_trace(
     span, and a cron tick's attempt is linked to its tick instead."""
     if store == "sqlite":
         url = f"sqlite:///{tmp_path / 'afterwork.db'}"
-    else:
+    elif store == "redis":
         url = f"{request.getfixturevalue('redis_url')}?prefix=afterwork:tr{uuid.uuid4().hex[:12]}"
+    else:
+        url = f"{request.getfixturevalue('postgres_url')}?schema=tr{uuid.uuid4().hex[:12]}"
     web_spans, worker_spans = tmp_path / "web.jsonl", tmp_path / "worker.jsonl"
     log = tmp_path / "processes.log"
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
