@@ -93,6 +93,9 @@ class NewJob:
     debounce: bool = False
     """A debounced enqueue: a waiting job holding ``key`` takes these arguments and is
     pushed back to ``delay`` from now instead of a new job being made (:func:`debounce`)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Small string metadata stored with the job (:attr:`Job.headers`); an enqueue
+    middleware may add to it (:attr:`afterwork.JobCall.headers`) before the job is stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +325,7 @@ def create(new: NewJob, now: float) -> Change:
         run_at=now + delay,
         timeout=new.timeout,
         result_ttl=new.result_ttl,
+        headers=dict(new.headers),
     )
     return Change(job, "enqueued")
 

@@ -67,6 +67,26 @@ class JobCall:
     worker: str | None = None
 
     @property
+    def headers(self) -> dict[str, str]:
+        """The job's headers: small string metadata stored with it and read back by every
+        attempt (:attr:`Job.headers <afterwork.job.Job.headers>`).
+
+        Around an enqueue, the dict is the one about to be stored: a middleware adds to it
+        *before* ``call_next()`` (the trace context, a request id, a Sentry trace header)
+        and the store keeps what it holds then, checked by
+        :func:`~afterwork.job.check_headers` (string keys and values, at most 64 entries
+        and 8 KiB, else the enqueue raises :class:`~afterwork.EnqueueError`). Around an
+        attempt, it is what the enqueue stored (change it and nothing is written).
+
+        .. versionadded:: 0.2
+        """
+        if self.new_job is not None:
+            return self.new_job.headers
+        if self.job is not None:
+            return self.job.headers
+        return {}
+
+    @property
     def attempt(self) -> int:
         """The attempt's number (1 for the first); 0 for an enqueue."""
         return self.job.attempts if self.job is not None else 0
@@ -136,13 +156,18 @@ async def run_through(
     return await _step(chain, 0, call, last)
 
 
-async def _step(
+def _step(
     chain: Sequence[Middleware],
     index: int,
     call: JobCall,
     last: Callable[[], Awaitable[Job | None]],
-) -> Job | None:
-    """Run ``chain[index]`` around the rest (the innermost one gets ``last`` itself)."""
+) -> Awaitable[Job | None]:
+    """``chain[index]`` called around the rest (the innermost one gets ``last`` itself).
+
+    A plain function returning the middleware's own awaitable, not a coroutine of its
+    own: one coroutine frame less per middleware and attempt (what the chain costs is on
+    every job's path; docs/benchmarks.md, "What metrics and history cost").
+    """
     middleware = chain[index]
     if index + 1 == len(chain):
         call_next = last
@@ -150,7 +175,14 @@ async def _step(
         call_next = functools.partial(_step, chain, index + 1, call, last)
     if is_async(middleware):
         awaited: AsyncMiddleware = middleware  # type: ignore[assignment]
-        return await awaited(call, call_next)
+        return awaited(call, call_next)
+    return _in_thread(cast("SyncMiddleware", middleware), call, call_next)
+
+
+async def _in_thread(
+    sync: SyncMiddleware, call: JobCall, call_next: Callable[[], Awaitable[Job | None]]
+) -> Job | None:
+    """A plain ``def`` middleware, run in a worker thread; its ``call_next()`` blocks it."""
 
     async def next_step() -> Job | None:
         return await call_next()
@@ -158,5 +190,4 @@ async def _step(
     def blocking_next() -> Job | None:
         return anyio.from_thread.run(next_step)
 
-    sync = cast("SyncMiddleware", middleware)
     return await anyio.to_thread.run_sync(sync, call, blocking_next)

@@ -73,7 +73,7 @@ from .backends.base import (
 )
 from .context import JobContext
 from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
-from .job import Job, JobEvent, JobStatus, new_job_id
+from .job import Job, JobEvent, JobStatus, check_headers, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
@@ -670,6 +670,9 @@ class Afterwork(FlowControl):
         second job. With ``connection``, the jobs are written in the app's transaction,
         whose commit or rollback decides (``_transactional``).
         """
+        for new in jobs:
+            if new.headers:  # an enqueue middleware may have added to them
+                check_headers(new.headers, task=new.task)
         if connection is not None:
             return await enqueue_through(self.backend, connection, jobs)
         try:

@@ -78,6 +78,9 @@ class Recorded(Protocol):
     def middleware(self, func: Middleware, /) -> Middleware: ...
 
 
+_SUCCEEDED, _FAILED, _SCHEDULED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SCHEDULED
+
+
 class _Tally:
     """One (minute, task, queue) as this process saw it since its last flush."""
 
@@ -88,24 +91,6 @@ class _Tally:
         self.run_sum = self.wait_sum = 0.0
         self.run: dict[int, int] = {}
         self.wait: dict[int, int] = {}
-
-    def add(self, done: Job | None, ran: float, waited: float) -> None:
-        if done is not None:
-            status = done.status
-            if status is JobStatus.SUCCEEDED:
-                self.succeeded += 1
-            elif status is JobStatus.FAILED:
-                self.failed += 1
-            elif status is JobStatus.SCHEDULED:
-                self.retried += 1
-        index = bisect_left(BUCKETS, ran)
-        self.run[index] = self.run.get(index, 0) + 1
-        self.run_sum += ran
-        if waited < 0.0:
-            waited = 0.0
-        index = bisect_left(BUCKETS, waited)
-        self.wait[index] = self.wait.get(index, 0) + 1
-        self.wait_sum += waited
 
     def row(self, key: tuple[float, str, str]) -> HistoryRow:
         minute, task, queue = key
@@ -178,8 +163,27 @@ class History:
         tally = self._pending.get(key)
         if tally is None:
             tally = self._pending[key] = _Tally()
+        # Tallied inline (no method call): this runs on every attempt's path.
+        if done is not None:
+            status = done.status
+            if status is _SUCCEEDED:
+                tally.succeeded += 1
+            elif status is _SCHEDULED:
+                tally.retried += 1
+            elif status is _FAILED:
+                tally.failed += 1
+        index = bisect_left(BUCKETS, ran)
+        buckets = tally.run
+        buckets[index] = buckets.get(index, 0) + 1
+        tally.run_sum += ran
         job = call.job
-        tally.add(done, ran, begun - job.run_at if job is not None else 0.0)
+        waited = begun - job.run_at if job is not None else 0.0
+        if waited < 0.0:
+            waited = 0.0
+        index = bisect_left(BUCKETS, waited)
+        buckets = tally.wait
+        buckets[index] = buckets.get(index, 0) + 1
+        tally.wait_sum += waited
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
         return done

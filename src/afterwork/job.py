@@ -12,11 +12,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from .exceptions import InvalidTransition
+from .exceptions import EnqueueError, InvalidTransition
 
 __all__ = (
     "ACTIVE_STATUSES",
+    "MAX_HEADERS",
+    "MAX_HEADERS_BYTES",
     "MAX_TIMELINE",
+    "SCHEDULE_HEADER",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
     "WAITING_STATUSES",
@@ -26,6 +29,7 @@ __all__ = (
     "JobEvent",
     "JobOwner",
     "JobStatus",
+    "check_headers",
     "check_transition",
     "new_job_id",
 )
@@ -120,6 +124,67 @@ def new_job_id() -> str:
                 value = (value & ~(0x3 << 62)) | (0x2 << 62)
         _last_id = value
     return f"{value:032x}"
+
+
+#: The header the scheduler stamps on a cron tick's job: the schedule's name (so an
+#: attempt's middleware knows it runs a tick; :mod:`afterwork.tracing` links it instead of
+#: making it a child). Header names starting ``afterwork-`` are afterwork's own.
+SCHEDULE_HEADER = "afterwork-schedule"
+
+#: At most this many entries in a job's :attr:`~Job.headers`.
+MAX_HEADERS = 64
+#: At most this many bytes (UTF-8) in a job's :attr:`~Job.headers`, keys and values summed.
+MAX_HEADERS_BYTES = 8_192
+
+
+def check_headers(headers: object, *, task: str | None = None) -> None:
+    """Refuse headers a store would not keep: not a dict of non-empty ``str`` keys to
+    ``str`` values, more than :data:`MAX_HEADERS` entries, or more than
+    :data:`MAX_HEADERS_BYTES` bytes in all.
+
+    Raises:
+        EnqueueError: naming what is wrong (``field`` ``"headers"``); nothing is stored.
+    """
+    if not isinstance(headers, dict):
+        raise EnqueueError(
+            f"job headers must be a dict of str to str, not {type(headers).__name__}",
+            task=task,
+            field="headers",
+        )
+    if len(headers) > MAX_HEADERS:
+        raise EnqueueError(
+            f"job headers hold {len(headers)} entries; at most {MAX_HEADERS} are kept",
+            task=task,
+            field="headers",
+        )
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise EnqueueError(
+                f"job header names must be non-empty strings, not {name!r}",
+                task=task,
+                field="headers",
+            )
+        if not isinstance(value, str):
+            raise EnqueueError(
+                f"job header {name!r} must be a string, not {type(value).__name__}",
+                task=task,
+                field="headers",
+            )
+        try:
+            size += len(name.encode("utf-8")) + len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise EnqueueError(
+                f"job header {name!r} is not valid Unicode (a lone surrogate)",
+                task=task,
+                field="headers",
+            ) from None
+    if size > MAX_HEADERS_BYTES:
+        raise EnqueueError(
+            f"job headers take {size} bytes; at most {MAX_HEADERS_BYTES} are kept",
+            task=task,
+            field="headers",
+        )
 
 
 MAX_ERROR_MESSAGE = 4_096
@@ -308,6 +373,13 @@ class Job:
     """The job's last attempts, oldest first (at most :data:`MAX_TIMELINE`): when each
     started and ended, on which worker, how it ended and its error. ``error`` is the last
     one's (``None`` once an attempt succeeded). The attempt running now is not in it yet."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Small string metadata carried with the job from its enqueue to every attempt: what
+    an enqueue middleware put in :attr:`JobCall.headers <afterwork.JobCall.headers>` (the
+    W3C ``traceparent`` of :class:`afterwork.tracing.Tracing`, say). Stored by every store,
+    kept as is by retries; see :func:`check_headers` for the limits.
+
+    .. versionadded:: 0.2"""
     _owner: JobOwner | None = field(default=None, compare=False, repr=False)
 
     @property

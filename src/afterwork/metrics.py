@@ -126,7 +126,7 @@ class Metrics:
         self.aw = aw
         self.registry: CollectorRegistry = registry or prom.CollectorRegistry(auto_describe=True)
         self.cache_ttl = cache_ttl
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[str, dict[str, _Series]] = {}
         self._queues: list[QueueStats] = []
         self._workers = 0
         self._read_at = -float("inf")
@@ -139,29 +139,42 @@ class Metrics:
         self, call: JobCall, call_next: Callable[[], Awaitable[Job | None]]
     ) -> Job | None:
         """The middleware: count the enqueue or the attempt, time it."""
-        key = (call.task, call.queue)
-        series = self._series.get(key)
+        # On every job's path: the series is found by task then queue (no key tuple), the
+        # counts are a list indexed by outcome, and the histograms are updated in place.
+        queues = self._series.get(call.task)
+        if queues is None:
+            queues = self._series[call.task] = {}
+        series = queues.get(call.queue)
         if series is None:
-            series = self._series[key] = _Series()
+            series = queues[call.queue] = _Series()
         counts = series.counts
         if call.kind == "enqueue":
             stored = await call_next()
             if stored is not None and stored.id == call.job_id:
-                counts["enqueued"] = counts.get("enqueued", 0) + 1
+                counts[_ENQUEUED] += 1
             return stored
         job = call.job
         if job is not None:
             wait = self._now() - job.run_at
-            series.wait.observe(wait if wait > 0.0 else 0.0)
+            if wait < 0.0:
+                wait = 0.0
+            histogram = series.wait
+            histogram.buckets[bisect_left(DURATION_BUCKETS, wait)] += 1
+            histogram.sum += wait
             timeline = job.timeline
             if timeline and timeline[-1].outcome == "lost":
-                counts["recovered"] = counts.get("recovered", 0) + 1
-        counts["started"] = counts.get("started", 0) + 1
+                counts[_RECOVERED] += 1
+        counts[_STARTED] += 1
         started = perf_counter()
         done = await call_next()
-        series.duration.observe(perf_counter() - started)
-        outcome = "lost" if done is None else _OUTCOMES.get(done.status) or done.status.value
-        counts[outcome] = counts.get(outcome, 0) + 1
+        ran = perf_counter() - started
+        histogram = series.duration
+        histogram.buckets[bisect_left(DURATION_BUCKETS, ran)] += 1
+        histogram.sum += ran
+        if done is None:
+            counts[_LOST] += 1
+        else:
+            counts[_OUTCOME_INDEX[done.status]] += 1
         return done
 
     async def refresh(self) -> None:
@@ -201,15 +214,36 @@ class _Histogram:
         return out
 
 
+#: The ``outcome`` labels, in the order of :attr:`_Series.counts`.
+_NAMES = (
+    "enqueued", "started", "succeeded", "failed", "retried", "cancelled", "released", "lost",
+    "recovered", "running",
+)  # fmt: skip
+_ENQUEUED, _STARTED, _LOST, _RECOVERED = (
+    _NAMES.index(name) for name in ("enqueued", "started", "lost", "recovered")
+)
+#: The index of an attempt's outcome in the counts, by the status it left the job in (every
+#: status: one an attempt never ends in counts under its own name).
+_OUTCOME_INDEX = {
+    status: _NAMES.index(_OUTCOMES.get(status) or status.value) for status in JobStatus
+}
+
+
 class _Series:
     """What one (task, queue) counted: outcomes, run time and wait time."""
 
     __slots__ = ("counts", "duration", "wait")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.counts = [0] * len(_NAMES)
         self.duration = _Histogram()
         self.wait = _Histogram()
+
+    def outcomes(self) -> Iterator[tuple[str, int]]:
+        """The outcomes counted at least once, and their counts."""
+        for name, count in zip(_NAMES, list(self.counts), strict=True):
+            if count:
+                yield name, count
 
 
 class _JobCollector:
@@ -234,12 +268,13 @@ class _JobCollector:
             "How long each attempt waited from its due time to its start.",
             labels=("task", "queue"),
         )
-        for (task, queue), series in list(self._metrics._series.items()):
-            for outcome, count in list(series.counts.items()):
-                jobs.add_metric((task, queue, outcome), count)
-            if series.counts.get("started"):  # histograms only for what ran here
-                for family, histogram in ((duration, series.duration), (wait, series.wait)):
-                    family.add_metric((task, queue), histogram.cumulative(), histogram.sum)
+        for task, queues in list(self._metrics._series.items()):
+            for queue, series in list(queues.items()):
+                for outcome, count in series.outcomes():
+                    jobs.add_metric((task, queue, outcome), count)
+                if series.counts[_STARTED]:  # histograms only for what ran here
+                    for family, histogram in ((duration, series.duration), (wait, series.wait)):
+                        family.add_metric((task, queue), histogram.cumulative(), histogram.sum)
         yield jobs
         yield duration
         yield wait

@@ -4,17 +4,22 @@
 :class:`Tracing` adds itself to an :class:`~afterwork.Afterwork` as a middleware:
 
 - every enqueue runs in a ``PRODUCER`` span ``enqueue <task>``, a child of the span current
-  where ``enqueue`` was called (a FastAPI request traced by its instrumentation, say);
-- every attempt runs in a ``CONSUMER`` span ``run <task>`` with the attributes
+  where ``enqueue`` was called (a FastAPI request traced by its instrumentation, say). Its
+  context is injected with the global propagator (W3C ``traceparent`` and ``tracestate``,
+  plus ``baggage`` when configured) into the job's :attr:`~afterwork.job.Job.headers`, so
+  it is stored with the job on every store;
+- every attempt, in whichever process runs it, extracts that context and runs in a
+  ``CONSUMER`` span ``run <task>``, a child of the enqueue span, with the attributes
   ``afterwork.task``, ``afterwork.queue``, ``afterwork.job.id``, ``afterwork.attempt``,
   ``afterwork.worker`` and ``afterwork.outcome``; a failed attempt records its exception
   (type, message, traceback) and sets the span's status to ``ERROR``. The span is current
-  while the job runs, so the job's own spans are its children.
+  while the job runs, so the job's own spans are its children;
+- a cron tick's attempt (a job whose headers name its schedule, ``afterwork-schedule``)
+  starts a trace of its own, *linked* to the tick's enqueue span rather than its child:
+  ticks are not caused by one request, and one trace per tick stays readable.
 
-**What is not done yet**: the enqueuing span's context is kept in this process only (the
-last 10,000 jobs enqueued here), not in the store. An attempt is the enqueue span's child
-when it runs in the process that enqueued it (the app's own worker from ``aw.lifespan``,
-``Jobs.add_task``, tests); run by a worker in another process, its span is a new trace.
+A job with no stored context (enqueued before tracing was added, or a plain callable of
+``Jobs.add_task``) runs in a child of whatever span is current where it runs.
 
 Example:
     ```python
@@ -28,21 +33,23 @@ Example:
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .__about__ import __version__
 from .exceptions import MissingDependencyError
-from .job import Job, JobStatus
+from .job import MAX_HEADERS, MAX_HEADERS_BYTES, SCHEDULE_HEADER, Job, JobStatus
 
 if TYPE_CHECKING:
     from ._middleware import JobCall, Middleware
 
-__all__ = ("CONTEXTS_KEPT", "Tracing")
+__all__ = ("Tracing",)
 
-#: How many enqueued jobs' trace contexts a process keeps for their attempts.
-CONTEXTS_KEPT = 10_000
+logger: logging.Logger = logging.getLogger(__name__)
+
+#: What is kept of a carrier too large for the job's headers (a large ``baggage``).
+_ESSENTIAL = ("traceparent", "tracestate")
 
 _OUTCOMES = {
     JobStatus.SUCCEEDED: "succeeded",
@@ -52,15 +59,17 @@ _OUTCOMES = {
     JobStatus.QUEUED: "released",
 }
 
-_FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
 
 def _otel() -> Any:
     try:
-        from opentelemetry import propagate, trace
+        from opentelemetry import context, propagate, trace
     except ImportError:
         raise MissingDependencyError("otel", "opentelemetry-api") from None
-    return trace, propagate
+    return trace, propagate, context
+
+
+def _size(headers: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
 
 
 class Tracing:
@@ -75,13 +84,14 @@ class Tracing:
     """
 
     def __init__(self, aw: Any, *, tracer_provider: Any = None) -> None:
-        trace, propagate = _otel()
+        trace, propagate, context = _otel()
         self._trace = trace
         self._propagate = propagate
+        self._context = context
         self.tracer: Any = trace.get_tracer(
             "afterwork", __version__, tracer_provider=tracer_provider
         )
-        self._contexts: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._warned = False
         middleware: Callable[[Middleware], Middleware] = aw.middleware
         middleware(self)
 
@@ -94,29 +104,30 @@ class Tracing:
             "afterwork.queue": call.queue,
             "afterwork.job.id": call.job_id,
         }
+        headers = call.headers
+        schedule = headers.get(SCHEDULE_HEADER)
+        if schedule is not None:
+            attributes["afterwork.schedule"] = schedule
         kind = self._trace.SpanKind
         if call.kind == "enqueue":
             with self.tracer.start_as_current_span(
                 f"enqueue {call.task}", kind=kind.PRODUCER, attributes=attributes
             ) as span:
-                carrier: dict[str, str] = {}
-                self._propagate.inject(carrier)
+                self._inject(headers, call.task)
                 stored = await call_next()
                 if stored is not None and stored.id != call.job_id:
                     span.set_attribute("afterwork.duplicate_of", stored.id)
-                elif stored is not None:
-                    self._keep(call.job_id, carrier)
                 return stored
-        carrier = self._contexts.get(call.job_id) or {}
-        parent = self._propagate.extract(carrier) if carrier else None
         attributes["afterwork.attempt"] = call.attempt
         if call.worker is not None:
             attributes["afterwork.worker"] = call.worker
+        parent, links = self._origin(headers, linked=schedule is not None)
         with self.tracer.start_as_current_span(
             f"run {call.task}",
             context=parent,
             kind=kind.CONSUMER,
             attributes=attributes,
+            links=links,
             record_exception=False,
             set_status_on_exception=True,
         ) as span:
@@ -136,11 +147,38 @@ class Tracing:
                     },
                 )
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error.message))
-            if done.status in _FINAL:
-                self._contexts.pop(call.job_id, None)
             return done
 
-    def _keep(self, job_id: str, carrier: dict[str, str]) -> None:
-        self._contexts[job_id] = carrier
-        while len(self._contexts) > CONTEXTS_KEPT:
-            self._contexts.popitem(last=False)
+    def _inject(self, headers: dict[str, str], task: str) -> None:
+        """Put the current (enqueue span's) context into the job's headers, if it fits."""
+        carrier: dict[str, str] = {}
+        self._propagate.inject(carrier)
+        room = MAX_HEADERS_BYTES - _size(headers)
+        if _size(carrier) > room or len(headers) + len(carrier) > MAX_HEADERS:
+            carrier = {k: v for k, v in carrier.items() if k in _ESSENTIAL}
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "the trace context of a %s job does not fit in its headers"
+                    " (%d bytes left): only %s kept",
+                    task,
+                    room,
+                    " and ".join(_ESSENTIAL),
+                    extra={"action": "trace_context_trimmed"},
+                )
+            if _size(carrier) > room or len(headers) + len(carrier) > MAX_HEADERS:
+                return  # no room at all: the attempts start traces of their own
+        headers.update(carrier)
+
+    def _origin(self, headers: dict[str, str], *, linked: bool) -> tuple[Any, list[Any]]:
+        """The parent context of an attempt's span and its links, from the job's headers."""
+        if not headers:
+            return None, []  # nothing stored: a child of the current span, if any
+        extracted = self._propagate.extract(headers)
+        origin = self._trace.get_current_span(extracted).get_span_context()
+        if not origin.is_valid:
+            return None, []  # headers, but no trace context in them
+        if not linked:
+            return extracted, []
+        # A tick's attempt: a root span of its own, linked to the tick's enqueue.
+        return self._context.Context(), [self._trace.Link(origin)]

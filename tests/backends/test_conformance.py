@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from afterwork import Afterwork, JobContext, JobStatus, Retry
+from afterwork import Afterwork, EnqueueError, Job, JobCall, JobContext, JobStatus, Retry
 from afterwork.backends.base import DueCount, JobFilter, Lease, NewJob, Outcome
-from afterwork.job import TERMINAL_STATUSES, TRANSITIONS, JobError, JobEvent, new_job_id
+from afterwork.job import (
+    MAX_HEADERS,
+    MAX_HEADERS_BYTES,
+    SCHEDULE_HEADER,
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    JobError,
+    JobEvent,
+    new_job_id,
+)
 from afterwork.testing import FakeClock
 
 from .conftest import AwFactory
@@ -661,3 +671,104 @@ async def test_enqueue_of_an_existing_id_returns_that_job_and_stores_no_second(
     assert again.created_at == first.created_at
     stored = await aw.list_jobs()
     assert [j.id for j in stored] == [job.id]
+
+
+# -- headers: small string metadata carried from the enqueue to every attempt ---------------
+
+
+async def test_headers_round_trip_from_enqueue_to_every_attempt(aw: Afterwork) -> None:
+    """What an enqueue middleware adds to ``call.headers`` is stored with the job and
+    read back by each attempt (here: the first fails, the retry reads them too)."""
+    seen: list[tuple[str, dict[str, str]]] = []
+    tries: list[int] = []
+
+    @aw.middleware
+    async def stamp(call: JobCall, call_next: Any) -> Job | None:
+        if call.kind == "enqueue":
+            call.headers["traceparent"] = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+            call.headers["x-request-id"] = "réq 42 ✓"  # any Unicode string
+        else:
+            seen.append((call.job_id, dict(call.headers)))
+        result: Job | None = await call_next()
+        return result
+
+    @aw.task(retries=1, backoff=Retry.fixed(0.0))
+    async def flaky() -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("first try")
+
+    job = await flaky.enqueue()
+    expected = {
+        "traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+        "x-request-id": "réq 42 ✓",
+    }
+    assert job.headers == expected
+    stored = await aw.get_job(job.id)
+    assert stored is not None and stored.headers == expected
+    assert stored == job
+    assert await aw.drain() == 2  # the failed attempt, then its retry (no backoff)
+    assert seen == [(job.id, expected), (job.id, expected)]
+    done = await aw.get_job(job.id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert done.headers == expected
+    listed = await aw.list_jobs()
+    assert [j.headers for j in listed] == [expected]
+
+
+async def test_headers_are_kept_per_job_in_a_batch_and_empty_by_default(aw: Afterwork) -> None:
+    backend = aw.backend
+    jobs = [new(headers={"n": str(i)} if i % 2 else {}) for i in range(5)]
+    created = await backend.enqueue(jobs)
+    assert [job.headers for job in created] == [{"n": str(i)} if i % 2 else {} for i in range(5)]
+    for job in created:
+        assert (await backend.get(job.id)) == job
+    claims = await backend.claim("w", queues=["default"], limit=5, lease_ttl=5.0)
+    assert sorted(c.job.headers.get("n", "") for c in claims) == ["", "", "", "1", "3"]
+    started = await backend.start(new(headers={"k": "v"}), "web", lease_ttl=5.0)
+    assert started.job.headers == {"k": "v"}
+    assert (await backend.get(started.job.id)) == started.job
+    tick = await backend.enqueue_tick("nightly", 1000.0, new(headers={"afterwork-schedule": "n"}))
+    assert tick is not None and tick.headers == {"afterwork-schedule": "n"}
+    assert (await backend.get(tick.id)) == tick
+
+
+async def test_a_ticks_job_names_its_schedule_in_its_headers(aw: Afterwork) -> None:
+    seen: list[dict[str, str]] = []
+
+    @aw.every(timedelta(seconds=30), name="poll")
+    async def poll(ctx: JobContext) -> None:
+        seen.append(dict(ctx.job.headers))
+
+    (job,) = await aw.scheduler.run_pending()
+    assert job.headers == {SCHEDULE_HEADER: "poll"}
+    assert await aw.drain() == 1
+    assert seen == [{SCHEDULE_HEADER: "poll"}]
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"n": 1}, "must be a string"),
+        ({"": "v"}, "non-empty strings"),
+        ({"big": "x" * MAX_HEADERS_BYTES}, f"at most {MAX_HEADERS_BYTES}"),
+        ({str(i): "" for i in range(MAX_HEADERS + 1)}, f"at most {MAX_HEADERS}"),
+        ({"bad": "\ud800"}, "not valid Unicode"),
+    ],
+)
+async def test_bad_headers_are_refused_and_nothing_is_stored(
+    aw: Afterwork, headers: dict[Any, Any], problem: str
+) -> None:
+    @aw.middleware
+    async def stamp(call: JobCall, call_next: Any) -> Job | None:
+        call.headers.update(headers)
+        result: Job | None = await call_next()
+        return result
+
+    @aw.task
+    async def noop() -> None: ...
+
+    with pytest.raises(EnqueueError, match=problem) as caught:
+        await noop.enqueue()
+    assert caught.value.field == "headers"
+    assert await aw.list_jobs() == []

@@ -85,15 +85,16 @@ async def test_a_version_1_store_is_migrated_on_open_and_keeps_its_jobs(
     (job,) = await backend.enqueue([new()])
     await backend.aclose()
     conn = await asyncpg.connect(postgres_url)
-    try:  # back to version 1: without the tables version 2 added
+    try:  # back to version 1: without the tables version 2 added, the column of version 3
         s = f'"{backend.schema}"'
         await conn.execute(f"DROP TABLE {s}.leases, {s}.history, {s}.starts")
+        await conn.execute(f"ALTER TABLE {s}.jobs DROP COLUMN headers")
         await conn.execute(f"UPDATE {s}.meta SET value = '1' WHERE name = 'schema_version'")
     finally:
         await conn.close()
     assert await backend.schema_version() == 1
     async with Afterwork(url) as aw:
-        assert await backend.schema_version() == SCHEMA_VERSION == 2
+        assert await backend.schema_version() == SCHEMA_VERSION == 3
         assert await aw.get_job(job.id) is not None
         store = aw.backend
         assert isinstance(store, PostgresBackend)

@@ -137,7 +137,10 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
     "afterwork.fastapi.router": ("CSRF_HEADER", "RouterOptions", "create_router"),
     "afterwork.job": (
         "ACTIVE_STATUSES",
+        "MAX_HEADERS",
+        "MAX_HEADERS_BYTES",
         "MAX_TIMELINE",
+        "SCHEDULE_HEADER",
         "TERMINAL_STATUSES",
         "TRANSITIONS",
         "WAITING_STATUSES",
@@ -147,6 +150,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "JobEvent",
         "JobOwner",
         "JobStatus",
+        "check_headers",
         "check_transition",
         "new_job_id",
     ),
@@ -158,7 +162,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
         "read_history",
     ),
     "afterwork.metrics": ("CONTENT_TYPE", "DURATION_BUCKETS", "Metrics"),
-    "afterwork.tracing": ("CONTEXTS_KEPT", "Tracing"),
+    "afterwork.tracing": ("Tracing",),
     "afterwork.retry": ("Backoff", "ExponentialBackoff", "FixedBackoff", "Retry"),
     "afterwork.task": (
         # The documented limits of enqueue's options (issue 17: bad input never gets in).

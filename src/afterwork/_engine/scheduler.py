@@ -34,6 +34,7 @@ from cronsim import CronSim, CronSimError
 
 from .._middleware import JobCall, run_through
 from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
+from ..job import SCHEDULE_HEADER, check_headers
 
 if TYPE_CHECKING:
     from ..backends.base import NewJob
@@ -361,6 +362,7 @@ class Scheduler:
             new = self.host.build_job(
                 schedule.task, (), {}, {"key": f"{schedule.name}@{_iso(tick)}"}
             )
+            new.headers[SCHEDULE_HEADER] = schedule.name  # its attempts know it is a tick
             job = await self._enqueue_tick(schedule, tick, new)
             if job is None:  # another process enqueued this tick first
                 continue
@@ -386,6 +388,8 @@ class Scheduler:
         backend = self.host.backend
 
         async def store() -> Job | None:
+            if new.headers:  # an enqueue middleware may have added to them
+                check_headers(new.headers, task=new.task)
             created = await backend.enqueue_tick(schedule.name, tick, new)
             return None if created is None else created.bind(self.host)
 

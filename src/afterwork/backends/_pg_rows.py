@@ -17,7 +17,7 @@ from .. import _lifecycle as life
 from .._lifecycle import Change
 from ..job import WAITING_STATUSES, Job, JobStatus
 from ._pg_schema import COLUMNS
-from ._sqlite_rows import _MUTABLE, _column, dumps, load
+from ._sqlite_rows import _MUTABLE, _column, dump_headers, dumps, load
 from .base import NewJob
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
 
 _INSERT_COLUMNS = (
     "id, task, queue, status, args, kwargs, priority, attempts, max_attempts, key, created_at,"
-    " run_at, started_at, timeout, result_ttl, worker, token, lease_expires_at, lease_ttl"
+    " run_at, started_at, timeout, result_ttl, worker, token, lease_expires_at, lease_ttl,"
+    " headers"
 )
 
 
@@ -206,7 +207,7 @@ class Tx:
         else:
             change = life.start_now(new, worker=worker, now=self.now, lease_ttl=lease_ttl)
         job = change.job
-        marks = ", ".join(f"${i}" for i in range(1, 20))
+        marks = ", ".join(f"${i}" for i in range(1, 21))
         inserted = await self.conn.fetchval(
             f"INSERT INTO {self.jobs} ({_INSERT_COLUMNS}) VALUES ({marks})"
             " ON CONFLICT DO NOTHING RETURNING true",
@@ -229,6 +230,7 @@ class Tx:
             token,
             job.lease_expires_at,
             lease_ttl if worker is not None else None,
+            dump_headers(job.headers),
         )
         if inserted:
             assert change.event is not None

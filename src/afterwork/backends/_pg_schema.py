@@ -181,8 +181,12 @@ _V2 = (
     "CREATE INDEX starts_pending ON {s}.starts (job_id) WHERE pending",
 )
 
+# Version 3: each job's headers (``afterwork.job.Job.headers``: a JSON object of strings,
+# NULL when empty), the trace context an enqueue carries to the job's attempts.
+_V3 = ("ALTER TABLE {s}.jobs ADD COLUMN headers text",)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -216,6 +220,7 @@ COLUMNS = (
     "cancel_requested",
     "seq",
     "timeline",
+    "headers",
 )
 
 

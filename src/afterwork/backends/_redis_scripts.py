@@ -59,7 +59,7 @@ __all__ = (
 #: The job hash fields every script returns, in this order (``record()`` in common.lua).
 FIELDS = (
     "id task queue status args kwargs prio attempts max recov key created run_at started "
-    "finished result error progress pmsg timeout ttl worker lease cancel token tl"
+    "finished result error progress pmsg timeout ttl worker lease cancel token tl hdr"
 ).split()
 TOKEN = FIELDS.index("token")
 
@@ -106,7 +106,7 @@ def _opt(value: float | None) -> str:
 
 
 def job_args(new: NewJob) -> list[str]:
-    """The 11 script arguments that describe a new job (``create()`` in common.lua)."""
+    """The 12 script arguments that describe a new job (``create()`` in common.lua)."""
     return [
         new.id,
         new.task,
@@ -119,6 +119,7 @@ def job_args(new: NewJob) -> list[str]:
         repr(float(max(new.delay, 0.0))),
         _opt(new.timeout),
         _opt(new.result_ttl),
+        to_json(new.headers).decode() if new.headers else "",
     ]
 
 
@@ -139,7 +140,18 @@ def new_job(new: NewJob, now: float) -> Job:
         run_at=fmt(now + delay) if delay > 0 else now,
         timeout=new.timeout,
         result_ttl=new.result_ttl,
+        headers=dict(new.headers),
     )
+
+
+def _headers(text: str | None) -> dict[str, str]:
+    """A job's stored headers (a JSON object of strings, or absent)."""
+    if not text:
+        return {}
+    headers = from_json(text)
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ValueError("headers must be a JSON object of strings")
+    return headers
 
 
 def _float(value: str | None) -> float | None:
@@ -176,6 +188,7 @@ def parse_job(record: list[Any]) -> Job:
             cancel,
             _token,
             timeline,
+            headers,
         ) = record
         decoded_args = from_json(args) if args else []
         decoded_kwargs = from_json(kwargs) if kwargs else {}
@@ -207,6 +220,7 @@ def parse_job(record: list[Any]) -> Job:
             lease_expires_at=_float(lease),
             cancel_requested=cancel == "1",
             timeline=timeline_from_json(from_json(timeline)) if timeline else (),
+            headers=_headers(headers),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MalformedRecord(f"{type(exc).__name__}: {exc}") from exc

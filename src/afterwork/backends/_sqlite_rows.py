@@ -30,6 +30,7 @@ __all__ = (
     "Connection",
     "Cursor",
     "Tx",
+    "dump_headers",
     "dumps",
     "load",
     "load_one",
@@ -46,8 +47,8 @@ TERMINAL_SQL = "('succeeded', 'failed', 'cancelled')"
 _INSERT = (
     "INSERT INTO afterwork_jobs (id, task, queue, status, args, kwargs, priority, attempts,"
     " max_attempts, key, created_at, run_at, started_at, timeout, result_ttl, worker, token,"
-    " lease_expires_at, lease_ttl)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " lease_expires_at, lease_ttl, headers)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
 INSERT_EVENT = (
@@ -79,6 +80,11 @@ _MUTABLE = (
 def dumps(value: Any) -> str:
     """JSON as stored: compact, UTF-8, and never NaN or Infinity."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dump_headers(headers: dict[str, str]) -> str | None:
+    """A job's headers as stored: a JSON object, or NULL when there are none."""
+    return dumps(headers) if headers else None
 
 
 def _column(name: str, value: Any) -> Any:
@@ -135,6 +141,10 @@ def load(row: Sequence[Any]) -> tuple[Job, list[str]]:
     except (TypeError, ValueError) as exc:
         problems.append(f"timeline cannot be read ({exc})")
         timeline = ()
+    headers = decode(26, "headers", {}, dict)
+    if not all(isinstance(value, str) for value in headers.values()):
+        problems.append("headers are not all strings")
+        headers = {}
     error = None if error_data is None else JobError.from_dict(error_data)
     if problems:
         error = JobError.from_message(
@@ -166,6 +176,7 @@ def load(row: Sequence[Any]) -> tuple[Job, list[str]]:
         lease_expires_at=row[22],
         cancel_requested=bool(row[23]),
         timeline=timeline,
+        headers=headers,
     )
     return job, problems
 
@@ -353,6 +364,7 @@ class Tx:
                 token,
                 job.lease_expires_at,
                 lease_ttl if worker is not None else None,
+                dump_headers(job.headers),
             ),
         )
         if cursor.rowcount == 1:

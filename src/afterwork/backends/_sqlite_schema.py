@@ -176,8 +176,12 @@ _V6 = (
     """,
 )
 
+# Version 7: each job's headers (``afterwork.job.Job.headers``: a JSON object of strings,
+# NULL when empty), the trace context an enqueue carries to the job's attempts.
+_V7 = ("ALTER TABLE afterwork_jobs ADD COLUMN headers TEXT",)
+
 #: Forward migrations: ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1``.
-MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6]
+MIGRATIONS: list[tuple[str, ...]] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 
 #: The version this afterwork writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -214,4 +218,5 @@ COLUMNS = (
     "cancel_requested",
     "seq",
     "timeline",
+    "headers",
 )

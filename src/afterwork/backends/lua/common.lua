@@ -14,7 +14,7 @@ local NOW = fmt(now)
 local MAXLEN = ARGV[3]
 local FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
   'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error', 'progress',
-  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl'}
+  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl', 'hdr'}
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local wake = false
 
@@ -98,7 +98,7 @@ local function quarantine(id, queue_key)
   emit('failed', id, '?', '?', 'failed', '0')
 end
 
--- Create one job from 11 arguments starting at ARGV[i]. Returns false if created, or the
+-- Create one job from 12 arguments starting at ARGV[i] (the last: its headers, JSON or ''). Returns false if created, or the
 -- record of the job that already holds the key (or the id).
 -- With `debounce` (afterwork._lifecycle.debounce), a waiting job holding the key takes the
 -- new arguments and is pushed back to `delay` from now (its record is returned); a running
@@ -106,7 +106,7 @@ end
 local function create(i, debounce)
   local id, task, queue, args, kwargs = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local prio, max, key, delay = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
-  local timeout, ttl = ARGV[i + 9], ARGV[i + 10]
+  local timeout, ttl, headers = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   if key ~= '' then
     local holder = redis.call('GET', P .. ':key:' .. key)
     if holder and redis.call('EXISTS', jkey(holder)) == 1 then
@@ -146,6 +146,7 @@ local function create(i, debounce)
   end
   if timeout ~= '' then redis.call('HSET', jkey(id), 'timeout', timeout) end
   if ttl ~= '' then redis.call('HSET', jkey(id), 'ttl', ttl) end
+  if headers ~= '' then redis.call('HSET', jkey(id), 'hdr', headers) end
   redis.call('ZADD', P .. ':all', 0, id)
   redis.call('SADD', P .. ':queues', queue)
   count(queue, false, status)

@@ -1,4 +1,4 @@
--- ARGV[4] = schedule, ARGV[5] = tick, then the job's 11 arguments.
+-- ARGV[4] = schedule, ARGV[5] = tick, then the job's 12 arguments.
 local mark = P .. ':tick:' .. ARGV[4] .. ':' .. ARGV[5]
 if not redis.call('SET', mark, '1', 'NX', 'EX', 172800) then return false end
 local last = tonumber(redis.call('HGET', P .. ':ticks', ARGV[4]))
