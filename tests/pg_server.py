@@ -56,9 +56,15 @@ class PostgresServer:
     """
 
     def __init__(
-        self, *, port: int | None = None, durable: bool = False, max_connections: int = 300
+        self,
+        *,
+        port: int | None = None,
+        durable: bool = False,
+        max_connections: int = 300,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.settings = dict(settings or {})  # more ``-c name=value`` server settings
         self.durable = durable
         self.max_connections = max_connections
         self.directory = Path(tempfile.mkdtemp(prefix="afterwork-pg-"))
@@ -95,6 +101,8 @@ class PostgresServer:
         if not self.durable:
             command += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]  # fmt: skip
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **self._as)
         log.close()
         deadline = time.monotonic() + timeout

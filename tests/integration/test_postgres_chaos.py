@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from afterwork import Afterwork, JobStatus
 
 from .redis_chaos_jobs import chaos as chaos_task
-from .test_postgres import schema_url
+from .test_postgres import schema_url, succeeded_events
 from .test_redis_chaos import LEASE_TTL, REAPER, Fleet, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.chaos]
@@ -30,7 +30,6 @@ async def test_eight_worker_processes_some_sigkilled_lose_nothing_and_complete_n
     postgres_url: str, tmp_path: Path
 ) -> None:
     url = schema_url(postgres_url, event_retention="100000")
-    schema = url.split("schema=", 1)[1].split("&", 1)[0]
     ledger = tmp_path / "ledger"
     ledger.mkdir()
     fleet = Fleet(url, ledger)
@@ -54,7 +53,7 @@ async def test_eight_worker_processes_some_sigkilled_lose_nothing_and_complete_n
 
             in_flight: set[str] = set()
             for victim in victims:  # one at a time, each while it holds a job
-                await until(lambda v=victim: busy(v.pid), 60, "a victim to be running a job")
+                await until(partial(busy, victim.pid), 60, "a victim to be running a job")
                 fleet.kill(victim)
                 records = fleet.records()
                 ended = {(r["job"], r["attempt"]) for r in records if r["ev"] == "end"}
@@ -73,16 +72,10 @@ async def test_eight_worker_processes_some_sigkilled_lose_nothing_and_complete_n
             for job_id in ids:
                 job = await aw.get_job(job_id)
                 assert job is not None and job.status is JobStatus.SUCCEEDED, job
-            conn = await asyncpg.connect(postgres_url)
-            try:
-                rows = await conn.fetch(
-                    f"SELECT job_id, count(*) FROM {schema}.events"
-                    " WHERE kind = 'succeeded' GROUP BY job_id"
-                )
-            finally:
-                await conn.close()
-            completions = {row[0]: row[1] for row in rows}
-            assert all(completions.get(job_id) == 1 for job_id in ids), "a lost or double completion"
+            completions = await succeeded_events(postgres_url, url)
+            assert all(completions.get(job_id) == 1 for job_id in ids), (
+                "a lost or double completion"
+            )
 
             records = fleet.records()
             starts = Counter(r["job"] for r in records if r["ev"] == "start")

@@ -360,11 +360,7 @@ async def test_enqueue_in_a_sqlalchemy_session_on_psycopg(postgres_url: str) -> 
 
             # The worker runs what was committed.
             async with aw.worker(concurrency=2):
-
-                async def done() -> bool:
-                    return bool(await waiter.due_or_running() == 0)
-
-                await eventually(done)
+                await eventually(lambda: _idle(waiter))
             for job_id in (job.id, *(j.id for j in many)):
                 finished = await aw.get_job(job_id)
                 assert finished is not None and finished.status is JobStatus.SUCCEEDED
