@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ("PostgresServer", "postgres_bin")
+__all__ = ("PgBouncer", "PostgresServer", "postgres_bin")
 
 _DIRS = ("/usr/local/bin", "/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin",
          "/usr/lib/postgresql/15/bin")  # fmt: skip
@@ -55,9 +55,18 @@ class PostgresServer:
     PostgreSQL's defaults (fsync, synchronous_commit, full_page_writes on), for benchmarks.
     """
 
-    def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        durable: bool = False,
+        max_connections: int = 300,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.settings = dict(settings or {})  # more ``-c name=value`` server settings
         self.durable = durable
+        self.max_connections = max_connections
         self.directory = Path(tempfile.mkdtemp(prefix="afterwork-pg-"))
         self.data = self.directory / "data"
         self.process: subprocess.Popen[bytes] | None = None
@@ -86,11 +95,14 @@ class PostgresServer:
             postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1",
             "-c", f"unix_socket_directories={self.directory}",
-            "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+            "-c", f"max_connections={self.max_connections}",
+            "-c", "superuser_reserved_connections=0", "-c", "shared_buffers=64MB",
         ]  # fmt: skip
         if not self.durable:
             command += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]  # fmt: skip
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **self._as)
         log.close()
         deadline = time.monotonic() + timeout
@@ -131,4 +143,76 @@ class PostgresServer:
 
     def remove(self) -> None:
         self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PgBouncer:
+    """A private pgbouncer on 127.0.0.1 in front of ``server`` (Debian's ``pgbouncer``).
+
+    Transaction pooling by default: a server connection is lent to a client for one
+    transaction only (what breaks ``LISTEN`` and named prepared statements). Clients reach
+    the database ``postgres`` as ``postgres`` without a password (trust, loopback only).
+    """
+
+    def __init__(
+        self, server: PostgresServer, *, pool_mode: str = "transaction", pool_size: int = 4
+    ) -> None:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not Path(binary).exists():
+            message = "pgbouncer is not installed (scripts/install-system-deps installs it)"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(message)
+            pytest.skip(message)
+        self.binary = binary
+        self.server = server
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="afterwork-pgbouncer-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"postgres = host=127.0.0.1 port={server.port} dbname=postgres user=postgres\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\n"
+            f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
+            "max_client_conn = 200\nserver_reset_query =\n"
+            f"logfile = {self.directory / 'pgbouncer.log'}\n"
+            f"pidfile = {self.directory / 'pgbouncer.pid'}\n"
+        )
+        self._as = server._as
+        if self._as:
+            for path in self.directory.iterdir():
+                os.chown(path, self._as["user"], self._as["group"])
+            os.chown(self.directory, self._as["user"], self._as["group"])
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, str(self.directory / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **self._as,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pgbouncer exited: see {self.directory / 'pgbouncer.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pgbouncer did not listen in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)

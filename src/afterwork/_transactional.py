@@ -26,8 +26,8 @@ async def enqueue_through(store: Backend, connection: Any, jobs: Sequence[NewJob
         raise EnqueueError(
             f"the {type(store).__name__} store ({store!r}) cannot enqueue inside an "
             "application transaction (connection=); the SQLite store can, through a "
-            "SQLAlchemy session on its own file, and the PostgreSQL store, through an asyncpg "
-            "connection or a SQLAlchemy session on its database (docs/transactions.md)",
+            "SQLAlchemy session on its own file, and the PostgreSQL store, through an asyncpg or "
+            "psycopg connection or a SQLAlchemy session on its database (docs/transactions.md)",
             field="connection",
         )
     return await store.enqueue_in(connection, jobs)

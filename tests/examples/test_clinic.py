@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from examples.clinic import auth as clinic_auth
 from examples.clinic import jobs as clinic_jobs
 from examples.clinic.app import app
-from examples.clinic.db import database, utcnow
+from examples.clinic.db import database, store_url, utcnow
 from examples.clinic.models import OutboxMessage, Patient, QueueEntry, Staff, StaffSession
 from examples.clinic.realtime import StatusMessage, hub
 from examples.clinic.schemas import QueueUpdate
@@ -111,17 +112,18 @@ def assert_no_loop_errors(caplog: pytest.LogCaptureFixture) -> None:
         assert not (record.name.startswith("uvicorn") and record.levelno >= logging.ERROR), text
 
 
-@pytest.fixture
-async def clinic(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@asynccontextmanager
+async def running_clinic(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Clinic]:
+    """The clinic on ``database_url`` (seeded), served, with reception and admin logged in."""
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(clinic_auth, "throttle", clinic_auth.Throttle())  # fresh counts
-    monkeypatch.setenv("CLINIC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/clinic.db")
-    # A fresh store per test, in the clinic's own database file (as ``store_url()`` makes
-    # it): the assignment route enqueues in its transaction. The module-level ``aw`` is
-    # closed between tests.
-    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(f"sqlite:///{tmp_path}/clinic.db"))
+    monkeypatch.setenv("CLINIC_DATABASE_URL", database_url)
+    # A fresh store per test, in the clinic's own database (as ``store_url()`` makes it):
+    # the assignment route enqueues in its transaction. The module-level ``aw`` is closed
+    # between tests.
+    monkeypatch.setattr(clinic_jobs.aw, "backend", from_url(store_url(database_url)))
     await database.open()
     async with database.session() as db:
         await seed(db)
@@ -143,6 +145,15 @@ async def clinic(
         finally:
             uvicorn_log.removeHandler(caplog.handler)
     assert_no_loop_errors(caplog)
+
+
+@pytest.fixture
+async def clinic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Clinic]:
+    url = f"sqlite+aiosqlite:///{tmp_path}/clinic.db"
+    async with running_clinic(url, monkeypatch, caplog) as running:
+        yield running
 
 
 async def test_assigned_patient_reaches_the_queue_the_screens_and_the_outbox(

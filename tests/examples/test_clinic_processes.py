@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -34,17 +35,18 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def worker_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+@contextmanager
+def clinic_worker(database_url: str, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``afterwork worker examples.clinic.jobs:aw`` on ``database_url``, stopped after."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-        "CLINIC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/clinic.db",
+        "CLINIC_DATABASE_URL": database_url,
     }
-    log = (tmp_path / "worker.log").open("wb")
+    log = (cwd / "worker.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "afterwork", "worker", "examples.clinic.jobs:aw"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -59,6 +61,12 @@ def worker_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with clinic_worker(f"sqlite+aiosqlite:///{tmp_path}/clinic.db", tmp_path) as process:
+        yield process
 
 
 async def test_an_update_made_by_a_worker_process_reaches_the_web_process_screens(

@@ -411,15 +411,20 @@ async def test_sigkill_a_worker_process_mid_drain_loses_nothing_and_completes_no
             for job_id in ids:
                 job = await aw.get_job(job_id)
                 assert job is not None and job.status is JobStatus.SUCCEEDED, job
-            conn = await asyncpg.connect(postgres_url)
-            try:
-                rows = await conn.fetch(
-                    f"SELECT job_id, count(*) FROM {url.rsplit('schema=', 1)[1]}.events"
-                    " WHERE kind = 'succeeded' GROUP BY job_id"
-                )
-            finally:
-                await conn.close()
-            completions = {row[0]: row[1] for row in rows}
+            completions = await succeeded_events(postgres_url, url)
             assert all(completions.get(job_id) == 1 for job_id in ids), completions
     finally:
         fleet.stop_all()
+
+
+async def succeeded_events(postgres_url: str, url: str) -> dict[str, int]:
+    """Accepted completions per job, read from the events table of ``url``'s schema."""
+    schema = url.split("schema=", 1)[1].split("&", 1)[0]
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        rows = await conn.fetch(
+            f"SELECT job_id, count(*) FROM {schema}.events WHERE kind = 'succeeded' GROUP BY job_id"
+        )
+    finally:
+        await conn.close()
+    return {row[0]: row[1] for row in rows}

@@ -45,6 +45,7 @@ from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_leases import HistoryMixin, LeasesMixin
+from ._pg_psycopg import as_psycopg
 from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
 from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
 from .base import (
@@ -71,6 +72,8 @@ T = TypeVar("T")
 
 _FINISH_BATCH = 256
 _PURGE_BATCH = 500
+#: Events are trimmed every this many written (at most twice as many deleted at once).
+_EVENT_TRIM_STEP = 1000
 _RETRIES = 5
 #: How long tick marks are kept (the contract asks for at least a day).
 TICK_RETENTION = 7 * 86_400.0
@@ -132,9 +135,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         event_retention: about how many recent events are kept for ``events(since=)``.
         migrate: create or migrate the schema on open (``False``: refuse a store that is
             not at this version; run ``afterwork db migrate`` as a deploy step).
-        listen: use ``LISTEN``/``NOTIFY`` (``False`` behind PgBouncer in transaction mode:
-            poll only).
-        statement_cache_size: asyncpg's prepared statement cache (0 behind PgBouncer).
+        listen: use ``LISTEN``/``NOTIFY`` (``False``: poll only, as PgBouncer in
+            transaction mode needs). ``None``: on, unless a pooler is detected on open.
+        statement_cache_size: asyncpg's prepared statement cache (0 behind PgBouncer in
+            transaction mode). ``None``: 100, or 0 when a pooler is detected on open.
         finish_retry_for: how long recording outcomes and starts is retried while the
             server cannot be reached (safe: fenced by the lease token).
 
@@ -159,8 +163,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         event_poll_interval: float = 1.0,
         event_retention: int = 10_000,
         migrate: bool = True,
-        listen: bool = True,
-        statement_cache_size: int = 100,
+        listen: bool | None = None,
+        statement_cache_size: int | None = None,
         finish_retry_for: float = 30.0,
     ) -> None:
         self.schema: str = schema
@@ -198,6 +202,9 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         self._flow_wait = poll_interval / 2
         self._finishes: list[_Pending] = []
         self._finisher: asyncio.Task[None] | None = None
+        #: Whether the server connection differs from the one the client was handed (a
+        #: pooler such as PgBouncer sits in between): known once open.
+        self.behind_pooler: bool = False
         self._pump = EventPump(
             self._fetch_events,
             self._fetch_event_range,
@@ -243,7 +250,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             conn: asyncpg.Connection = await asyncpg.connect(
                 self.dsn,
                 timeout=self._connect_timeout,
-                statement_cache_size=self._statement_cache_size,
+                statement_cache_size=self._statement_cache_size or 0,
             )
         return conn
 
@@ -255,8 +262,11 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             try:
                 with self._errors(sent=False):
                     before = time.time()
-                    server = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+                    server, pid = await conn.fetchrow(
+                        "SELECT extract(epoch FROM clock_timestamp()), pg_backend_pid()"
+                    )
                     self._offset = float(server) - (before + time.time()) / 2
+                    self._detect_pooler(conn.get_server_pid() != pid)
                     if self.migrate_on_open:
                         await migrate(conn, self.schema)
                     else:
@@ -289,6 +299,21 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen_loop(), name="afterwork postgres listener"
             )
+
+    def _detect_pooler(self, pooled: bool) -> None:
+        """Behind a pooler (PgBouncer hands out its own backend pid), unless configured:
+        no prepared statement cache and no ``LISTEN`` (both need one server session)."""
+        self.behind_pooler = pooled
+        if self._statement_cache_size is None:
+            self._statement_cache_size = 0 if pooled else 100
+        if self._listen is None:
+            self._listen = not pooled
+            if pooled:
+                logger.info(
+                    "PostgreSQL is reached through a connection pooler: wake-ups poll every "
+                    "%.3gs at most (max_poll_interval; ?listen=true for session pooling)",
+                    self._max_poll_interval,
+                )
 
     async def migrate(self) -> tuple[int, int]:
         """Create or migrate the schema now (``afterwork db migrate``): (before, after)."""
@@ -467,11 +492,16 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         )
         before = self._events_written
         self._events_written += len(rows)
-        step = max(self._event_retention // 10, 1)
+        # Every ``step`` events written here, delete at most twice as many of the oldest
+        # past the retention as ``step`` (or as this write adds): a small batch in this short
+        # transaction however far behind, and the deletes outpace the inserts.
+        step = min(max(self._event_retention // 10, 1), _EVENT_TRIM_STEP)
         if before // step != self._events_written // step:
+            batch = 2 * max(step, len(rows))
             await conn.execute(
-                f"WITH gone AS (DELETE FROM {self._s}.events WHERE id <="
-                f" (SELECT max(id) FROM {self._s}.events) - $1 RETURNING id)"
+                f"WITH gone AS (DELETE FROM {self._s}.events WHERE id IN (SELECT id FROM"
+                f" {self._s}.events WHERE id <= (SELECT max(id) FROM {self._s}.events) - $1"
+                f" ORDER BY id LIMIT {batch}) RETURNING id)"
                 f" INSERT INTO {self._s}.meta (name, value)"
                 " SELECT 'events_trimmed', max(id)::text FROM gone HAVING max(id) IS NOT NULL"
                 " ON CONFLICT (name) DO UPDATE SET value ="
@@ -1208,8 +1238,9 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
     # -- the TransactionalEnqueue protocol -------------------------------------------------
 
     async def enqueue_in(self, connection: Any, jobs: Sequence[NewJob]) -> list[Job]:
-        """Create ``jobs`` in the transaction of ``connection``: an asyncpg connection, or a
-        SQLAlchemy ``AsyncSession`` / ``AsyncConnection`` on the asyncpg driver.
+        """Create ``jobs`` in the transaction of ``connection``: an asyncpg connection, a
+        psycopg ``AsyncConnection``, or a SQLAlchemy ``AsyncSession`` / ``AsyncConnection``
+        on the asyncpg or psycopg driver.
 
         The rows, their events and the ``NOTIFY`` that wakes workers are all part of that
         transaction: invisible until it commits, gone if it rolls back. The events lock
@@ -1264,10 +1295,14 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def _asyncpg_connection(connection: Any) -> asyncpg.Connection:
-    """The asyncpg connection behind ``connection``, inside its transaction."""
+async def _asyncpg_connection(connection: Any) -> Any:
+    """The asyncpg connection behind ``connection`` (or its psycopg one, adapted: see
+    ``_pg_psycopg``), inside its transaction."""
     if isinstance(connection, asyncpg.Connection):
         return connection
+    psycopg_conn = as_psycopg(connection)
+    if psycopg_conn is not None:
+        return psycopg_conn
     pooled = getattr(connection, "_con", None)  # an asyncpg pool's proxy
     if isinstance(pooled, asyncpg.Connection):
         return pooled
@@ -1280,21 +1315,25 @@ async def _asyncpg_connection(connection: Any) -> asyncpg.Connection:
     if AsyncConnection is not None and isinstance(connection, AsyncConnection):
         if connection.closed or connection.invalidated:
             raise EnqueueError("the connection given to enqueue is closed")
-        if connection.dialect.driver != "asyncpg":
+        if connection.dialect.driver not in ("asyncpg", "psycopg"):
             raise EnqueueError(
-                "the PostgreSQL store enqueues through SQLAlchemy's asyncpg driver only, "
-                f"not {connection.dialect.driver!r}"
+                "the PostgreSQL store enqueues through SQLAlchemy's asyncpg or psycopg "
+                f"driver, not {connection.dialect.driver!r}"
             )
         if not connection.in_transaction():
             await connection.begin()
-        # SQLAlchemy's asyncpg adapter opens the driver's transaction on the first
-        # statement: run one, so the job rows join that transaction.
+        # SQLAlchemy's adapters open the driver's transaction on the first statement: run
+        # one, so the job rows join that transaction.
         await connection.exec_driver_sql("SELECT 1")
         raw = await connection.get_raw_connection()
         driver = raw.driver_connection
         if isinstance(driver, asyncpg.Connection):
             return driver
+        psycopg_conn = as_psycopg(driver)
+        if psycopg_conn is not None:
+            return psycopg_conn
     raise EnqueueError(
-        "the PostgreSQL store enqueues through an asyncpg connection or a SQLAlchemy "
-        f"AsyncSession/AsyncConnection on asyncpg, not {type(connection).__name__}"
+        "the PostgreSQL store enqueues through an asyncpg connection, a psycopg "
+        "AsyncConnection, or a SQLAlchemy AsyncSession/AsyncConnection on asyncpg or psycopg, "
+        f"not {type(connection).__name__}"
     )
