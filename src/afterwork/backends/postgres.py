@@ -597,7 +597,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 if len(batch) > 1 and alone:
                     # One caller's bad job must not fail the others: each on its own.
                     for jobs, future in batch:
-                        await _settle_future(future, self._insert_now([jobs]))
+                        if not future.done():  # else its caller gave up meanwhile
+                            await _settle_future(future, self._insert_now([jobs]))
                 else:
                     for _, future in batch:
                         _resolve(future, exc)
