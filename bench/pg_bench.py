@@ -1,6 +1,7 @@
 """afterwork, PgQueuer and Procrastinate on ONE private PostgreSQL in the same run (issue 12).
 
     python bench/pg_bench.py [--runs 3] [--only afterwork,PgQueuer] [--scale 1]
+                             [--scenarios enqueue,drain,sleep,latency]
 
 Starts one private ``postgres`` (tests/pg_server.py, initdb in a temporary directory) with
 PostgreSQL's durable defaults (fsync, synchronous_commit and full_page_writes on). Each run,
@@ -8,7 +9,8 @@ every system in turn (interleaved: run i of every system, then run i + 1) gets a
 database on that server and runs ``bench/peers/pg_<system>.py`` in the peers' environment
 ``bench/.venv-pg`` (``python3 -m venv bench/.venv-pg && bench/.venv-pg/bin/pip install
 pgqueuer procrastinate psycopg[binary] asyncpg -e .[postgres]``). Scenarios in
-bench/peers/pg_common.py. ``--scale 10`` divides the job counts (a quick check). Writes every
+bench/peers/pg_common.py (``--scenarios enqueue`` runs only (a); the others' rows then read
+n/a). ``--scale 10`` divides the job counts (a quick check). Writes every
 run and the medians to ``bench/results/pg-all.json`` and a table to ``bench/results/pg-all.md``.
 """
 
@@ -43,6 +45,12 @@ ROWS = [  # key, label, higher is better
     ("enqueue_single_per_s", "(a) enqueue one at a time, jobs/s", True),
     ("enqueue_c32_per_s", "(a) enqueue one at a time from 32 concurrent callers, jobs/s", True),
     ("enqueue_batch_per_s", "(a) enqueue in batches of 1,000, jobs/s", True),
+    ("enqueue_single_client_cpu_us", "(a) one at a time: client CPU per job, µs", False),
+    ("enqueue_single_server_cpu_us", "(a) one at a time: server CPU per job, µs", False),
+    ("enqueue_c32_client_cpu_us", "(a) 32 callers: client CPU per job, µs", False),
+    ("enqueue_c32_server_cpu_us", "(a) 32 callers: server CPU per job, µs", False),
+    ("enqueue_batch_client_cpu_us", "(a) batches: client CPU per job, µs", False),
+    ("enqueue_batch_server_cpu_us", "(a) batches: server CPU per job, µs", False),
     ("drain_per_s", "(b) drain no-ops, one worker process, jobs/s (first start to last end)", True),
     ("drain_wall_per_s", "(b) the same, including the worker's start-up, jobs/s", True),
     ("sleep_c100_s", "(c) sleep(0.05) jobs at concurrency 100, s", False),
@@ -70,7 +78,9 @@ async def create_database(url: str, name: str) -> None:
         await conn.close()
 
 
-def run_once(server: PostgresServer, system: str, index: int, scale: int) -> dict[str, Any]:
+def run_once(
+    server: PostgresServer, system: str, index: int, scale: int, scenarios: str
+) -> dict[str, Any]:
     database = f"bench_{system.lower()}_{index}"
     asyncio.run(create_database(server.url, database))
     url = f"postgresql://postgres@127.0.0.1:{server.port}/{database}"
@@ -78,7 +88,12 @@ def run_once(server: PostgresServer, system: str, index: int, scale: int) -> dic
         out = Path(folder) / "result.json"
         started = time.monotonic()
         command = [str(PYTHON), "-m", f"bench.peers.{SYSTEMS[system]}", url, "--json", str(out)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_SCALE": str(scale)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BENCH_SCALE": str(scale),
+            "BENCH_SCENARIOS": scenarios,
+        }
         try:
             done = subprocess.run(
                 command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
@@ -100,7 +115,7 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
 def fmt(value: float | None, key: str) -> str:
     if value is None:
         return "n/a"
-    return f"{value:,.0f}" if key.endswith("_per_s") else f"{value:.2f}"
+    return f"{value:,.0f}" if key.endswith(("_per_s", "_us")) else f"{value:.2f}"
 
 
 def targets(systems: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
@@ -151,6 +166,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated systems, e.g. afterwork,PgQueuer")
     parser.add_argument("--scale", type=int, default=1, help="divide the job counts by this")
+    parser.add_argument(
+        "--scenarios",
+        default="enqueue,drain,sleep,latency",
+        help="comma-separated, of enqueue (a), drain (b), sleep (c), latency (d)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "pg-all.json")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(SYSTEMS)
@@ -161,6 +181,7 @@ def main() -> None:
         "machine": f"{platform.python_version()} on {platform.platform()}",
         "load_before": os.getloadavg(),
         "scale": args.scale,
+        "scenarios": args.scenarios,
         "systems": {name: {"runs": []} for name in chosen},
     }
     server = PostgresServer(durable=True)
@@ -169,7 +190,7 @@ def main() -> None:
         report["postgres"] = server_version(server)
         for index in range(args.runs):  # interleaved: run i of every system, then run i + 1
             for name in chosen:
-                result = run_once(server, name, index, args.scale)
+                result = run_once(server, name, index, args.scale, args.scenarios)
                 report["systems"][name]["runs"].append(result)
                 shown = {k: round(v, 2) for k, v in result.items() if isinstance(v, float)}
                 print(f"run {index + 1} {name}: {result.get('error') or shown}", flush=True)

@@ -8,6 +8,9 @@ concurrent callers, in batches of 1,000; (b) drain pre-enqueued no-ops with one 
 process at its defaults; (c) 1,000 × 50 ms sleeps at concurrency 100; (d) enqueue-to-start
 latency on an idle worker, one job every 5 ms (200 jobs/s). (b) and (c) run from the first
 job's start to the last job's end by the jobs' own clock (worker start-up excluded).
+``BENCH_SCENARIOS=enqueue,drain`` runs only those (of enqueue, drain, sleep, latency). For
+(a), CPU per job is recorded too: this client process's, and the server's (the postmaster
+and its children, read from /proc, when the server runs on this machine).
 
     bench/.venv-pg/bin/python -m bench.peers.pg_<system> postgresql://... [--json out.json]
 """
@@ -63,59 +66,155 @@ async def span(peer: Any, path: Path, count: int, concurrency: int | None, timeo
     return max(end for _, end in rows) - min(start for start, _ in rows)
 
 
+SCENARIOS = ("enqueue", "drain", "sleep", "latency")
+
+
+def scenarios() -> set[str]:
+    """The scenarios to run (``BENCH_SCENARIOS``, comma-separated; all by default)."""
+    chosen = os.environ.get("BENCH_SCENARIOS", "")
+    return set(chosen.split(",")) if chosen else set(SCENARIOS)
+
+
+async def postmaster_pid() -> int | None:
+    """The server's postmaster, when it runs on this machine and we may read its data dir."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url())
+    try:
+        folder = await conn.fetchval("SHOW data_directory")
+    except Exception:
+        return None
+    finally:
+        await conn.close()
+    try:
+        return int((Path(folder) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def _stat(pid: str | int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def server_cpu(postmaster: int | None) -> float:
+    """CPU seconds used so far by the server: its processes, and those it reaped."""
+    if postmaster is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = _stat(postmaster)  # fields[11:15]: utime, stime, cutime, cstime
+        total = sum(int(v) for v in fields[11:15])
+    except OSError:
+        return 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(entry)
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class CpuMeter:
+    """Client (this process) and server CPU microseconds per job of one scenario."""
+
+    def __init__(self, postmaster: int | None) -> None:
+        self.postmaster = postmaster
+        self.client = time.process_time()
+        self.server = server_cpu(postmaster)
+
+    def record(self, out: dict[str, Any], name: str, jobs: int) -> None:
+        out[f"{name}_client_cpu_us"] = (time.process_time() - self.client) / jobs * 1e6
+        if self.postmaster is not None:
+            out[f"{name}_server_cpu_us"] = (server_cpu(self.postmaster) - self.server) / jobs * 1e6
+
+
 async def run(peer: Any, folder: Path, timeout: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    chosen = scenarios()
+    postmaster = await postmaster_pid()
     await peer.setup()
     await peer.open()
     try:
-        await peer.reset()
-        out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
-        await peer.reset()
-
-        async def caller() -> None:
-            for _ in range(N_NOOP // N_CONCURRENT):
-                await peer.enqueue("noop")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
-        elapsed = time.perf_counter() - started
-        out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
-        await peer.reset()
-        batches = max(1, N_NOOP // BATCH)
-        started = time.perf_counter()
-        for _ in range(batches):
-            await peer.enqueue_batch("noop", BATCH)
-        out["enqueue_batch_per_s"] = BATCH * batches / (time.perf_counter() - started)
-        # (b) drain, one worker process at its defaults
-        await peer.reset()
-        await prefill(peer, "noop", N_NOOP)
-        started = time.perf_counter()
-        out["drain_per_s"] = N_NOOP / await span(peer, folder / "drain.txt", N_NOOP, None, timeout)
-        out["drain_wall_per_s"] = N_NOOP / (time.perf_counter() - started)  # with start-up
-        # (c) sleeps at concurrency 100
-        await peer.reset()
-        await prefill(peer, "sleepy", N_SLEEP)
-        out["sleep_c100_s"] = await span(peer, folder / "sleep.txt", N_SLEEP, 100, timeout)
-        # (d) enqueue-to-start latency on an idle worker, 200 jobs/s
-        await peer.reset()
-        path = folder / "latency.txt"
-        proc = spawn(peer.worker(None), pg_url(), path, None)
-        try:
-            await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
-            await wait_lines(path, 1, proc, 120)
-            await asyncio.sleep(0.5)
-            for _ in range(N_LATENCY):
-                await peer.enqueue("stamp", time.time())
-                await asyncio.sleep(0.005)
-            rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
-        finally:
-            stop(proc)
-        latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
-        cuts = statistics.quantiles(latencies, n=100)
-        out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+        if "enqueue" in chosen:
+            await enqueue_scenarios(peer, out, postmaster)
+        if "drain" in chosen:
+            await drain_scenario(peer, out, folder, timeout)
+        if "sleep" in chosen:
+            await sleep_scenario(peer, out, folder, timeout)
+        if "latency" in chosen:
+            await latency_scenario(peer, out, folder, timeout)
     finally:
         await peer.close()
     return out
+
+
+async def enqueue_scenarios(peer: Any, out: dict[str, Any], postmaster: int | None) -> None:
+    """(a) enqueue one at a time, from 32 concurrent callers, and in batches of 1,000."""
+    await peer.reset()
+    meter = CpuMeter(postmaster)
+    out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+    meter.record(out, "enqueue_single", N_NOOP)
+    await peer.reset()
+
+    async def caller() -> None:
+        for _ in range(N_NOOP // N_CONCURRENT):
+            await peer.enqueue("noop")
+
+    meter = CpuMeter(postmaster)
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
+    elapsed = time.perf_counter() - started
+    out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
+    meter.record(out, "enqueue_c32", N_NOOP // N_CONCURRENT * N_CONCURRENT)
+    await peer.reset()
+    batches = max(1, N_NOOP // BATCH)
+    meter = CpuMeter(postmaster)
+    started = time.perf_counter()
+    for _ in range(batches):
+        await peer.enqueue_batch("noop", BATCH)
+    out["enqueue_batch_per_s"] = BATCH * batches / (time.perf_counter() - started)
+    meter.record(out, "enqueue_batch", BATCH * batches)
+
+
+async def drain_scenario(peer: Any, out: dict[str, Any], folder: Path, timeout: float) -> None:
+    """(b) drain pre-enqueued no-ops, one worker process at its defaults."""
+    await peer.reset()
+    await prefill(peer, "noop", N_NOOP)
+    started = time.perf_counter()
+    out["drain_per_s"] = N_NOOP / await span(peer, folder / "drain.txt", N_NOOP, None, timeout)
+    out["drain_wall_per_s"] = N_NOOP / (time.perf_counter() - started)  # with start-up
+
+
+async def sleep_scenario(peer: Any, out: dict[str, Any], folder: Path, timeout: float) -> None:
+    """(c) sleeps at concurrency 100."""
+    await peer.reset()
+    await prefill(peer, "sleepy", N_SLEEP)
+    out["sleep_c100_s"] = await span(peer, folder / "sleep.txt", N_SLEEP, 100, timeout)
+
+
+async def latency_scenario(peer: Any, out: dict[str, Any], folder: Path, timeout: float) -> None:
+    """(d) enqueue-to-start latency on an idle worker, 200 jobs/s."""
+    await peer.reset()
+    path = folder / "latency.txt"
+    proc = spawn(peer.worker(None), pg_url(), path, None)
+    try:
+        await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
+        await wait_lines(path, 1, proc, 120)
+        await asyncio.sleep(0.5)
+        for _ in range(N_LATENCY):
+            await peer.enqueue("stamp", time.time())
+            await asyncio.sleep(0.005)
+        rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
+    finally:
+        stop(proc)
+    latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
+    cuts = statistics.quantiles(latencies, n=100)
+    out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
 
 
 def main(module: str) -> None:

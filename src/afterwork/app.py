@@ -620,11 +620,11 @@ class Afterwork(FlowControl):
         """Store one new job inside the middleware chain (in ``connection``'s transaction)."""
         if not self._middleware:
             (job,) = await self._store_new([new], connection)
-            return _told(job, new).bind(self)
+            return _told(job, new, self)
 
         async def store() -> Job:
             (job,) = await self._store_new([new], connection)
-            return _told(job, new).bind(self)
+            return _told(job, new, self)
 
         call = JobCall("enqueue", new.task, new.queue, new.id, new_job=new)
         stored = await run_through(self._middleware, call, store)
@@ -753,7 +753,7 @@ class Afterwork(FlowControl):
         if self._middleware:  # each job through the chain, one store call each
             return [await self._store(new, connection) for new in jobs]
         stored = await self._store_new(jobs, connection)
-        return [_told(job, new).bind(self) for job, new in zip(stored, jobs, strict=True)]
+        return [_told(job, new, self) for job, new in zip(stored, jobs, strict=True)]
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with ``job_id``, or ``None``.
@@ -1321,6 +1321,7 @@ _signature.INJECTORS.append(_service_context_injector)
 dependencies.PROVIDED_TYPES.add(ServiceContext)
 
 
-def _told(job: Job, new: NewJob) -> Job:
-    """``job`` as an enqueue of ``new`` returned it, saying whether it was created now."""
-    return dataclasses.replace(job, created_now=job.id == new.id)
+def _told(job: Job, new: NewJob, owner: Afterwork) -> Job:
+    """``job`` as an enqueue of ``new`` returned it, saying whether it was created now,
+    bound to ``owner`` (one copy: a job has many fields)."""
+    return dataclasses.replace(job, created_now=job.id == new.id, _owner=owner)

@@ -6,6 +6,7 @@ model, events, channels…); these tests cover what only this store has.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -171,6 +172,110 @@ async def test_enqueue_in_an_asyncpg_transaction_exists_only_if_it_commits(
         assert await store.get(alone.id) is not None
     finally:
         await conn.close()
+
+
+# -- enqueue: one statement, concurrent callers share a commit ---------------------------
+
+
+async def transactions(store: PostgresBackend, table: str = "jobs") -> list[int]:
+    """The transaction that wrote each row of ``table``, in row order."""
+    async with store._conn() as conn:
+        rows = await conn.fetch(f"SELECT xmin::text::bigint FROM {store._s}.{table} ORDER BY id")
+    return [int(row[0]) for row in rows]
+
+
+async def test_concurrent_enqueues_share_one_commit_each_getting_its_own_jobs(
+    store: PostgresBackend,
+) -> None:
+    jobs = [new() for _ in range(64)]
+    returned = await asyncio.gather(*(store.enqueue([job]) for job in jobs))
+    assert [got.id for (got,) in returned] == [job.id for job in jobs]
+    assert all(got.status is JobStatus.QUEUED for (got,) in returned)
+    assert len(set(await transactions(store))) == 1  # one commit for the 64 callers
+    for job in jobs:
+        assert await store.get(job.id) is not None
+
+
+async def test_a_batch_is_one_transaction_with_its_events_in_the_jobs_order(
+    store: PostgresBackend,
+) -> None:
+    jobs = [NewJob(id=new_job_id(), task="t", delay=5.0 if i % 3 else 0.0) for i in range(300)]
+    created = await store.enqueue(jobs)
+    assert [job.id for job in created] == [job.id for job in jobs]
+    assert [job.status for job in created] == [
+        JobStatus.SCHEDULED if i % 3 else JobStatus.QUEUED for i in range(300)
+    ]
+    async with store._conn() as conn:
+        events = await conn.fetch(
+            f"SELECT job_id, kind, status, xmin::text::bigint AS tx FROM {store._s}.events"
+            " ORDER BY id"
+        )
+    assert [row["job_id"] for row in events] == [job.id for job in jobs]
+    assert {row["kind"] for row in events} == {"enqueued"}
+    assert [row["status"] for row in events] == [job.status.value for job in created]
+    assert {row["tx"] for row in events} == set(await transactions(store))  # one, the same
+
+
+async def test_one_bad_job_fails_only_its_caller_in_a_shared_commit(
+    store: PostgresBackend,
+) -> None:
+    good, other = new(), new()
+    bad = NewJob(id=new_job_id(), task="t", timeout=-1.0)  # the table's CHECK refuses it
+    results = await asyncio.gather(
+        store.enqueue([good]), store.enqueue([bad]), store.enqueue([other]), return_exceptions=True
+    )
+    assert isinstance(results[1], BackendError)
+    assert [job.id for job in results[0]] == [good.id]  # type: ignore[union-attr]
+    assert [job.id for job in results[2]] == [other.id]  # type: ignore[union-attr]
+    assert await store.get(good.id) is not None
+    assert await store.get(other.id) is not None
+    assert await store.get(bad.id) is None
+
+
+async def test_one_key_twice_in_a_shared_commit_makes_one_job(store: PostgresBackend) -> None:
+    (held,) = await store.enqueue([NewJob(id=new_job_id(), task="t", key="held")])
+    first = NewJob(id=new_job_id(), task="t", key="k")
+    second = NewJob(id=new_job_id(), task="t", key="k")
+    third = NewJob(id=new_job_id(), task="t", key="held")
+    a, b, c = await asyncio.gather(*(store.enqueue([job]) for job in (first, second, third)))
+    assert a[0].id == first.id
+    assert b[0].id == first.id  # the second met the first, written by the same statement
+    assert c[0].id == held.id
+    assert await store.get(second.id) is None
+    assert await store.get(third.id) is None
+    # Within one call too, and an id given twice is one job.
+    again = new()
+    made = await store.enqueue([again, NewJob(id=new_job_id(), task="t", key="k"), again])
+    assert [job.id for job in made] == [again.id, first.id, again.id]
+
+
+async def test_an_enqueue_elsewhere_moves_an_idle_event_pump_and_wakes_a_listening_one(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url)
+    reader = from_url(f"{url}&event_poll_interval=60")  # only notifications move its pump
+    writer = from_url(url)
+    assert isinstance(reader, PostgresBackend)
+    await reader.open()
+    await writer.open()
+    try:
+        (before,) = await writer.enqueue([new()])
+
+        async def moved() -> bool:  # nobody listens: the notification alone moves it
+            async with reader._conn() as conn:
+                newest = await conn.fetchval(f"SELECT max(id) FROM {reader._s}.events")
+            return bool(reader._pump.cursor >= newest)
+
+        await eventually(moved)
+        stream = reader.events()
+        (after,) = await writer.enqueue([new()])
+        with anyio.fail_after(10):
+            event = await anext(aiter(stream))
+        assert (event.job_id, event.kind) == (after.id, "enqueued")  # not ``before``'s
+        await stream.aclose()
+    finally:
+        await writer.aclose()
+        await reader.aclose()
 
 
 async def test_workers_are_woken_by_the_commit(postgres_url: str) -> None:

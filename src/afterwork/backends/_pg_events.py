@@ -92,8 +92,16 @@ class EventPump:
         for channel in self._channels.values():
             channel.close()
 
-    def poke(self) -> None:
-        """Rows were committed (a notification, or a local commit): read them now."""
+    def poke(self, newest: int | None = None) -> None:
+        """Rows were committed (a notification, or a local commit): read them now.
+
+        ``newest``: the id of the last of them, when known (every row up to it is then
+        committed: ids become visible in order). A pump nobody listens to only keeps its
+        cursor at the newest row: it moves there without reading the table.
+        """
+        if newest is not None and not self._listening():
+            self._cursor = max(self._cursor, newest)
+            return
         self._wake.notify()
 
     def _listening(self) -> bool:
@@ -183,7 +191,7 @@ class EventPump:
             if event is not None:
                 self._broadcaster.publish(event)
         if rows:
-            self._cursor = int(rows[-1][0])
+            self._cursor = max(self._cursor, int(rows[-1][0]))
         elif trimmed > self._cursor:
             self._cursor = trimmed
 

@@ -31,6 +31,7 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
+from ._pg_enqueue import created, insert_statement, needs_transaction, params, settle
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_leases import HistoryMixin, LeasesMixin
@@ -79,6 +81,9 @@ _RETRIES = 5
 TICK_RETENTION = 7 * 86_400.0
 
 _Pending = tuple[Callable[[Tx], Awaitable[Any]], "asyncio.Future[Any]"]
+_PendingEnqueue = tuple[Sequence[NewJob], "asyncio.Future[list[Job]]"]
+#: The most jobs one grouped enqueue statement takes (a single call is never split).
+_ENQUEUE_BATCH = 5000
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -205,6 +210,9 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         #: Whether the server connection differs from the one the client was handed (a
         #: pooler such as PgBouncer sits in between): known once open.
         self.behind_pooler: bool = False
+        self._enqueues: deque[_PendingEnqueue] = deque()
+        self._enqueuer: asyncio.Task[None] | None = None
+        self._insert_sql = insert_statement(self._s)
         self._pump = EventPump(
             self._fetch_events,
             self._fetch_event_range,
@@ -346,6 +354,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
         await self._pump.close()
+        enqueuer = self._enqueuer
+        if enqueuer is not None and not enqueuer.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(enqueuer), 5.0)
         finisher = self._finisher
         if finisher is not None and not finisher.done():
             with contextlib.suppress(Exception):
@@ -490,24 +502,34 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             " progress, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             rows,
         )
+        if batch := self._count_events(len(rows)):
+            await self._trim_events(conn, batch)
+
+    def _count_events(self, count: int) -> int:
+        """Count ``count`` events written; how many old ones to trim now (0: none)."""
         before = self._events_written
-        self._events_written += len(rows)
+        self._events_written += count
         # Every ``step`` events written here, delete at most twice as many of the oldest
-        # past the retention as ``step`` (or as this write adds): a small batch in this short
-        # transaction however far behind, and the deletes outpace the inserts.
+        # past the retention as ``step`` (or as this write adds): a small batch in a short
+        # statement however far behind, and the deletes outpace the inserts.
         step = min(max(self._event_retention // 10, 1), _EVENT_TRIM_STEP)
-        if before // step != self._events_written // step:
-            batch = 2 * max(step, len(rows))
-            await conn.execute(
-                f"WITH gone AS (DELETE FROM {self._s}.events WHERE id IN (SELECT id FROM"
-                f" {self._s}.events WHERE id <= (SELECT max(id) FROM {self._s}.events) - $1"
-                f" ORDER BY id LIMIT {batch}) RETURNING id)"
-                f" INSERT INTO {self._s}.meta (name, value)"
-                " SELECT 'events_trimmed', max(id)::text FROM gone HAVING max(id) IS NOT NULL"
-                " ON CONFLICT (name) DO UPDATE SET value ="
-                " greatest(meta.value::bigint, excluded.value::bigint)::text",
-                self._event_retention,
-            )
+        if before // step == self._events_written // step:
+            return 0
+        return 2 * max(step, count)
+
+    async def _trim_events(self, conn: asyncpg.Connection, batch: int) -> None:
+        """Delete at most ``batch`` of the oldest events beyond the newest
+        ``event_retention``; record how far."""
+        await conn.execute(
+            f"WITH gone AS (DELETE FROM {self._s}.events WHERE id IN (SELECT id FROM"
+            f" {self._s}.events WHERE id <= (SELECT max(id) FROM {self._s}.events) - $1"
+            f" ORDER BY id LIMIT {int(batch)}) RETURNING id)"
+            f" INSERT INTO {self._s}.meta (name, value)"
+            " SELECT 'events_trimmed', max(id)::text FROM gone HAVING max(id) IS NOT NULL"
+            " ON CONFLICT (name) DO UPDATE SET value ="
+            " greatest(meta.value::bigint, excluded.value::bigint)::text",
+            self._event_retention,
+        )
 
     # -- notifications -------------------------------------------------------------------
 
@@ -515,7 +537,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         """``LISTEN`` on a connection of its own; reconnect while the server is away."""
         backoff = 0.05
         channels = {
-            self._channel("work"): lambda payload: self._work.notify(),
+            self._channel("work"): self._work_notified,
             self._channel("events"): lambda payload: self._pump.poke(),
             self._channel("cancel"): self._cancelled,
         }
@@ -551,6 +573,13 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
+    def _work_notified(self, payload: str) -> None:
+        """Jobs are due; an enqueue says so with the id of its last event (see
+        ``_pg_enqueue``): its events were appended too, without a notification of their own."""
+        self._work.notify()
+        if payload.isdigit():
+            self._pump.poke(int(payload))
+
     def _cancelled(self, job_id: str) -> None:
         for callback in list(self._cancel_callbacks):
             try:
@@ -571,13 +600,125 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
     # -- the Backend protocol ------------------------------------------------------------
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Create ``jobs``; enqueues made in the same moment share one statement and commit.
+
+        Each call returns after the commit that holds its jobs; one call's jobs are never
+        split across statements (atomic). See :mod:`._pg_enqueue`.
+        """
         if not jobs:
             return []
+        if needs_transaction(jobs):
+            return await self._write(partial(_insert_each, jobs))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Job]] = loop.create_future()
+        self._enqueues.append((jobs, future))
+        if self._enqueuer is None or self._enqueuer.done():
+            self._enqueuer = loop.create_task(self._flush_enqueues())
+        return await future
 
-        async def enqueue(tx: Tx) -> list[Job]:
-            return [await tx.insert(new) for new in jobs]
+    async def _flush_enqueues(self) -> None:
+        """Write the enqueues waiting now in one statement, then those that came meanwhile."""
+        while self._enqueues:
+            batch = self._take_enqueues()
+            try:
+                results = await self._insert_now([jobs for jobs, _ in batch])
+            except Exception as exc:
+                alone = not isinstance(exc, BackendUnavailable) or isinstance(
+                    exc.__cause__, asyncpg.DataError
+                )
+                if len(batch) > 1 and alone:
+                    # One caller's bad job must not fail the others: each on its own.
+                    for jobs, future in batch:
+                        if not future.done():  # else its caller gave up meanwhile
+                            await _settle_future(future, self._insert_now([jobs]))
+                else:
+                    for _, future in batch:
+                        _resolve(future, exc)
+                continue
+            except BaseException:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            for (_, future), result in zip(batch, results, strict=True):
+                _resolve(future, result)
 
-        return await self._write(enqueue)
+    def _take_enqueues(self) -> list[_PendingEnqueue]:
+        """The waiting enqueues one statement takes (callers that gave up are dropped)."""
+        batch: list[_PendingEnqueue] = []
+        count = 0
+        while self._enqueues and (not batch or count + len(self._enqueues[0][0]) <= _ENQUEUE_BATCH):
+            jobs, future = self._enqueues.popleft()
+            if not future.done():  # cancelled before the write: not written
+                batch.append((jobs, future))
+                count += len(jobs)
+        return batch
+
+    async def _insert_now(self, groups: Sequence[Sequence[NewJob]]) -> list[list[Job]]:
+        """Create the jobs of ``groups`` in one statement (its own transaction)."""
+        flat = [new for jobs in groups for new in jobs]
+        for attempt in range(_RETRIES):
+            sent = False
+            try:
+                with self._errors(sent=False):
+                    async with self._conn() as conn:
+                        sent = True
+                        made, newest = await self._insert_on(conn, flat, self.now())
+            except BackendUnavailable as exc:
+                exc.may_have_applied = sent
+                raise
+            except BackendError as exc:
+                if isinstance(exc.__cause__, _RETRYABLE) and attempt + 1 < _RETRIES:
+                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                    continue
+                raise
+            break
+        if newest is not None:
+            self._pump.poke(newest)
+            self._work.notify()
+        out: list[list[Job]] = []
+        start = 0
+        for jobs in groups:
+            group: list[Job] = []
+            for new, job in zip(jobs, made[start : start + len(jobs)], strict=True):
+                if job is None:  # its key's holder finished meanwhile: create it after all
+                    (job,) = await self._write(partial(_insert_each, [new]))
+                group.append(job)
+            out.append(group)
+            start += len(jobs)
+        return out
+
+    async def _insert_on(
+        self, conn: asyncpg.Connection, jobs: Sequence[NewJob], now: float
+    ) -> tuple[list[Job | None], int | None]:
+        """Insert ``jobs`` on ``conn`` in one statement: (each job or what it met, the id of
+        the last event appended, ``None`` if no job was inserted).
+
+        ``None`` stands for a job that met a key holder that finished before it was read.
+        """
+        made = created(jobs, now)
+        rows = await conn.fetch(
+            self._insert_sql,
+            *params(made, now),
+            f"events:{self.schema}",
+            self._channel("work"),
+        )
+        inserted = {row[0] for row in rows}
+        out: list[Job | None] = []
+        missing: list[int] = []
+        for index, job in enumerate(made):
+            if job.id in inserted:
+                inserted.discard(job.id)  # a second job with this id met the first
+                out.append(job)
+            else:
+                out.append(None)
+                missing.append(index)
+        if missing:
+            met = await settle(conn, self._s, [made[i] for i in missing])
+            for index, holder in zip(missing, met, strict=True):
+                out[index] = holder
+        if rows and (batch := self._count_events(len(rows))):
+            await self._trim_events(conn, batch)
+        return out, (int(rows[0][1]) if rows else None)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = secrets.token_hex(16)
@@ -1279,9 +1420,41 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
 
     async def _enqueue_on(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         tx = Tx(conn, self.now(), self._s)
-        created = [await tx.insert(new) for new in jobs]
+        if needs_transaction(jobs):
+            made: list[Job | None] = [await tx.insert(new) for new in jobs]
+        else:
+            made, _ = await self._insert_on(conn, jobs, tx.now)
+            for index, job in enumerate(made):
+                if job is None:  # its key's holder finished meanwhile: create it after all
+                    made[index] = await tx.insert(jobs[index])
         await self._publish(tx)
-        return created
+        return [job for job in made if job is not None]
+
+
+async def _insert_each(jobs: Sequence[NewJob], tx: Tx) -> list[Job]:
+    """Create ``jobs`` one by one in ``tx`` (debounced enqueues move their key's holder)."""
+    return [await tx.insert(new) for new in jobs]
+
+
+async def _settle_future(
+    future: asyncio.Future[list[Job]], call: Awaitable[list[list[Job]]]
+) -> None:
+    """Resolve ``future`` with the one group ``call`` writes, or with its exception."""
+    try:
+        (result,) = await call
+    except Exception as exc:
+        _resolve(future, exc)
+        return
+    _resolve(future, result)
+
+
+def _resolve(future: asyncio.Future[list[Job]], outcome: list[Job] | BaseException) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
