@@ -1,6 +1,6 @@
 """afterwork, PgQueuer and Procrastinate on ONE private PostgreSQL in the same run (issue 12).
 
-    python bench/pg_bench.py [--runs 3] [--only afterwork,PgQueuer] [--scale 1]
+    python bench/pg_bench.py [--runs 3] [--only afterwork,PgQueuer] [--scale 1] [--scenarios b,c,d]
 
 Starts one private ``postgres`` (tests/pg_server.py, initdb in a temporary directory) with
 PostgreSQL's durable defaults (fsync, synchronous_commit and full_page_writes on). Each run,
@@ -8,7 +8,8 @@ every system in turn (interleaved: run i of every system, then run i + 1) gets a
 database on that server and runs ``bench/peers/pg_<system>.py`` in the peers' environment
 ``bench/.venv-pg`` (``python3 -m venv bench/.venv-pg && bench/.venv-pg/bin/pip install
 pgqueuer procrastinate psycopg[binary] asyncpg -e .[postgres]``). Scenarios in
-bench/peers/pg_common.py. ``--scale 10`` divides the job counts (a quick check). Writes every
+bench/peers/pg_common.py (``--scenarios`` runs only some: a enqueue, b drain, c concurrency
+100, d latency). ``--scale 10`` divides the job counts (a quick check). Writes every
 run and the medians to ``bench/results/pg-all.json`` and a table to ``bench/results/pg-all.md``.
 """
 
@@ -70,7 +71,9 @@ async def create_database(url: str, name: str) -> None:
         await conn.close()
 
 
-def run_once(server: PostgresServer, system: str, index: int, scale: int) -> dict[str, Any]:
+def run_once(
+    server: PostgresServer, system: str, index: int, scale: int, scenarios: str
+) -> dict[str, Any]:
     database = f"bench_{system.lower()}_{index}"
     asyncio.run(create_database(server.url, database))
     url = f"postgresql://postgres@127.0.0.1:{server.port}/{database}"
@@ -79,6 +82,7 @@ def run_once(server: PostgresServer, system: str, index: int, scale: int) -> dic
         started = time.monotonic()
         command = [str(PYTHON), "-m", f"bench.peers.{SYSTEMS[system]}", url, "--json", str(out)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_SCALE": str(scale)}
+        env["BENCH_SCENARIOS"] = scenarios
         try:
             done = subprocess.run(
                 command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
@@ -151,6 +155,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated systems, e.g. afterwork,PgQueuer")
     parser.add_argument("--scale", type=int, default=1, help="divide the job counts by this")
+    parser.add_argument(
+        "--scenarios", default="a,b,c,d", help="a enqueue, b drain, c concurrency 100, d latency"
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "pg-all.json")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(SYSTEMS)
@@ -161,6 +168,7 @@ def main() -> None:
         "machine": f"{platform.python_version()} on {platform.platform()}",
         "load_before": os.getloadavg(),
         "scale": args.scale,
+        "scenarios": args.scenarios,
         "systems": {name: {"runs": []} for name in chosen},
     }
     server = PostgresServer(durable=True)
@@ -169,7 +177,7 @@ def main() -> None:
         report["postgres"] = server_version(server)
         for index in range(args.runs):  # interleaved: run i of every system, then run i + 1
             for name in chosen:
-                result = run_once(server, name, index, args.scale)
+                result = run_once(server, name, index, args.scale, args.scenarios)
                 report["systems"][name]["runs"].append(result)
                 shown = {k: round(v, 2) for k, v in result.items() if isinstance(v, float)}
                 print(f"run {index + 1} {name}: {result.get('error') or shown}", flush=True)

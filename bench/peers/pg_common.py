@@ -63,59 +63,77 @@ async def span(peer: Any, path: Path, count: int, concurrency: int | None, timeo
     return max(end for _, end in rows) - min(start for start, _ in rows)
 
 
+def chosen() -> set[str]:
+    """The scenarios to run (``BENCH_SCENARIOS``, e.g. ``b,c,d``; all by default)."""
+    return set((os.environ.get("BENCH_SCENARIOS") or "a,b,c,d").split(","))
+
+
 async def run(peer: Any, folder: Path, timeout: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    scenarios = chosen()
     await peer.setup()
     await peer.open()
     try:
-        await peer.reset()
-        out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
-        await peer.reset()
-
-        async def caller() -> None:
-            for _ in range(N_NOOP // N_CONCURRENT):
-                await peer.enqueue("noop")
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
-        elapsed = time.perf_counter() - started
-        out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
-        await peer.reset()
-        batches = max(1, N_NOOP // BATCH)
-        started = time.perf_counter()
-        for _ in range(batches):
-            await peer.enqueue_batch("noop", BATCH)
-        out["enqueue_batch_per_s"] = BATCH * batches / (time.perf_counter() - started)
-        # (b) drain, one worker process at its defaults
-        await peer.reset()
-        await prefill(peer, "noop", N_NOOP)
-        started = time.perf_counter()
-        out["drain_per_s"] = N_NOOP / await span(peer, folder / "drain.txt", N_NOOP, None, timeout)
-        out["drain_wall_per_s"] = N_NOOP / (time.perf_counter() - started)  # with start-up
-        # (c) sleeps at concurrency 100
-        await peer.reset()
-        await prefill(peer, "sleepy", N_SLEEP)
-        out["sleep_c100_s"] = await span(peer, folder / "sleep.txt", N_SLEEP, 100, timeout)
-        # (d) enqueue-to-start latency on an idle worker, 200 jobs/s
-        await peer.reset()
-        path = folder / "latency.txt"
-        proc = spawn(peer.worker(None), pg_url(), path, None)
-        try:
-            await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
-            await wait_lines(path, 1, proc, 120)
-            await asyncio.sleep(0.5)
-            for _ in range(N_LATENCY):
-                await peer.enqueue("stamp", time.time())
-                await asyncio.sleep(0.005)
-            rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
-        finally:
-            stop(proc)
-        latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
-        cuts = statistics.quantiles(latencies, n=100)
-        out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+        if "a" in scenarios:
+            await enqueues(peer, out)
+        if "b" in scenarios:
+            await peer.reset()
+            await prefill(peer, "noop", N_NOOP)
+            started = time.perf_counter()
+            drained = await span(peer, folder / "drain.txt", N_NOOP, None, timeout)
+            out["drain_per_s"] = N_NOOP / drained
+            out["drain_wall_per_s"] = N_NOOP / (time.perf_counter() - started)  # with start-up
+        if "c" in scenarios:  # sleeps at concurrency 100
+            await peer.reset()
+            await prefill(peer, "sleepy", N_SLEEP)
+            out["sleep_c100_s"] = await span(peer, folder / "sleep.txt", N_SLEEP, 100, timeout)
+        if "d" in scenarios:
+            await latency(peer, folder, timeout, out)
     finally:
         await peer.close()
     return out
+
+
+async def enqueues(peer: Any, out: dict[str, Any]) -> None:
+    """(a) one at a time, from 32 concurrent callers, in batches of 1,000."""
+    await peer.reset()
+    out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+    await peer.reset()
+
+    async def caller() -> None:
+        for _ in range(N_NOOP // N_CONCURRENT):
+            await peer.enqueue("noop")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
+    elapsed = time.perf_counter() - started
+    out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
+    await peer.reset()
+    batches = max(1, N_NOOP // BATCH)
+    started = time.perf_counter()
+    for _ in range(batches):
+        await peer.enqueue_batch("noop", BATCH)
+    out["enqueue_batch_per_s"] = BATCH * batches / (time.perf_counter() - started)
+
+
+async def latency(peer: Any, folder: Path, timeout: float, out: dict[str, Any]) -> None:
+    """(d) enqueue-to-start latency on an idle worker, 200 jobs/s."""
+    await peer.reset()
+    path = folder / "latency.txt"
+    proc = spawn(peer.worker(None), pg_url(), path, None)
+    try:
+        await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
+        await wait_lines(path, 1, proc, 120)
+        await asyncio.sleep(0.5)
+        for _ in range(N_LATENCY):
+            await peer.enqueue("stamp", time.time())
+            await asyncio.sleep(0.005)
+        rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
+    finally:
+        stop(proc)
+    latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
+    cuts = statistics.quantiles(latencies, n=100)
+    out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
 
 
 def main(module: str) -> None:
