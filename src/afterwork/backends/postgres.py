@@ -805,6 +805,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         if not leases:
             return []
         # Starts ride in the same group commit as finishes.
+        if len(leases) == 1:
+            return [await self._grouped(leases[0], None)]
         return list(await asyncio.gather(*(self._grouped(lease, None) for lease in leases)))
 
     async def _begin_one(self, tx: Tx, lease: Lease) -> Job | None:
@@ -895,6 +897,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         now = self.now()
         group = Batch(now)
         seen: set[str] = set()
+        changes: list[life.Change] = []
         for lease, outcome, _ in batch:
             job = self._holding(lease)
             change = None
@@ -908,6 +911,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             if change is None or change.event is None:
                 return await self._flush_rows(batch)  # not held, twice, or begun already
             seen.add(lease.job_id)
+            changes.append(change)
             (group.begin if outcome is None else group.finish)(lease.token, change)
         sql = flush_sql(self._s)
         args = group.args(f"events:{self.schema}", self._channel("events"), self._channel("work"))
@@ -919,19 +923,13 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         finished, begun = set(row["finished"] or ()), set(row["begun"] or ())
         results: list[Job | None] = []
         again: list[_Pending] = []
-        for lease, outcome, future in batch:
-            job = self._holding(lease)
-            assert job is not None
+        for (lease, outcome, future), change in zip(batch, changes, strict=True):
             if outcome is not None:
                 self._held.pop(lease.job_id, None)
-                change = life.finish(
-                    job, held=lease.token, token=lease.token, outcome=outcome, now=now
-                )
-                results.append(change.job if change and lease.job_id in finished else None)
+                results.append(change.job if lease.job_id in finished else None)
             elif lease.job_id in begun:
-                started = replace(job, attempts=job.attempts + 1, started_at=now)
-                self._held[job.id] = (lease.token, started)
-                results.append(started)
+                self._held[lease.job_id] = (lease.token, change.job)
+                results.append(change.job)
             else:
                 # Lost, or begun by an earlier try whose reply was lost: read the row.
                 self._held.pop(lease.job_id, None)
