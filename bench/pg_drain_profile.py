@@ -1,6 +1,12 @@
 """Where a PostgreSQL drain spends its time: statements, transactions and CPU per job.
 
     PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py [--jobs 10000] [--top 15]
+    PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --latency 300
+
+The worker process runs in ``bench/.venv-pg`` (see bench/README.md), whose editable install
+is this tree's afterwork. ``--spy PATH-TO-py-spy`` also samples the worker (``spy.txt``);
+``--explain FILE`` keeps the plans of statements slower than 20 ms; ``--latency N`` instead
+measures enqueue-to-start latency at 200 jobs/s, split at the enqueue call's return.
 
 Starts one private durable ``postgres`` (as bench/pg_bench.py does) with
 ``pg_stat_statements`` loaded, enqueues ``--jobs`` no-ops, resets the statistics, lets one
@@ -47,6 +53,9 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=0)
+    parser.add_argument(
+        "--python", type=Path, default=PEERS_PYTHON, help="the worker's Python (its afterwork)"
+    )
     parser.add_argument("--latency", type=int, default=0, help="instead: N jobs at 200/s")
     parser.add_argument("--explain", type=Path, help="copy slow statements' plans here")
     parser.add_argument("--spy", help="py-spy binary: sample the worker into <this>.txt")
@@ -87,7 +96,7 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "drain.txt"
             command = peer.worker(args.concurrency or None)
-            command[0] = str(PEERS_PYTHON)  # afterwork from this tree (editable install)
+            command[0] = str(args.python)  # by default afterwork from this tree (editable)
             proc = spawn(command, url, path, None)
             spy = None
             if args.spy:
