@@ -333,6 +333,11 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         if finisher is not None and not finisher.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(finisher), 5.0)
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            trimming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await trimming
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
