@@ -24,7 +24,6 @@ not by the work a row needs. So, for claims without flow limits or rates:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +178,3 @@ def _expires(job: Job) -> float | None:
     if job.finished_at is None or job.result_ttl is None:
         return None
     return job.finished_at + job.result_ttl
-
-
-def ids(value: Sequence[str] | None) -> set[str]:
-    return set(value or ())
