@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="enqueue,drain,sleep,latency",
-        help="comma-separated, of enqueue (a), drain (b), sleep (c), latency (d)",
+        help="comma-separated, of enqueue (a), drain (b), sleep (c), latency (d); a letter will do",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "pg-all.json")
     args = parser.parse_args()

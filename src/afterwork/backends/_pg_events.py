@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,6 +65,9 @@ class EventPump:
         self._wake = Notifier()
         self._passed = Notifier()  # the pump finished a read
         self._cursor = 0
+        self._hint = 0  # the newest committed id a notification or local commit told of
+        self._unknown = True  # a commit of unknown ids came since the last read
+        self._hints = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = True
 
@@ -95,13 +99,15 @@ class EventPump:
     def poke(self, newest: int | None = None) -> None:
         """Rows were committed (a notification, or a local commit): read them now.
 
-        ``newest``: the id of the last of them, when known (every row up to it is then
-        committed: ids become visible in order). A pump nobody listens to only keeps its
-        cursor at the newest row: it moves there without reading the table.
+        ``newest``: the highest id those commits wrote, when known. Every lower id has
+        committed or never will (ids become visible in order), so while nobody listens the
+        cursor moves there without reading the table.
         """
-        if newest is not None and not self._listening():
-            self._cursor = max(self._cursor, newest)
-            return
+        with self._hints:
+            if newest is None:
+                self._unknown = True
+            else:
+                self._hint = max(self._hint, newest)
         self._wake.notify()
 
     def _listening(self) -> bool:
@@ -164,16 +170,20 @@ class EventPump:
                     full = len(rows) >= _BATCH
                     self._deliver(rows, trimmed)
                 else:
-                    newest = await self._newest()
+                    with self._hints:
+                        unknown, self._unknown = self._unknown, False
+                        hint = self._hint
+                    newest = await self._newest() if unknown else hint
                     if not self._listening():  # else a subscriber came meanwhile: read on
-                        self._cursor = max(self._cursor, newest)
+                        self._cursor = max(self._cursor, newest, hint)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.debug("could not read job events (%s)", exc)
             self._passed.notify()
-            if not full:
-                await self._wake.wait(ticket, self.poll_interval)
+            if not full and not await self._wake.wait(ticket, self.poll_interval):
+                with self._hints:
+                    self._unknown = True  # a notification may have been lost: read it
 
     def _deliver(self, rows: list[tuple[Any, ...]], trimmed: int) -> None:
         # No await in here: a subscriber that reads the cursor sees each row once, from the

@@ -33,6 +33,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,6 +44,7 @@ from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
+from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
 from ._pg_enqueue import created, insert_statement, needs_transaction, params, settle
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
@@ -80,7 +82,10 @@ _RETRIES = 5
 #: How long tick marks are kept (the contract asks for at least a day).
 TICK_RETENTION = 7 * 86_400.0
 
-_Pending = tuple[Callable[[Tx], Awaitable[Any]], "asyncio.Future[Any]"]
+#: A begin (no outcome) or a finish waiting for the next group commit.
+_Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any]"]
+#: Most leases remembered for set-based finishes (beyond: the per-row path, same result).
+_HELD_MAX = 100_000
 _PendingEnqueue = tuple[Sequence[NewJob], "asyncio.Future[list[Job]]"]
 #: The most jobs one grouped enqueue statement takes (a single call is never split).
 _ENQUEUE_BATCH = 5000
@@ -206,6 +211,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         self._rate_next: float | None = None  # when a job passed over for a rate may start
         self._flow_wait = poll_interval / 2
         self._finishes: list[_Pending] = []
+        self._held: dict[str, tuple[str, Job]] = {}
+        """Job id → (token, the job as this process last wrote it) for the leases it holds."""
+        self._trimming: asyncio.Task[None] | None = None
+        self._trim_owed = 0  # events to trim, counted by ``_count_events``
         self._finisher: asyncio.Task[None] | None = None
         #: Whether the server connection differs from the one the client was handed (a
         #: pooler such as PgBouncer sits in between): known once open.
@@ -362,6 +371,11 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         if finisher is not None and not finisher.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(finisher), 5.0)
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            trimming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await trimming
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -502,34 +516,54 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             " progress, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             rows,
         )
-        if batch := self._count_events(len(rows)):
-            await self._trim_events(conn, batch)
+        self._count_events(len(rows))
 
-    def _count_events(self, count: int) -> int:
-        """Count ``count`` events written; how many old ones to trim now (0: none)."""
+    def _count_events(self, count: int) -> None:
+        """Count ``count`` events written; start a trim of old ones when it is time."""
         before = self._events_written
         self._events_written += count
-        # Every ``step`` events written here, delete at most twice as many of the oldest
-        # past the retention as ``step`` (or as this write adds): a small batch in a short
-        # statement however far behind, and the deletes outpace the inserts.
+        # Every ``step`` events written here, trim (off the hot path) at most twice as many of
+        # the oldest past the retention as ``step`` (or as this write adds): short statements
+        # however far behind, and the deletes outpace the inserts.
         step = min(max(self._event_retention // 10, 1), _EVENT_TRIM_STEP)
         if before // step == self._events_written // step:
-            return 0
-        return 2 * max(step, count)
+            return
+        self._trim_owed += 2 * max(step, count)
+        if self._trimming is None or self._trimming.done():
+            self._trimming = asyncio.get_running_loop().create_task(self._trim())
 
-    async def _trim_events(self, conn: asyncpg.Connection, batch: int) -> None:
-        """Delete at most ``batch`` of the oldest events beyond the newest
-        ``event_retention``; record how far."""
-        await conn.execute(
+    def _trim_sql(self, batch: int) -> str:
+        """Delete at most ``batch`` of the oldest events beyond the retention; record how far
+        (``events_trimmed``)."""
+        return (
             f"WITH gone AS (DELETE FROM {self._s}.events WHERE id IN (SELECT id FROM"
             f" {self._s}.events WHERE id <= (SELECT max(id) FROM {self._s}.events) - $1"
             f" ORDER BY id LIMIT {int(batch)}) RETURNING id)"
             f" INSERT INTO {self._s}.meta (name, value)"
             " SELECT 'events_trimmed', max(id)::text FROM gone HAVING max(id) IS NOT NULL"
             " ON CONFLICT (name) DO UPDATE SET value ="
-            " greatest(meta.value::bigint, excluded.value::bigint)::text",
-            self._event_retention,
+            " greatest(meta.value::bigint, excluded.value::bigint)::text"
         )
+
+    async def _trim(self) -> None:
+        """Trim what ``_count_events`` owes, in statements of at most ``2 * _EVENT_TRIM_STEP``."""
+        while self._trim_owed > 0:
+            batch = min(self._trim_owed, 2 * _EVENT_TRIM_STEP)
+            self._trim_owed -= batch
+
+            async def trim(conn: asyncpg.Connection, batch: int = batch) -> None:
+                async with conn.transaction():
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext($1))", f"events:{self.schema}"
+                    )
+                    await conn.execute(self._trim_sql(batch), self._event_retention)
+
+            try:
+                await self._statement(trim)
+            except Exception as exc:  # the next step tries again
+                self._trim_owed = 0
+                logger.debug("could not trim the events table (%s)", exc)
+                return
 
     # -- notifications -------------------------------------------------------------------
 
@@ -538,7 +572,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         backoff = 0.05
         channels = {
             self._channel("work"): self._work_notified,
-            self._channel("events"): lambda payload: self._pump.poke(),
+            # The payload, when there is one, is the newest event id of that commit.
+            self._channel("events"): lambda payload: self._pump.poke(
+                int(payload) if payload.isdigit() else None
+            ),
             self._channel("cancel"): self._cancelled,
         }
         while self._pool is not None or self._listener is not None:
@@ -716,8 +753,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             met = await settle(conn, self._s, [made[i] for i in missing])
             for index, holder in zip(missing, met, strict=True):
                 out[index] = holder
-        if rows and (batch := self._count_events(len(rows))):
-            await self._trim_events(conn, batch)
+        if rows:
+            self._count_events(len(rows))
         return out, (int(rows[0][1]) if rows else None)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
@@ -726,7 +763,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         async def start(tx: Tx) -> Job:
             return await tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
 
-        return Claim(await self._write(start), token)
+        started = await self._write(start)
+        if started.status is JobStatus.RUNNING and started.worker == worker:
+            self._hold(token, started)
+        return Claim(started, token)
 
     async def _promote(self, tx: Tx) -> None:
         # The set-based form of ``life.promote`` (the status alone, no event).
@@ -771,6 +811,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             columns = tx.columns(job, change.job, token=token, lease_ttl=lease_ttl)
             updates.setdefault(tuple(columns), []).append((job.id, *columns.values()))
             claims.append(Claim(change.job, token))
+            self._hold(token, change.job)
         for names, values in updates.items():
             assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, 2))
             await tx.conn.executemany(f"UPDATE {tx.jobs} SET {assignments} WHERE id = $1", values)
@@ -796,20 +837,66 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             )
         self._flow_skipped = self._conc_skipped = False
         self._rate_next = None
+        # One statement (see ``_pg_batch``): due rows picked, leased and returned.
+        where = ["true"]
+        params: list[Any] = []
+        if queues is not None:
+            params.append(list(dict.fromkeys(queues)))
+            where.append(f"queue = ANY(${len(params) + 4}::text[])")
+        if excluded:
+            params.append(excluded)
+            where.append(f"NOT (task = ANY(${len(params) + 4}::text[]))")
+        sql = claim_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
+        now = self.now()
 
-        async def claim(tx: Tx) -> list[Claim]:
-            await self._promote(tx)
-            where, params = self._ready_where(queues, excluded, await self._paused(tx.conn))
-            rows = await tx.conn.fetch(
-                f"SELECT {COLS} FROM {tx.jobs} WHERE {where}"
-                f" ORDER BY priority DESC, due_ms, id LIMIT ${len(params) + 1}"
-                " FOR UPDATE SKIP LOCKED",
-                *params,
-                limit,
-            )
-            return await self._claim_rows(tx, rows, worker, lease_ttl)
+        async def claim(conn: asyncpg.Connection) -> list[Any]:
+            return list(await conn.fetch(sql, worker, now, lease_ttl, limit, *params))
 
-        return await self._write(claim)
+        claims: list[Claim] = []
+        for row in await self._statement(claim):
+            job, problems = load(tuple(row)[:-1])
+            if problems:
+                await self._quarantine(job)
+                continue
+            claims.append(Claim(job, row["token"]))
+            self._hold(row["token"], job)
+        claims.sort(key=lambda c: life.ready_order(c.job))
+        return claims
+
+    async def _statement(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``fn`` (one write statement, in autocommit), retried on a deadlock or
+        serialization failure; an unreachable server may have applied it."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._errors(sent=True):
+                    async with self._conn() as conn:
+                        return await fn(conn)
+            except BackendError as exc:
+                if isinstance(exc.__cause__, _RETRYABLE) and attempt + 1 < _RETRIES:
+                    await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _quarantine(self, claimed: Job) -> None:
+        """Fail a job just claimed whose record cannot be decoded, instead of running it."""
+
+        async def quarantine(tx: Tx) -> None:
+            job = await tx.get(claimed.id)
+            if job is not None and job.status is JobStatus.RUNNING:
+                await tx.quarantine(job)
+
+        await self._write(quarantine)
+
+    def _hold(self, token: str, job: Job) -> None:
+        """Remember the job this process holds the lease of, as it last wrote it."""
+        if len(self._held) >= _HELD_MAX:
+            self._held.clear()  # forgetting only costs the per-row path
+        self._held[job.id] = (token, job)
+
+    def _holding(self, lease: Lease) -> Job | None:
+        held = self._held.get(lease.job_id)
+        return held[1] if held is not None and held[0] == lease.token else None
 
     async def _claim_limited(
         self,
@@ -887,52 +974,42 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
             return []
-
-        async def begin(tx: Tx) -> list[Job | None]:
-            begun: list[Job | None] = []
-            for lease in leases:
-                job, held = await tx.held(lease.job_id)
-                change = (
-                    None
-                    if job is None
-                    else life.begin(job, held=held, token=lease.token, now=tx.now)
-                )
-                started = None if job is None else await tx.apply(job, change)
-                if started is not None and change is not None and change.event == "started":
-                    assert started.started_at is not None
-                    await stamp_start(tx.conn, tx.schema, lease.job_id, started.started_at)
-                begun.append(started)
-            return begun
-
         # Starts ride in the same group commit as finishes.
-        result: list[Job | None] = await self._grouped(begin)
-        return result
+        if len(leases) == 1:
+            return [await self._grouped(leases[0], None)]
+        return list(await asyncio.gather(*(self._grouped(lease, None) for lease in leases)))
+
+    async def _begin_one(self, tx: Tx, lease: Lease) -> Job | None:
+        job, held = await tx.held(lease.job_id)
+        change = None if job is None else life.begin(job, held=held, token=lease.token, now=tx.now)
+        started = None if job is None else await tx.apply(job, change)
+        if started is not None and change is not None and change.event == "started":
+            assert started.started_at is not None
+            await stamp_start(tx.conn, tx.schema, lease.job_id, started.started_at)
+        return started
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
             return HeartbeatReply()
+        now = self.now()
+        until = now + lease_ttl
+        sql = heartbeat_sql(f"{self._s}.jobs")
+        ids = [lease.job_id for lease in leases]
+        tokens = [lease.token for lease in leases]
 
-        async def heartbeat(tx: Tx) -> HeartbeatReply:
-            lost: set[str] = set()
-            cancel: set[str] = set()
-            for lease in leases:
-                job, held = await tx.held(lease.job_id)
-                renewed = (
-                    None
-                    if job is None
-                    else life.heartbeat(
-                        job, held=held, token=lease.token, now=tx.now, lease_ttl=lease_ttl
-                    )
-                )
-                if job is None or renewed is None:
-                    lost.add(lease.job_id)
-                    continue
-                await tx.save(job, renewed, lease_ttl=lease_ttl)
-                if renewed.cancel_requested:
-                    cancel.add(lease.job_id)
-            return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
+        async def renew(conn: asyncpg.Connection) -> list[Any]:
+            return list(await conn.fetch(sql, until, lease_ttl, ids, tokens))
 
-        return await self._write(heartbeat)
+        renewed = {row[0]: bool(row[1]) for row in await self._statement(renew)}
+        lost = frozenset(lease.job_id for lease in leases if lease.job_id not in renewed)
+        for lease in leases:
+            job = self._holding(lease)
+            if lease.job_id in lost:
+                self._held.pop(lease.job_id, None)
+            elif job is not None:
+                self._held[job.id] = (lease.token, replace(job, lease_expires_at=until))
+        cancel = frozenset(job_id for job_id, asked in renewed.items() if asked)
+        return HeartbeatReply(lost=lost, cancel=cancel)
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
         status = outcome.status
@@ -941,31 +1018,30 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             JobStatus.QUEUED,
         ):
             raise ValueError(f"not an outcome: {status!r}")
-
-        async def finish(tx: Tx) -> Job | None:
-            job, held = await tx.held(lease.job_id)
-            if job is None:
-                return None
-            change = life.finish(job, held=held, token=lease.token, outcome=outcome, now=tx.now)
-            return await tx.apply(job, change)
-
-        result: Job | None = await self._grouped(finish)
+        result: Job | None = await self._grouped(lease, outcome)
         if result is not None and self._flow_skipped:
             self._work.notify()  # a slot of a fleet limit is free: claim again
         return result
 
-    async def _grouped(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run ``fn`` in a transaction shared with the calls made in the same turn.
+    async def _finish_one(self, tx: Tx, lease: Lease, outcome: Outcome) -> Job | None:
+        job, held = await tx.held(lease.job_id)
+        if job is None:
+            return None
+        change = life.finish(job, held=held, token=lease.token, outcome=outcome, now=tx.now)
+        return await tx.apply(job, change)
 
-        Each is still fenced by its own token; one transaction commits them all.
+    async def _grouped(self, lease: Lease, outcome: Outcome | None) -> Any:
+        """A begin (``outcome`` ``None``) or finish, committed with the others of this turn.
+
+        Each is still fenced by its own token; one statement (or, for leases this
+        process does not remember, one transaction) commits them all.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._finishes.append((fn, future))
+        self._finishes.append((lease, outcome, future))
         if self._finisher is None or self._finisher.done():
             self._finisher = loop.create_task(self._flush_finishes())
-        result: T = await future
-        return result
+        return await future
 
     async def _flush_finishes(self) -> None:
         while self._finishes:
@@ -973,20 +1049,95 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 self._finishes[:_FINISH_BATCH],
                 self._finishes[_FINISH_BATCH:],
             )
-
-            async def run(tx: Tx, batch: list[_Pending] = batch) -> list[Any]:
-                return [await fn(tx) for fn, _ in batch]
-
             try:
-                results: list[Any] = await self._retrying(partial(self._write, run))
+                results = await self._retrying(partial(self._flush, batch))
             except Exception as exc:
-                for _, future in batch:
+                for lease, _, future in batch:
+                    self._held.pop(lease.job_id, None)  # it may have applied: read it back
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, _, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _flush(self, batch: list[_Pending]) -> list[Job | None]:
+        """Apply a batch of begins and finishes: one statement when this process holds
+        every lease as it last wrote it (see ``_pg_batch``), else one transaction."""
+        now = self.now()
+        group = Batch(now)
+        seen: set[str] = set()
+        changes: list[life.Change] = []
+        for lease, outcome, _ in batch:
+            job = self._holding(lease)
+            change = None
+            if job is not None and lease.job_id not in seen:
+                token = lease.token
+                change = (
+                    life.begin(job, held=token, token=token, now=now)
+                    if outcome is None
+                    else life.finish(job, held=token, token=token, outcome=outcome, now=now)
+                )
+            if change is None or change.event is None:
+                return await self._flush_rows(batch)  # not held, twice, or begun already
+            seen.add(lease.job_id)
+            changes.append(change)
+            (group.begin if outcome is None else group.finish)(lease.token, change)
+        sql = flush_sql(self._s)
+        args = group.args(f"events:{self.schema}", self._channel("events"), self._channel("work"))
+
+        async def flush(conn: asyncpg.Connection) -> Any:
+            return await conn.fetchrow(sql, *args)
+
+        row = await self._statement(flush)
+        finished, begun = set(row["finished"] or ()), set(row["begun"] or ())
+        results: list[Job | None] = []
+        again: list[_Pending] = []
+        for (lease, outcome, future), change in zip(batch, changes, strict=True):
+            if outcome is not None:
+                self._held.pop(lease.job_id, None)
+                results.append(change.job if lease.job_id in finished else None)
+            elif lease.job_id in begun:
+                self._held[lease.job_id] = (lease.token, change.job)
+                results.append(change.job)
+            else:
+                # Lost, or begun by an earlier try whose reply was lost: read the row.
+                self._held.pop(lease.job_id, None)
+                again.append((lease, outcome, future))
+                results.append(None)
+        if again:
+            redone = iter(await self._flush_rows(again))
+            results = [
+                next(redone) if outcome is None and lease.job_id not in begun else result
+                for (lease, outcome, _), result in zip(batch, results, strict=True)
+            ]
+        newest = row["newest"]
+        if newest is not None:
+            self._pump.poke(int(newest))
+            self._count_events(len(finished) + len(begun))
+        if group.wake and finished:
+            self._work.notify()
+        return results
+
+    async def _flush_rows(self, batch: list[_Pending]) -> list[Job | None]:
+        """The batch in one transaction, row by row (reads each job back, locked)."""
+
+        async def run(tx: Tx) -> list[Job | None]:
+            results: list[Job | None] = []
+            for lease, outcome, _ in batch:
+                if outcome is None:
+                    results.append(await self._begin_one(tx, lease))
+                else:
+                    results.append(await self._finish_one(tx, lease, outcome))
+            return results
+
+        results = await self._write(run)
+        for (lease, outcome, _), job in zip(batch, results, strict=True):
+            if outcome is None and job is not None:
+                self._hold(lease.token, job)
+            else:
+                self._held.pop(lease.job_id, None)
+        return results
 
     async def set_progress(self, lease: Lease, progress: float, message: str | None) -> bool:
         async def set_progress(tx: Tx) -> bool:
@@ -998,7 +1149,15 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             )
             return await tx.apply(job, change) is not None
 
-        return await self._write(set_progress)
+        done = await self._write(set_progress)
+        held = self._holding(lease)
+        if held is not None:
+            if done:
+                moved = replace(held, progress=progress, progress_message=message)
+                self._held[lease.job_id] = (lease.token, moved)
+            else:
+                self._held.pop(lease.job_id, None)
+        return done
 
     async def recover_expired(self, *, max_recoveries: int) -> list[Job]:
         async def recover(tx: Tx) -> list[Job]:
