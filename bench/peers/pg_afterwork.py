@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import version
+from typing import Any
 
-from afterwork import Afterwork
+from afterwork import Afterwork, Task
 from bench.peers import common, pg_common
 
 aw = Afterwork(pg_common.pg_url())
@@ -32,7 +33,7 @@ async def stamp(t0: float) -> None:
     common.stamp_job(t0)
 
 
-TASKS = {"noop": noop, "sleepy": sleepy, "stamp": stamp}
+TASKS: dict[str, Task[Any, Any]] = {"noop": noop, "sleepy": sleepy, "stamp": stamp}
 
 
 class Peer:
