@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _lifecycle as life
 from ..job import Job
 from ._pg_rows import ACTIVE_SQL, COLS, load
-from ._sqlite_rows import dumps
+from ._sqlite_rows import dump_headers, dumps
 from .base import NewJob
 
 if TYPE_CHECKING:
@@ -40,20 +40,20 @@ def insert_statement(schema: str) -> str:
     It returns the ids of the jobs inserted, each with the id of the last event appended
     (also the payload of the notification: see ``EventPump.poke``).
 
-    Parameters: ``$1``–``$9`` and ``$11``–``$13`` are the batch's columns as arrays, ``$10``
-    the store's now, ``$14`` the events lock's key, ``$15`` the workers' channel.
+    Parameters: ``$1``–``$9``, ``$11``–``$13`` and ``$16`` are the batch's columns as arrays,
+    ``$10`` the store's now, ``$14`` the events lock's key, ``$15`` the workers' channel.
     """
     return f"""
 WITH ins AS (
     INSERT INTO {schema}.jobs (id, task, queue, status, args, kwargs, priority, max_attempts,
-                               key, created_at, run_at, timeout, result_ttl)
+                               key, created_at, run_at, timeout, result_ttl, headers)
     SELECT n.id, n.task, n.queue, n.status, n.args, n.kwargs, n.priority, n.max_attempts,
-           n.key, $10::float8, n.run_at, n.timeout, n.result_ttl
+           n.key, $10::float8, n.run_at, n.timeout, n.result_ttl, n.headers
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::bigint[], $8::int[], $9::text[], $11::float8[], $12::float8[],
-                $13::float8[])
+                $13::float8[], $16::text[])
          WITH ORDINALITY AS n(id, task, queue, status, args, kwargs, priority, max_attempts,
-                              key, run_at, timeout, result_ttl, ord)
+                              key, run_at, timeout, result_ttl, headers, ord)
     ORDER BY n.ord
     ON CONFLICT DO NOTHING
     RETURNING seq, id, task, queue, status
@@ -96,6 +96,11 @@ def params(jobs: Sequence[Job], now: float) -> list[Any]:
         [job.timeout for job in jobs],
         [job.result_ttl for job in jobs],
     ]
+
+
+def headers(jobs: Sequence[Job]) -> list[str | None]:
+    """The statement's ``$16``: each job's headers as stored (JSON, ``NULL`` when empty)."""
+    return [dump_headers(job.headers) for job in jobs]
 
 
 def needs_transaction(jobs: Sequence[NewJob]) -> bool:

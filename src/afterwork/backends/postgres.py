@@ -45,7 +45,7 @@ from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
 from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
-from ._pg_enqueue import created, insert_statement, needs_transaction, params, settle
+from ._pg_enqueue import created, headers, insert_statement, needs_transaction, params, settle
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_leases import HistoryMixin, LeasesMixin
@@ -214,7 +214,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         self._held: dict[str, tuple[str, Job]] = {}
         """Job id → (token, the job as this process last wrote it) for the leases it holds."""
         self._trimming: asyncio.Task[None] | None = None
-        self._trim_owed = 0  # events to trim, counted by ``_count_events``
+        self._trim_owed = 0  # events to trim, owed to ``_trim_later``
         self._finisher: asyncio.Task[None] | None = None
         #: Whether the server connection differs from the one the client was handed (a
         #: pooler such as PgBouncer sits in between): known once open.
@@ -516,21 +516,22 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             " progress, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             rows,
         )
-        self._count_events(len(rows))
+        if batch := self._count_events(len(rows)):
+            await self._trim_events(conn, batch)
 
-    def _count_events(self, count: int) -> None:
-        """Count ``count`` events written; start a trim of old ones when it is time."""
+    def _count_events(self, count: int) -> int:
+        """Count ``count`` events written; how many old ones to trim now (0: none).
+
+        Every ``step`` events written here, at most twice as many of the oldest past the
+        retention as ``step`` (or as this write adds): short statements however far behind,
+        and the deletes outpace the inserts.
+        """
         before = self._events_written
         self._events_written += count
-        # Every ``step`` events written here, trim (off the hot path) at most twice as many of
-        # the oldest past the retention as ``step`` (or as this write adds): short statements
-        # however far behind, and the deletes outpace the inserts.
         step = min(max(self._event_retention // 10, 1), _EVENT_TRIM_STEP)
         if before // step == self._events_written // step:
-            return
-        self._trim_owed += 2 * max(step, count)
-        if self._trimming is None or self._trimming.done():
-            self._trimming = asyncio.get_running_loop().create_task(self._trim())
+            return 0
+        return 2 * max(step, count)
 
     def _trim_sql(self, batch: int) -> str:
         """Delete at most ``batch`` of the oldest events beyond the retention; record how far
@@ -545,8 +546,19 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             " greatest(meta.value::bigint, excluded.value::bigint)::text"
         )
 
+    async def _trim_events(self, conn: asyncpg.Connection, batch: int) -> None:
+        """Trim at once, on the writer's connection (an enqueue: a reader resuming after it
+        returned is told ``truncated``)."""
+        await conn.execute(self._trim_sql(batch), self._event_retention)
+
+    def _trim_later(self, batch: int) -> None:
+        """Trim off the hot path (the group commit of begins and finishes), in a task."""
+        self._trim_owed += batch
+        if self._trimming is None or self._trimming.done():
+            self._trimming = asyncio.get_running_loop().create_task(self._trim())
+
     async def _trim(self) -> None:
-        """Trim what ``_count_events`` owes, in statements of at most ``2 * _EVENT_TRIM_STEP``."""
+        """Trim what ``_trim_later`` owes, in statements of at most ``2 * _EVENT_TRIM_STEP``."""
         while self._trim_owed > 0:
             batch = min(self._trim_owed, 2 * _EVENT_TRIM_STEP)
             self._trim_owed -= batch
@@ -738,6 +750,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             *params(made, now),
             f"events:{self.schema}",
             self._channel("work"),
+            headers(made),
         )
         inserted = {row[0] for row in rows}
         out: list[Job | None] = []
@@ -753,8 +766,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             met = await settle(conn, self._s, [made[i] for i in missing])
             for index, holder in zip(missing, met, strict=True):
                 out[index] = holder
-        if rows:
-            self._count_events(len(rows))
+        if rows and (batch := self._count_events(len(rows))):
+            await self._trim_events(conn, batch)
         return out, (int(rows[0][1]) if rows else None)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
@@ -1114,7 +1127,8 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         newest = row["newest"]
         if newest is not None:
             self._pump.poke(int(newest))
-            self._count_events(len(finished) + len(begun))
+            if trim := self._count_events(len(finished) + len(begun)):
+                self._trim_later(trim)
         if group.wake and finished:
             self._work.notify()
         return results
