@@ -103,7 +103,14 @@ def wrap(cls, name, size=None, trip=None):
 def install() -> None:
     from afterwork.backends import _sqlite_db, redis, sqlite
 
-    for cls in (redis.RedisBackend, sqlite.SQLiteBackend):
+    classes = [redis.RedisBackend, sqlite.SQLiteBackend]
+    try:
+        from afterwork.backends import postgres
+    except ImportError:  # without the postgres extra
+        pass
+    else:
+        classes.append(postgres.PostgresBackend)
+    for cls in classes:
         wrap(cls, "claim", size=lambda a, r: len(r))
         wrap(cls, "begin", size=lambda a, r: len(a[0]))
         for name in ("finish", "heartbeat", "wait_for_work", "recover_expired"):
@@ -178,9 +185,15 @@ def count_started(stream: Any, processes: int) -> None:
 
 
 def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid``, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of process ``pid`` and its descendants, from /proc.
+
+    Descendants count for a store that runs several processes (PostgreSQL's backends);
+    redis-server is one process.
+    """
+    sys.path.insert(0, str(ROOT))
+    from bench.peers.common import tree_cpu
+
+    return tree_cpu(pid)
 
 
 async def with_app(url: str, project: Path, body: Any) -> Any:
@@ -204,6 +217,9 @@ def enqueue_paused(url: str, jobs: int, project: Path) -> None:
     asyncio.run(with_app(url, project, body))
 
 
+POLLS = [0]  # aw.stats() calls made while waiting (each one a read of the store)
+
+
 def resume_and_wait(url: str, jobs: int, project: Path) -> float:
     from afterwork import JobStatus
 
@@ -211,6 +227,7 @@ def resume_and_wait(url: str, jobs: int, project: Path) -> float:
         started = time.perf_counter()
         await aw.resume("default")
         while True:
+            POLLS[0] += 1
             done = sum(s.counts.get(JobStatus.SUCCEEDED, 0) for s in await aw.stats())
             if done >= jobs:
                 return time.perf_counter() - started
@@ -221,8 +238,15 @@ def resume_and_wait(url: str, jobs: int, project: Path) -> float:
 
 
 def measure(
-    url: str, processes: int, args: argparse.Namespace, project: Path, server_pid: int | None
+    url: str,
+    processes: int,
+    args: argparse.Namespace,
+    project: Path,
+    server_pid: int | None,
+    counters: Any = None,
 ) -> dict[str, Any]:
+    """One drain; ``counters()``, if given, reads the store's own counters (a dict of
+    numbers) before and after it: their differences are in ``store_counters``."""
     enqueue_paused(url, args.jobs, project)
     probe = Path(tempfile.mkdtemp(dir=project))
     env = {
@@ -243,8 +267,11 @@ def measure(
         drain = subprocess.Popen(["cat"], stdin=worker.stderr, stdout=subprocess.DEVNULL)
         load = os.getloadavg()[0]
         server0 = proc_cpu(server_pid) if server_pid else 0.0
+        before = counters() if counters else {}
+        POLLS[0] = 0
         seconds = resume_and_wait(url, args.jobs, project)
         server1 = proc_cpu(server_pid) if server_pid else 0.0
+        after = counters() if counters else {}
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         drain.wait(10)
@@ -259,6 +286,8 @@ def measure(
         "rate": args.jobs / seconds,
         "load": load,
         "server_cpu": server1 - server0,
+        "store_counters": {k: after[k] - before[k] for k in after},
+        "stats_polls": POLLS[0],
         "workers": reports,
     }
 

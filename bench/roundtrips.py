@@ -17,8 +17,8 @@ proxy; this process enqueues straight to Redis, so only the worker's traffic is 
   divided by ``--jobs``.
 
 Idle polls, heartbeats and presence writes during the drain count: they are part of the
-cost. The peers' worker processes can be measured the same way: point their
-``BENCH_REDIS_URL`` at the proxy (``bench/peers/common.py``); not wired here yet.
+cost. Every peer, and afterwork through the same driver, is measured the same way by
+``bench/run_all.py --suite costs`` (``bench/peers/common.py``'s ``costs`` scenario).
 """
 
 from __future__ import annotations
@@ -35,58 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.redis_server import RedisServer, free_port  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 from afterwork import Afterwork  # noqa: E402
+from bench.proxy import ROUND_TRIPS, Proxy  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class CountingProxy:
-    """A TCP proxy to ``target`` that counts request bursts (round trips) per direction."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.round_trips = 0
-        self.bytes_up = 0
-        self._server: asyncio.base_events.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        answered = [True]  # the server spoke since the client last did
-
-        async def up() -> None:
-            while data := await client_r.read(65536):
-                if answered[0]:
-                    self.round_trips += 1
-                    answered[0] = False
-                self.bytes_up += len(data)
-                server_w.write(data)
-                await server_w.drain()
-            server_w.close()
-
-        async def down() -> None:
-            while data := await server_r.read(65536):
-                answered[0] = True
-                client_w.write(data)
-                await client_w.drain()
-            client_w.close()
-
-        try:
-            await asyncio.gather(up(), down())
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass  # a connection closed, or the bench is over
-        finally:
-            client_w.close()
-            server_w.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -98,7 +52,7 @@ async def measure(jobs: int, concurrency: int | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         server = RedisServer(Path(folder), extra=["--appendonly", "no"])
         server.start()
-        proxy = CountingProxy(server.port)
+        proxy = Proxy(server.port)  # bench/proxy.py: what it counts is said there
         await proxy.start()
         command = [sys.executable, "-m", "afterwork", "worker", "bench.redis_app:aw"]
         if concurrency:
@@ -113,13 +67,17 @@ async def measure(jobs: int, concurrency: int | None) -> None:
             async with Afterwork(server.url) as aw:
                 noop = aw.task(name="noop")(_noop)  # as bench/redis_app.py names it
                 await aw.wait_for_job((await noop.enqueue()).id, timeout=120)  # warm worker
-                trips0, cpu0, t0 = proxy.round_trips, cpu_seconds(worker.pid), time.monotonic()
+                trips0, cpu0, t0 = (
+                    proxy.counts[ROUND_TRIPS],
+                    cpu_seconds(worker.pid),
+                    time.monotonic(),
+                )
                 new = [aw.build_job(noop, (), {}, {}) for _ in range(jobs)]
                 for at in range(0, jobs, 1000):
                     await aw.enqueue_many(new[at : at + 1000])
                 await aw.wait_for_job(new[-1].id, timeout=600)
                 await aw.join(timeout=600)
-                trips, cpu = proxy.round_trips - trips0, cpu_seconds(worker.pid) - cpu0
+                trips, cpu = proxy.counts[ROUND_TRIPS] - trips0, cpu_seconds(worker.pid) - cpu0
                 elapsed = time.monotonic() - t0
         finally:
             worker.terminate()

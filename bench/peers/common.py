@@ -9,6 +9,12 @@ minus the ``time.time()`` taken just before it was enqueued. Only stdlib and red
 which every peer environment has.
 
     python -m bench.peers.<peer>_bench redis://127.0.0.1:PORT/0 [--json out.json]
+        [--scenarios enqueue,drain,sleep,latency,costs] [--worker-url redis://...]
+
+``--worker-url`` points the worker processes elsewhere than the driver (through a delaying
+``bench/proxy.py``: the distance scenario). ``--scenarios costs`` measures, at the socket,
+the worker's Redis round trips and commands per drained job and its CPU per job: see
+:func:`costs`.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 # BENCH_SCALE=10 divides the job counts, for a quick check of a peer script only.
@@ -103,15 +110,21 @@ def flushdb(url: str) -> None:
     client.close()
 
 
+_worker_url: str | None = None  # --worker-url: where worker processes connect instead
+
+
 def spawn(
     command: list[str], url: str, out: Path, concurrency: int | None
 ) -> subprocess.Popen[bytes]:
+    if _worker_url is not None:  # a command may name the URL (rq worker --url)
+        command = [_worker_url if part == url else part for part in command]
+        url = _worker_url
     env = {
         **os.environ,
         "BENCH_REDIS_URL": url,
         "BENCH_OUT": str(out),
         "BENCH_CONCURRENCY": str(concurrency or ""),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
     }
     log = open(out.with_suffix(".log"), "wb")
     proc = subprocess.Popen(
@@ -176,55 +189,214 @@ async def prefill(peer: Peer, kind: str, count: int) -> None:
             return
 
 
-async def run(peer: Peer, url: str, folder: Path, timeout: float) -> dict[str, Any]:
+ALL = ("enqueue", "drain", "sleep", "latency")
+
+
+async def run(
+    peer: Peer, url: str, folder: Path, timeout: float, scenarios: Collection[str] = ALL
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     await peer.open()
     try:
-        # (a) enqueue, one at a time and in batches of 1,000
-        flushdb(url)
-        out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
-        flushdb(url)
-        started = time.perf_counter()
-        batches = max(1, N_NOOP // BATCH)
-        batched = all([await peer.enqueue_batch("noop", BATCH) for _ in range(batches)])
-        elapsed = time.perf_counter() - started
-        out["enqueue_batch_per_s"] = BATCH * batches / elapsed if batched else None
-        # (b) drain pre-enqueued no-ops, one worker process at its defaults
-        flushdb(url)
-        count = getattr(peer, "drain_count", N_NOOP)  # fewer for a peer that needs > 2 min
-        await prefill(peer, "noop", count)
-        drained = await span(peer, url, folder / "drain.txt", count, None, timeout)
-        out["drain_per_s"] = count / drained
-        # (c) sleeps, default concurrency and 100
-        for concurrency in (None, 100):
-            key = f"sleep_c{concurrency or 'default'}_s"
-            if peer.worker(concurrency) is None:
-                out[key] = None
-                continue
-            flushdb(url)
-            await prefill(peer, "sleepy", N_SLEEP)
-            out[key] = await span(peer, url, folder / f"{key}.txt", N_SLEEP, concurrency, timeout)
-        # (d) enqueue-to-start latency on an idle worker, 5 ms apart
-        flushdb(url)
-        path = folder / "latency.txt"
-        command = peer.worker(None)
-        assert command is not None
-        proc = spawn(command, url, path, None)
-        try:
-            await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
-            await wait_lines(path, 1, proc, 120)
-            for _ in range(N_LATENCY):
-                await peer.enqueue("stamp", time.time())
-                await asyncio.sleep(0.005)
-            rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
-        finally:
-            stop(proc)
-        latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
-        cuts = statistics.quantiles(latencies, n=100)
-        out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+        if "costs" in scenarios:
+            out.update(await costs(peer, url, folder, timeout))
+        if "enqueue" in scenarios:
+            await enqueues(peer, url, out)
+        if "drain" in scenarios:
+            await drain(peer, url, folder, timeout, out)
+        if "sleep" in scenarios:
+            await sleeps(peer, url, folder, timeout, out)
+        if "latency" in scenarios:
+            await latency(peer, url, folder, timeout, out)
     finally:
         await peer.close()
     return out
+
+
+async def enqueues(peer: Peer, url: str, out: dict[str, Any]) -> None:
+    # (a) enqueue, one at a time and in batches of 1,000
+    flushdb(url)
+    out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+    flushdb(url)
+    started = time.perf_counter()
+    batches = max(1, N_NOOP // BATCH)
+    batched = all([await peer.enqueue_batch("noop", BATCH) for _ in range(batches)])
+    elapsed = time.perf_counter() - started
+    out["enqueue_batch_per_s"] = BATCH * batches / elapsed if batched else None
+
+
+async def drain(peer: Peer, url: str, folder: Path, timeout: float, out: dict[str, Any]) -> None:
+    # (b) drain pre-enqueued no-ops, one worker process at its defaults
+    flushdb(url)
+    count = getattr(peer, "drain_count", N_NOOP)  # fewer for a peer that needs > 2 min
+    await prefill(peer, "noop", count)
+    drained = await span(peer, url, folder / "drain.txt", count, None, timeout)
+    out["drain_per_s"] = count / drained
+
+
+async def sleeps(peer: Peer, url: str, folder: Path, timeout: float, out: dict[str, Any]) -> None:
+    # (c) sleeps, default concurrency and 100
+    for concurrency in (None, 100):
+        key = f"sleep_c{concurrency or 'default'}_s"
+        if peer.worker(concurrency) is None:
+            out[key] = None
+            continue
+        flushdb(url)
+        await prefill(peer, "sleepy", N_SLEEP)
+        out[key] = await span(peer, url, folder / f"{key}.txt", N_SLEEP, concurrency, timeout)
+
+
+async def latency(peer: Peer, url: str, folder: Path, timeout: float, out: dict[str, Any]) -> None:
+    # (d) enqueue-to-start latency on an idle worker, 5 ms apart
+    flushdb(url)
+    path = folder / "latency.txt"
+    command = peer.worker(None)
+    assert command is not None
+    proc = spawn(command, url, path, None)
+    try:
+        await peer.enqueue("stamp", time.time())  # the worker is up once this one ran
+        await wait_lines(path, 1, proc, 120)
+        for _ in range(N_LATENCY):
+            await peer.enqueue("stamp", time.time())
+            await asyncio.sleep(0.005)
+        rows = await wait_lines(path, N_LATENCY + 1, proc, timeout)
+    finally:
+        stop(proc)
+    latencies = [(start - t0) * 1000 for t0, start in sorted(rows)[1:]]
+    cuts = statistics.quantiles(latencies, n=100)
+    out["latency_p50_ms"], out["latency_p99_ms"] = cuts[49], cuts[98]
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of process ``root`` and its descendants, from ``/proc/<pid>/stat``.
+
+    ``utime + stime`` of each live process of the tree, plus ``cutime + cstime`` (the
+    children it has reaped: RQ's work-horse per job, a pool's replaced children).
+    """
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(times.get(pid, 0) for pid in tree) / TICKS
+
+
+class LineCount:
+    """How many lines a job-stamp file has, reading only what was appended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count, self._at = path, 0, 0
+
+    def now(self) -> int:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self._at)
+                data = file.read()
+        except FileNotFoundError:
+            return 0
+        complete = data.rfind(b"\n") + 1
+        self.count += data.count(b"\n", 0, complete)
+        self._at += complete
+        return self.count
+
+
+def start_proxy(url: str, folder: Path, *extra: str) -> tuple[subprocess.Popen[str], str, Path]:
+    """``bench/proxy.py`` in front of ``url``'s server: (its process, its URL, its stats)."""
+    parts = urlsplit(url)
+    stats = folder / f"proxy-{time.monotonic_ns()}.stats"
+    command = [sys.executable, str(ROOT / "bench" / "proxy.py"), "--target-port", str(parts.port)]
+    command += ["--stats", str(stats), "--names", str(stats.with_suffix(".names.json")), *extra]
+    proxy = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert proxy.stdout is not None
+    port = int(proxy.stdout.readline().split()[1])
+    host = f"{parts.username}@" if parts.username else ""
+    proxied = urlunsplit(parts._replace(netloc=f"{host}127.0.0.1:{port}"))
+    return proxy, proxied, stats
+
+
+def read_stats(path: Path) -> dict[str, int]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from proxy import read_stats as read
+
+    return read(path)
+
+
+async def costs(peer: Peer, url: str, folder: Path, timeout: float) -> dict[str, Any]:
+    """Round trips, commands and CPU per job of one worker draining pre-enqueued no-ops.
+
+    The jobs are enqueued straight to Redis; the worker process (at its defaults) connects
+    through a counting ``bench/proxy.py``, so only its own traffic is counted. The figures
+    run from the moment its first job is seen done (its start-up, imports and first claim
+    excluded) to the moment the last is: the proxy's counters, the worker process tree's
+    CPU and the count of jobs done are read at both moments, and each difference divided
+    by the jobs done in between. ``startup_cpu_s`` is the tree's CPU up to the first read.
+    """
+    global _worker_url
+    flushdb(url)
+    count = getattr(peer, "drain_count", N_NOOP)
+    await prefill(peer, "noop", count)
+    proxy, proxied, stats = start_proxy(url, folder)
+    path = folder / "costs.txt"
+    command = peer.worker(None)
+    assert command is not None
+    saved, _worker_url = _worker_url, proxied
+    try:
+        proc = spawn(command, url, path, None)
+    finally:
+        _worker_url = saved
+    seen = LineCount(path)
+    try:
+        end = time.monotonic() + timeout
+        while seen.now() == 0:
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"no job done: see {path.with_suffix('.log')}")
+            await asyncio.sleep(0.002)
+        n0, s0, c0, t0 = seen.count, read_stats(stats), tree_cpu(proc.pid), time.monotonic()
+        partial = False
+        while seen.now() < count:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{seen.count} of {count} done: see {path.with_suffix('.log')}")
+            if time.monotonic() > end and seen.count - n0 >= 100:
+                partial = True  # out of time: the figures are per job done so far
+                break
+            await asyncio.sleep(0.002)
+        n1, s1, c1, t1 = seen.count, read_stats(stats), tree_cpu(proc.pid), time.monotonic()
+    finally:
+        stop(proc)
+        proxy.terminate()
+        proxy.wait(10)
+    jobs = n1 - n0
+    names_file = stats.with_suffix(".names.json")
+    names = json.loads(names_file.read_text()) if names_file.exists() else {}
+    return {
+        "cost_jobs": jobs,
+        "cost_partial": partial,
+        "round_trips_per_job": (s1["round_trips"] - s0["round_trips"]) / jobs,
+        "commands_per_job": (s1["commands"] - s0["commands"]) / jobs,
+        "bytes_per_job": (s1["bytes_up"] + s1["bytes_down"] - s0["bytes_up"] - s0["bytes_down"])
+        / jobs,
+        "cpu_us_per_job": (c1 - c0) / jobs * 1e6,
+        "cores_while_draining": (c1 - c0) / (t1 - t0),
+        "proxied_drain_per_s": jobs / (t1 - t0),
+        "startup_cpu_s": c0,
+        "connections": s1["connections"],
+        "command_names_whole_run": {k: v / count for k, v in list(names.items())[:8]},
+    }
 
 
 async def span(
@@ -245,11 +417,16 @@ def main(module: str) -> None:
     parser.add_argument("url")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--timeout", type=float, default=240, help="per scenario, seconds")
+    parser.add_argument("--scenarios", default=",".join(ALL), help=f"of {ALL + ('costs',)}")
+    parser.add_argument("--worker-url", help="where worker processes connect (default: url)")
     args = parser.parse_args()
+    global _worker_url
+    _worker_url = args.worker_url
     os.environ["BENCH_REDIS_URL"] = args.url
     peer: Peer = importlib.import_module(module).Peer()
     folder = Path(tempfile.mkdtemp(prefix=f"aw-bench-{peer.name}-"))
-    result = asyncio.run(run(peer, args.url, folder, args.timeout))
+    scenarios = args.scenarios.split(",")
+    result = asyncio.run(run(peer, args.url, folder, args.timeout, scenarios))
     report = {"peer": peer.name, "version": peer.version, "notes": peer.notes, **result}
     print(json.dumps(report), file=sys.stdout)
     if args.json:
