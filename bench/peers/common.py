@@ -330,8 +330,7 @@ def start_proxy(url: str, folder: Path, *extra: str) -> tuple[subprocess.Popen[s
 
 
 def read_stats(path: Path) -> dict[str, int]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from proxy import read_stats as read
+    from bench.proxy import read_stats as read
 
     return read(path)
 
