@@ -138,7 +138,10 @@ async def test_behind_pgbouncer_an_app_transaction_enqueues_too(bouncer: PgBounc
 
 async def test_listen_can_be_forced_on_behind_a_session_pooler(bouncer: PgBouncer) -> None:
     # Session pooling keeps one server session per client: LISTEN works there, when asked.
-    session = PgBouncer(bouncer.server, pool_mode="session", pool_size=4)
+    # Each client connection holds a server session for its life, so the pool must hold
+    # both stores' (pool_size 10 and a listener each): a smaller one queues a connection
+    # in pgbouncer until query_wait_timeout (120 s), which is not what this test is about.
+    session = PgBouncer(bouncer.server, pool_mode="session", pool_size=24)
     session.start()
     try:
         url = schema_url(session.url, listen="true", poll_interval="30", max_poll_interval="30")
