@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from .ports import free_port
+
 __all__ = ("PgBouncer", "PostgresServer", "postgres_bin")
 
 _DIRS = ("/usr/local/bin", "/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin",
@@ -40,12 +42,6 @@ def postgres_bin(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresServer:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ("RedisServer", "redis_binary")
+from .ports import free_port
+
+__all__ = ("RedisServer", "free_port", "redis_binary")
 
 
 def redis_binary() -> str:
@@ -28,12 +30,6 @@ def redis_binary() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
