@@ -327,8 +327,9 @@ class Afterwork(FlowControl):
             misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
                 scheduler ran (never more than one job).
             misfire_grace: seconds after its instant a tick still counts as on time.
-            catch_up: ticks missed while the store was unreachable are each enqueued when
-                it answers again if at most this many seconds old; ``misfire`` beyond.
+            catch_up: ticks missed while the store was unreachable (or while a running
+                scheduler's pass came late) are each enqueued once if at most this many
+                seconds old; ``misfire`` beyond.
         """
         trigger = CronTrigger(expr, tz)
         return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)

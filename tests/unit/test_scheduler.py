@@ -224,6 +224,43 @@ async def test_a_late_tick_runs_once_or_is_skipped(
     assert [tick_of(j) for j in await aw.scheduler.run_pending()] == [ts(2024, 5, 5, 9)]
 
 
+@pytest.mark.parametrize("misfire", ["run_once", "skip"])
+async def test_ticks_a_late_pass_missed_are_each_enqueued_once(
+    aw_clock: tuple[Afterwork, FakeClock], misfire: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduler that ran but whose pass came late (a blocked loop, a starved machine) was
+    alive for the ticks in between: each is enqueued, whatever ``misfire`` says (that is for
+    ticks that fell due while no scheduler ran)."""
+    aw, clock = aw_clock
+
+    @aw.every(1, misfire=misfire)
+    async def beat() -> None: ...
+
+    start = clock()
+    assert [tick_of(j) for j in await aw.scheduler.run_pending()] == [start]
+    clock.advance(3.5)  # no pass for 3.5 s
+    with caplog.at_level(logging.WARNING, logger="afterwork.scheduler"):
+        late = await aw.scheduler.run_pending()
+    assert [tick_of(j) for j in late] == [start + 1, start + 2, start + 3]
+    assert "pass came late" in caplog.text
+    assert await aw.scheduler.run_pending() == []
+    clock.advance(1)
+    assert [tick_of(j) for j in await aw.scheduler.run_pending()] == [start + 4]
+
+
+async def test_a_pass_that_ends_past_the_next_tick_does_not_sleep_over_it(
+    aw_clock: tuple[Afterwork, FakeClock],
+) -> None:
+    aw, clock = aw_clock
+
+    @aw.every(1)
+    async def beat() -> None: ...
+
+    await aw.scheduler.run_pending()  # decides the tick at clock()
+    clock.advance(1.5)  # ... and ended 1.5 s later (a slow store write)
+    assert aw.scheduler._next_wake() == pytest.approx(0, abs=0.01)  # the next tick is due
+
+
 async def test_a_new_schedule_does_not_catch_up(aw_clock: tuple[Afterwork, FakeClock]) -> None:
     aw, clock = aw_clock
 

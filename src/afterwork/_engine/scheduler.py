@@ -195,6 +195,8 @@ class Schedule:
     A short store outage is different: the schedulers ran, but could not write. Ticks
     missed during it are each enqueued (exactly once) when the store answers again, if
     they are at most ``catch_up`` seconds old (default 60); older ones follow ``misfire``.
+    So are the ticks a running scheduler missed because its pass came late (a blocked
+    event loop, a starved machine).
     """
 
     name: str
@@ -404,13 +406,19 @@ class Scheduler:
     ) -> None:
         following = None if last is None else schedule.trigger.next_after(last)
         dropped = following is not None and following < ticks[0]
+        cause = (
+            f"while the store was unreachable (no scheduler pass worked after "
+            f"{_iso(self._outage_since)})"
+            if self._outage_since is not None
+            else f"because the scheduler's pass came late (its previous pass was at "
+            f"{_iso(self._last_ok)}: the process was busy or starved)"
+        )
         logger.warning(
-            "schedule %s: %d tick(s) from %s were missed while the store was unreachable "
-            "(no scheduler pass worked after %s); enqueued them now%s",
+            "schedule %s: %d tick(s) from %s were missed %s; enqueued them now%s",
             schedule.name,
             len(jobs),
             _iso(ticks[0]),
-            _iso(self._outage_since),
+            cause,
             f"; older ticks (after {_iso(last)}) are past catch_up={schedule.catch_up:g}s "
             "and dropped"
             if dropped
@@ -421,8 +429,15 @@ class Scheduler:
     def _caught_up(
         self, schedule: Schedule, now: float, due: float, last: float | None
     ) -> list[float]:
-        """The ticks missed during a store outage this scheduler saw, within ``catch_up``."""
-        since = self._outage_since
+        """The ticks this running scheduler missed, within ``catch_up``, oldest first.
+
+        Two causes, one rule: ticks that fell due while its passes failed (a store outage),
+        or while it ran but its pass came late (its event loop was blocked, the machine was
+        starved). Either way a scheduler was alive for them, so each is enqueued once; only
+        ticks that fell due while no scheduler ran follow ``misfire``. ``[]`` when the only
+        tick to enqueue is ``due`` itself (the usual, on-time case).
+        """
+        since = self._outage_since if self._outage_since is not None else self._last_ok
         if since is None or last is None or last >= due:
             return []
         oldest = max(since, now - schedule.catch_up)
@@ -432,6 +447,8 @@ class Scheduler:
         while tick is not None and tick <= due and len(ticks) < _MAX_CATCH_UP:
             ticks.append(tick)
             tick = schedule.trigger.next_after(tick)
+        if ticks == [due] and schedule.trigger.next_after(last) == due:
+            return []  # nothing was missed: the on-time path decides it
         return ticks
 
     def _decide(
@@ -486,11 +503,17 @@ class Scheduler:
             await self._passed.wait()
 
     def _next_wake(self) -> float:
+        """Seconds until the first tick no pass has decided yet (0: one is already due).
+
+        Counted from the ticks already decided, not from the clock after the pass: a pass
+        that ends past the next tick's instant (a slow store, a busy machine) must not sleep
+        over that tick.
+        """
         now = self.host.backend.now()
         upcoming = [
             tick
             for schedule in self.schedules.values()
-            if (tick := schedule.trigger.next_after(now)) is not None
+            if (tick := schedule.trigger.next_after(self._seen.get(schedule.name, now))) is not None
         ]
         if not upcoming:
             return MAX_SLEEP
