@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install check test soak demo bench clean
+.PHONY: install check test chaos soak demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ check: install
 test: install
 	bash scripts/install-system-deps
 	bash scripts/test $(PYTEST_ARGS)
+
+## make chaos: every chaos test, the fleet tier too (several processes at once, SIGKILLs, failovers)
+chaos: install
+	bash scripts/install-system-deps
+	$(PY) -m pytest -m "chaos or fleet" --fleet $(PYTEST_ARGS)
 
 ## make soak: the long load proofs only (the soak tier: a minute or more each)
 soak: install

@@ -69,16 +69,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the soak tier (tests marked soak: minutes-long load proofs)",
     )
+    parser.addoption(
+        "--fleet",
+        action="store_true",
+        default=False,
+        help="also run the fleet chaos tier (tests marked fleet: several processes at once)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``soak`` run only with ``--soak`` (or ``AFTERWORK_SOAK=1``)."""
-    if config.getoption("--soak") or os.environ.get("AFTERWORK_SOAK") == "1":
-        return
-    skip = pytest.mark.skip(reason="soak tier: run with --soak (make soak)")
+    """The tiers beyond ``make test``: tests marked ``soak`` run only with ``--soak`` (or
+    ``AFTERWORK_SOAK=1``), tests marked ``fleet`` only with ``--fleet`` (or
+    ``AFTERWORK_FLEET=1``; ``make chaos``)."""
+    tiers = {
+        "soak": config.getoption("--soak") or os.environ.get("AFTERWORK_SOAK") == "1",
+        "fleet": config.getoption("--fleet") or os.environ.get("AFTERWORK_FLEET") == "1",
+    }
+    skips = {
+        "soak": pytest.mark.skip(reason="soak tier: run with --soak (make soak)"),
+        "fleet": pytest.mark.skip(reason="fleet chaos tier: run with --fleet (make chaos)"),
+    }
     for item in items:
-        if "soak" in item.keywords:
-            item.add_marker(skip)
+        for tier, wanted in tiers.items():
+            if not wanted and tier in item.keywords:
+                item.add_marker(skips[tier])
+                break
 
 
 @pytest.fixture(scope="session")

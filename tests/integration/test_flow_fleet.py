@@ -123,6 +123,7 @@ def wait_until(condition: Any, deadline: float, what: str) -> None:
     raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
+@pytest.mark.fleet
 async def test_four_workers_run_at_most_three_and_a_killed_workers_slots_come_back(
     store_url: str, fleet: Fleet
 ) -> None:
@@ -269,6 +270,7 @@ def check(records: list[dict[str, Any]], seconds: float) -> None:
     assert within >= 0.9 * LIMIT * seconds / PER, (within, seconds)
 
 
+@pytest.mark.fleet
 async def test_fifty_per_second_across_four_workers(store_url: str, fleet: Fleet) -> None:
     seconds = 4.0
     check(await run_for(store_url, fleet, seconds), seconds)

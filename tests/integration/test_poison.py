@@ -65,6 +65,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"{base}?prefix=afterwork:p{uuid.uuid4().hex[:10]}"
 
 
+@pytest.mark.fleet
 def test_a_poison_job_kills_its_worker_exactly_max_recoveries_times(
     store_url: str, tmp_path: Path
 ) -> None:

@@ -139,6 +139,7 @@ def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 # (gc below), so the warning cannot land on a later test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.fleet
 async def test_a_master_killed_mid_drain_fails_over_and_loses_nothing(
     own_cluster: RedisCluster, tmp_path: Path
 ) -> None:
@@ -194,6 +195,7 @@ def sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
 
 @pytest.mark.chaos
 @pytest.mark.slow
+@pytest.mark.fleet
 async def test_sentinel_finds_the_master_and_follows_a_failover(sentinel: RedisSentinel) -> None:
     aw = Afterwork(backend=RedisBackend.from_url(f"{sentinel.url}?prefix=s", retry_for=15.0))
     ran: list[int] = []

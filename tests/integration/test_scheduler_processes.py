@@ -125,6 +125,7 @@ async def _wait_children(log: Path, count: int, timeout: float) -> list[int]:
             await anyio.sleep(0.1)
 
 
+@pytest.mark.fleet
 async def test_processes_flag_ticks_each_schedule_once(store_url: str, tmp_path: Path) -> None:
     """``afterwork worker --processes 3``: three schedulers in one command, and one of them
     SIGKILLed (the supervisor starts another): every 1-second tick is enqueued exactly once.
