@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,8 @@ def _holds_work(path: str) -> bool:
     """Whether the SQLite store at ``path`` holds any job or schedule tick (read-only)."""
     if not os.path.exists(path):
         return False
+    import sqlite3  # a worker on another store never gets here
+
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:

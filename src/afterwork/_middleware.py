@@ -30,7 +30,6 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, cast
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 if TYPE_CHECKING:
@@ -183,11 +182,12 @@ async def _in_thread(
     sync: SyncMiddleware, call: JobCall, call_next: Callable[[], Awaitable[Job | None]]
 ) -> Job | None:
     """A plain ``def`` middleware, run in a worker thread; its ``call_next()`` blocks it."""
+    from anyio import from_thread  # only with a plain ``def`` middleware: not in every worker
 
     async def next_step() -> Job | None:
         return await call_next()
 
     def blocking_next() -> Job | None:
-        return anyio.from_thread.run(next_step)
+        return from_thread.run(next_step)
 
     return await anyio.to_thread.run_sync(sync, call, blocking_next)

@@ -1,10 +1,12 @@
-"""``afterwork worker`` on SQLite runs its first job without loading what it does not need.
+"""``afterwork worker`` runs its first job without loading what it does not need.
 
-Start-up time is measured in ``bench/startup_bench.py``, never here: this checks what makes
-it, without a clock. A worker process started from the command line runs a job that writes
-down the modules loaded in that process; the store drivers of other URLs, the CLI framework,
-FastAPI, pydantic (the job's arguments are plain values), Prometheus and OpenTelemetry must
-not be among them.
+Start-up time is measured in ``bench/startup_bench.py`` and ``bench/startup_phases.py``,
+never here: this checks what makes it, without a clock. A worker process started from the
+command line runs a job that writes down the modules loaded in that process; the store
+drivers of other URLs, the CLI framework, FastAPI, pydantic (the job's arguments are plain
+values), Prometheus and OpenTelemetry must not be among them, nor what only some apps use
+(cron time zones, plain ``def`` middleware, ``secrets``' HMAC), on SQLite, Redis and
+PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from afterwork import Afterwork
@@ -53,7 +57,30 @@ NOT_LOADED = (
     "httpx",
     "logging.config",
     "multiprocessing.connection",
+    # Only for what some apps use: cron schedules (their time zone and expression), a
+    # plain ``def`` middleware (run in a thread that calls back into the loop).
+    "zoneinfo",
+    "cronsim",
+    "anyio.from_thread",
+    # Tokens and worker ids come from ``os.urandom``: no HMAC, no hashlib, for SQLite.
+    "secrets",
+    "hmac",
+    "hashlib",
 )
+
+#: What a worker on another store must not load either. Not banned there: what the
+#: drivers load themselves (``hashlib``, ``secrets``: redis-py's script hashes, asyncpg's
+#: authentication; redis-py 8 loads OpenTelemetry's SDK where it is installed, as here), and
+#: ``pydantic_core``, the Redis store's JSON codec (pydantic itself stays out).
+_DRIVERS_OWN = ("hashlib", "secrets", "hmac")
+NOT_LOADED_BY_STORE = {
+    "redis": tuple(
+        n for n in NOT_LOADED if n not in ("redis", "opentelemetry", "pydantic_core", *_DRIVERS_OWN)
+    )
+    + ("sqlite3", "_sqlite3"),
+    "postgres": tuple(n for n in NOT_LOADED if n not in ("asyncpg", *_DRIVERS_OWN))
+    + ("sqlite3", "_sqlite3"),
+}
 
 
 def worker(folder: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -98,6 +125,52 @@ async def test_a_sqlite_worker_runs_a_job_without_heavy_modules(
     )
     assert found == [], f"a SQLite worker loaded {found}"
     assert proc.returncode == 0, stderr.decode()
+
+
+def loaded_by_a_worker(url: str, folder: Path) -> set[str]:
+    """The modules loaded by ``afterwork worker`` on ``url`` once it ran a job."""
+    return anyio.run(_loaded_by_a_worker, url, folder)
+
+
+async def _loaded_by_a_worker(url: str, folder: Path) -> set[str]:
+    (folder / "app.py").write_text(APP.format(url=url))
+    seen = folder / "modules.json"
+    async with Afterwork(url) as aw:
+
+        @aw.task(name="modules")
+        async def modules(path: str, n: int, ratio: float, flag: bool) -> None: ...
+
+        job = await modules.enqueue(str(seen), 1, 0.5, True)
+        proc = worker(folder)
+        try:
+            done = await aw.wait_for_job(job.id, timeout=60)
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=30)
+    assert done.status.value == "succeeded", (done.error, stderr.decode())
+    assert proc.returncode == 0, stderr.decode()
+    return set(json.loads(seen.read_text()))
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+def test_a_server_store_worker_loads_its_driver_only(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if store == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
+        driver, module = "redis", "afterwork.backends.redis"
+    else:
+        url = f"{request.getfixturevalue('postgres_url')}?schema=t{uuid.uuid4().hex[:12]}"
+        driver, module = "asyncpg", "afterwork.backends.postgres"
+    loaded = loaded_by_a_worker(url, tmp_path)
+    assert {"afterwork._engine.worker", module, driver} <= loaded
+    found = sorted(
+        name
+        for name in loaded
+        for banned in NOT_LOADED_BY_STORE[store]
+        if name == banned or name.startswith(f"{banned}.")
+    )
+    assert found == [], f"a {store} worker loaded {found}"
 
 
 def test_the_plain_worker_command_is_parsed_without_typer() -> None:

@@ -26,17 +26,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from anyio.abc import TaskStatus
-from cronsim import CronSim, CronSimError
 
 from .._middleware import JobCall, run_through
 from ..exceptions import ConfigurationError, EnqueueError, ScheduleNotFound
 from ..job import SCHEDULE_HEADER, check_headers
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from ..backends.base import NewJob
     from ..job import Job
     from ..task import Task
@@ -133,6 +133,11 @@ class CronTrigger:
     _fields: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Loaded with the first cron schedule, not by every worker (zoneinfo, cronsim).
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from cronsim import CronSim, CronSimError
+
         try:
             zone = ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -158,6 +163,8 @@ class CronTrigger:
 
     def latest(self, now: float) -> float | None:
         """The latest tick at or before ``now`` (``None``: none in the last 50 years)."""
+        from cronsim import CronSim
+
         start = datetime.fromtimestamp(math.floor(now) + 1, self._zone)
         try:
             return next(CronSim(self._fields, start, reverse=True)).timestamp()
@@ -166,6 +173,8 @@ class CronTrigger:
 
     def next_after(self, moment: float) -> float | None:
         """The first tick strictly after ``moment`` (``None``: none in 50 years)."""
+        from cronsim import CronSim
+
         start = datetime.fromtimestamp(math.floor(moment), self._zone)
         try:
             return next(CronSim(self._fields, start)).timestamp()

@@ -6,7 +6,6 @@ import enum
 import logging
 import os
 import random
-import secrets
 import socket
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
@@ -74,7 +73,7 @@ async def _first(*events: _Waitable) -> None:
 def worker_id(name: str | None = None) -> str:
     """A new identity for each worker instance, even if it reuses a configured name."""
     base = name or socket.gethostname()
-    return f"{base}:{os.getpid()}:{secrets.token_hex(3)}"
+    return f"{base}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 class Worker:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -119,7 +119,7 @@ class WriteBehind:
         """Start ``new`` here, unwritten: its claim, decided in memory."""
         now = self.host.backend.now()
         job = life.start_now(new, worker=self.worker, now=now, lease_ttl=lease_ttl).job
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         loop = self._loop or asyncio.get_running_loop()
         record = LocalRecord(new, self.worker, token, lease_ttl, now, job, began=loop.time())
         self._records[new.id] = record

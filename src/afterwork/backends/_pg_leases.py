@@ -9,7 +9,7 @@ Python and writes them back, all or none.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,7 +50,7 @@ def _count(status: str) -> int:
 
 class LeasesMixin(_Store):
     async def acquire_lease(self, name: str, holder: str, *, ttl: float) -> str | None:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
 
         async def take(conn: asyncpg.Connection) -> str | None:
             now = self.now()

@@ -14,8 +14,8 @@ only read and write the tables (see ``docs/postgres.md``, "Roles") can open it.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import secrets
 from typing import TYPE_CHECKING
 
 from ..exceptions import BackendError, ConfigurationError, SchemaVersionError
@@ -292,7 +292,7 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> tuple[int, int]:
         await conn.execute(
             f"INSERT INTO {s}.meta (name, value) VALUES ('store_id', $1)"
             " ON CONFLICT (name) DO NOTHING",
-            secrets.token_hex(16),
+            os.urandom(16).hex(),
         )
     return before or 0, SCHEMA_VERSION
 

@@ -8,7 +8,7 @@ injected clock), as for job leases.
 
 from __future__ import annotations
 
-import secrets
+import os
 from typing import TYPE_CHECKING, Any
 
 from ._redis_scripts import SCRIPTS, Script
@@ -27,7 +27,7 @@ class LeasesMixin:
         ) -> Any: ...
 
     async def acquire_lease(self, name: str, holder: str, *, ttl: float) -> str | None:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         taken = await self._eval(_LEASE, "acquire", name, token, repr(float(ttl)), holder)
         return token if int(taken) == 1 else None
 

@@ -19,11 +19,10 @@ end), so a missing row after ``id`` means it was trimmed: the stream says so.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
@@ -31,6 +30,9 @@ from .._notify import Broadcaster, Subscription
 from ..job import JobEvent, JobStatus
 from ._channels import channel_broadcaster
 from .base import TRUNCATED, ChannelMessage, Clock, EventStream, MessageStream, truncated_event
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ("MESSAGE_KIND", "EventPump")
 
@@ -208,6 +210,8 @@ class EventPump:
         return int(row[0])
 
     def _run(self) -> None:
+        import sqlite3  # in the pump's thread: PostgreSQL's pump shares this module
+
         while True:
             listening = self._listening()
             self._wake.wait(self.poll_interval if listening else None)

@@ -6,7 +6,7 @@ lease change atomically; fencing is a compare on the token in the ``WHERE`` clau
 
 from __future__ import annotations
 
-import secrets
+import os
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ class LeasesMixin:
     _clock: Clock
 
     async def acquire_lease(self, name: str, holder: str, *, ttl: float) -> str | None:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
 
         def take(conn: sqlite3.Connection) -> str | None:
             now = self._clock()

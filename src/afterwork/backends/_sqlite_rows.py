@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -378,6 +377,8 @@ class Tx:
                 return holders[0]
         existing = self.get(job.id)
         if existing is None:  # pragma: no cover - ON CONFLICT only skips on those two
+            import sqlite3  # here only: PostgreSQL's rows share this module's codec
+
             raise sqlite3.IntegrityError(f"job {job.id} could not be inserted")
         return existing
 

@@ -21,7 +21,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import socket
 from collections.abc import Callable
 
@@ -55,7 +54,7 @@ class WakeSignals:
         if not self._usable:
             return False
         loop = asyncio.get_running_loop()
-        path = os.path.join(self.folder, f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}")
+        path = os.path.join(self.folder, f"{os.getpid()}-{os.urandom(4).hex()}{_SUFFIX}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -229,7 +229,7 @@ class MemoryBackend:
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         with self._lock:
-            token = secrets.token_hex(16)
+            token = os.urandom(16).hex()
             change = life.start_now(job, worker=worker, now=self._clock(), lease_ttl=lease_ttl)
             started = self._apply(change, token=token)
             assert started is not None
@@ -285,7 +285,7 @@ class MemoryBackend:
                 if best is None:
                     break
                 heapq.heappop(self._ready[best[1]])
-                token = secrets.token_hex(16)
+                token = os.urandom(16).hex()
                 change = life.claim(
                     self._jobs[best[0][2]], worker=worker, now=now, lease_ttl=lease_ttl
                 )
@@ -622,7 +622,7 @@ class MemoryBackend:
             if self._held_lease(name) is not None:
                 return None
             now = self._clock()
-            token = secrets.token_hex(16)
+            token = os.urandom(16).hex()
             info = LeaseInfo(name=name, holder=holder, acquired_at=now, expires_at=now + ttl)
             self._named_leases[name] = (token, info)
             return token

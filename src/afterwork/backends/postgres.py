@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -290,24 +290,29 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                         version = await check(conn, self.schema)
                         if version != SCHEMA_VERSION:
                             raise not_migrated(self.schema, version)
-                    self._store_id = await conn.fetchval(
-                        f"SELECT value FROM {self._s}.meta WHERE name = 'store_id'"
+                    self._store_id, cursor = await conn.fetchrow(
+                        f"SELECT (SELECT value FROM {self._s}.meta WHERE name = 'store_id'),"
+                        f" (SELECT coalesce(max(id), 0) FROM {self._s}.events)"
                     )
-                    cursor = await conn.fetchval(
-                        f"SELECT coalesce(max(id), 0) FROM {self._s}.events"
-                    )
-            finally:
+            except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.close()
-            with self._errors(sent=False):
-                self._pool = await asyncpg.create_pool(
-                    self.dsn,
-                    min_size=self._min_pool_size,
-                    max_size=self._pool_size,
-                    timeout=self._connect_timeout,
-                    statement_cache_size=self._statement_cache_size,
-                    reset=_reset,
-                )
+                raise
+            # The checking connection closes while the pool connects: the pool's first
+            # connection is what the first claim waits for, not this one's goodbye.
+            closing = asyncio.ensure_future(_close_quietly(conn))
+            try:
+                with self._errors(sent=False):
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn,
+                        min_size=self._min_pool_size,
+                        max_size=self._pool_size,
+                        timeout=self._connect_timeout,
+                        statement_cache_size=self._statement_cache_size,
+                        reset=_reset,
+                    )
+            finally:
+                await closing
         except BaseException:
             await self.aclose()
             raise
@@ -771,7 +776,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         return out, (int(rows[0][1]) if rows else None)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
 
         async def start(tx: Tx) -> Job:
             return await tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
@@ -819,7 +824,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             if problems:
                 await tx.quarantine(job)
                 continue
-            token = secrets.token_hex(16)
+            token = os.urandom(16).hex()
             change = life.claim(job, worker=worker, now=tx.now, lease_ttl=lease_ttl)
             columns = tx.columns(job, change.job, token=token, lease_ttl=lease_ttl)
             updates.setdefault(tuple(columns), []).append((job.id, *columns.values()))
@@ -1628,6 +1633,11 @@ def _resolve(future: asyncio.Future[list[Job]], outcome: list[Job] | BaseExcepti
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 async def _reset(conn: asyncpg.Connection) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -247,19 +247,12 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             seconds, micros = await self._command("TIME")
             after = time.time()
             self._offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
-            await self._load_scripts()
+            # No SCRIPT LOAD of every script here: Redis learns each one on first use
+            # (EVAL after NOSCRIPT, see ``_eval``), so a worker's first claim does not wait
+            # for fifteen scripts to compile (docs/benchmarks.md, issue 18).
         except BaseException:
             await self.aclose()
             raise
-
-    async def _load_scripts(self) -> None:
-        assert self._redis is not None
-        if self._topology.cluster:
-            return  # each node learns a script on first use (EVAL after NOSCRIPT)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script in SCRIPTS.values():
-                pipe.execute_command("SCRIPT", "LOAD", script.source)
-            await pipe.execute()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -365,7 +358,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         ]
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
         record = await self._eval(
             SCRIPTS["start"], worker, repr(float(lease_ttl)), token, *job_args(job)
         )
@@ -406,7 +399,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             worker,
             repr(float(lease_ttl)),
             str(limit),
-            secrets.token_hex(8) + "-",
+            os.urandom(8).hex() + "-",
             str(len(names)),
             *names,
             *(flow or exclude_tasks),

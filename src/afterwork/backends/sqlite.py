@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -358,7 +357,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
         return await enqueue_in(self, connection, jobs)
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
-        token = secrets.token_hex(16)
+        token = os.urandom(16).hex()
 
         def start(tx: Tx) -> Job:
             created = tx.insert(job, worker=worker, token=token, lease_ttl=lease_ttl)
@@ -442,7 +441,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
                 if problems:
                     tx.quarantine(job)
                     continue
-                token = secrets.token_hex(16)
+                token = os.urandom(16).hex()
                 change = life.claim(job, worker=worker, now=now, lease_ttl=lease_ttl)
                 claimed = tx.apply(job, change, token=token, lease_ttl=lease_ttl)
                 assert claimed is not None
@@ -513,7 +512,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
                 if problems:
                     tx.quarantine(job)
                     continue
-                token = secrets.token_hex(16)
+                token = os.urandom(16).hex()
                 change = life.claim(job, worker=worker, now=now, lease_ttl=lease_ttl)
                 claimed = tx.apply(job, change, token=token, lease_ttl=lease_ttl)
                 assert claimed is not None
