@@ -1,12 +1,13 @@
-"""Worker start-up, spawn -> first job done: afterwork (SQLite, Redis) beside its peers.
+"""Worker start-up, spawn -> first job done: afterwork (SQLite, Redis, PostgreSQL) beside peers.
 
 Usage::
 
     .venv/bin/python bench/startup_bench.py [--spawns 5] [--base /path/to/other/src]
 
 Each round, interleaved: a job is enqueued, then one worker process is spawned from each
-system's command line (``python -m afterwork worker app:aw``; ``dramatiq``, ``taskiq
-worker`` from ``bench/.venv`` if it is there, on the same private Redis). The figure is
+system's command line (``python -m afterwork worker app:aw`` on SQLite, on a private Redis
+and on a private PostgreSQL (``--no-postgres`` leaves it out); ``dramatiq``, ``taskiq
+worker`` from ``bench/.venv`` if it is there, on the same Redis). The figure is
 the job's end minus the time just before the spawn; medians over ``--spawns`` rounds,
 with the worker's CPU seconds (user + system, to its exit). ``--base`` adds afterwork
 from another source tree (say main's ``src``) to the same rounds, for a before/after.
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from tests.pg_server import PostgresServer  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 from afterwork import Afterwork  # noqa: E402
@@ -104,7 +106,7 @@ def peer_once(python: Path, module: str, url: str) -> tuple[float, float]:
     return float(data["seconds"]), float(data["cpu"])
 
 
-async def main(spawns: int, base: Path | None) -> None:
+async def main(spawns: int, base: Path | None, postgres: bool) -> None:
     trees = {"afterwork": ROOT / "src"}
     if base is not None:
         trees["afterwork (base)"] = base
@@ -118,7 +120,10 @@ async def main(spawns: int, base: Path | None) -> None:
         folder = Path(name)
         server = RedisServer(folder / "redis")
         server.start()
+        pg = PostgresServer() if postgres else None
         try:
+            if pg is not None:
+                pg.start()
             for round_ in range(spawns):
                 for number, (label, src) in enumerate(trees.items()):
                     work = folder / f"{round_}-{number}"
@@ -131,12 +136,18 @@ async def main(spawns: int, base: Path | None) -> None:
                     rows.setdefault(f"{label}, Redis", []).append(
                         await afterwork_once(src, redis_url, work)
                     )
+                    if pg is not None:
+                        rows.setdefault(f"{label}, PostgreSQL", []).append(
+                            await afterwork_once(src, pg.url, work)
+                        )
                 for label, module in peers.items():
                     rows.setdefault(f"{label}, Redis", []).append(
                         peer_once(python, module, server.url)
                     )
         finally:
             server.stop()
+            if pg is not None:
+                pg.remove()
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"| system, store | spawn -> first job done, median of {spawns} | worker CPU | runs |")
     print("|---|---:|---:|---|")
@@ -151,5 +162,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spawns", type=int, default=5)
     parser.add_argument("--base", type=Path, default=None)
+    parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.spawns, args.base))
+    asyncio.run(main(args.spawns, args.base, not args.no_postgres))

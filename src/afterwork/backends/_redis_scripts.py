@@ -32,7 +32,7 @@ Key layout under the prefix ``P`` (default ``afterwork``; ``{afterwork}`` on a c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -79,10 +79,11 @@ class Script:
     sha: str
 
 
-class _Scripts(Mapping[str, Script]):
-    """The scripts in ``lua/`` by name, each read (and hashed) on first use.
+class _Scripts:
+    """The scripts in ``lua/`` by name (``SCRIPTS["claim"]``), each read and hashed on
+    first use.
 
-    Nothing is read at import: a worker loads the few scripts it runs, when it first runs
+    Nothing is read at import: a worker loads the few scripts it runs when it first runs
     them (Redis learns each one then too: ``EVALSHA``, then ``EVAL`` after ``NOSCRIPT``).
     """
 
@@ -90,40 +91,22 @@ class _Scripts(Mapping[str, Script]):
         self._folder = resources.files(__package__).joinpath("lua")
         self._common: str | None = None
         self._loaded: dict[str, Script] = {}
-        self._names: tuple[str, ...] | None = None
 
     def __getitem__(self, name: str) -> Script:
         script = self._loaded.get(name)
         if script is None:
-            if name not in self._all():
+            entry = self._folder.joinpath(f"{name}.lua")
+            if name == "common" or not entry.is_file():
                 raise KeyError(name)
             if self._common is None:
                 self._common = self._folder.joinpath("common.lua").read_text(encoding="utf-8")
-            body = self._folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-            source = f"{self._common}\n{body}"
+            source = f"{self._common}\n{entry.read_text(encoding='utf-8')}"
             sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
             script = self._loaded[name] = Script(name, source, sha)
         return script
 
-    def _all(self) -> tuple[str, ...]:
-        if self._names is None:
-            self._names = tuple(
-                sorted(
-                    entry.name.removesuffix(".lua")
-                    for entry in self._folder.iterdir()
-                    if entry.name.endswith(".lua") and entry.name != "common.lua"
-                )
-            )
-        return self._names
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-SCRIPTS: Mapping[str, Script] = _Scripts()
+SCRIPTS = _Scripts()
 
 
 def fmt(value: float) -> float:
