@@ -72,15 +72,22 @@ def heartbeat_sql(jobs: str) -> str:
 
 
 def flush_sql(schema: str) -> str:
-    """Begins, finishes and their events in one statement (parameters: ``Batch.args``)."""
+    """Begins, finishes and their events in one statement (parameters: ``Batch.args``).
+
+    Its numbers travel as ``text[]``, cast in the statement: asyncpg knows ``text[]`` (and
+    ``text``) without asking, but looks up ``int[]`` and ``float8[]`` with a catalog query
+    (and turns JIT off and on around it) the first time each connection prepares a
+    statement that has them, about 10 ms before a worker's first job could start.
+    """
     jobs = f"{schema}.jobs"
     return (
         f"WITH f AS (UPDATE {jobs} j SET status = v.status, attempts = v.attempts,"
         " run_at = v.run_at, finished_at = v.finished_at, result = v.result, error = v.error,"
         " timeline = v.timeline, expires_at = v.expires_at, worker = NULL,"
         " lease_expires_at = NULL, token = NULL, cancel_requested = false"
-        " FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::float8[],"
-        " $7::float8[], $8::text[], $9::text[], $10::text[], $11::float8[])"
+        " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]::int[],"
+        " $6::text[]::float8[], $7::text[]::float8[], $8::text[], $9::text[], $10::text[],"
+        " $11::text[]::float8[])"
         " AS v(id, token, status, attempts, run_at, finished_at, result, error, timeline,"
         " expires_at)"
         " WHERE j.id = v.id AND j.token = v.token RETURNING j.id),"
@@ -97,7 +104,7 @@ def flush_sql(schema: str) -> str:
         " at, progress, message)"
         " SELECT e.kind, e.job_id, e.task, e.queue, e.status, e.attempts, $1, e.progress,"
         " e.message FROM unnest($15::text[], $16::text[], $17::text[], $18::text[],"
-        " $19::text[], $20::int[], $21::float8[], $22::text[], $23::text[])"
+        " $19::text[], $20::text[]::int[], $21::text[]::float8[], $22::text[], $23::text[])"
         " WITH ORDINALITY AS e(kind, job_id, task, queue, status, attempts, progress,"
         " message, op, n)"
         " JOIN ok ON ok.id = e.job_id AND ok.op = e.op CROSS JOIN lk ORDER BY e.n"
@@ -152,18 +159,20 @@ class Batch:
                     strict=True,
                 ):
                     column.append(value)
+        kinds[5] = [_text(n) for n in kinds[5]]  # attempts
+        kinds[6] = [_text(n) for n in kinds[6]]  # progress
         return [
             self.now,
             [i for i, _, _ in f],
             [t for _, t, _ in f],
             [j.status.value for j in done],
-            [j.attempts for j in done],
-            [j.run_at for j in done],
-            [j.finished_at for j in done],
+            [str(j.attempts) for j in done],
+            [repr(j.run_at) for j in done],
+            [_text(j.finished_at) for j in done],
             [_column("result", j.result) for j in done],
             [_column("error", j.error) for j in done],
             [_column("timeline", j.timeline) for j in done],
-            [_expires(j) for j in done],
+            [_text(_expires(j)) for j in done],
             [i for i, _, _ in self.begun],
             [t for _, t, _ in self.begun],
             lock,
@@ -172,6 +181,12 @@ class Batch:
             self.wake,
             work,
         ]
+
+
+def _text(number: float | None) -> str | None:
+    """A number as ``float8in`` / ``int4in`` read it back exactly (``repr``: the shortest
+    text that round-trips)."""
+    return None if number is None else repr(number)
 
 
 def _expires(job: Job) -> float | None:
