@@ -125,7 +125,9 @@ async def main(spawns: int, base: Path | None, postgres: bool) -> None:
             if pg is not None:
                 pg.start()
             for round_ in range(spawns):
-                for number, (label, src) in enumerate(trees.items()):
+                # The trees take turns going first: no tree always follows the other's run.
+                order = list(enumerate(trees.items()))
+                for number, (label, src) in order if round_ % 2 == 0 else order[::-1]:
                     work = folder / f"{round_}-{number}"
                     work.mkdir()
                     sqlite_url = f"sqlite:///{work / 'jobs.db'}"

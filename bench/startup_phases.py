@@ -122,6 +122,17 @@ finally:
     sys.stdout.flush()
 """
 
+#: The import phase alone (``--imports``): what the worker command imports before and as it
+#: starts, then the process's CPU seconds so far (the interpreter's start-up included).
+IMPORTS = """
+import resource, sys
+from afterwork import _cli_worker, _cli_lost
+_cli_worker.load_afterwork("app:aw")
+import afterwork._engine.worker, anyio._backends._asyncio
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(usage.ru_utime + usage.ru_stime)
+"""
+
 PHASES = ("interpreter", "imports", "store open", "first claim call", "first claim", "job ran")
 
 
@@ -209,7 +220,49 @@ def summary(label: str, samples: list[dict[str, Any]]) -> None:
     print(f"store calls until the job was done (one run, ms): {'; '.join(calls)}")
 
 
-async def main(spawns: int, stores: list[str], base: Path | None, hide_otel: bool) -> None:
+def import_cpu(src: Path, folder: Path, hide_otel: bool) -> float:
+    """One fresh process's CPU seconds to import what a worker imports (``IMPORTS``)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(folder)])}
+    env.pop("AFTERWORK_URL", None)
+    code = IMPORTS
+    if hide_otel:
+        code = 'import sys; sys.modules["opentelemetry.sdk"] = None\n' + code
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, env=env, capture_output=True, check=True
+    )
+    return float(out.stdout.decode().split()[-1])
+
+
+def measure_imports(
+    trees: dict[str, Path], stores: list[str], folder: Path, imports: int, hide_otel: bool
+) -> dict[str, list[float]]:
+    """``import_cpu`` ``imports`` times per tree and store, the trees taking turns."""
+    cpu: dict[str, list[float]] = {}
+    for round_ in range(imports):
+        order = list(trees.items())
+        for label, src in order if round_ % 2 == 0 else order[::-1]:
+            for store in stores:
+                work = folder / f"0-0-{store}"  # its app.py, from the first round
+                cpu.setdefault(f"{label}, {store}", []).append(import_cpu(src, work, hide_otel))
+    return cpu
+
+
+def print_imports(cpu: dict[str, list[float]], imports: int) -> None:
+    if not cpu:
+        return
+    print(f"\nThe import phase alone: a fresh process's CPU, median of {imports}")
+    print("| tree, store | CPU (interpreter included) | min | max |")
+    print("|---|---:|---:|---:|")
+    for label, values in cpu.items():
+        print(
+            f"| {label} | {statistics.median(values) * 1000:.1f} ms"
+            f" | {min(values) * 1000:.1f} | {max(values) * 1000:.1f} |"
+        )
+
+
+async def main(
+    spawns: int, stores: list[str], base: Path | None, hide_otel: bool, imports: int
+) -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "src")]
     from tests.pg_server import PostgresServer
     from tests.redis_server import RedisServer
@@ -233,7 +286,9 @@ async def main(spawns: int, stores: list[str], base: Path | None, hide_otel: boo
             pg.start()
             stack.callback(pg.remove)
         for round_ in range(spawns):
-            for number, (label, src) in enumerate(trees.items()):
+            # The trees take turns going first: no tree always follows the other's run.
+            order = list(enumerate(trees.items()))
+            for number, (label, src) in order if round_ % 2 == 0 else order[::-1]:
                 for store in stores:
                     work = folder / f"{round_}-{number}-{store}"
                     work.mkdir()
@@ -248,9 +303,11 @@ async def main(spawns: int, stores: list[str], base: Path | None, hide_otel: boo
                     rows.setdefault(f"{label}, {store}", []).append(
                         await once(src, url, work, hide_otel)
                     )
+        cpu = measure_imports(trees, stores, folder, imports, hide_otel)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for label, samples in rows.items():
         summary(label, samples)
+    print_imports(cpu, imports)
 
 
 if __name__ == "__main__":
@@ -263,5 +320,13 @@ if __name__ == "__main__":
         action="store_true",
         help="hide opentelemetry.sdk from the workers (redis-py 8 loads it where installed)",
     )
+    parser.add_argument(
+        "--imports",
+        type=int,
+        default=0,
+        help="also time the import phase alone in this many fresh processes per tree and store",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.spawns, args.stores.split(","), args.base, args.without_otel_sdk))
+    asyncio.run(
+        main(args.spawns, args.stores.split(","), args.base, args.without_otel_sdk, args.imports)
+    )
