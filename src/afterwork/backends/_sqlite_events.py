@@ -210,7 +210,7 @@ class EventPump:
         return int(row[0])
 
     def _run(self) -> None:
-        import sqlite3  # in the pump's thread: PostgreSQL's pump shares this module
+        import sqlite3  # here, not at import: PostgreSQL imports this module for its helpers
 
         while True:
             listening = self._listening()
