@@ -43,9 +43,16 @@ import asyncpg
 from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
-from ..job import TERMINAL_STATUSES, Job, JobStatus
+from ..job import TERMINAL_STATUSES, Job, JobOwner, JobStatus
 from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
-from ._pg_enqueue import created, headers, insert_statement, needs_transaction, params, settle
+from ._pg_enqueue import (
+    created,
+    insert_statement,
+    needs_transaction,
+    params,
+    settle,
+    while_sent,
+)
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_leases import HistoryMixin, LeasesMixin
@@ -220,6 +227,10 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         #: pooler such as PgBouncer sits in between): known once open.
         self.behind_pooler: bool = False
         self._enqueues: deque[_PendingEnqueue] = deque()
+        #: What the jobs ``enqueue`` creates are attached to (the ``Afterwork`` that opened
+        #: this store sets it): it then returns them as its caller would (``created_now``,
+        #: bound), made while the statement runs, instead of copied after it.
+        self.job_owner: JobOwner | None = None
         self._enqueuer: asyncio.Task[None] | None = None
         self._insert_sql = insert_statement(self._s)
         self._pump = EventPump(
@@ -744,14 +755,11 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
 
         ``None`` stands for a job that met a key holder that finished before it was read.
         """
-        made = created(jobs, now)
-        rows = await conn.fetch(
-            self._insert_sql,
-            *params(made, now),
-            f"events:{self.schema}",
-            self._channel("work"),
-            headers(made),
+        columns, headers = params(jobs, now)
+        statement = conn.fetch(
+            self._insert_sql, *columns, f"events:{self.schema}", self._channel("work"), headers
         )
+        rows, made = await while_sent(statement, partial(created, jobs, now, self.job_owner))
         inserted = {row[0] for row in rows}
         out: list[Job | None] = []
         missing: list[int] = []
