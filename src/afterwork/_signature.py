@@ -288,6 +288,8 @@ class ArgumentCodec:
     ) -> tuple[list[Any], dict[str, Any]]:
         """Validate the arguments and return them JSON-ready, as positional and keyword."""
         if not kwargs and self._by_position and self._fewest <= len(args) <= len(self._positional):
+            if not args:
+                return [], {}
             # Each argument to its parameter in order: no binding to do (a batch's
             # enqueue calls this once per job).
             one = self._one

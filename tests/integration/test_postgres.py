@@ -295,6 +295,22 @@ async def test_a_batch_stores_each_column_shared_or_not(
         assert stored is not None and _stored(stored) == _stored(job)
 
 
+async def test_a_keyless_batch_meeting_a_stored_id_returns_it_and_stores_the_rest(
+    store: PostgresBackend,
+) -> None:
+    # Keyless batches go without ON CONFLICT first: an id already stored (a retried
+    # enqueue) fails that statement whole, and the one with ON CONFLICT settles it.
+    first, second, third = new(), new(), new()
+    (stored,) = await store.enqueue([first])
+    made = await store.enqueue([second, first, third, second])
+    assert [job.id for job in made] == [second.id, first.id, third.id, second.id]
+    assert made[1] == stored and made[1].created_at == stored.created_at  # the stored one
+    assert await store.get(third.id) is not None
+    async with store._conn() as conn:
+        events = await conn.fetch(f"SELECT job_id FROM {store._s}.events ORDER BY id")
+    assert [row["job_id"] for row in events] == [first.id, second.id, third.id]
+
+
 async def test_a_batch_with_one_bad_job_stores_none_of_it(store: PostgresBackend) -> None:
     jobs = [new(), NewJob(id=new_job_id(), task="t", timeout=-1.0), new()]  # CHECK refuses
     with pytest.raises(BackendError):

@@ -233,6 +233,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         self.job_owner: JobOwner | None = None
         self._enqueuer: asyncio.Task[None] | None = None
         self._insert_sql = insert_statement(self._s)
+        self._insert_new_sql = insert_statement(self._s, conflicts=False)
         self._pump = EventPump(
             self._fetch_events,
             self._fetch_event_range,
@@ -722,7 +723,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 with self._errors(sent=False):
                     async with self._conn() as conn:
                         sent = True
-                        made, newest = await self._insert_on(conn, flat, self.now())
+                        made, newest = await self._insert_on(conn, flat, self.now(), alone=True)
             except BackendUnavailable as exc:
                 exc.may_have_applied = sent
                 raise
@@ -748,18 +749,28 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         return out
 
     async def _insert_on(
-        self, conn: asyncpg.Connection, jobs: Sequence[NewJob], now: float
+        self, conn: asyncpg.Connection, jobs: Sequence[NewJob], now: float, *, alone: bool = False
     ) -> tuple[list[Job | None], int | None]:
         """Insert ``jobs`` on ``conn`` in one statement: (each job or what it met, the id of
         the last event appended, ``None`` if no job was inserted).
 
         ``None`` stands for a job that met a key holder that finished before it was read.
+        ``alone``: the statement is its own transaction (no transaction is open on
+        ``conn``), so a batch without keys tries the statement without ``ON CONFLICT``
+        first; an id already stored (the retry of an enqueue whose reply was lost) fails
+        it whole, and the statement with ``ON CONFLICT`` runs instead.
         """
         columns, headers = params(jobs, now)
-        statement = conn.fetch(
-            self._insert_sql, *columns, f"events:{self.schema}", self._channel("work"), headers
-        )
-        rows, made = await while_sent(statement, partial(created, jobs, now, self.job_owner))
+        keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
+        args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
+        make = partial(created, jobs, now, self.job_owner)
+        try:
+            sql = self._insert_new_sql if keyless else self._insert_sql
+            rows, made = await while_sent(conn.fetch(sql, *args), make)
+        except asyncpg.UniqueViolationError:
+            if not keyless:
+                raise
+            rows, made = await while_sent(conn.fetch(self._insert_sql, *args), make)
         inserted = {row[0] for row in rows}
         out: list[Job | None] = []
         missing: list[int] = []
