@@ -254,8 +254,9 @@ def _stored(job: object) -> tuple[object, ...]:
     [None, "task", "queue", "args", "kwargs", "priority", "max_attempts", "key", "delay",
      "timeout", "result_ttl", "headers"],
 )  # fmt: skip
+@pytest.mark.parametrize("size", [3, 40])  # 40: the jobs returned are made while it runs
 async def test_a_batch_stores_each_column_shared_or_not(
-    store: PostgresBackend, vary: str | None
+    store: PostgresBackend, vary: str | None, size: int
 ) -> None:
     # A value every job shares goes once, a column of NULLs as an empty array: either way
     # each job is stored as given, and returned as stored.
@@ -266,7 +267,7 @@ async def test_a_batch_stores_each_column_shared_or_not(
         "kwargs": [{"k": 1}, {}, {"é": "ü"}],
         "priority": [0, 5, -3],
         "max_attempts": [1, 3, 0],
-        "key": [None, "k1", "k2"],  # one key each: no job meets another
+        "key": [None, *(f"k{i}" for i in range(1, size))],  # one each: none meets another
         "delay": [0.0, 5.0, 60.0],
         "timeout": [None, 1.5, 30.0],
         "result_ttl": [10.0, None, 0.0],
@@ -275,9 +276,12 @@ async def test_a_batch_stores_each_column_shared_or_not(
     jobs = [
         NewJob(
             id=new_job_id(),
-            **{name: column[i if name == vary else 0] for name, column in values.items()},
+            **{
+                name: column[(i if name == "key" else i % 3) if name == vary else 0]
+                for name, column in values.items()
+            },
         )
-        for i in range(3)
+        for i in range(size)
     ]
     made = await store.enqueue(jobs)
     assert [job.id for job in made] == [job.id for job in jobs]
@@ -295,20 +299,24 @@ async def test_a_batch_stores_each_column_shared_or_not(
         assert stored is not None and _stored(stored) == _stored(job)
 
 
+@pytest.mark.parametrize("more", [0, 40])
 async def test_a_keyless_batch_meeting_a_stored_id_returns_it_and_stores_the_rest(
-    store: PostgresBackend,
+    store: PostgresBackend, more: int
 ) -> None:
     # Keyless batches go without ON CONFLICT first: an id already stored (a retried
     # enqueue) fails that statement whole, and the one with ON CONFLICT settles it.
     first, second, third = new(), new(), new()
+    others = [new() for _ in range(more)]
     (stored,) = await store.enqueue([first])
-    made = await store.enqueue([second, first, third, second])
-    assert [job.id for job in made] == [second.id, first.id, third.id, second.id]
+    made = await store.enqueue([second, first, third, second, *others])
+    ids = [second.id, first.id, third.id, second.id, *(job.id for job in others)]
+    assert [job.id for job in made] == ids
     assert made[1] == stored and made[1].created_at == stored.created_at  # the stored one
     assert await store.get(third.id) is not None
     async with store._conn() as conn:
         events = await conn.fetch(f"SELECT job_id FROM {store._s}.events ORDER BY id")
-    assert [row["job_id"] for row in events] == [first.id, second.id, third.id]
+    expected = [first.id, second.id, third.id, *(job.id for job in others)]
+    assert [row["job_id"] for row in events] == expected
 
 
 async def test_a_batch_with_one_bad_job_stores_none_of_it(store: PostgresBackend) -> None:

@@ -107,6 +107,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 _RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)
+#: From this many jobs, an enqueue builds the jobs it returns while its statement runs.
+_OVERLAP_FROM = 32
 
 _EVENT_COLUMNS = "id, kind, job_id, task, queue, status, attempts, at, progress, message"
 
@@ -764,13 +766,18 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
         args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
         make = partial(created, jobs, now, self.job_owner)
+
+        async def send(sql: str) -> tuple[list[asyncpg.Record], list[Job]]:
+            if len(jobs) < _OVERLAP_FROM:  # few jobs: not worth a task and a loop turn
+                return await conn.fetch(sql, *args), make()
+            return await while_sent(conn.fetch(sql, *args), make)
+
         try:
-            sql = self._insert_new_sql if keyless else self._insert_sql
-            rows, made = await while_sent(conn.fetch(sql, *args), make)
+            rows, made = await send(self._insert_new_sql if keyless else self._insert_sql)
         except asyncpg.UniqueViolationError:
             if not keyless:
                 raise
-            rows, made = await while_sent(conn.fetch(self._insert_sql, *args), make)
+            rows, made = await send(self._insert_sql)
         inserted = {row[0] for row in rows}
         out: list[Job | None] = []
         missing: list[int] = []
