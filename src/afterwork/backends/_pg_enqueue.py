@@ -45,7 +45,8 @@ def insert_statement(schema: str, *, conflicts: bool = True) -> str:
     ``conflicts=False`` leaves out ``ON CONFLICT DO NOTHING`` (each row's speculative
     insertion costs the server about a twentieth of the statement): for a batch without
     keys, whose only conflict is an id already stored, which then fails the whole
-    statement (see ``PostgresBackend._insert_on``).
+    statement (see ``PostgresBackend._insert_on``). Every row is then inserted, so it
+    returns one row instead: (how many, the id of the last event).
 
     It returns the ids of the jobs inserted, each with the id of the last event appended
     (also the payload of the notification: see ``EventPump.poke``).
@@ -94,7 +95,11 @@ WITH ins AS (
     SELECT m.newest, pg_notify($15::text, m.newest::text) AS work
     FROM (SELECT max(id) AS newest FROM ev) AS m CROSS JOIN lock
 )
-SELECT ins.id, note.newest FROM ins CROSS JOIN note"""
+{
+        "SELECT ins.id, note.newest FROM ins CROSS JOIN note"
+        if conflicts
+        else "SELECT (SELECT count(*) FROM ins), note.newest FROM note"
+    }"""
 
 
 def _one(column: str, number: int, kind: str) -> str:

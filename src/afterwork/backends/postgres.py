@@ -772,13 +772,27 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 return await conn.fetch(sql, *args), make()
             return await while_sent(conn.fetch(sql, *args), make)
 
-        try:
-            rows, made = await send(self._insert_new_sql if keyless else self._insert_sql)
-        except asyncpg.UniqueViolationError:
-            if not keyless:
-                raise
+        rows: list[asyncpg.Record] | None = None
+        if keyless:
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                rows, made = await send(self._insert_new_sql)
+        if rows is not None:  # every job was inserted: one row, (how many, newest event)
+            out: list[Job | None] = list(made)
+            count, newest = int(rows[0][0]), rows[0][1]
+        else:
             rows, made = await send(self._insert_sql)
-        inserted = {row[0] for row in rows}
+            out, count = await self._settle_missing(conn, made, {row[0] for row in rows})
+            newest = rows[0][1] if rows else None
+        if count and (batch := self._count_events(count)):
+            await self._trim_events(conn, batch)
+        return out, (None if newest is None else int(newest))
+
+    async def _settle_missing(
+        self, conn: asyncpg.Connection, made: list[Job], inserted: set[str]
+    ) -> tuple[list[Job | None], int]:
+        """Each of ``made``, or what it met if its id is not in ``inserted``; the count
+        inserted."""
+        count = len(inserted)
         out: list[Job | None] = []
         missing: list[int] = []
         for index, job in enumerate(made):
@@ -792,9 +806,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             met = await settle(conn, self._s, [made[i] for i in missing])
             for index, holder in zip(missing, met, strict=True):
                 out[index] = holder
-        if rows and (batch := self._count_events(len(rows))):
-            await self._trim_events(conn, batch)
-        return out, (int(rows[0][1]) if rows else None)
+        return out, count
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = secrets.token_hex(16)
