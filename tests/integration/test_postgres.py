@@ -7,6 +7,7 @@ model, events, channels…); these tests cover what only this store has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -317,6 +318,35 @@ async def test_a_keyless_batch_meeting_a_stored_id_returns_it_and_stores_the_res
         events = await conn.fetch(f"SELECT job_id FROM {store._s}.events ORDER BY id")
     expected = [first.id, second.id, third.id, *(job.id for job in others)]
     assert [row["job_id"] for row in events] == expected
+
+
+async def test_an_enqueue_cancelled_while_its_statement_runs_leaves_the_store_working(
+    store: PostgresBackend,
+) -> None:
+    # Cancelled at a few points, before its statement or while it runs and the jobs are
+    # made beside it: the store goes on. Through ``enqueue_in`` the statement runs on
+    # the caller's task: it is cancelled too and waited for, and the connection is idle.
+    for turns in range(6):
+        pending = asyncio.ensure_future(store.enqueue([new() for _ in range(200)]))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    async with store._conn() as conn:
+        for turns in range(8):
+            pending = asyncio.ensure_future(store.enqueue_in(conn, [new() for _ in range(200)]))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+            assert await conn.fetchval("SELECT 1") == 1 and not conn.is_in_transaction()
+    jobs = [new() for _ in range(200)]
+    made = await store.enqueue(jobs)
+    assert [job.id for job in made] == [job.id for job in jobs]
+    for job in jobs:
+        assert await store.get(job.id) is not None
 
 
 async def test_a_batch_with_one_bad_job_stores_none_of_it(store: PostgresBackend) -> None:
