@@ -1,7 +1,7 @@
 """afterwork, PgQueuer and Procrastinate on ONE private PostgreSQL in the same run (issue 12).
 
     python bench/pg_bench.py [--runs 3] [--only afterwork,PgQueuer] [--scale 1]
-                             [--scenarios enqueue,drain,sleep,latency]
+                             [--scenarios enqueue,drain,sleep,latency] [--base OTHER/src]
 
 Starts one private ``postgres`` (tests/pg_server.py, initdb in a temporary directory) with
 PostgreSQL's durable defaults (fsync, synchronous_commit and full_page_writes on). Each run,
@@ -10,7 +10,9 @@ database on that server and runs ``bench/peers/pg_<system>.py`` in the peers' en
 ``bench/.venv-pg`` (``python3 -m venv bench/.venv-pg && bench/.venv-pg/bin/pip install
 pgqueuer procrastinate psycopg[binary] asyncpg -e .[postgres]``). Scenarios in
 bench/peers/pg_common.py (``--scenarios enqueue`` runs only (a); the others' rows then read
-n/a). ``--scale 10`` divides the job counts (a quick check). Writes every
+n/a; ``--scenarios batch`` runs only (a)'s batches). ``--scale 10`` divides the job counts
+(a quick check). ``--base OTHER/src`` adds afterwork from another source tree (``afterwork
+(base)``, in the same interleaving: before and after a change). Writes every
 run and the medians to ``bench/results/pg-all.json`` and a table to ``bench/results/pg-all.md``.
 """
 
@@ -78,19 +80,30 @@ async def create_database(url: str, name: str) -> None:
         await conn.close()
 
 
+BASE = "afterwork (base)"
+
+
 def run_once(
-    server: PostgresServer, system: str, index: int, scale: int, scenarios: str
+    server: PostgresServer,
+    system: str,
+    index: int,
+    scale: int,
+    scenarios: str,
+    base: Path | None = None,
 ) -> dict[str, Any]:
-    database = f"bench_{system.lower()}_{index}"
+    database = "bench_" + "".join(c if c.isalnum() else "_" for c in system.lower()) + f"_{index}"
     asyncio.run(create_database(server.url, database))
     url = f"postgresql://postgres@127.0.0.1:{server.port}/{database}"
     with tempfile.TemporaryDirectory(prefix="aw-pgbench-") as folder:
         out = Path(folder) / "result.json"
         started = time.monotonic()
-        command = [str(PYTHON), "-m", f"bench.peers.{SYSTEMS[system]}", url, "--json", str(out)]
+        module = SYSTEMS["afterwork" if system == BASE else system]
+        command = [str(PYTHON), "-m", f"bench.peers.{module}", url, "--json", str(out)]
+        src = base if system == BASE and base is not None else ROOT / "src"
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            # this checkout's afterwork, whichever the environment's editable install is
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(src)]),
             "BENCH_SCALE": str(scale),
             "BENCH_SCENARIOS": scenarios,
         }
@@ -126,7 +139,7 @@ def targets(systems: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         named = [
             (float(s["median"][key]), name)
             for name, s in systems.items()
-            if name != "afterwork" and s.get("median", {}).get(key) is not None
+            if name not in ("afterwork", BASE) and s.get("median", {}).get(key) is not None
         ]
         value = mine.get(key)
         if not named or value is None:
@@ -142,7 +155,7 @@ def targets(systems: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 def markdown(report: dict[str, Any]) -> str:
     systems: dict[str, Any] = report["systems"]
-    names = [name for name in SYSTEMS if name in systems]
+    names = list(systems)
     lines = ["| scenario | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, label, _ in ROWS:
         cells = [fmt(systems[name].get("median", {}).get(key), key) for name in names]
@@ -169,14 +182,18 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="enqueue,drain,sleep,latency",
-        help="comma-separated, of enqueue (a), drain (b), sleep (c), latency (d); a letter will do",
+        help="comma-separated, of enqueue (a), drain (b), sleep (c), latency (d); a letter will"
+        " do; batch: the batches of (a) alone",
     )
+    parser.add_argument("--base", type=Path, help="also afterwork from this src (before/after)")
     parser.add_argument("--json", type=Path, default=RESULTS / "pg-all.json")
     args = parser.parse_args()
     chosen = args.only.split(",") if args.only else list(SYSTEMS)
     unknown = set(chosen) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {list(SYSTEMS)}")
+    if args.base is not None:
+        chosen.insert(0, BASE)
     report: dict[str, Any] = {
         "machine": f"{platform.python_version()} on {platform.platform()}",
         "load_before": os.getloadavg(),
@@ -190,7 +207,7 @@ def main() -> None:
         report["postgres"] = server_version(server)
         for index in range(args.runs):  # interleaved: run i of every system, then run i + 1
             for name in chosen:
-                result = run_once(server, name, index, args.scale, args.scenarios)
+                result = run_once(server, name, index, args.scale, args.scenarios, args.base)
                 report["systems"][name]["runs"].append(result)
                 shown = {k: round(v, 2) for k, v in result.items() if isinstance(v, float)}
                 print(f"run {index + 1} {name}: {result.get('error') or shown}", flush=True)

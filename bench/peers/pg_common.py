@@ -8,7 +8,8 @@ concurrent callers, in batches of 1,000; (b) drain pre-enqueued no-ops with one 
 process at its defaults; (c) 1,000 × 50 ms sleeps at concurrency 100; (d) enqueue-to-start
 latency on an idle worker, one job every 5 ms (200 jobs/s). (b) and (c) run from the first
 job's start to the last job's end by the jobs' own clock (worker start-up excluded).
-``BENCH_SCENARIOS=enqueue,drain`` runs only those (of enqueue, drain, sleep, latency). For
+``BENCH_SCENARIOS=enqueue,drain`` runs only those (of enqueue, drain, sleep, latency;
+``batch`` is the batch part of (a) alone). For
 (a), CPU per job is recorded too: this client process's, and the server's (the postmaster
 and its children, read from /proc, when the server runs on this machine).
 
@@ -67,6 +68,7 @@ async def span(peer: Any, path: Path, count: int, concurrency: int | None, timeo
 
 
 SCENARIOS = ("enqueue", "drain", "sleep", "latency")
+BATCH_ONLY = "batch"  # the batches of (a) alone: quicker, for comparing batch enqueue
 
 
 def scenarios() -> set[str]:
@@ -143,6 +145,8 @@ async def run(peer: Any, folder: Path, timeout: float) -> dict[str, Any]:
     try:
         if "enqueue" in chosen:
             await enqueue_scenarios(peer, out, postmaster)
+        elif BATCH_ONLY in chosen:
+            await batch_scenario(peer, out, postmaster)
         if "drain" in chosen:
             await drain_scenario(peer, out, folder, timeout)
         if "sleep" in chosen:
@@ -172,6 +176,11 @@ async def enqueue_scenarios(peer: Any, out: dict[str, Any], postmaster: int | No
     elapsed = time.perf_counter() - started
     out["enqueue_c32_per_s"] = N_NOOP // N_CONCURRENT * N_CONCURRENT / elapsed
     meter.record(out, "enqueue_c32", N_NOOP // N_CONCURRENT * N_CONCURRENT)
+    await batch_scenario(peer, out, postmaster)
+
+
+async def batch_scenario(peer: Any, out: dict[str, Any], postmaster: int | None) -> None:
+    """(a) in batches of 1,000 (``N_NOOP`` jobs)."""
     await peer.reset()
     batches = max(1, N_NOOP // BATCH)
     meter = CpuMeter(postmaster)

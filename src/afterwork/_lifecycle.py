@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._records import maker
 from .job import (
     MAX_TIMELINE,
     TERMINAL_STATUSES,
@@ -27,6 +29,7 @@ from .job import (
     Job,
     JobAttempt,
     JobError,
+    JobOwner,
     JobStatus,
     check_transition,
 )
@@ -45,11 +48,13 @@ __all__ = (
     "cancel",
     "claim",
     "create",
+    "created_job",
     "debounce",
     "finish",
     "flow_group",
     "heartbeat",
     "lease_expired",
+    "make_new_job",
     "progress",
     "promote",
     "purgeable",
@@ -96,6 +101,15 @@ class NewJob:
     headers: dict[str, str] = field(default_factory=dict)
     """Small string metadata stored with the job (:attr:`Job.headers`); an enqueue
     middleware may add to it (:attr:`afterwork.JobCall.headers`) before the job is stored."""
+
+
+#: ``NewJob(...)`` (the same keywords, but for ``headers``) at about half its cost:
+#: ``Afterwork.build_job`` makes one per job of a batch.
+make_new_job: Callable[..., NewJob] = maker(
+    NewJob,
+    ("id", "task", "queue", "args", "kwargs", "priority", "max_attempts", "key", "delay",
+     "timeout", "result_ttl", "debounce"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +324,16 @@ def ready_order(job: Job) -> tuple[int, int, str]:
 
 def create(new: NewJob, now: float) -> Change:
     """A new job: ``queued``, or ``scheduled`` when it has a delay."""
+    return Change(created_job(new, now), "enqueued")
+
+
+def created_job(
+    new: NewJob, now: float, *, created_now: bool | None = None, owner: JobOwner | None = None
+) -> Job:
+    """The job :func:`create` makes; ``created_now`` and ``owner`` as an enqueue returns
+    it (a store that knows its caller makes it once, not once and then a copy)."""
     delay = new.delay if new.delay > 0 else 0.0
-    job = Job(
+    return _make_created(
         id=new.id,
         task=new.task,
         queue=new.queue,
@@ -326,8 +348,17 @@ def create(new: NewJob, now: float) -> Change:
         timeout=new.timeout,
         result_ttl=new.result_ttl,
         headers=dict(new.headers),
+        created_now=created_now,
+        _owner=owner,
     )
-    return Change(job, "enqueued")
+
+
+#: ``Job(...)`` with the fields of a new job, at about half its cost (once per job enqueued).
+_make_created: Callable[..., Job] = maker(
+    Job,
+    ("id", "task", "queue", "status", "args", "kwargs", "priority", "max_attempts", "key",
+     "created_at", "run_at", "timeout", "result_ttl", "headers", "created_now", "_owner"),
+)  # fmt: skip
 
 
 def debounce(holder: Job, new: NewJob, now: float) -> Change:

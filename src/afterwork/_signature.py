@@ -80,10 +80,14 @@ def ensure_json(value: Any, path: str, depth: int = 0) -> None:
     )
 
 
+# ``json.dumps`` with options builds an encoder per call; one made once does the same.
+_encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+
+
 def encode_payload(payload: Any, limit: int, *, task: str) -> bytes:
     """The payload as UTF-8 JSON, or :class:`EnqueueError` if it cannot be stored."""
     try:
-        text = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        text = _encode(payload)
         data = text.encode("utf-8")
     except (ValueError, TypeError, RecursionError, UnicodeEncodeError) as exc:
         raise EnqueueError(
@@ -183,6 +187,18 @@ class ArgumentCodec:
             for p in kept
         )
         self._params = {p.name: p for p in params}
+        # The fast path of ``encode``: a call passing only positional arguments, to the
+        # leading positional parameters, binds them in order (what ``Signature.bind`` does).
+        leading = 0
+        for p in kept:
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                break
+            leading += 1
+        self._positional = [self._params[p.name] for p in kept[:leading]]
+        self._fewest = sum(1 for p in kept[:leading] if p.default is inspect.Parameter.empty)
+        self._by_position = not any(
+            p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty for p in kept
+        )
 
     @property
     def parameters(self) -> Mapping[str, inspect.Parameter]:
@@ -271,6 +287,16 @@ class ArgumentCodec:
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> tuple[list[Any], dict[str, Any]]:
         """Validate the arguments and return them JSON-ready, as positional and keyword."""
+        if not kwargs and self._by_position and self._fewest <= len(args) <= len(self._positional):
+            if not args:
+                return [], {}
+            # Each argument to its parameter in order: no binding to do (a batch's
+            # enqueue calls this once per job).
+            one = self._one
+            return [
+                one(spec, spec.name, v, True)
+                for spec, v in zip(self._positional, args, strict=False)
+            ], {}
         bound = self._bind(args, kwargs)
         converted = {
             name: self._convert(name, v, encode=True) for name, v in bound.arguments.items()

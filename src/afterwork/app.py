@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import os
@@ -22,7 +21,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
 import anyio
 
@@ -49,7 +48,7 @@ from ._engine.services import (
     service_instances,
 )
 from ._flow import check_flow_key, keyed
-from ._lifecycle import RateLimit
+from ._lifecycle import RateLimit, make_new_job
 from ._location import store_location
 from ._middleware import JobCall, Middleware, run_through
 from ._settings import Settings
@@ -149,6 +148,8 @@ class Afterwork(FlowControl):
             raise ConfigurationError("pass a url or a backend, not both")
         self.url: str = url or os.environ.get("AFTERWORK_URL") or DEFAULT_URL
         self.backend: Store = backend if backend is not None else from_url(self.url, clock=clock)
+        if backend is None and hasattr(self.backend, "job_owner"):
+            cast("Any", self.backend).job_owner = self  # it returns new jobs as ``_told`` would
         self.clock: EngineClock = engine_clock(clock)
         """What the engine's loops wait on (real time unless ``clock`` can sleep)."""
         self.rng: random.Random = random.Random(seed)
@@ -701,12 +702,14 @@ class Afterwork(FlowControl):
         """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
-        check_options(options, job_only=True)
+        if options:
+            check_options(options, job_only=True)
         if task.name.startswith(MAIN_PREFIX) and not self._runs_here():
             raise EnqueueError(main_task_problem(task.name), task=task.name)
         json_args, json_kwargs = task.codec.encode(args, kwargs)
         json_args, json_kwargs = keyed(task, json_args, json_kwargs)
-        encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
+        if json_args or json_kwargs or self.config.max_payload < len("[[],{}]"):
+            encode_payload([json_args, json_kwargs], self.config.max_payload, task=task.name)
         opts = task.opts
         delay = float(options.get("delay", 0.0))
         if opts.debounce is not None:
@@ -717,7 +720,7 @@ class Afterwork(FlowControl):
                     task=task.name,
                 )
             delay = max(delay, opts.debounce)
-        return NewJob(
+        return make_new_job(
             id=new_job_id(),
             task=task.name,
             queue=options.get("queue", opts.queue),
@@ -1325,4 +1328,7 @@ dependencies.PROVIDED_TYPES.add(ServiceContext)
 def _told(job: Job, new: NewJob, owner: Afterwork) -> Job:
     """``job`` as an enqueue of ``new`` returned it, saying whether it was created now,
     bound to ``owner`` (one copy: a job has many fields)."""
-    return dataclasses.replace(job, created_now=job.id == new.id, _owner=owner)
+    created_now = job.id == new.id
+    if job._owner is owner and job.created_now is created_now:
+        return job  # the store made it so (see ``PostgresBackend.job_owner``)
+    return job.told(created_now, owner)

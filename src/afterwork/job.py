@@ -6,12 +6,13 @@ import os
 import threading
 import time
 import traceback as _traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from ._records import copier
 from .exceptions import EnqueueError, InvalidTransition
 
 __all__ = (
@@ -101,6 +102,25 @@ def check_transition(old: JobStatus, new: JobStatus) -> None:
 
 _last_id = 0
 _id_lock = threading.Lock()
+# Random bits for ids, read from the OS in blocks (one ``urandom`` call per 409 ids, not
+# one per id: a batch enqueue makes thousands); emptied in a forked child, so that two
+# processes never draw the same bits.
+_RANDOM_BLOCK = 4_096
+_random = b""
+_random_at = 0
+
+
+_RANDOM_BITS = ~((0xF << 76) | (0x3 << 62))
+_VERSION_BITS = (0x7 << 76) | (0x2 << 62)
+
+
+def _forget_random() -> None:
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_job_id() -> str:
@@ -110,14 +130,16 @@ def new_job_id() -> str:
     random part counts up, as RFC 9562's monotonic method does), so jobs enqueued in the
     same millisecond still run in the order they were enqueued.
     """
-    global _last_id
+    global _last_id, _random, _random_at
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big") >> 2  # leave room to count up
-    value = (ms << 80) | rand
-    # Set the version (7) and variant bits so the id is a valid UUIDv7 in hex.
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
     with _id_lock:
+        at = _random_at
+        if at + 10 > len(_random):
+            _random, at = os.urandom(_RANDOM_BLOCK), 0
+        _random_at = at + 10
+        rand = int.from_bytes(_random[at : at + 10], "big") >> 2  # leave room to count up
+        # The version (7) and variant bits make the id a valid UUIDv7 in hex.
+        value = (ms << 80) | (rand & _RANDOM_BITS) | _VERSION_BITS
         if value <= _last_id:
             value = _last_id + 1
             if (value >> 62) & 0x3 != 0x2:  # the counter ran into the variant bits
@@ -457,6 +479,14 @@ class Job:
         """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""
         return self if self._owner is owner else replace(self, _owner=owner)
 
+    def told(self, created_now: bool | None, owner: JobOwner) -> Job:
+        """This job as an enqueue returns it: ``created_now`` set, attached to ``owner``.
+
+        The same as ``replace(self, created_now=..., _owner=owner)``, at a third of its
+        cost (a batch enqueue returns thousands of jobs).
+        """
+        return _told(self, created_now, owner)
+
     def _require_owner(self) -> JobOwner:
         if self._owner is None:
             raise RuntimeError(
@@ -512,6 +542,9 @@ class Job:
             "timeline": timeline_to_json(self.timeline),
             "waiting_reason": self.waiting_reason,
         }
+
+
+_told: Callable[[Job, bool | None, JobOwner], Job] = copier(Job, ("created_now", "_owner"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

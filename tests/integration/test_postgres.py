@@ -7,10 +7,12 @@ model, events, channels…); these tests cover what only this store has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -214,6 +216,145 @@ async def test_a_batch_is_one_transaction_with_its_events_in_the_jobs_order(
     assert {row["kind"] for row in events} == {"enqueued"}
     assert [row["status"] for row in events] == [job.status.value for job in created]
     assert {row["tx"] for row in events} == set(await transactions(store))  # one, the same
+
+
+async def test_enqueue_many_returns_bound_jobs_that_say_whether_they_were_created(
+    postgres_url: str,
+) -> None:
+    # The store builds the jobs it returns already bound (``job_owner``); one that met a
+    # key's holder is the holder, told ``created_now=False``.
+    async with Afterwork(schema_url(postgres_url)) as aw:
+
+        @aw.task
+        async def noop() -> None:
+            pass
+
+        first = await aw.enqueue_many(
+            [aw.build_job(noop, (), {}, {"key": "k"}), aw.build_job(noop, (), {}, {})]
+        )
+        (again,) = await aw.enqueue_many([aw.build_job(noop, (), {}, {"key": "k"})])
+        assert [job.created_now for job in first] == [True, True]
+        assert again.created_now is False and again.id == first[0].id
+        for job in (*first, again):
+            assert (await job.refresh()).id == job.id  # bound to aw
+        fetched = await aw.get_job(first[0].id)
+        assert fetched is not None and fetched.created_now is None and fetched == first[0]
+        async with aw.backend._conn() as conn:  # type: ignore[attr-defined]
+            (job,) = await aw.enqueue_many([aw.build_job(noop, (), {}, {})], connection=conn)
+        assert job.created_now is True and (await job.refresh()).id == job.id
+
+
+def _stored(job: object) -> tuple[object, ...]:
+    names = ("id", "task", "queue", "status", "args", "kwargs", "priority", "max_attempts")
+    more = ("key", "created_at", "run_at", "timeout", "result_ttl", "headers")
+    return tuple(getattr(job, name) for name in (*names, *more))
+
+
+@pytest.mark.parametrize(
+    "vary",
+    [None, "task", "queue", "args", "kwargs", "priority", "max_attempts", "key", "delay",
+     "timeout", "result_ttl", "headers"],
+)  # fmt: skip
+@pytest.mark.parametrize("size", [3, 40])  # 40: the jobs returned are made while it runs
+async def test_a_batch_stores_each_column_shared_or_not(
+    store: PostgresBackend, vary: str | None, size: int
+) -> None:
+    # A value every job shares goes once, a column of NULLs as an empty array: either way
+    # each job is stored as given, and returned as stored.
+    values: dict[str, list[Any]] = {
+        "task": ["t", "u", "v"],
+        "queue": ["default", "q1", "q2"],
+        "args": [[1, "a"], [], [None]],
+        "kwargs": [{"k": 1}, {}, {"é": "ü"}],
+        "priority": [0, 5, -3],
+        "max_attempts": [1, 3, 0],
+        "key": [None, *(f"k{i}" for i in range(1, size))],  # one each: none meets another
+        "delay": [0.0, 5.0, 60.0],
+        "timeout": [None, 1.5, 30.0],
+        "result_ttl": [10.0, None, 0.0],
+        "headers": [{"h": "1"}, {}, {"a": "b", "c": "d"}],
+    }
+    jobs = [
+        NewJob(
+            id=new_job_id(),
+            **{
+                name: column[(i if name == "key" else i % 3) if name == vary else 0]
+                for name, column in values.items()
+            },
+        )
+        for i in range(size)
+    ]
+    made = await store.enqueue(jobs)
+    assert [job.id for job in made] == [job.id for job in jobs]
+    for new_job, job in zip(jobs, made, strict=True):
+        assert (job.task, job.queue, job.args, job.kwargs) == (
+            new_job.task, new_job.queue, new_job.args, new_job.kwargs
+        )  # fmt: skip
+        assert (job.priority, job.max_attempts, job.key, job.headers) == (
+            new_job.priority, new_job.max_attempts, new_job.key, new_job.headers
+        )  # fmt: skip
+        assert (job.timeout, job.result_ttl) == (new_job.timeout, new_job.result_ttl)
+        assert job.run_at == job.created_at + new_job.delay
+        assert job.status is (JobStatus.SCHEDULED if new_job.delay else JobStatus.QUEUED)
+        stored = await store.get(job.id)
+        assert stored is not None and _stored(stored) == _stored(job)
+
+
+@pytest.mark.parametrize("more", [0, 40])
+async def test_a_keyless_batch_meeting_a_stored_id_returns_it_and_stores_the_rest(
+    store: PostgresBackend, more: int
+) -> None:
+    # Keyless batches go without ON CONFLICT first: an id already stored (a retried
+    # enqueue) fails that statement whole, and the one with ON CONFLICT settles it.
+    first, second, third = new(), new(), new()
+    others = [new() for _ in range(more)]
+    (stored,) = await store.enqueue([first])
+    made = await store.enqueue([second, first, third, second, *others])
+    ids = [second.id, first.id, third.id, second.id, *(job.id for job in others)]
+    assert [job.id for job in made] == ids
+    assert made[1] == stored and made[1].created_at == stored.created_at  # the stored one
+    assert await store.get(third.id) is not None
+    async with store._conn() as conn:
+        events = await conn.fetch(f"SELECT job_id FROM {store._s}.events ORDER BY id")
+    expected = [first.id, second.id, third.id, *(job.id for job in others)]
+    assert [row["job_id"] for row in events] == expected
+
+
+async def test_an_enqueue_cancelled_while_its_statement_runs_leaves_the_store_working(
+    store: PostgresBackend,
+) -> None:
+    # Cancelled at a few points, before its statement or while it runs and the jobs are
+    # made beside it: the store goes on. Through ``enqueue_in`` the statement runs on
+    # the caller's task: it is cancelled too and waited for, and the connection is idle.
+    for turns in range(6):
+        pending = asyncio.ensure_future(store.enqueue([new() for _ in range(200)]))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+    async with store._conn() as conn:
+        for turns in range(8):
+            pending = asyncio.ensure_future(store.enqueue_in(conn, [new() for _ in range(200)]))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+            assert await conn.fetchval("SELECT 1") == 1 and not conn.is_in_transaction()
+    jobs = [new() for _ in range(200)]
+    made = await store.enqueue(jobs)
+    assert [job.id for job in made] == [job.id for job in jobs]
+    for job in jobs:
+        assert await store.get(job.id) is not None
+
+
+async def test_a_batch_with_one_bad_job_stores_none_of_it(store: PostgresBackend) -> None:
+    jobs = [new(), NewJob(id=new_job_id(), task="t", timeout=-1.0), new()]  # CHECK refuses
+    with pytest.raises(BackendError):
+        await store.enqueue(jobs)
+    for job in jobs:
+        assert await store.get(job.id) is None
 
 
 async def test_one_bad_job_fails_only_its_caller_in_a_shared_commit(

@@ -192,7 +192,9 @@ DEPRECATED_PATHS = (
 )
 
 #: The model: what every layer may import. ``_lifecycle`` is the model's transitions.
-MODEL = frozenset({"afterwork.exceptions", "afterwork.job", "afterwork._lifecycle"})
+MODEL = frozenset(
+    {"afterwork.exceptions", "afterwork.job", "afterwork._lifecycle", "afterwork._records"}
+)
 FACADE = "afterwork.app"
 #: What the engine must never import: the facade and everything above it.
 ABOVE_ENGINE = ("afterwork.app", "afterwork._bridge", "afterwork.fastapi", "afterwork.cli")

@@ -76,9 +76,13 @@ _MUTABLE = (
 )
 
 
+# ``json.dumps`` with options builds an encoder per call; one made once does the same.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
     """JSON as stored: compact, UTF-8, and never NaN or Infinity."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
 
 
 def dump_headers(headers: dict[str, str]) -> str | None:

@@ -43,9 +43,16 @@ import asyncpg
 from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
-from ..job import TERMINAL_STATUSES, Job, JobStatus
+from ..job import TERMINAL_STATUSES, Job, JobOwner, JobStatus
 from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
-from ._pg_enqueue import created, headers, insert_statement, needs_transaction, params, settle
+from ._pg_enqueue import (
+    created,
+    insert_statement,
+    needs_transaction,
+    params,
+    settle,
+    while_sent,
+)
 from ._pg_events import MESSAGE_KIND, EventPump
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_leases import HistoryMixin, LeasesMixin
@@ -100,6 +107,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InternalClientError,
 )
 _RETRYABLE = (asyncpg.exceptions.TransactionRollbackError,)
+#: From this many jobs, an enqueue builds the jobs it returns while its statement runs.
+_OVERLAP_FROM = 32
 
 _EVENT_COLUMNS = "id, kind, job_id, task, queue, status, attempts, at, progress, message"
 
@@ -220,8 +229,13 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         #: pooler such as PgBouncer sits in between): known once open.
         self.behind_pooler: bool = False
         self._enqueues: deque[_PendingEnqueue] = deque()
+        #: What the jobs ``enqueue`` creates are attached to (the ``Afterwork`` that opened
+        #: this store sets it): it then returns them as its caller would (``created_now``,
+        #: bound), made while the statement runs, instead of copied after it.
+        self.job_owner: JobOwner | None = None
         self._enqueuer: asyncio.Task[None] | None = None
         self._insert_sql = insert_statement(self._s)
+        self._insert_new_sql = insert_statement(self._s, conflicts=False)
         self._pump = EventPump(
             self._fetch_events,
             self._fetch_event_range,
@@ -716,7 +730,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 with self._errors(sent=False):
                     async with self._conn() as conn:
                         sent = True
-                        made, newest = await self._insert_on(conn, flat, self.now())
+                        made, newest = await self._insert_on(conn, flat, self.now(), alone=True)
             except BackendUnavailable as exc:
                 exc.may_have_applied = sent
                 raise
@@ -742,22 +756,48 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         return out
 
     async def _insert_on(
-        self, conn: asyncpg.Connection, jobs: Sequence[NewJob], now: float
+        self, conn: asyncpg.Connection, jobs: Sequence[NewJob], now: float, *, alone: bool = False
     ) -> tuple[list[Job | None], int | None]:
         """Insert ``jobs`` on ``conn`` in one statement: (each job or what it met, the id of
         the last event appended, ``None`` if no job was inserted).
 
         ``None`` stands for a job that met a key holder that finished before it was read.
+        ``alone``: the statement is its own transaction (no transaction is open on
+        ``conn``), so a batch without keys tries the statement without ``ON CONFLICT``
+        first; an id already stored (the retry of an enqueue whose reply was lost) fails
+        it whole, and the statement with ``ON CONFLICT`` runs instead.
         """
-        made = created(jobs, now)
-        rows = await conn.fetch(
-            self._insert_sql,
-            *params(made, now),
-            f"events:{self.schema}",
-            self._channel("work"),
-            headers(made),
-        )
-        inserted = {row[0] for row in rows}
+        columns, headers = params(jobs, now)
+        keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
+        args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
+        make = partial(created, jobs, now, self.job_owner)
+
+        async def send(sql: str) -> tuple[list[asyncpg.Record], list[Job]]:
+            if len(jobs) < _OVERLAP_FROM:  # few jobs: not worth a task and a loop turn
+                return await conn.fetch(sql, *args), make()
+            return await while_sent(conn.fetch(sql, *args), make)
+
+        rows: list[asyncpg.Record] | None = None
+        if keyless:
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                rows, made = await send(self._insert_new_sql)
+        if rows is not None:  # every job was inserted: one row, (how many, newest event)
+            out: list[Job | None] = list(made)
+            count, newest = int(rows[0][0]), rows[0][1]
+        else:
+            rows, made = await send(self._insert_sql)
+            out, count = await self._settle_missing(conn, made, {row[0] for row in rows})
+            newest = rows[0][1] if rows else None
+        if count and (batch := self._count_events(count)):
+            await self._trim_events(conn, batch)
+        return out, (None if newest is None else int(newest))
+
+    async def _settle_missing(
+        self, conn: asyncpg.Connection, made: list[Job], inserted: set[str]
+    ) -> tuple[list[Job | None], int]:
+        """Each of ``made``, or what it met if its id is not in ``inserted``; the count
+        inserted."""
+        count = len(inserted)
         out: list[Job | None] = []
         missing: list[int] = []
         for index, job in enumerate(made):
@@ -771,9 +811,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             met = await settle(conn, self._s, [made[i] for i in missing])
             for index, holder in zip(missing, met, strict=True):
                 out[index] = holder
-        if rows and (batch := self._count_events(len(rows))):
-            await self._trim_events(conn, batch)
-        return out, (int(rows[0][1]) if rows else None)
+        return out, count
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = os.urandom(16).hex()

@@ -1,0 +1,68 @@
+"""Fast constructors for the frozen, slotted records a batch enqueue makes thousands of.
+
+A frozen dataclass's ``__init__`` takes keywords and sets each field through
+``object.__setattr__``; ``dataclasses.replace`` adds a loop over the fields. For a record
+of 14 or 29 fields made once per job of a 1,000-job batch, that is most of the client's
+time. :func:`maker` writes, once per record type, a function that takes the chosen fields
+by position and sets every slot unrolled (as ``dataclasses`` itself writes ``__init__``);
+the fields not taken get their defaults. The records stay ordinary dataclasses: equal,
+printable and frozen as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ("maker",)
+
+
+def maker(cls: type, names: Sequence[str]) -> Callable[..., Any]:
+    """A function ``make(*values)`` that builds ``cls`` from ``names``' values in order.
+
+    Every other field gets its default (a ``default_factory`` is called per record).
+    ``cls`` must be a dataclass whose ``__init__`` does nothing else (no
+    ``__post_init__``, no ``InitVar``), as it is bypassed.
+    """
+    scope, lines = _start(cls, names, "make", names)
+    for item in dataclasses.fields(cls):
+        if item.name in names:
+            value = item.name
+        elif item.default is not dataclasses.MISSING:
+            scope[f"default_{item.name}"] = item.default
+            value = f"default_{item.name}"
+        elif item.default_factory is not dataclasses.MISSING:
+            scope[f"factory_{item.name}"] = item.default_factory
+            value = f"factory_{item.name}()"
+        else:
+            raise TypeError(f"{cls.__name__}.{item.name} has no default: pass it")
+        lines.append(f"    put(record, {item.name!r}, {value})")
+    return _finish(scope, lines, "make")
+
+
+def copier(cls: type, names: Sequence[str]) -> Callable[..., Any]:
+    """A function ``copy(record, *values)``: ``replace(record, **dict(zip(names, values)))``
+    for records of exactly ``cls``, at a third of ``replace``'s cost."""
+    scope, lines = _start(cls, names, "copy", ["source", *names])
+    for item in dataclasses.fields(cls):
+        value = item.name if item.name in names else f"source.{item.name}"
+        lines.append(f"    put(record, {item.name!r}, {value})")
+    return _finish(scope, lines, "copy")
+
+
+def _start(
+    cls: type, names: Sequence[str], function: str, arguments: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    known = {item.name for item in dataclasses.fields(cls)}
+    if any(name not in known for name in names) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"no fast constructor of {cls.__name__} from {list(names)}")
+    scope: dict[str, Any] = {"cls": cls, "new": object.__new__, "put": object.__setattr__}
+    return scope, [f"def {function}({', '.join(arguments)}):", "    record = new(cls)"]
+
+
+def _finish(scope: dict[str, Any], lines: list[str], function: str) -> Callable[..., Any]:
+    lines.append("    return record")
+    exec("\n".join(lines), scope)  # the source is built from the class's own fields
+    made: Callable[..., Any] = scope[function]
+    return made

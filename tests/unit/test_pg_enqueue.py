@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from afterwork.backends._pg_enqueue import while_sent
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_while_sent_returns_the_reply_and_the_work_done_meanwhile() -> None:
+    order: list[str] = []
+
+    async def statement() -> str:
+        order.append("sent")
+        await asyncio.sleep(0)  # the reply comes a loop turn later
+        return "reply"
+
+    def work() -> int:
+        order.append("work")
+        return 42
+
+    assert await while_sent(statement(), work) == ("reply", 42)
+    assert order == ["sent", "work"]  # the statement goes out before the work starts
+
+
+async def test_while_sent_cancels_and_waits_for_the_statement_when_the_work_fails() -> None:
+    ended = asyncio.Event()
+
+    async def statement() -> str:
+        try:
+            await asyncio.Event().wait()  # a statement that runs until cancelled
+        finally:
+            ended.set()
+        return "never"
+
+    def work() -> int:
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        await while_sent(statement(), work)
+    assert ended.is_set()  # waited for: nothing runs on after it
+
+
+async def test_while_sent_cancelled_cancels_the_statement_and_keeps_its_error() -> None:
+    ended = asyncio.Event()
+    started = asyncio.Event()
+
+    async def statement() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a statement that runs until cancelled
+        finally:
+            ended.set()
+        return "never"
+
+    pending = asyncio.ensure_future(while_sent(statement(), lambda: 1))
+    await started.wait()
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert ended.is_set()
+
+    async def failing() -> str:
+        raise RuntimeError("statement failed")
+
+    with pytest.raises(RuntimeError, match="statement failed"):
+        await while_sent(failing(), lambda: 1)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from afterwork._lifecycle import NewJob, create, created_job, make_new_job
+from afterwork._records import copier, maker
+from afterwork.job import Job, JobStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Point:
+    x: int
+    y: int = 2
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+def test_maker_builds_what_init_builds_with_defaults_and_fresh_factories() -> None:
+    make = maker(Point, ("x",))
+    first, second = make(1), make(x=1)
+    assert first == Point(x=1) == second
+    assert first.tags is not second.tags  # a factory is called per record
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.x = 3
+
+
+def test_copier_is_replace() -> None:
+    point = Point(x=1, y=5, tags=["a"])
+    copy = copier(Point, ("y",))(point, 7)
+    assert copy == dataclasses.replace(point, y=7) and copy.tags is point.tags
+
+
+def test_unknown_fields_and_post_init_are_refused() -> None:
+    with pytest.raises(TypeError):
+        maker(Point, ("z",))
+
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        x: int
+
+        def __post_init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError):
+        maker(Checked, ("x",))
+    with pytest.raises(TypeError):
+        maker(Point, ())  # x has no default
+
+
+def test_make_new_job_is_the_dataclass_with_its_keywords() -> None:
+    fields = {
+        "id": "i", "task": "t", "queue": "q", "args": [1], "kwargs": {"a": 1}, "priority": 2,
+        "max_attempts": 3, "key": "k", "delay": 1.5, "timeout": 4.0, "result_ttl": 5.0,
+        "debounce": True,
+    }  # fmt: skip
+    assert make_new_job(**fields) == NewJob(**fields)  # type: ignore[arg-type]
+
+
+def test_created_job_is_create_and_may_be_told() -> None:
+    new = NewJob(id="i", task="t", args=[1], kwargs={"a": 1}, delay=2.0, headers={"h": "v"})
+    job = create(new, 10.0).job
+    assert job == Job(
+        id="i", task="t", status=JobStatus.SCHEDULED, args=[1], kwargs={"a": 1},
+        created_at=10.0, run_at=12.0, headers={"h": "v"},
+    )  # fmt: skip
+    assert job.args is not new.args and job.headers is not new.headers  # copies
+    owner = object()
+    told = created_job(new, 10.0, created_now=True, owner=owner)  # type: ignore[arg-type]
+    assert told == job and told.created_now is True and told._owner is owner
