@@ -56,11 +56,13 @@ from ._redis_scripts import (
     TOKEN,
     MalformedRecord,
     Script,
+    Timelines,
     change_item,
     job_args,
     new_job,
     parse_job,
     record_fields,
+    remember_timeline,
     unreadable_job,
 )
 from ._redis_topology import parse_topology
@@ -188,6 +190,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
+        self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
         self._channels: set[RedisChannel] = set()
@@ -420,7 +423,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         claims: list[Claim] = []
         for record in records:
             try:
-                claim = Claim(parse_job(record), record[TOKEN])
+                claim = Claim(parse_job(record, self._timelines), record[TOKEN])
             except MalformedRecord as exc:
                 await self._quarantine_claimed(record, str(exc))
                 continue
@@ -546,6 +549,9 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                         expect["started"] = None
                     # Begun already under this lease: the item writes what is there.
                     items.append(change_item("begin", change, expect=expect))
+                    remember_timeline(
+                        self._timelines, items[-1]["set"].get("tl"), change.job.timeline
+                    )
                 else:
                     change = life.finish(
                         job, held=token, token=lease.token, outcome=write.outcome, now=now
@@ -554,6 +560,9 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                         continue
                     expect = {"status": "running", "token": lease.token}
                     items.append(change_item("finish", change, expect=expect, done=lease.token))
+                    remember_timeline(
+                        self._timelines, items[-1]["set"].get("tl"), change.job.timeline
+                    )
                 where.append((b, i))
         return items, where
 
@@ -653,7 +662,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
 
     def _parse(self, record: list[Any], job_id: str | None = None) -> Job:
         try:
-            return parse_job(record)
+            return parse_job(record, self._timelines)
         except MalformedRecord as exc:
             return unreadable_job(job_id or str(record[0]), record, str(exc))
 
