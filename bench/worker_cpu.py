@@ -15,7 +15,12 @@ job's end by the jobs' own clock. Prints the median of ``--runs`` per store and 
 ``--inproc`` instead drains in this process (``aw.drain(concurrency=10)``, this tree only),
 reporting ``os.times()`` CPU per job; ``--profile`` wraps the drain in cProfile and prints
 the functions by own time. Redis and PostgreSQL are private servers (tests/redis_server.py,
-tests/pg_server.py) started here and stopped at the end.
+tests/pg_server.py) started here and stopped at the end; ``--stores memory`` also works
+with ``--inproc``.
+
+Environment: ``WORKER_ARGS`` adds arguments to the worker command (``--log-level WARNING``);
+``SPLIT=1`` prints user and system CPU apart; ``SPY=/path/to/py-spy`` samples each worker
+into ``spy-<database>.txt`` (raw, collapsed stacks).
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.peers.common import LineCount, lines, stop  # noqa: E402
 
+SPLIT: list[tuple[int, int]] = [(0, 0)] if os.environ.get("SPLIT") else []
 SPY = os.environ.get("SPY")  # a py-spy binary: sample each worker into spy-<store>.txt
 
 
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if SPLIT:  # user and system CPU apart
+        SPLIT.append((int(fields[11]), int(fields[12])))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -92,6 +100,8 @@ class Stores:
             await admin.execute(f"CREATE DATABASE d{self.n}")
             await admin.close()
             return f"postgresql://postgres@127.0.0.1:{self.pg.port}/d{self.n}"
+        if store == "memory":
+            return "memory://"
         return f"sqlite:///{self.folder}/d{self.n}.db"
 
 
@@ -125,7 +135,7 @@ async def drain_process(tree: Path, url: str, jobs: int, folder: Path) -> tuple[
     command = [sys.executable, "-m", "afterwork", "worker", "bench.peers.afterwork_bench:aw"]
     command += os.environ.get("WORKER_ARGS", "").split()
     with open(out.with_suffix(".log"), "wb") as log:  # noqa: ASYNC230
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
             command, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -152,6 +162,10 @@ async def drain_process(tree: Path, url: str, jobs: int, folder: Path) -> tuple[
             spy.wait(30)
             shutil.copy(folder / "spy.txt", f"spy-{Path(url).name or 'redis'}.txt")
         stop(proc)
+    if SPLIT:
+        (u0, s0), (u1, s1) = SPLIT[-2:]
+        tick = (n1 - n0) / 1e6 * os.sysconf("SC_CLK_TCK")
+        print(f"  user {(u1 - u0) / tick:.0f} µs/job, system {(s1 - s0) / tick:.0f} µs/job")
     rows = lines(out)
     span = max(e for _, e in rows) - min(s for s, _ in rows)
     return (c1 - c0) / (n1 - n0) * 1e6, len(rows) / span
@@ -187,7 +201,7 @@ async def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     stores = args.stores.split(",")
-    trees = [Path(t).resolve() for t in args.trees.split(",")]
+    trees = [Path(t).resolve() for t in args.trees.split(",")]  # noqa: ASYNC240
     print(f"load before: {os.getloadavg()}")
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as name:
