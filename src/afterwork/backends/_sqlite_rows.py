@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = (
     "Connection",
     "Cursor",
     "Tx",
+    "changed",
     "dump_headers",
     "dumps",
     "load",
@@ -76,10 +78,28 @@ _MUTABLE = (
     "kwargs",
 )
 
+_mutable_values = operator.attrgetter(*_MUTABLE)
+
+
+def changed(old: Job, new: Job, force: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    """The mutable fields in which ``new`` differs from ``old`` (and the ``force``d ones),
+    with ``new``'s values: what a write of ``new`` over ``old`` stores."""
+    return [
+        (name, value)
+        for name, value, before in zip(
+            _MUTABLE, _mutable_values(new), _mutable_values(old), strict=True
+        )
+        if value != before or name in force
+    ]
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
 
 def dumps(value: Any) -> str:
     """JSON as stored: compact, UTF-8, and never NaN or Infinity."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # One encoder for every call: ``json.dumps`` with options builds a new one each time.
+    return _ENCODER.encode(value)
 
 
 def dump_headers(headers: dict[str, str]) -> str | None:
@@ -303,11 +323,7 @@ class Tx:
         A job that stops running loses its lease token; a finished job gets the time
         after which :meth:`purge` deletes it.
         """
-        columns = {
-            name: _column(name, getattr(new, name))
-            for name in _MUTABLE
-            if name in force or getattr(new, name) != getattr(old, name)
-        }
+        columns = {name: _column(name, value) for name, value in changed(old, new, force)}
         if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
             columns["token"] = None
         if token is not None:
