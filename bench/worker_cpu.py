@@ -224,11 +224,11 @@ async def main() -> None:
         finally:
             servers.stop()
     print(f"load after: {os.getloadavg()}")
-    for (store, tree), figures in results.items():
+    for (store, label), figures in results.items():
         cpu = statistics.median(f[0] for f in figures)
         rate = statistics.median(f[1] for f in figures)
         runs = ", ".join(f"{f[0]:.0f}" for f in figures)
-        print(f"{store:8} {tree}: CPU {cpu:.0f} µs/job ({runs}), {rate:,.0f} jobs/s")
+        print(f"{store:8} {label}: CPU {cpu:.0f} µs/job ({runs}), {rate:,.0f} jobs/s")
 
 
 if __name__ == "__main__":
