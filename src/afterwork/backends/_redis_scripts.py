@@ -49,12 +49,16 @@ __all__ = (
     "SCRIPTS",
     "MalformedRecord",
     "Script",
+    "Timelines",
     "change_item",
+    "fmt",
     "hash_fields",
     "job_args",
     "new_job",
     "parse_job",
     "record_fields",
+    "remember_timeline",
+    "stored_as",
 )
 
 #: The job hash fields every script returns, in this order (``record()`` in common.lua).
@@ -258,6 +262,41 @@ def parse_job(record: list[Any], timelines: Timelines | None = None) -> Job:
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MalformedRecord(f"{type(exc).__name__}: {exc}") from exc
+
+
+_STATUS, _ATTEMPTS, _RUN_AT, _STARTED, _FINISHED, _PROGRESS, _PMSG, _LEASE, _CANCEL = (
+    FIELDS.index(name)
+    for name in (
+        "status", "attempts", "run_at", "started", "finished", "progress", "pmsg", "lease",
+        "cancel",
+    )
+)  # fmt: skip
+
+
+def stored_as(record: list[Any], job: Job) -> bool:
+    """Whether ``record`` (``FIELDS`` order), the reply to a start or a finish that this
+    process computed as ``job`` and wrote under its lease, reads back as ``job``.
+
+    The write sets the fields its transition owns, from ``job``; the others were read
+    under the lease, and nothing changes them but the lease holder and these: a progress
+    report, a cancel request, a renewed lease. A repeated finish (its first reply lost)
+    returns the first one's record, whose finish time differs. So these are compared as
+    :func:`parse_job` would read them, and a reply that differs in any is decoded instead.
+    """
+    try:
+        return bool(
+            record[_STATUS] == job.status.value
+            and record[_ATTEMPTS] == str(job.attempts)
+            and _float(record[_RUN_AT]) == job.run_at
+            and _float(record[_STARTED]) == job.started_at
+            and _float(record[_FINISHED]) == job.finished_at
+            and _float(record[_PROGRESS]) == job.progress
+            and record[_PMSG] == job.progress_message
+            and _float(record[_LEASE]) == job.lease_expires_at
+            and (record[_CANCEL] == "1") == job.cancel_requested
+        )
+    except (TypeError, ValueError):
+        return False  # not even readable: parse_job says why
 
 
 def unreadable_job(job_id: str, record: list[Any] | None, reason: str) -> Job:

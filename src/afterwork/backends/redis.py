@@ -58,11 +58,13 @@ from ._redis_scripts import (
     Script,
     Timelines,
     change_item,
+    fmt,
     job_args,
     new_job,
     parse_job,
     record_fields,
     remember_timeline,
+    stored_as,
     unreadable_job,
 )
 from ._redis_topology import parse_topology
@@ -499,7 +501,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             batch = self._writes[:_FINISH_BATCH]
             del self._writes[:_FINISH_BATCH]
             try:
-                items, where = await self._write_items(batch)
+                items, where, computed = await self._write_items(batch)
                 retry_for = (
                     self._finish_retry_for if any(w.outcome is not None for w in batch) else None
                 )
@@ -511,10 +513,13 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                 continue
             results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
             finished = False
-            for (b, i), record in zip(where, reply, strict=True):
+            for (b, i), record, change in zip(where, reply, computed, strict=True):
                 if record == 0:
                     continue
-                job = self._parse(record)
+                # The job the lifecycle computed, if the store holds exactly it (one
+                # record less to decode per start and finish), else the record read back.
+                fresh = change.event is not None and stored_as(record, change.job)
+                job = change.job if fresh else self._parse(record)
                 results[b][i] = job
                 if batch[b].outcome is None:
                     self._held[job.id] = (batch[b].leases[i].token, job)
@@ -529,11 +534,15 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
 
     async def _write_items(
         self, batch: list[_Write]
-    ) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
-        """``apply.lua`` items for ``batch``, and which write and lease each one is for."""
-        now = self.now()
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, int]], list[life.Change]]:
+        """``apply.lua`` items for ``batch``, which write and lease each one is for, and
+        the change each one writes."""
+        # At the scripts' precision (%.6f): the jobs computed here then read back exactly
+        # as stored, and need not be decoded from the reply (``stored_as``).
+        now = fmt(self.now())
         items: list[dict[str, Any]] = []
         where: list[tuple[int, int]] = []
+        computed: list[life.Change] = []
         for b, write in enumerate(batch):
             for i, lease in enumerate(write.leases):
                 held = await self._held_job(lease)
@@ -564,7 +573,8 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                         self._timelines, items[-1]["set"].get("tl"), change.job.timeline
                     )
                 where.append((b, i))
-        return items, where
+                computed.append(change)
+        return items, where, computed
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
