@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ._records import maker
@@ -50,9 +51,11 @@ __all__ = (
     "create",
     "created_job",
     "debounce",
+    "evolve",
     "finish",
     "flow_group",
     "heartbeat",
+    "job_from_values",
     "lease_expired",
     "make_new_job",
     "progress",
@@ -279,11 +282,52 @@ class Change:
 
 # -- helpers ---------------------------------------------------------------------------
 
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+_job_values = operator.attrgetter(*_JOB_FIELDS)
+_job_setters = tuple(Job.__dict__[name].__set__ for name in _JOB_FIELDS)  # slot descriptors
+_JOB_FIELD_SET = frozenset(_JOB_FIELDS)
+_set = object.__setattr__
+assert not hasattr(Job, "__post_init__"), "evolve() would skip Job.__post_init__"
+
+
+def evolve(job: Job, **changes: Any) -> Job:
+    """``dataclasses.replace(job, **changes)`` at under half its cost.
+
+    Every claim, start and finish makes one or two new records: ``replace`` builds a dict
+    of all 29 fields and calls the frozen ``__init__``, which a worker paid 2-3 times per
+    job. ``Job`` has no ``__post_init__`` and no ``init=False`` field, so copying the slots
+    and setting the changed ones builds the same record.
+    """
+    if type(job) is not Job:  # a subclass has slots of its own
+        return replace(job, **changes)
+    new = object.__new__(Job)
+    for setter, value in zip(_job_setters, _job_values(job), strict=True):
+        setter(new, value)
+    for name, value in changes.items():
+        if name not in _JOB_FIELD_SET:
+            raise TypeError(f"Job has no field {name!r}")
+        _set(new, name, value)
+    return new
+
+
+def job_from_values(values: tuple[Any, ...]) -> Job:
+    """A ``Job`` from all its fields' values, in field order (``dataclasses.fields(Job)``).
+
+    For a store's record reader, which builds a job per claim, start and finish: the
+    keyword constructor of the frozen dataclass costs about twice as much.
+    """
+    if len(values) != len(_JOB_FIELDS):
+        raise TypeError(f"Job has {len(_JOB_FIELDS)} fields, not {len(values)}")
+    new = object.__new__(Job)
+    for setter, value in zip(_job_setters, values, strict=True):
+        setter(new, value)
+    return new
+
 
 def _move(job: Job, status: JobStatus, **changes: Any) -> Job:
     if status is not job.status:
         check_transition(job.status, status)
-    return replace(job, status=status, **changes)
+    return evolve(job, status=status, **changes)
 
 
 def _owns(job: Job, held: str | None, token: str) -> bool:
@@ -421,7 +465,7 @@ def begin(job: Job, *, held: str | None, token: str, now: float) -> Change | Non
         return None
     if job.started_at is not None:
         return Change(job, None)
-    return Change(replace(job, attempts=job.attempts + 1, started_at=now), "started")
+    return Change(evolve(job, attempts=job.attempts + 1, started_at=now), "started")
 
 
 def heartbeat(
@@ -430,7 +474,7 @@ def heartbeat(
     """The lease renewed until ``now + lease_ttl``; ``None`` if it is lost."""
     if not _owns(job, held, token):
         return None
-    return replace(job, lease_expires_at=now + lease_ttl)
+    return evolve(job, lease_expires_at=now + lease_ttl)
 
 
 def progress(
@@ -439,7 +483,7 @@ def progress(
     """A running job's progress; ``None`` if the lease is lost."""
     if not _owns(job, held, token):
         return None
-    return Change(replace(job, progress=progress, progress_message=message), "progress", message)
+    return Change(evolve(job, progress=progress, progress_message=message), "progress", message)
 
 
 def finish(

@@ -60,6 +60,7 @@ def log_extra(action: str, job: Job, worker: str | None = None, **more: Any) -> 
 
 #: Results stored as they are (the common ``None`` first): pydantic_core is loaded for others.
 _PLAIN_RESULTS: frozenset[type] = frozenset((str, int, bool, float))
+_SUCCEEDED_NONE = Outcome.succeeded(None)
 
 
 @dataclass(eq=False)
@@ -236,11 +237,10 @@ class Runner:
             timeout = None  # the child's clock: its start-up does not count
         # Only a task that injects something (a JobContext, dependencies) needs a context
         # and an exit stack; most jobs skip both (they are the hot path of a worker).
-        injects = task is not None and bool(task.codec.injected)
         # Injected dependencies are torn down after the attempt, whatever its outcome; the
         # exception that ended it is thrown into them, as FastAPI does after a route.
-        stack = contextlib.AsyncExitStack()
-        inject = self._prepare_injection(run, task, stack) if injects and task else None
+        stack = contextlib.AsyncExitStack() if task is not None and task.codec.injected else None
+        inject = self._prepare_injection(run, task, stack) if stack and task else None
         if is_async is None:
             is_async = task.is_async if task is not None else inspect.iscoroutinefunction(func)
         try:
@@ -248,10 +248,10 @@ class Runner:
                 run, func, is_async, args, kwargs, timeout, options, inject
             )
         except BaseException as exc:  # cancelled from outside: clean up, then propagate
-            if injects:
+            if stack is not None:
                 await self._close_stack(run, stack, exc, task)
             raise
-        if injects:
+        if stack is not None:
             attempt = await self._tear_down(run, stack, task, attempt, options)
         await self._flush_progress(run)
         if attempt.outcome is None:  # the lease was lost: somebody else owns the job now
@@ -425,6 +425,9 @@ class Runner:
         timeout: float | None,
         inject: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> Any:
+        if timeout is None and inject is None and is_async:
+            return await func(*args, **kwargs)  # the common case: no closure to build
+
         async def call() -> Any:
             # Dependencies are resolved inside the cancel scope and the timeout.
             full = kwargs if inject is None else {**kwargs, **await inject()}
@@ -488,6 +491,8 @@ class Runner:
         return None  # LOST
 
     def _success(self, job: Job, result: Any) -> Outcome:
+        if result is None and self.host.config.max_result >= 4:
+            return _SUCCEEDED_NONE  # ``null``: nothing to convert or measure
         try:
             if result is None or type(result) in _PLAIN_RESULTS:
                 value = result  # what to_jsonable_python returns for it, without pydantic

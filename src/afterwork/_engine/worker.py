@@ -129,6 +129,7 @@ class Worker:
         self._solo: str | None = None  # a job that runs alone (see _admit)
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
+        self._slot_awaited = False  # someone holds _slot_freed: set and renew it on a free slot
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
         self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
@@ -533,11 +534,15 @@ class Worker:
     # -- waiting -------------------------------------------------------------------------
 
     def _notify_slot(self) -> None:
+        if not self._slot_awaited:
+            return  # nobody waits: no new Event per job (a worker's hot path)
+        self._slot_awaited = False
         self._slot_freed.set()
         self._slot_freed = anyio.Event()
 
     async def _wait_slot(self) -> None:
         event = self._slot_freed
+        self._slot_awaited = True
         with anyio.CancelScope() as scope:
             self._idle_scope = scope
             if self._stopping.is_set() and not self._runs:

@@ -17,7 +17,7 @@ from .. import _lifecycle as life
 from .._lifecycle import Change
 from ..job import WAITING_STATUSES, Job, JobStatus
 from ._pg_schema import COLUMNS
-from ._sqlite_rows import _MUTABLE, _column, dump_headers, dumps, load
+from ._sqlite_rows import _column, changed, dump_headers, dumps, load
 from .base import NewJob
 
 if TYPE_CHECKING:
@@ -135,11 +135,7 @@ class Tx:
         force: Sequence[str] = (),
     ) -> dict[str, Any]:
         """The columns in which ``new`` differs from ``old`` (plus ``force``d ones)."""
-        columns = {
-            name: _pg_column(name, getattr(new, name))
-            for name in _MUTABLE
-            if name in force or getattr(new, name) != getattr(old, name)
-        }
+        columns = {name: _pg_column(name, value) for name, value in changed(old, new, force)}
         if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
             columns["token"] = None
         if token is not None:

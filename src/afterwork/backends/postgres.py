@@ -1147,6 +1147,7 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
 
         row = await self._statement(flush)
         finished, begun = set(row["finished"] or ()), set(row["begun"] or ())
+        asked = set(row["asked"] or ())  # begun jobs whose cancel was asked meanwhile
         results: list[Job | None] = []
         again: list[_Pending] = []
         for (lease, outcome, future), change in zip(batch, changes, strict=True):
@@ -1154,8 +1155,11 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
                 self._held.pop(lease.job_id, None)
                 results.append(change.job if lease.job_id in finished else None)
             elif lease.job_id in begun:
-                self._held[lease.job_id] = (lease.token, change.job)
-                results.append(change.job)
+                job = change.job
+                if lease.job_id in asked and not job.cancel_requested:
+                    job = life.evolve(job, cancel_requested=True)  # as the row now says
+                self._held[lease.job_id] = (lease.token, job)
+                results.append(job)
             else:
                 # Lost, or begun by an earlier try whose reply was lost: read the row.
                 self._held.pop(lease.job_id, None)

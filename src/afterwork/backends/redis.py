@@ -56,11 +56,15 @@ from ._redis_scripts import (
     TOKEN,
     MalformedRecord,
     Script,
+    Timelines,
     change_item,
+    fmt,
     job_args,
     new_job,
     parse_job,
     record_fields,
+    remember_timeline,
+    stored_as,
     unreadable_job,
 )
 from ._redis_topology import parse_topology
@@ -188,6 +192,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
+        self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
         self._streams: set[StreamEvents] = set()
         self._channels: set[RedisChannel] = set()
@@ -413,7 +418,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         claims: list[Claim] = []
         for record in records:
             try:
-                claim = Claim(parse_job(record), record[TOKEN])
+                claim = Claim(parse_job(record, self._timelines), record[TOKEN])
             except MalformedRecord as exc:
                 await self._quarantine_claimed(record, str(exc))
                 continue
@@ -489,7 +494,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
             batch = self._writes[:_FINISH_BATCH]
             del self._writes[:_FINISH_BATCH]
             try:
-                items, where = await self._write_items(batch)
+                items, where, computed = await self._write_items(batch)
                 retry_for = (
                     self._finish_retry_for if any(w.outcome is not None for w in batch) else None
                 )
@@ -501,10 +506,13 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                 continue
             results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
             finished = False
-            for (b, i), record in zip(where, reply, strict=True):
+            for (b, i), record, change in zip(where, reply, computed, strict=True):
                 if record == 0:
                     continue
-                job = self._parse(record)
+                # The job the lifecycle computed, if the store holds exactly it (one
+                # record less to decode per start and finish), else the record read back.
+                fresh = change.event is not None and stored_as(record, change.job)
+                job = change.job if fresh else self._parse(record)
                 results[b][i] = job
                 if batch[b].outcome is None:
                     self._held[job.id] = (batch[b].leases[i].token, job)
@@ -519,11 +527,15 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
 
     async def _write_items(
         self, batch: list[_Write]
-    ) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
-        """``apply.lua`` items for ``batch``, and which write and lease each one is for."""
-        now = self.now()
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, int]], list[life.Change]]:
+        """``apply.lua`` items for ``batch``, which write and lease each one is for, and
+        the change each one writes."""
+        # At the scripts' precision (%.6f): the jobs computed here then read back exactly
+        # as stored, and need not be decoded from the reply (``stored_as``).
+        now = fmt(self.now())
         items: list[dict[str, Any]] = []
         where: list[tuple[int, int]] = []
+        computed: list[life.Change] = []
         for b, write in enumerate(batch):
             for i, lease in enumerate(write.leases):
                 held = await self._held_job(lease)
@@ -539,6 +551,9 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                         expect["started"] = None
                     # Begun already under this lease: the item writes what is there.
                     items.append(change_item("begin", change, expect=expect))
+                    remember_timeline(
+                        self._timelines, items[-1]["set"].get("tl"), change.job.timeline
+                    )
                 else:
                     change = life.finish(
                         job, held=token, token=lease.token, outcome=write.outcome, now=now
@@ -547,8 +562,12 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
                         continue
                     expect = {"status": "running", "token": lease.token}
                     items.append(change_item("finish", change, expect=expect, done=lease.token))
+                    remember_timeline(
+                        self._timelines, items[-1]["set"].get("tl"), change.job.timeline
+                    )
                 where.append((b, i))
-        return items, where
+                computed.append(change)
+        return items, where, computed
 
     async def heartbeat(self, leases: Sequence[Lease], *, lease_ttl: float) -> HeartbeatReply:
         if not leases:
@@ -646,7 +665,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
 
     def _parse(self, record: list[Any], job_id: str | None = None) -> Job:
         try:
-            return parse_job(record)
+            return parse_job(record, self._timelines)
         except MalformedRecord as exc:
             return unreadable_job(job_id or str(record[0]), record, str(exc))
 
