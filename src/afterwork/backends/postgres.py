@@ -1634,8 +1634,16 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
             if conn.is_in_transaction():
                 created = await self._enqueue_on(conn, jobs)
             else:
-                async with conn.transaction():
-                    created = await self._enqueue_on(conn, jobs)
+                try:
+                    async with conn.transaction():
+                        created = await self._enqueue_on(conn, jobs)
+                except asyncio.CancelledError:
+                    # Cancelled mid-way, asyncpg may leave the transaction it began open
+                    # (its BEGIN completes after the cancel): end it, so the caller's
+                    # connection comes back idle. Outside a transaction it is a no-op.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.execute("ROLLBACK"))
+                    raise
         return created
 
     async def _enqueue_on(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[Job]:
