@@ -137,16 +137,18 @@ local function create(i, debounce)
     status = 'scheduled'
     run_at = tonumber(fmt(now + delay))
   end
-  redis.call('HSET', jkey(id), 'id', id, 'task', task, 'queue', queue, 'status', status,
-    'args', args, 'kwargs', kwargs, 'prio', prio, 'attempts', '0', 'max', max, 'recov', '0',
-    'created', NOW, 'run_at', fmt(run_at), 'cancel', '0')
+  -- One HSET with the optional fields too (one command per job, not up to five).
+  local h = {'id', id, 'task', task, 'queue', queue, 'status', status, 'args', args,
+    'kwargs', kwargs, 'prio', prio, 'attempts', '0', 'max', max, 'recov', '0',
+    'created', NOW, 'run_at', fmt(run_at), 'cancel', '0'}
   if key ~= '' then
-    redis.call('HSET', jkey(id), 'key', key)
+    h[#h + 1] = 'key'; h[#h + 1] = key
     redis.call('SET', P .. ':key:' .. key, id)
   end
-  if timeout ~= '' then redis.call('HSET', jkey(id), 'timeout', timeout) end
-  if ttl ~= '' then redis.call('HSET', jkey(id), 'ttl', ttl) end
-  if headers ~= '' then redis.call('HSET', jkey(id), 'hdr', headers) end
+  if timeout ~= '' then h[#h + 1] = 'timeout'; h[#h + 1] = timeout end
+  if ttl ~= '' then h[#h + 1] = 'ttl'; h[#h + 1] = ttl end
+  if headers ~= '' then h[#h + 1] = 'hdr'; h[#h + 1] = headers end
+  redis.call('HSET', jkey(id), unpack(h))
   redis.call('ZADD', P .. ':all', 0, id)
   redis.call('SADD', P .. ':queues', queue)
   count(queue, false, status)

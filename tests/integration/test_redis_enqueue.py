@@ -1,0 +1,106 @@
+"""Enqueue on Redis: concurrent calls share one script call (group commit), each caller
+still answered only after Redis applied its jobs, and one bad job fails only its caller."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from afterwork import Afterwork, JobStatus
+from afterwork.exceptions import BackendError
+
+pytestmark = pytest.mark.anyio
+
+
+def _url(redis_url: str) -> str:
+    return f"{redis_url}?prefix=afterwork:t{uuid.uuid4().hex[:12]}"
+
+
+async def _script_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+async def test_concurrent_enqueues_share_script_calls_and_all_are_stored(redis_url: str) -> None:
+    aw = Afterwork(_url(redis_url))
+
+    @aw.task(name="noop")
+    async def noop(n: int) -> None: ...
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with aw:
+            await noop.enqueue(-1)  # the script is known to Redis from here on
+            await client.config_resetstat()
+            jobs = await asyncio.gather(*(noop.enqueue(n) for n in range(64)))
+            calls = await _script_calls(client)
+            # The first call goes alone; the 63 that arrive while it runs share the next.
+            assert calls <= 3, calls
+            assert [job.args for job in jobs] == [[n] for n in range(64)]
+            assert all(job.created_now for job in jobs)
+            for job in jobs:
+                stored = await aw.get_job(job.id)
+                assert stored is not None and stored.status is JobStatus.QUEUED
+                assert stored.args == job.args
+    finally:
+        await client.aclose()
+
+
+async def test_one_bad_job_in_a_group_fails_only_its_caller(redis_url: str) -> None:
+    aw = Afterwork(_url(redis_url))
+
+    @aw.task(name="noop")
+    async def noop(n: int) -> None: ...
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with aw:
+            await noop.enqueue(-1)
+            bad = aw.build_job(noop, (0,), {}, {})
+            # A key of the wrong type where the job's record goes: the script fails on it.
+            prefix = aw.backend.prefix  # type: ignore[attr-defined]
+            await client.set(f"{prefix}:job:{bad.id}", "not a hash")
+            good = [aw.build_job(noop, (n,), {}, {}) for n in range(1, 9)]
+            calls = [aw.enqueue_many([new]) for new in [*good[:4], bad, *good[4:]]]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert isinstance(results[4], BackendError), results[4]
+            for new, result in zip(good, [*results[:4], *results[5:]], strict=True):
+                assert isinstance(result, list), result
+                assert result[0].id == new.id
+                stored = await aw.get_job(new.id)
+                assert stored is not None and stored.status is JobStatus.QUEUED
+    finally:
+        await client.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_for_its_group_stores_nothing(
+    redis_url: str,
+) -> None:
+    aw = Afterwork(_url(redis_url))
+
+    @aw.task(name="noop")
+    async def noop(n: int) -> None: ...
+
+    async with aw:
+        await noop.enqueue(-1)
+        first = asyncio.ensure_future(noop.enqueue(1))
+        for _ in range(100):  # until first is in flight: the next caller waits for it
+            if aw.backend._enq_busy:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0)
+        assert aw.backend._enq_busy  # type: ignore[attr-defined]
+        waiting_new = aw.build_job(noop, (2,), {}, {})
+        waiting = asyncio.ensure_future(aw.enqueue_many([waiting_new]))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        later = await noop.enqueue(3)
+        stored_first = await first
+        assert waiting.cancelled()
+        assert await aw.get_job(waiting_new.id) is None
+        assert (await aw.get_job(stored_first.id)) is not None
+        assert (await aw.get_job(later.id)) is not None
