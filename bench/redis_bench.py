@@ -3,7 +3,8 @@
     python bench/redis_bench.py [--runs 3] [--json out.json]
 
 Starts a private redis-server (no persistence) on a free port, then for each run:
-(a) enqueue 10,000 no-op jobs one at a time, and in batches of 1,000; (b) drain 10,000
+(a) enqueue 10,000 no-op jobs one at a time, from 32 concurrent callers, and in batches
+of 1,000; (b) drain 10,000
 pre-enqueued no-op jobs with one worker process; (c) 1,000 jobs that each await
 ``asyncio.sleep(0.05)``, at the default concurrency and at 100; (d) enqueue-to-start
 latency on an idle worker, jobs enqueued one at a time 5 ms apart. Durations of (b) and
@@ -93,6 +94,14 @@ async def one_run(url: str) -> dict[str, float]:
         for _ in range(N_NOOP):
             await noop.enqueue()
         out["enqueue_single_per_s"] = N_NOOP / (time.perf_counter() - started)
+
+        async def caller() -> None:
+            for _ in range(N_NOOP // 32):
+                await noop.enqueue()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(32)))
+        out["enqueue_c32_per_s"] = N_NOOP // 32 * 32 / (time.perf_counter() - started)
         started = time.perf_counter()
         for _ in range(N_NOOP // 1000):
             await aw.enqueue_many([aw.build_job(noop, (), {}, {}) for _ in range(1000)])

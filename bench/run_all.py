@@ -51,6 +51,7 @@ PEERS = {  # name: (module, environment)
 SYSTEMS = ["afterwork", *PEERS]
 ROWS = [  # key, label, higher is better
     ("enqueue_single_per_s", "(a) enqueue 10,000 no-ops one at a time, jobs/s", True),
+    ("enqueue_c32_per_s", "(a) enqueue 10,000 no-ops from 32 concurrent callers, jobs/s", True),
     ("enqueue_batch_per_s", "(a) enqueue 10,000 no-ops in batches of 1,000, jobs/s", True),
     ("drain_per_s", "(b) drain 10,000 pre-enqueued no-ops, jobs/s", True),
     ("sleep_cdefault_s", "(c) 1,000 × sleep(0.05), default concurrency, s", False),

@@ -24,6 +24,7 @@ import asyncio
 import importlib
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # BENCH_SCALE=10 divides the job counts, for a quick check of a peer script only.
 _SCALE = int(os.environ.get("BENCH_SCALE") or 1)
 N_NOOP, N_SLEEP, N_LATENCY, BATCH = 10_000 // _SCALE, 1_000 // _SCALE, 300 // _SCALE, 1_000
+N_CONCURRENT = 32  # callers of the concurrent enqueue scenario
 
 
 def redis_url() -> str:
@@ -213,10 +215,30 @@ async def run(
     return out
 
 
+def _cpu() -> float:
+    """This process's CPU seconds (the enqueueing client's: load-independent)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def enqueues(peer: Peer, url: str, out: dict[str, Any]) -> None:
-    # (a) enqueue, one at a time and in batches of 1,000
+    # (a) enqueue, one at a time, from 32 concurrent callers, and in batches of 1,000
     flushdb(url)
+    cpu = _cpu()
     out["enqueue_single_per_s"] = N_NOOP / await timed(N_NOOP, lambda: peer.enqueue("noop"))
+    out["enqueue_single_cpu_us"] = (_cpu() - cpu) / N_NOOP * 1e6
+    flushdb(url)
+    per_caller = N_NOOP // N_CONCURRENT
+
+    async def caller() -> None:
+        for _ in range(per_caller):
+            await peer.enqueue("noop")
+
+    cpu, started = _cpu(), time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(N_CONCURRENT)))
+    elapsed = time.perf_counter() - started
+    out["enqueue_c32_per_s"] = per_caller * N_CONCURRENT / elapsed
+    out["enqueue_c32_cpu_us"] = (_cpu() - cpu) / (per_caller * N_CONCURRENT) * 1e6
     flushdb(url)
     started = time.perf_counter()
     batches = max(1, N_NOOP // BATCH)
