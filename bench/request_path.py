@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -72,11 +73,20 @@ def build(url: str) -> tuple[FastAPI, Afterwork]:
     return app, aw
 
 
+CPU: dict[str, float] = {}  # route -> CPU seconds of this process while serving it
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def rate(client: httpx.AsyncClient, route: str, requests: int) -> float:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     for n in range(requests):
         response = await client.get(f"/{route}/u{n}")
         response.raise_for_status()
+    CPU[route] = CPU.get(route, 0.0) + _cpu() - cpu
     return requests / (time.perf_counter() - start)
 
 
@@ -88,6 +98,7 @@ async def measure(store: str, url: str, requests: int, rounds: int) -> dict[str,
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             for route in ROUTES:
                 await rate(client, route, 50)  # warm up
+            CPU.clear()
             # Routes alternate every CHUNK requests, so a burst of load elsewhere on the
             # machine hits them all alike; the median chunk is the figure.
             for _ in range(rounds * max(requests // CHUNK, 1)):
@@ -97,10 +108,16 @@ async def measure(store: str, url: str, requests: int, rounds: int) -> dict[str,
             await aw.join(timeout=60)
     best = {route: statistics.median(rates) for route, rates in chunks.items()}
     bg = best["bg"]
+    served = {route: CHUNK * len(rates) for route, rates in chunks.items()}
     print(
         f"{store:7} "
         + " | ".join(f"{r} {best[r]:7,.0f}/s" for r in ROUTES)
         + f" | plain {best['plain'] / bg:.2f}x, task {best['task'] / bg:.2f}x of bg",
+        flush=True,
+    )
+    print(
+        "        CPU per request (this process, worker included): "
+        + " | ".join(f"{r} {CPU[r] / served[r] * 1e6:5.0f} µs" for r in ROUTES),
         flush=True,
     )
     return best
