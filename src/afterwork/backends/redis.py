@@ -392,6 +392,7 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         loop = asyncio.get_running_loop()
         if self._enq_loop is not loop:  # first use, or a new event loop: nothing in flight
             self._enq_loop, self._enq_busy, self._enq_waiting = loop, False, []
+            self._enq_conn = None  # a connection's streams belong to the loop that opened it
         if self._enq_busy:
             future: asyncio.Future[list[Job]] = loop.create_future()
             self._enq_waiting.append((jobs, future))
