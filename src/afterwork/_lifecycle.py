@@ -429,9 +429,9 @@ def debounce(holder: Job, new: NewJob, now: float) -> Change:
 
 def start_now(new: NewJob, *, worker: str, now: float, lease_ttl: float) -> Change:
     """A new job created already claimed and started (work run in-process at once)."""
-    job = create(replace(new, delay=0.0), now).job
+    job = create(new if new.delay == 0.0 else replace(new, delay=0.0), now).job
     job = claim(job, worker=worker, now=now, lease_ttl=lease_ttl).job
-    return Change(replace(job, attempts=1, started_at=now), "started")
+    return Change(evolve(job, attempts=1, started_at=now), "started")
 
 
 def promote(job: Job, now: float) -> Change | None:

@@ -7,7 +7,7 @@ import threading
 import time
 import traceback as _traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -477,7 +477,7 @@ class Job:
 
     def bind(self, owner: JobOwner) -> Job:
         """This job, attached to ``owner`` so that :meth:`wait` and :meth:`refresh` work."""
-        return self if self._owner is owner else replace(self, _owner=owner)
+        return self if self._owner is owner else _told(self, self.created_now, owner)
 
     def told(self, created_now: bool | None, owner: JobOwner) -> Job:
         """This job as an enqueue returns it: ``created_now`` set, attached to ``owner``.
