@@ -494,3 +494,37 @@ async def test_an_error_escaping_a_jobs_task_stops_the_worker_and_its_jobs(
             await aw.drain(concurrency=2)
     assert crashed.group_contains(_Escapes, match="out of the job")
     assert beside_cancelled.is_set()
+
+
+async def test_a_shielded_cleanup_in_a_job_ends_when_the_worker_is_cancelled(
+    aw: Afterwork,
+) -> None:
+    # The jobs' plain asyncio tasks are cancelled through anyio, as the task group did:
+    # a shielded cleanup runs to its end, and the worker's cancellation still propagates.
+    import anyio.lowlevel
+
+    started = asyncio.Event()
+    cleanup: list[str] = []
+
+    @aw.task
+    async def endless() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                # A teardown that takes a while (a cancel delivered meanwhile must not
+                # land in it), then one that yields often.
+                await anyio.sleep(0.25)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                cleanup.append("done")
+
+    with pytest.raises(ExceptionGroup) as crashed:
+        async with aw.worker():
+            await endless.enqueue()
+            async with asyncio.timeout(WAIT):
+                await started.wait()
+            raise RuntimeError("the app crashed")
+    assert crashed.group_contains(RuntimeError, match="the app crashed")
+    assert cleanup == ["done"]

@@ -125,8 +125,9 @@ class Worker:
         """While jobs wait in the buffer, claim again only once this many fit."""
         self._buffer: deque[Claim] = deque()
         self._jobs_group: TaskGroup | None = None
-        self._job_tasks: set[asyncio.Task[None]] = set()
-        """Each running job's task: a plain asyncio task, joined as the job group would."""
+        self._job_tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
+        """Each running job's task (a plain asyncio task, joined as the job group would)
+        and the scope around it that cancels it as the group would (shields respected)."""
         self._job_errors: list[BaseException] = []
         self._runs: dict[str, JobRun] = {}
         self._per_task: Counter[str] = Counter()
@@ -430,15 +431,21 @@ class Worker:
         # A plain asyncio task, not one of ``jobs``: an anyio task costs some 30 µs more to
         # start and end (a wrapper coroutine, a task state in a weak dictionary, a done
         # callback), a fifth of a no-op job's CPU. ``run`` joins them as the group would:
-        # waits for them, cancels them if it is cancelled, and a task's error stops it.
+        # waits for them, cancels them through their scope if it is cancelled (a shielded
+        # cleanup still runs to its end), and a task's error stops it.
+        scope = anyio.CancelScope()
         task = asyncio.get_running_loop().create_task(
-            self._run_one(run), name=f"{JOB_TASK_PREFIX}{claim.job.id}"
+            self._run_scoped(run, scope), name=f"{JOB_TASK_PREFIX}{claim.job.id}"
         )
-        self._job_tasks.add(task)
+        self._job_tasks[task] = scope
         task.add_done_callback(self._job_done)
 
+    async def _run_scoped(self, run: JobRun, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._run_one(run)
+
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._job_tasks.discard(task)
+        self._job_tasks.pop(task, None)
         if task.cancelled():
             return
         exc = task.exception()
@@ -446,16 +453,15 @@ class Worker:
             self._job_errors.append(exc)
             if self._jobs_group is not None:
                 self._jobs_group.cancel_scope.cancel()
+                self._jobs_group = None  # no job starts any more
 
     async def _join_jobs(self, *, cancel: bool) -> None:
         """Wait for the jobs' tasks to end; ``cancel``: cancel them until they do."""
         while self._job_tasks:
-            pending = set(self._job_tasks)
             if cancel:
-                for task in pending:
-                    task.cancel()
-            # Cancelled again while any is left (anyio's cancellation is level-triggered).
-            await asyncio.wait(pending, timeout=0.1 if cancel else None)
+                for scope in self._job_tasks.values():
+                    scope.cancel()
+            await asyncio.wait(set(self._job_tasks))
 
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
