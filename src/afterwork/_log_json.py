@@ -19,6 +19,11 @@ __all__ = ("JsonFormatter",)
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+#: What ``json.dumps(data, default=repr, ensure_ascii=False)`` builds on every call, built
+#: once (a worker logs a line per job).
+_ENCODER = json.JSONEncoder(default=repr, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (never raises on odd ``extra`` values)."""
 
@@ -29,11 +34,18 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        data.update(
-            (name, value)
-            for name, value in vars(record).items()
-            if name not in _STANDARD and not name.startswith("_")
-        )
+        fields = vars(record)
+        # The ``extra`` names, in the order the record got them (a set difference first:
+        # most records carry only the standard attributes and two or three more).
+        added = fields.keys() - _STANDARD
+        if added:
+            data.update(
+                {
+                    name: value
+                    for name, value in fields.items()
+                    if name in added and not name.startswith("_")
+                }
+            )
         if record.exc_info:
             data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=repr, ensure_ascii=False)
+        return _ENCODER.encode(data)

@@ -459,3 +459,72 @@ async def test_a_job_recovered_from_a_dead_worker_runs_alone() -> None:
     assert all("suspect" not in beside[f"other{n}"] for n in range(4))
     # It waits for the jobs due before it, and nothing due after it overtakes it.
     assert order.index("suspect") == 2
+
+
+class _Escapes(BaseException):
+    """Not an ``Exception``: no handler of the worker catches it."""
+
+
+async def test_an_error_escaping_a_jobs_task_stops_the_worker_and_its_jobs(
+    aw: Afterwork,
+) -> None:
+    # Jobs run in plain asyncio tasks the worker joins itself: what escapes one ends the
+    # worker as an error in its task group would, and the jobs beside it are cancelled.
+    beside_cancelled = asyncio.Event()
+    beside_started = asyncio.Event()
+
+    @aw.task
+    async def beside() -> None:
+        beside_started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            beside_cancelled.set()
+            raise
+
+    @aw.task
+    async def escapes() -> None:
+        await beside_started.wait()
+        raise _Escapes("out of the job")
+
+    await beside.enqueue()
+    await escapes.enqueue()
+    with pytest.raises(BaseExceptionGroup) as crashed:
+        async with asyncio.timeout(WAIT):
+            await aw.drain(concurrency=2)
+    assert crashed.group_contains(_Escapes, match="out of the job")
+    assert beside_cancelled.is_set()
+
+
+async def test_a_shielded_cleanup_in_a_job_ends_when_the_worker_is_cancelled(
+    aw: Afterwork,
+) -> None:
+    # The jobs' plain asyncio tasks are cancelled through anyio, as the task group did:
+    # a shielded cleanup runs to its end, and the worker's cancellation still propagates.
+    import anyio.lowlevel
+
+    started = asyncio.Event()
+    cleanup: list[str] = []
+
+    @aw.task
+    async def endless() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                # A teardown that takes a while (a cancel delivered meanwhile must not
+                # land in it), then one that yields often.
+                await anyio.sleep(0.25)
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                cleanup.append("done")
+
+    with pytest.raises(ExceptionGroup) as crashed:
+        async with aw.worker():
+            await endless.enqueue()
+            async with asyncio.timeout(WAIT):
+                await started.wait()
+            raise RuntimeError("the app crashed")
+    assert crashed.group_contains(RuntimeError, match="the app crashed")
+    assert cleanup == ["done"]

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import random
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -560,7 +561,22 @@ class Runner:
         if status is JobStatus.SUCCEEDED or status is JobStatus.CANCELLED:
             if logger.isEnabledFor(logging.INFO):  # the hot path: build nothing if unlogged
                 extra = log_extra(f"job_{status.value}", job, self.worker_id)
-                logger.info("job %s (%s) %s", job.id, job.task, status.value, extra=extra)
+                # ``logger.info`` without its walk up the stack for the caller (a line per
+                # job): the record names this line, as ``findCaller`` would.
+                here = sys._getframe()
+                logger.handle(
+                    logger.makeRecord(
+                        logger.name,
+                        logging.INFO,
+                        here.f_code.co_filename,
+                        here.f_lineno,
+                        "job %s (%s) %s",
+                        (job.id, job.task, status.value),
+                        None,
+                        here.f_code.co_name,
+                        extra,
+                    )
+                )
             return finished
         extra = log_extra(f"job_{status.value}", job, self.worker_id)
         error = outcome.error
