@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,32 +28,10 @@ async def _script_calls(client: aioredis.Redis) -> int:
     )
 
 
-async def test_concurrent_enqueues_share_script_calls_and_all_are_stored(redis_url: str) -> None:
-    aw = Afterwork(_url(redis_url))
-
-    @aw.task(name="noop")
-    async def noop(n: int) -> None: ...
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        async with aw:
-            await noop.enqueue(-1)  # the script is known to Redis from here on
-            await client.config_resetstat()
-            jobs = await asyncio.gather(*(noop.enqueue(n) for n in range(64)))
-            calls = await _script_calls(client)
-            # The first call goes alone; the 63 that arrive while it runs share the next.
-            assert calls <= 3, calls
-            assert [job.args for job in jobs] == [[n] for n in range(64)]
-            assert all(job.created_now for job in jobs)
-            for job in jobs:
-                stored = await aw.get_job(job.id)
-                assert stored is not None and stored.status is JobStatus.QUEUED
-                assert stored.args == job.args
-    finally:
-        await client.aclose()
-
-
-async def test_one_bad_job_in_a_group_fails_only_its_caller(redis_url: str) -> None:
+@pytest.fixture
+async def opened(redis_url: str) -> AsyncIterator[tuple[Afterwork, Any, aioredis.Redis]]:
+    """An open store with a task ``noop`` enqueued once (Redis knows the script from then
+    on), and a plain client on the same server."""
     aw = Afterwork(_url(redis_url))
 
     @aw.task(name="noop")
@@ -61,21 +41,45 @@ async def test_one_bad_job_in_a_group_fails_only_its_caller(redis_url: str) -> N
     try:
         async with aw:
             await noop.enqueue(-1)
-            bad = aw.build_job(noop, (0,), {}, {})
-            # A key of the wrong type where the job's record goes: the script fails on it.
-            prefix = aw.backend.prefix  # type: ignore[attr-defined]
-            await client.set(f"{prefix}:job:{bad.id}", "not a hash")
-            good = [aw.build_job(noop, (n,), {}, {}) for n in range(1, 9)]
-            calls = [aw.enqueue_many([new]) for new in [*good[:4], bad, *good[4:]]]
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            assert isinstance(results[4], BackendError), results[4]
-            for new, result in zip(good, [*results[:4], *results[5:]], strict=True):
-                assert isinstance(result, list), result
-                assert result[0].id == new.id
-                stored = await aw.get_job(new.id)
-                assert stored is not None and stored.status is JobStatus.QUEUED
+            yield aw, noop, client
     finally:
         await client.aclose()
+
+
+async def test_concurrent_enqueues_share_script_calls_and_all_are_stored(
+    opened: tuple[Afterwork, Any, aioredis.Redis],
+) -> None:
+    aw, noop, client = opened
+    await client.config_resetstat()
+    jobs = await asyncio.gather(*(noop.enqueue(n) for n in range(64)))
+    calls = await _script_calls(client)
+    # The first call goes alone; the 63 that arrive while it runs share the next.
+    assert calls <= 3, calls
+    assert [job.args for job in jobs] == [[n] for n in range(64)]
+    assert all(job.created_now for job in jobs)
+    for job in jobs:
+        stored = await aw.get_job(job.id)
+        assert stored is not None and stored.status is JobStatus.QUEUED
+        assert stored.args == job.args
+
+
+async def test_one_bad_job_in_a_group_fails_only_its_caller(
+    opened: tuple[Afterwork, Any, aioredis.Redis],
+) -> None:
+    aw, noop, client = opened
+    bad = aw.build_job(noop, (0,), {}, {})
+    # A key of the wrong type where the job's record goes: the script fails on it.
+    prefix = aw.backend.prefix  # type: ignore[attr-defined]
+    await client.set(f"{prefix}:job:{bad.id}", "not a hash")
+    good = [aw.build_job(noop, (n,), {}, {}) for n in range(1, 9)]
+    calls = [aw.enqueue_many([new]) for new in [*good[:4], bad, *good[4:]]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[4], BackendError), results[4]
+    for new, result in zip(good, [*results[:4], *results[5:]], strict=True):
+        assert isinstance(result, list), result
+        assert result[0].id == new.id
+        stored = await aw.get_job(new.id)
+        assert stored is not None and stored.status is JobStatus.QUEUED
 
 
 async def test_a_caller_cancelled_while_waiting_for_its_group_stores_nothing(
