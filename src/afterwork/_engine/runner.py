@@ -76,6 +76,11 @@ class JobRun:
     """Set when a sync job's thread really returned (it may outlive a timeout)."""
     recording: bool = False
     """Its outcome is being written: the (fenced) write decides whether the lease held."""
+    on_recording: Callable[[JobRun], Awaitable[None]] | None = None
+    """Awaited once, when the attempt is over and only its outcome's write is left (a
+    worker frees the job's slot then, so the next jobs' starts join the same group commit)."""
+    slot_freed: bool = False
+    """Its worker slot was freed before its outcome's write returned (``on_recording``)."""
     _progress: tuple[float, str | None] | None = None
     _progress_task: asyncio.Task[None] | None = None
 
@@ -188,6 +193,7 @@ class Runner:
         chain = self.host.middleware_chain
         if not chain:  # the hot path: no middleware, no wrapping
             return await self._execute(run, func, args, kwargs, options, task, is_async)
+        run.on_recording = None  # a middleware's code runs after the write: the slot waits
         job = run.job
         call = JobCall("attempt", job.task, job.queue, job.id, job=job, worker=self.worker_id)
         ran = False
@@ -548,6 +554,9 @@ class Runner:
     async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
         job = run.job
         run.recording = True
+        if (recording := run.on_recording) is not None:
+            run.on_recording = None
+            await recording(run)
         finished = await self._write_outcome(run, outcome)
         if finished is None:
             logger.warning(

@@ -348,13 +348,21 @@ class Worker:
           killed it: it runs alone, so that if it kills this worker too, no job beside
           it is charged for the crash. Until the running jobs end, nothing queued behind
           it starts either (it would wait forever under a steady load).
+        * A job claimed again while its last attempt's run has not ended yet (its outcome
+          written, a retry due at once) waits for that run to end.
         * A task's ``local_concurrency`` caps its running jobs in this process; jobs of
           other tasks may pass it. (Its fleet-wide ``concurrency`` is enforced by the
           store when it claims: a claimed job is within it.)
         """
         job = claim.job
+        if job.id in self._runs:
+            # Claimed again (a retry due at once) before its last attempt's run ended: that
+            # run still writes or reads its outcome. One run per job: it starts after that.
+            return _Admission.HOLD
         if job.recoveries > 0:
-            alone = self._slots == 0 and not admitting
+            # Not beside a job whose outcome is still being written either: were this one
+            # to kill the worker, that job would be charged for the crash.
+            alone = self._slots == 0 and not self._runs and not admitting
             return _Admission.START if alone else _Admission.BLOCK
         limit = self._local_limit(job.task)
         if limit is None:
@@ -421,7 +429,7 @@ class Worker:
                 )
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
-        run = JobRun(claim)
+        run = JobRun(claim, on_recording=self._free_slot)
         if claim.job.recoveries > 0:
             self._solo = claim.job.id
         self._runs[claim.job.id] = run
@@ -502,9 +510,25 @@ class Worker:
                 # its slot until it returns, so runaway threads cannot pile up. On
                 # shutdown we stop waiting for it.
                 await self._wait_overrun(run)
-            self._slots -= 1
+            if not run.slot_freed:
+                self._slots -= 1
             await self._start_admitted()
             self._notify_slot()
+
+    async def _free_slot(self, run: JobRun) -> None:
+        """The attempt is over and only its outcome's write is left: free its slot now.
+
+        The jobs started here mark themselves begun before the write is flushed, so their
+        starts share its group commit rather than wait a round trip for the next one. The
+        job itself stays in ``_runs`` and ``_per_task`` (local limits, draining, shutdown)
+        until the write returns; a sync job whose thread still runs keeps its slot.
+        """
+        if run.thread_done is not None and not run.thread_done.is_set():
+            return
+        run.slot_freed = True
+        self._slots -= 1
+        await self._start_admitted()
+        self._notify_slot()
 
     async def _wait_overrun(self, run: JobRun) -> None:
         """Hold the slot of a sync job whose thread outlived its attempt, saying so."""

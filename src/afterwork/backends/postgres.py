@@ -1100,6 +1100,9 @@ class PostgresBackend(LeasesMixin, HistoryMixin):
         return await future
 
     async def _flush_finishes(self) -> None:
+        # One loop turn first: the jobs that end in this turn free their slots before their
+        # finishes are queued, and the starts of the jobs that take them join this flush.
+        await asyncio.sleep(0)
         while self._finishes:
             batch, self._finishes = (
                 self._finishes[:_FINISH_BATCH],

@@ -671,6 +671,9 @@ class RedisBackend(PresenceMixin, LeasesMixin, HistoryMixin):
         (a start finds the attempt started, a finish returns its record): safe to retry, for
         ``finish_retry_for`` when the batch holds a finish, ``retry_for`` otherwise.
         """
+        # One loop turn first: the jobs that end in this turn free their slots before their
+        # finishes are queued, and the starts of the jobs that take them join this batch.
+        await asyncio.sleep(0)
         while self._writes:
             batch = self._writes[:_FINISH_BATCH]
             del self._writes[:_FINISH_BATCH]

@@ -625,6 +625,9 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
         return result
 
     async def _flush_finishes(self) -> None:
+        # One loop turn first: the jobs that end in this turn free their slots before their
+        # finishes are queued, and the starts of the jobs that take them join this batch.
+        await asyncio.sleep(0)
         try:
             while self._finishes:
                 batch, self._finishes = (
