@@ -297,6 +297,10 @@ def main() -> None:
     unknown = set(chosen) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    missing = [name for name in chosen if not Path(command(name, "", Path(), suite)[0]).exists()]
+    if missing:  # a peer whose environment was never made (bench/README.md says how)
+        print(f"skipped, no environment: {', '.join(missing)} (see bench/README.md)")
+        chosen = [name for name in chosen if name not in missing]
     report: dict[str, Any] = {"systems": {}}
     if args.only and args.json.exists():
         report = json.loads(args.json.read_text())
