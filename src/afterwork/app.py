@@ -1,4 +1,10 @@
-"""``Afterwork``: configuration, the task registry, client calls and the lifespan."""
+"""``Afterwork``: configuration, the task registry, client calls and the lifespan.
+
+The rest of the facade is mixins, in modules of their own: ``_app_schedules.py``
+(schedules and services), ``_app_jobs.py`` (reading, waiting on and watching stored jobs),
+``_app_runtime.py`` (worker, drain, runtime) and ``_app_flow.py`` (paused queues, bulk
+retry and cancel).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,8 @@ import logging
 import os
 import random
 import weakref
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast, overload
 
@@ -27,26 +24,14 @@ import anyio
 
 from . import _bridge, _signature
 from ._app_flow import FlowControl
+from ._app_jobs import JobCalls
+from ._app_runtime import ProcessRuntime
+from ._app_schedules import SchedulesAndServices
 from ._clock import EngineClock, engine_clock
 from ._engine import dependencies
 from ._engine.local import LocalRuns
-from ._engine.scheduler import (
-    CronTrigger,
-    IntervalTrigger,
-    Misfire,
-    Schedule,
-    ScheduleInfo,
-    Scheduler,
-)
-from ._engine.services import (
-    Readiness,
-    Restart,
-    ServiceInstance,
-    ServiceSpec,
-    ServiceStatus,
-    ServiceSupervisor,
-    service_instances,
-)
+from ._engine.scheduler import Scheduler
+from ._engine.services import ServiceInstance, ServiceSupervisor
 from ._flow import check_flow_key, keyed
 from ._lifecycle import RateLimit, make_new_job
 from ._location import store_location
@@ -55,34 +40,19 @@ from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
 from ._transactional import enqueue_through
-from ._waiting import explain
 from .backends import from_url
-from .backends.base import (
-    Channels,
-    Clock,
-    EventStream,
-    Inspector,
-    JobFilter,
-    MessageStream,
-    NewJob,
-    QueueStats,
-    Store,
-    WorkerInfo,
-    WorkerPresence,
-)
+from .backends.base import Channels, Clock, MessageStream, NewJob, Store
 from .context import JobContext
 from .exceptions import BackendUnavailable, ConfigurationError, EnqueueError, EnqueueUnconfirmed
-from .job import Job, JobEvent, JobStatus, check_headers, new_job_id
+from .job import Job, check_headers, new_job_id
 from .retry import Backoff, ExponentialBackoff
 from .task import MAX_TASK_NAME, Task, TaskOptions, check_options, text_problem
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from ._engine.worker import Worker
     from ._pubsub import Subscription
     from .fastapi._options import AuthDependency, RouterOptions
-    from .history import HistoryPoint
 
 __all__ = ("Afterwork", "ServiceContext", "ServiceInstance", "Settings")
 
@@ -96,7 +66,7 @@ M = TypeVar("M", bound=Middleware)
 DEFAULT_URL = "sqlite:///./afterwork.db"
 
 
-class Afterwork(FlowControl):
+class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
     """Background work for a FastAPI app: tasks, a store, workers.
 
     Args:
@@ -301,191 +271,6 @@ class Afterwork(FlowControl):
         except KeyError:
             raise TaskNotFound(unknown_task_message(name, self.tasks)) from None
 
-    # -- schedules and services (logic in scheduler.py and services.py) -------------------
-
-    def cron(
-        self,
-        expr: str,
-        /,
-        *,
-        tz: str = "UTC",
-        name: str | None = None,
-        misfire: Misfire = "run_once",
-        misfire_grace: float = 60.0,
-        catch_up: float = 60.0,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]:
-        """Run a task on a cron schedule: ``@aw.cron("0 9 * * *", tz="Europe/Paris")``.
-
-        Decorates a function (registered as a task with default options) or a task
-        (``@aw.cron(...)`` above ``@aw.task(...)``) and returns the task. Each tick is
-        enqueued exactly once however many processes run the scheduler. See
-        ``docs/schedules.md`` for the DST rule and for ``misfire``.
-
-        Args:
-            expr: five fields (``minute hour day month weekday``), or six with seconds first.
-            tz: the IANA time zone the expression is read in.
-            name: the schedule's name; default the task's name.
-            misfire: ``"run_once"`` or ``"skip"``: what happens to ticks missed while no
-                scheduler ran (never more than one job).
-            misfire_grace: seconds after its instant a tick still counts as on time.
-            catch_up: ticks missed while the store was unreachable (or while a running
-                scheduler's pass came late) are each enqueued once if at most this many
-                seconds old; ``misfire`` beyond.
-        """
-        trigger = CronTrigger(expr, tz)
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
-
-    def every(
-        self,
-        interval: timedelta | float,
-        /,
-        *,
-        name: str | None = None,
-        misfire: Misfire = "run_once",
-        misfire_grace: float = 60.0,
-        catch_up: float = 60.0,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]:
-        """Run a task every ``interval``: ``@aw.every(timedelta(seconds=30))``.
-
-        Ticks fall on multiples of the interval since the Unix epoch (so every process
-        computes the same ones); otherwise as :meth:`cron`.
-        """
-        seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
-        trigger = IntervalTrigger(float(seconds))
-        return lambda func: self._schedule(func, trigger, name, misfire, misfire_grace, catch_up)
-
-    def _schedule(
-        self,
-        func: Callable[P, R],
-        trigger: CronTrigger | IntervalTrigger,
-        name: str | None,
-        misfire: Misfire,
-        misfire_grace: float,
-        catch_up: float = 60.0,
-    ) -> Task[P, R]:
-        task = func if isinstance(func, Task) else self.register(func)
-        if task.owner is not self:
-            raise ValueError(f"{task.name} is registered with another Afterwork instance")
-        schedule = Schedule(
-            name=name or task.name,
-            task=task,
-            trigger=trigger,
-            misfire=misfire,
-            misfire_grace=misfire_grace,
-            catch_up=catch_up,
-        )
-        self.scheduler.add(schedule)
-        return task
-
-    @property
-    def schedules(self) -> list[ScheduleInfo]:
-        """Every schedule with its next run (by the store's clock); no store query."""
-        return self.scheduler.info()
-
-    async def list_schedules(self) -> list[ScheduleInfo]:
-        """Every schedule with its next run and the last tick the store enqueued."""
-        await self._ensure_open()
-        return await self.scheduler.list_schedules()
-
-    async def trigger(self, schedule: str) -> Job:
-        """Run a schedule's task now ("run now"): an ordinary enqueue, not a tick.
-
-        Raises:
-            ScheduleNotFound: there is no schedule with that name.
-        """
-        return await self.scheduler.get(schedule).task.enqueue()
-
-    @overload
-    def service(self, func: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
-
-    @overload
-    def service(
-        self,
-        func: None = None,
-        /,
-        *,
-        name: str | None = None,
-        restart: Restart = "on-failure",
-        backoff: Backoff | None = None,
-        ready: Readiness = "auto",
-        startup_timeout: float = 30.0,
-        shutdown_timeout: float = 10.0,
-        singleton: bool = False,
-        lease_ttl: float | None = None,
-    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]: ...
-
-    def service(
-        self,
-        func: Callable[P, Awaitable[R]] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        restart: Restart = "on-failure",
-        backoff: Backoff | None = None,
-        ready: Readiness = "auto",
-        startup_timeout: float = 30.0,
-        shutdown_timeout: float = 10.0,
-        singleton: bool = False,
-        lease_ttl: float | None = None,
-    ) -> (
-        Callable[P, Awaitable[R]] | Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]
-    ):
-        """Declare a supervised long-running coroutine (bare ``@aw.service`` or with options).
-
-        ``aw.runtime()`` (so ``aw.lifespan`` and ``afterwork worker``) starts it, restarts it
-        as ``restart`` says and stops it; see ``docs/services.md`` for the contract.
-        Returns the function unchanged.
-
-        Args:
-            name: the service's name; default ``module:qualname``.
-            restart: ``"on-failure"`` restarts it after a crash, ``"always"`` also after it
-                returns, ``"never"`` leaves it stopped.
-            backoff: delay before a restart; default exponential from 1 s, capped at 60 s.
-            ready: ``"auto"``: started at its first await (or ``ctx.ready()``);
-                ``"explicit"``: started only once it calls ``ctx.ready()``.
-            startup_timeout: seconds an explicit service has to call ``ctx.ready()``.
-            shutdown_timeout: seconds it has to stop once cancelled before it is abandoned.
-            singleton: run one instance across every process sharing the store, in the
-                process holding its store lease (the others stand by and take over when it
-                stops or dies); default: one instance in every process running the runtime.
-                The store must keep leases (memory, SQLite, Redis), else
-                :class:`~afterwork.exceptions.ConfigurationError`.
-            lease_ttl: a singleton's lease in seconds (default: the ``lease_ttl``
-                setting); a dead holder is replaced within it (plus a fifth of it).
-        """
-
-        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-            self.supervisor.add(
-                ServiceSpec.of(
-                    fn,
-                    name=name,
-                    restart=restart,
-                    backoff=backoff,
-                    ready=ready,
-                    startup_timeout=startup_timeout,
-                    shutdown_timeout=shutdown_timeout,
-                    singleton=singleton,
-                    lease_ttl=lease_ttl,
-                )
-            )
-            return fn
-
-        return decorate if func is None else decorate(func)
-
-    @property
-    def services(self) -> list[ServiceStatus]:
-        """The status of every declared service."""
-        return self.supervisor.statuses()
-
-    async def service_instances(self) -> list[ServiceInstance]:
-        """Every process running a service now, with host and pid (this one's first).
-
-        Other processes are known from their workers' presence records and, for
-        singletons, from the store lease's holder; see ``docs/services.md``.
-        """
-        await self._ensure_open()
-        return await service_instances(self.supervisor)
-
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
@@ -634,7 +419,7 @@ class Afterwork(FlowControl):
             raise EnqueueError(f"a middleware returned without storing job {new.id}", task=new.task)
         return stored
 
-    # -- client calls --------------------------------------------------------------------
+    # -- client calls (stored jobs: _app_jobs.py) ----------------------------------------
 
     async def enqueue_task(
         self,
@@ -759,204 +544,6 @@ class Afterwork(FlowControl):
         stored = await self._store_new(jobs, connection)
         return [_told(job, new, self) for job, new in zip(stored, jobs, strict=True)]
 
-    async def get_job(self, job_id: str) -> Job | None:
-        """The job with ``job_id``, or ``None``.
-
-        A waiting job held back by a paused queue, a concurrency or rate limit, or a
-        debounce window says so in :attr:`~afterwork.job.Job.waiting_reason` (read from
-        the store's limit state now).
-        """
-        await self._ensure_open()
-        job = self._local_runs.unwritten(job_id) or await self.backend.get(job_id)
-        if job is None:
-            return None
-        return (await explain(self.backend, self.tasks, job)).bind(self)
-
-    async def cancel(self, job_id: str) -> Job | None:
-        """Cancel a job: a waiting one at once, a running one within a heartbeat.
-
-        Returns the job as it is after the request (``None`` if there is no such job).
-        """
-        await self._ensure_open()
-        job = self._local_runs.cancel_unwritten(job_id) or await self.backend.cancel(job_id)
-        if job is not None and job.status is JobStatus.RUNNING:
-            self._local_runs.cancel(job_id)
-        return None if job is None else job.bind(self)
-
-    async def retry(self, job_id: str) -> Job | None:
-        """Run a failed or cancelled job again, with a fresh attempt budget."""
-        await self._ensure_open()
-        job = await self._inspector().retry(job_id)
-        return None if job is None else job.bind(self)
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | Iterable[JobStatus] | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        before: str | None = None,
-        limit: int = 50,
-    ) -> list[Job]:
-        """Jobs, newest first. ``before`` is the id of the last job of the previous page."""
-        await self._ensure_open()
-        statuses: tuple[JobStatus, ...]
-        if status is None:
-            statuses = ()
-        elif isinstance(status, JobStatus):
-            statuses = (status,)
-        else:
-            statuses = tuple(status)
-        query = JobFilter(
-            statuses=statuses, queue=queue, task=task, before=before, limit=max(1, min(limit, 1000))
-        )
-        return [job.bind(self) for job in await self._inspector().list_jobs(query)]
-
-    async def stats(self) -> list[QueueStats]:
-        """Per-queue job counts per status."""
-        await self._ensure_open()
-        return await self._inspector().stats()
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The live workers sharing this store, oldest first (``[]`` if it keeps none).
-
-        Each worker refreshes its record with its heartbeat; one that dies disappears
-        within its lease (``lease_ttl``).
-        """
-        await self._ensure_open()
-        backend = self.backend
-        return await backend.list_workers() if isinstance(backend, WorkerPresence) else []
-
-    async def history(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        step: float = 60.0,
-        task: str | None = None,
-        queue: str | None = None,
-        by: Sequence[Literal["task", "queue"]] = ("task", "queue"),
-    ) -> list[HistoryPoint]:
-        """Per-minute history recorded by :class:`afterwork.history.History`, summed into steps.
-
-        Args:
-            since: start, in seconds since the epoch (default: an hour before ``until``);
-                rounded down to its minute.
-            until: end, excluded (default: the end of the current minute).
-            step: seconds per point, a whole number of minutes (60, 300, 3600, ...).
-            task: only this task. queue: only this queue.
-            by: group the points by ``"task"``, ``"queue"``, both, or neither (``()``).
-
-        Returns:
-            The steps that saw an attempt end (empty ones are left out), oldest first;
-            ``[]`` on a store that keeps no history.
-
-        .. versionadded:: 0.2
-        """
-        from .history import read_history
-
-        await self._ensure_open()
-        return await read_history(
-            self.backend, since=since, until=until, step=step, task=task, queue=queue, by=by
-        )
-
-    async def purge(self, *, older_than: float | None = None) -> int:
-        """Delete finished jobs past their ``result_ttl`` (or finished ``older_than`` s ago)."""
-        await self._ensure_open()
-        return await self._inspector().purge(older_than=older_than)
-
-    def _inspector(self) -> Inspector:
-        if not isinstance(self.backend, Inspector):
-            raise TypeError(f"{type(self.backend).__name__} does not support inspection")
-        return self.backend
-
-    async def wait_for_job(self, job_id: str, *, timeout: float | None = None) -> Job:
-        """Wait until the job is finished; return it.
-
-        Raises:
-            TimeoutError: it did not finish in time.
-            JobNotFound: there is no such job.
-        """
-        from .exceptions import JobNotFound
-
-        await self._ensure_open()
-        with anyio.fail_after(timeout):
-            async with contextlib.aclosing(self.backend.events()) as events:
-                iterator = aiter(events)
-                exhausted = False
-                while True:
-                    job = self._local_runs.unwritten(job_id) or await self.backend.get(job_id)
-                    if job is None:
-                        raise JobNotFound(job_id)
-                    if job.is_finished:
-                        return job.bind(self)
-                    # Wake on an event about the job, or poll: events may be lossy.
-                    with anyio.move_on_after(self.config.poll_interval):
-                        if exhausted:
-                            await anyio.sleep(self.config.poll_interval)
-                        while not exhausted:
-                            try:
-                                event = await anext(iterator)
-                            except StopAsyncIteration:
-                                exhausted = True
-                                break
-                            if event.job_id == job_id:
-                                break
-
-    async def join(self, *, timeout: float | None = None) -> None:
-        """Wait until no job is due or running: queued, scheduled with its time come,
-        or running (a worker's, or a plain callable of ``Jobs.add_task``).
-
-        For tests and scripts: assert on a job's side effects after it. Jobs delayed
-        into the future are not waited for. In eager mode, due jobs run here.
-
-        Raises:
-            TimeoutError: some were still due or running after ``timeout`` seconds.
-        """
-        from . import _join
-
-        await self._ensure_open()
-        await self._local_runs.settle(timeout)  # in-process jobs ended and written
-        await _join.join(
-            self.backend,
-            timeout=timeout,
-            poll_interval=self.config.poll_interval,
-            run_due=self.drain if self.eager else None,
-        )
-
-    def join_sync(self, *, timeout: float | None = None) -> None:
-        """:meth:`join` from sync code (a test using ``TestClient``)."""
-        self.run_sync(lambda: self.join(timeout=timeout))
-
-    async def watch(
-        self, job_id: str, *, since: str | None = None
-    ) -> AsyncGenerator[JobEvent, None]:
-        """One job's state, then every change, ending at a final state (end-user progress).
-
-        The first item is a ``snapshot`` event (the job as it is now); then each of the
-        job's events (``progress``, ``retrying``, ...), in order; the iteration ends after
-        the first one whose status is final. Every event but a snapshot has an ``id``: pass
-        the last one seen as ``since`` to resume after a reconnect, missing nothing (on a
-        store that keeps an event history; if it no longer reaches back, a fresh snapshot
-        comes first). ``afterwork.fastapi.job_event_stream`` serves this as SSE.
-
-        Raises:
-            JobNotFound: there is no such job.
-
-        Example:
-            ```python
-            async for event in aw.watch(job.id):
-                print(event.status, event.progress)
-            ```
-        """
-        from . import _watch
-
-        await self._ensure_open()
-        events = _watch.watch(self.backend, job_id, self.get_job, since=since)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
-
     async def publish(self, channel: str, data: Any) -> None:
         """Send ``data`` (JSON) to every subscriber of ``channel``, in every process that
         shares the store (memory: this process).
@@ -998,80 +585,7 @@ class Afterwork(FlowControl):
             raise TypeError(f"{type(self.backend).__name__} does not support channels")
         return self.backend
 
-    def events(self) -> EventStream:
-        """Every job's state changes from this call on (in-process subscribers, SSE).
-
-        The subscription starts when this is called, so nothing in between is missed.
-        Call it while the instance is open (inside ``async with aw`` or the lifespan);
-        ``aclose()`` the stream, or let the instance close, to end it.
-
-        Example:
-            ```python
-            async with contextlib.aclosing(aw.events()) as events:
-                async for event in events:
-                    print(event.kind, event.job_id)
-            ```
-        """
-        return self.backend.events()
-
-    # -- running work --------------------------------------------------------------------
-
-    def worker(
-        self,
-        *,
-        concurrency: int | None = None,
-        queues: Sequence[str] | None = None,
-        grace: float | None = None,
-        name: str | None = None,
-    ) -> AbstractAsyncContextManager[Worker]:
-        """An in-process worker that runs for the ``async with`` block.
-
-        It starts before the block's body and stops gracefully when the block exits.
-        """
-        return self._worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
-
-    @asynccontextmanager
-    async def _worker(
-        self,
-        *,
-        concurrency: int | None,
-        queues: Sequence[str] | None,
-        grace: float | None,
-        name: str | None,
-    ) -> AsyncIterator[Worker]:
-        from ._engine.worker import Worker
-
-        await self._ensure_open()
-        worker = Worker(
-            self,
-            concurrency=concurrency or self.config.concurrency,
-            queues=queues,
-            grace=self.config.grace if grace is None else grace,
-            name=name,
-            services=self.supervisor.running_here,
-        )
-        async with anyio.create_task_group() as group:
-            await group.start(worker.run)
-            try:
-                yield worker
-            finally:
-                worker.stop()
-
-    async def drain(
-        self, *, queues: Sequence[str] | None = None, concurrency: int | None = None
-    ) -> int:
-        """Run jobs until none is due, then return how many ran (tests, scripts)."""
-        from ._engine.worker import Worker
-
-        await self._ensure_open()
-        worker = Worker(
-            self,
-            concurrency=concurrency or self.config.concurrency,
-            queues=queues,
-            grace=self.config.grace,
-            burst=True,
-        )
-        return await worker.run()
+    # -- running work (worker, drain, runtime: _app_runtime.py) --------------------------
 
     async def resolve_injected(
         self, task: Task[Any, Any], context: JobContext, stack: contextlib.AsyncExitStack
@@ -1185,52 +699,6 @@ class Afterwork(FlowControl):
                 yield
         finally:
             self._app = previous
-
-    def runtime(
-        self,
-        *,
-        worker: bool = True,
-        concurrency: int | None = None,
-        queues: Sequence[str] | None = None,
-        grace: float | None = None,
-        name: str | None = None,
-    ) -> AbstractAsyncContextManager[Worker | None]:
-        """Everything a process runs for afterwork, for the ``async with`` block.
-
-        ``aw.lifespan`` and the ``afterwork worker`` command both run this: the worker
-        (unless ``worker=False``), the scheduler (if there are schedules; safe in every
-        process) and the services. It yields the worker, or ``None``, once all of them
-        have started; a service that fails to start raises
-        :class:`~afterwork.exceptions.ServiceStartError` here.
-        """
-        return self._runtime(
-            worker=worker, concurrency=concurrency, queues=queues, grace=grace, name=name
-        )
-
-    @asynccontextmanager
-    async def _runtime(
-        self,
-        *,
-        worker: bool,
-        concurrency: int | None,
-        queues: Sequence[str] | None,
-        grace: float | None,
-        name: str | None,
-    ) -> AsyncIterator[Worker | None]:
-        await self._ensure_open()
-        async with contextlib.AsyncExitStack() as stack:
-            # Services start first, so one that fails to start fails the runtime before
-            # anything else runs (and unwrapped); they stop last, after the worker.
-            if self.supervisor.specs:
-                await stack.enter_async_context(self.supervisor.running())
-            if self.scheduler.schedules:
-                await stack.enter_async_context(self.scheduler.running())
-            running: Worker | None = None
-            if worker:
-                running = await stack.enter_async_context(
-                    self.worker(concurrency=concurrency, queues=queues, grace=grace, name=name)
-                )
-            yield running
 
 
 #: The instance each served app's router belongs to, by ``id`` (routers are not hashable):

@@ -197,7 +197,13 @@ MODEL = frozenset(
 )
 FACADE = "afterwork.app"
 #: What the engine must never import: the facade and everything above it.
-ABOVE_ENGINE = ("afterwork.app", "afterwork._bridge", "afterwork.fastapi", "afterwork.cli")
+ABOVE_ENGINE = (
+    "afterwork.app",
+    "afterwork._app",  # its mixins (_app_jobs.py, ...)
+    "afterwork._bridge",
+    "afterwork.fastapi",
+    "afterwork.cli",
+)
 
 
 # -- the public surface -------------------------------------------------------------------
