@@ -164,3 +164,31 @@ async def test_closing_the_store_fails_a_claim_waiting_on_a_paused_server(
             await asyncio.wait_for(claim, WAIT)
     finally:
         await backend.aclose()
+
+
+async def test_a_claim_cancelled_on_the_wire_hands_its_jobs_back(
+    redis_url: str, admin: aioredis.Redis
+) -> None:
+    backend = await _opened(redis_url)
+    try:
+        (job,) = await backend.enqueue([new()])
+        await admin.client_pause(60_000, all=False)
+        claim = asyncio.ensure_future(backend.claim("w", queues=None, limit=1, lease_ttl=30.0))
+        for _ in range(1000):  # until the call is on the wire
+            if backend._hot_busy:
+                break
+            await asyncio.sleep(0)
+        assert backend._hot_busy
+        claim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claim
+        await admin.client_unpause()
+        # The cancelled claim took the job; it is released before the next claim runs,
+        # which gets it at once instead of after the lease's 30 s.
+        (again,) = await asyncio.wait_for(
+            backend.claim("w", queues=None, limit=1, lease_ttl=30.0), WAIT
+        )
+        assert again.job.id == job.id
+        assert again.job.attempts == 0
+    finally:
+        await backend.aclose()

@@ -72,6 +72,12 @@ class _ClaimAsk:
 _CYCLES: dict[str, Script] = {}
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Nobody awaits this write: its error is logged, not left unretrieved."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("a claimed job could not be handed back", exc_info=future.exception())
+
+
 def _cycle(claim: Script) -> Script:
     """``apply.lua`` then ``claim`` in one script: the flush's starts and finishes, and the
     claim asked for meanwhile, in one round trip.
@@ -318,8 +324,11 @@ class WorkerPathMixin:
                 self._fail(batch, ask, BackendUnavailable("the Redis store was closed"))
                 raise
             self._settle(batch, where, computed, reply)
-            if ask is not None and claimed is not None and not ask.future.done():
-                ask.future.set_result(claimed)
+            if ask is not None and claimed is not None:
+                if not ask.future.done():
+                    ask.future.set_result(claimed)
+                elif ask.future.cancelled():
+                    self._hand_back(claimed)
 
     async def _send(
         self, batch: list[_Write], ask: _ClaimAsk | None
@@ -364,6 +373,21 @@ class WorkerPathMixin:
                 write.future.set_result(result if write.outcome is None else result[0])
         if finished:
             self._wake.notify()
+
+    def _hand_back(self, reply: Any) -> None:
+        """The jobs of a claim whose caller was cancelled while it ran: released, in the
+        next script call (before the next claim), rather than left leased to no one
+        until their leases expire."""
+        for record in reply[1]:
+            try:
+                job = parse_job(record, self._timelines)
+            except MalformedRecord:
+                continue  # recovered when its lease expires, and quarantined then
+            token = record[TOKEN]
+            self._held[job.id] = (token, job)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)
+            self._writes.append(_Write([Lease(job.id, token)], Outcome.released(), future))
 
     @staticmethod
     def _fail(batch: list[_Write], ask: _ClaimAsk | None, exc: BaseException) -> None:
