@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from afterwork import JobStatus
 from afterwork.backends.base import FlowLimit, NewJob, Outcome
 from afterwork.backends.redis import RedisBackend
-from afterwork.exceptions import BackendUnavailable
+from afterwork.exceptions import BackendError, BackendUnavailable
 from afterwork.job import new_job_id
 
 pytestmark = pytest.mark.anyio
@@ -190,5 +190,32 @@ async def test_a_claim_cancelled_on_the_wire_hands_its_jobs_back(
         )
         assert again.job.id == job.id
         assert again.job.attempts == 0
+    finally:
+        await backend.aclose()
+
+
+async def test_a_claim_that_fails_in_a_flush_fails_alone(
+    redis_url: str, admin: aioredis.Redis
+) -> None:
+    backend = await _opened(redis_url)
+    try:
+        await backend.enqueue([new()])
+        (first,) = await backend.claim("w", queues=None, limit=1, lease_ttl=30.0)
+        await backend.begin([first.lease])
+        # A queue whose key is not a sorted set: the claim's script fails on it.
+        await admin.set(f"{backend.prefix}:q:broken", "not a sorted set")
+        finished, claimed = await asyncio.wait_for(
+            asyncio.gather(
+                backend.finish(first.lease, Outcome.succeeded()),
+                backend.claim("w", queues=["broken"], limit=1, lease_ttl=30.0),
+                return_exceptions=True,
+            ),
+            WAIT,
+        )
+        assert isinstance(claimed, BackendError) and not isinstance(claimed, BackendUnavailable)
+        assert not isinstance(finished, BaseException)
+        assert finished is not None and finished.status is JobStatus.SUCCEEDED
+        stored = await backend.get(first.job.id)
+        assert stored is not None and stored.status is JobStatus.SUCCEEDED
     finally:
         await backend.aclose()

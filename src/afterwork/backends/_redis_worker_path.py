@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .. import _lifecycle as life
 from .._notify import Notifier
-from ..exceptions import BackendUnavailable
+from ..exceptions import BackendError, BackendUnavailable
 from ..job import Job, JobStatus
 from ._redis_enqueue import _pack
 from ._redis_scripts import (
@@ -85,7 +85,8 @@ def _cycle(claim: Script) -> Script:
     Each script's body becomes a function whose ``ARGV`` is its own: ``apply.lua`` gets
     ``ARGV[4]``, the claim ``ARGV[5]`` on as its ``ARGV[4]`` on. The finishes are applied
     first, so the claim sees the slots and flow-limit places they free. Returns
-    ``{apply's reply, the claim's reply}``.
+    ``{apply's reply, the claim's reply}``, the claim's error as text in its place if it
+    failed (Redis does not undo the writes a failing script made before it failed).
     """
     script = _CYCLES.get(claim.name)
     if script is None:
@@ -106,7 +107,12 @@ def _cycle(claim: Script) -> Script:
                 "local claim_argv = {ARGV[1], ARGV[2], ARGV[3]}",
                 "for i = 5, #ARGV do claim_argv[i - 1] = ARGV[i] end",
                 "local applied = apply_changes(ARGV)",
-                "return {applied, claim_jobs(claim_argv)}",
+                # A claim that fails does not fail the writes already applied: its error
+                # goes back as text in its reply's place.
+                "local ok, claimed = pcall(claim_jobs, claim_argv)",
+                "if ok then return {applied, claimed} end",
+                "if type(claimed) == 'table' then claimed = claimed.err end",
+                "return {applied, tostring(claimed)}",
             )
         )
         sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
@@ -419,6 +425,10 @@ class WorkerPathMixin:
             if not ask.future.done():
                 ask.future.set_exception(exc)
             return await self._apply(items, retry_for=retry_for), None
+        if isinstance(claimed, str):  # the claim failed; the writes were applied
+            if not ask.future.done():
+                ask.future.set_exception(BackendError(f"Redis failed: {claimed}"))
+            return applied, None
         return applied, claimed
 
     async def _eval_hot(self, script: Script, *args: str, retry_for: float | None) -> Any:
