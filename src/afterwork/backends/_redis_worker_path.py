@@ -344,7 +344,7 @@ class WorkerPathMixin:
         items, where, computed = await self._write_items(batch)
         retry_for = self._finish_retry_for if any(w.outcome is not None for w in batch) else None
         if ask is None:
-            reply = await self._apply(items, retry_for=retry_for) if items else []
+            reply = await self._apply_hot(items, retry_for) if items else []
             return where, computed, reply, None
         if not items:
             return where, computed, [], await self._claim_now(ask)
@@ -402,6 +402,10 @@ class WorkerPathMixin:
             if not future.done():
                 future.set_exception(exc)
 
+    async def _apply_hot(self, items: list[dict[str, Any]], retry_for: float | None) -> Any:
+        """``_apply`` on the hot calls' connection."""
+        return await self._eval_hot(SCRIPTS["apply"], to_json(items).decode(), retry_for=retry_for)
+
     async def _claim_now(self, ask: _ClaimAsk) -> Any:
         """The claim alone (no write is pending)."""
         # Never retried: a lost reply must not claim twice; the worker loop retries.
@@ -424,7 +428,7 @@ class WorkerPathMixin:
         except BackendUnavailable as exc:
             if not ask.future.done():
                 ask.future.set_exception(exc)
-            return await self._apply(items, retry_for=retry_for), None
+            return await self._apply_hot(items, retry_for), None
         if isinstance(claimed, str):  # the claim failed; the writes were applied
             if not ask.future.done():
                 ask.future.set_exception(BackendError(f"Redis failed: {claimed}"))
