@@ -1,5 +1,5 @@
-"""The Redis store's worker path: start, claim, begin, heartbeat, finish (starts and
-finishes issued together share one script call), progress and the recovery of expired
+"""The Redis store's worker path: start, claim, begin, heartbeat, finish (starts, finishes
+and a claim issued together share one script call), progress and the recovery of expired
 leases.
 """
 
@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
+from redis.exceptions import NoScriptError, ResponseError
 
 from .. import _lifecycle as life
 from .._notify import Notifier
+from ..exceptions import BackendError, BackendUnavailable
 from ..job import Job, JobStatus
+from ._redis_enqueue import _pack
 from ._redis_scripts import (
     FIELDS,
     MALFORMED,
@@ -35,6 +40,7 @@ from ._redis_scripts import (
     stored_as,
     unreadable_job,
 )
+from ._redis_topology import Topology
 from .base import Claim, FlowLimit, HeartbeatReply, Lease, NewJob, Outcome, RateLimit
 
 __all__ = ("WorkerPathMixin",)
@@ -53,12 +59,81 @@ class _Write:
     future: asyncio.Future[Any]
 
 
+@dataclass
+class _ClaimAsk:
+    """A claim waiting for the next script call: ``claim.lua`` or ``claim_flow.lua`` and
+    its arguments after the prelude's three."""
+
+    script: Script
+    args: list[str]
+    future: asyncio.Future[Any]
+
+
+_CYCLES: dict[str, Script] = {}
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Nobody awaits this write: its error is logged, not left unretrieved."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("a claimed job could not be handed back", exc_info=future.exception())
+
+
+def _cycle(claim: Script) -> Script:
+    """``apply.lua`` then ``claim`` in one script: the flush's starts and finishes, and the
+    claim asked for meanwhile, in one round trip.
+
+    Each script's body becomes a function whose ``ARGV`` is its own: ``apply.lua`` gets
+    ``ARGV[4]``, the claim ``ARGV[5]`` on as its ``ARGV[4]`` on. The finishes are applied
+    first, so the claim sees the slots and flow-limit places they free. Returns
+    ``{apply's reply, the claim's reply}``, the claim's error as text in its place if it
+    failed (Redis does not undo the writes a failing script made before it failed).
+    """
+    script = _CYCLES.get(claim.name)
+    if script is None:
+        folder = resources.files(__package__).joinpath("lua")
+
+        def body(name: str) -> str:
+            return folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+        source = "\n".join(
+            (
+                body("common"),
+                "local function apply_changes(ARGV)",
+                body("apply"),
+                "end",
+                "local function claim_jobs(ARGV)",
+                body(claim.name),
+                "end",
+                "local claim_argv = {ARGV[1], ARGV[2], ARGV[3]}",
+                "for i = 5, #ARGV do claim_argv[i - 1] = ARGV[i] end",
+                "local applied = apply_changes(ARGV)",
+                # A claim that fails does not fail the writes already applied: its error
+                # goes back as text in its reply's place.
+                "local ok, claimed = pcall(claim_jobs, claim_argv)",
+                "if ok then return {applied, claimed} end",
+                "if type(claimed) == 'table' then claimed = claimed.err end",
+                "return {applied, tostring(claimed)}",
+            )
+        )
+        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        script = _CYCLES[claim.name] = Script(f"apply+{claim.name}", source, sha)
+    return script
+
+
 class WorkerPathMixin:
     """The claim-to-finish methods of :class:`~afterwork.backends.redis.RedisBackend`."""
 
     if TYPE_CHECKING:
         _held: dict[str, tuple[str, Job]]
         _writes: list[_Write]
+        _claims: list[_ClaimAsk]
+        _topology: Topology
+        _keys: str
+        _maxlen: str
+        _clock: Callable[[], float] | None
+        _socket_timeout: float
+        _redis: Any
+        events_key: str
         _flusher: asyncio.Task[None] | None
         _timelines: Timelines
         _wake: Notifier
@@ -78,6 +153,21 @@ class WorkerPathMixin:
         ) -> Any: ...
 
         def _parse(self, record: list[Any], job_id: str | None = None) -> Job: ...
+
+        def _require(self) -> Any: ...
+
+        async def _retrying(
+            self,
+            call: Callable[[], Any],
+            retry_for: float | None,
+            on_retry: Callable[[], None] | None = None,
+        ) -> Any: ...
+
+    # The connection of the worker's hot calls (see _eval_hot): one, as one task (the
+    # flusher) makes them all; ``_hot_busy`` sends any other caller to the pool.
+    _hot_conn: Any = None
+    _hot_loop: asyncio.AbstractEventLoop | None = None
+    _hot_busy: bool = False
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = os.urandom(16).hex()
@@ -116,17 +206,25 @@ class WorkerPathMixin:
                 flow += [task, str(cap.limit), cap.key or ""]
             for task, rate in (rates or {}).items():
                 flow += [task, str(rate.limit), repr(float(rate.per)), rate.key or ""]
-        reply = await self._eval(
+        # The claim rides in the next flush's script call, with the starts and finishes
+        # asked for in this loop turn (see _flush_writes): a busy worker makes one round
+        # trip per cycle, not a flush and a claim.
+        ask = _ClaimAsk(
             SCRIPTS["claim_flow" if limited else "claim"],
-            worker,
-            repr(float(lease_ttl)),
-            str(limit),
-            os.urandom(8).hex() + "-",
-            str(len(names)),
-            *names,
-            *(flow or exclude_tasks),
-            retry_for=0.0,  # a lost reply must not claim twice; the worker loop retries
+            [
+                worker,
+                repr(float(lease_ttl)),
+                str(limit),
+                os.urandom(8).hex() + "-",
+                str(len(names)),
+                *names,
+                *(flow or exclude_tasks),
+            ],
+            asyncio.get_running_loop().create_future(),
         )
+        self._claims.append(ask)
+        self._kick_writes()
+        reply = await ask.future
         skipped, records = reply[0], reply[1]
         self._skipped = bool(skipped)
         next_at = reply[2] if len(reply) > 2 else b""
@@ -201,49 +299,214 @@ class WorkerPathMixin:
             self._flusher = asyncio.create_task(self._flush_writes())
 
     async def _flush_writes(self) -> None:
-        """Send the pending starts and finishes, a batch per script call (group commit).
+        """Send the pending starts and finishes, a batch per script call (group commit),
+        and a pending claim with them.
 
-        Each is still fenced by its own token, and a repeat of an applied one writes nothing
-        (a start finds the attempt started, a finish returns its record): safe to retry, for
-        ``finish_retry_for`` when the batch holds a finish, ``retry_for`` otherwise.
+        Each write is still fenced by its own token, and a repeat of an applied one writes
+        nothing (a start finds the attempt started, a finish returns its record): safe to
+        retry, for ``finish_retry_for`` when the batch holds a finish, ``retry_for``
+        otherwise. A claim is never retried (a lost reply must not claim twice; the worker
+        loop claims again): if the call that carried one fails, the claim fails and the
+        writes are sent again alone.
         """
         # One loop turn first: the jobs that end in this turn free their slots before their
-        # finishes are queued, and the starts of the jobs that take them join this batch.
+        # finishes are queued, and the starts of the jobs that take them, and the claim that
+        # refills the buffer, join this batch.
         await asyncio.sleep(0)
-        while self._writes:
+        while self._writes or self._claims:
             batch = self._writes[:_FINISH_BATCH]
             del self._writes[:_FINISH_BATCH]
+            ask: _ClaimAsk | None = None
+            while ask is None and self._claims:
+                ask = self._claims.pop(0)
+                if ask.future.done():  # its caller was cancelled: claim nothing for it
+                    ask = None
             try:
-                items, where, computed = await self._write_items(batch)
-                retry_for = (
-                    self._finish_retry_for if any(w.outcome is not None for w in batch) else None
-                )
-                reply = await self._apply(items, retry_for=retry_for) if items else []
+                where, computed, reply, claimed = await self._send(batch, ask)
             except Exception as exc:
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(exc)
+                self._fail(batch, ask, exc)
                 continue
-            results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
-            finished = False
-            for (b, i), record, change in zip(where, reply, computed, strict=True):
-                if record == 0:
-                    continue
-                # The job the lifecycle computed, if the store holds exactly it (one
-                # record less to decode per start and finish), else the record read back.
-                fresh = change.event is not None and stored_as(record, change.job)
-                job = change.job if fresh else self._parse(record)
-                results[b][i] = job
-                if batch[b].outcome is None:
-                    self._held[job.id] = (batch[b].leases[i].token, job)
-            for write, result in zip(batch, results, strict=True):
-                if write.outcome is not None:
-                    finished = True
-                    self._held.pop(write.leases[0].job_id, None)
-                if not write.future.done():
-                    write.future.set_result(result if write.outcome is None else result[0])
-            if finished:
-                self._wake.notify()
+            except asyncio.CancelledError:  # the store is closing
+                self._fail(batch, ask, BackendUnavailable("the Redis store was closed"))
+                raise
+            self._settle(batch, where, computed, reply)
+            if ask is not None and claimed is not None:
+                if not ask.future.done():
+                    ask.future.set_result(claimed)
+                elif ask.future.cancelled():
+                    self._hand_back(claimed)
+
+    async def _send(
+        self, batch: list[_Write], ask: _ClaimAsk | None
+    ) -> tuple[list[tuple[int, int]], list[life.Change], Any, Any]:
+        """One script call for ``batch`` and ``ask``: which write and lease each change is
+        for, the changes, ``apply.lua``'s reply and the claim's (``None`` if it failed)."""
+        items, where, computed = await self._write_items(batch)
+        retry_for = self._finish_retry_for if any(w.outcome is not None for w in batch) else None
+        if ask is None:
+            reply = await self._apply_hot(items, retry_for) if items else []
+            return where, computed, reply, None
+        if not items:
+            return where, computed, [], await self._claim_now(ask)
+        reply, claimed = await self._apply_and_claim(items, ask, retry_for)
+        return where, computed, reply, claimed
+
+    def _settle(
+        self,
+        batch: list[_Write],
+        where: list[tuple[int, int]],
+        computed: list[life.Change],
+        reply: Any,
+    ) -> None:
+        """Answer the starts and finishes of ``batch`` from ``apply.lua``'s reply."""
+        results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
+        finished = False
+        for (b, i), record, change in zip(where, reply, computed, strict=True):
+            if record == 0:
+                continue
+            # The job the lifecycle computed, if the store holds exactly it (one
+            # record less to decode per start and finish), else the record read back.
+            fresh = change.event is not None and stored_as(record, change.job)
+            job = change.job if fresh else self._parse(record)
+            results[b][i] = job
+            if batch[b].outcome is None:
+                self._held[job.id] = (batch[b].leases[i].token, job)
+        for write, result in zip(batch, results, strict=True):
+            if write.outcome is not None:
+                finished = True
+                self._held.pop(write.leases[0].job_id, None)
+            if not write.future.done():
+                write.future.set_result(result if write.outcome is None else result[0])
+        if finished:
+            self._wake.notify()
+
+    def _hand_back(self, reply: Any) -> None:
+        """The jobs of a claim whose caller was cancelled while it ran: released, in the
+        next script call (before the next claim), rather than left leased to no one
+        until their leases expire."""
+        for record in reply[1]:
+            try:
+                job = parse_job(record, self._timelines)
+            except MalformedRecord:
+                continue  # recovered when its lease expires, and quarantined then
+            token = record[TOKEN]
+            self._held[job.id] = (token, job)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)
+            self._writes.append(_Write([Lease(job.id, token)], Outcome.released(), future))
+
+    @staticmethod
+    def _fail(batch: list[_Write], ask: _ClaimAsk | None, exc: BaseException) -> None:
+        futures = [w.future for w in batch] + ([ask.future] if ask is not None else [])
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _apply_hot(self, items: list[dict[str, Any]], retry_for: float | None) -> Any:
+        """``_apply`` on the hot calls' connection."""
+        return await self._eval_hot(SCRIPTS["apply"], to_json(items).decode(), retry_for=retry_for)
+
+    async def _claim_now(self, ask: _ClaimAsk) -> Any:
+        """The claim alone (no write is pending)."""
+        # Never retried: a lost reply must not claim twice; the worker loop retries.
+        return await self._eval_hot(ask.script, *ask.args, retry_for=0.0)
+
+    async def _apply_and_claim(
+        self, items: list[dict[str, Any]], ask: _ClaimAsk, retry_for: float | None
+    ) -> tuple[Any, Any]:
+        """``items`` and the claim in one call (:func:`_cycle`); the replies of both.
+
+        If Redis cannot be reached, the claim fails at once (``ask``'s future gets the
+        error, the claim reply is ``None``) and the writes are sent again alone, retried
+        as ever.
+        """
+        script = _cycle(ask.script)
+        try:
+            applied, claimed = await self._eval_hot(
+                script, to_json(items).decode(), *ask.args, retry_for=0.0
+            )
+        except BackendUnavailable as exc:
+            if not ask.future.done():
+                ask.future.set_exception(exc)
+            return await self._apply_hot(items, retry_for), None
+        if isinstance(claimed, str):  # the claim failed; the writes were applied
+            if not ask.future.done():
+                ask.future.set_exception(BackendError(f"Redis failed: {claimed}"))
+            return applied, None
+        return applied, claimed
+
+    async def _eval_hot(self, script: Script, *args: str, retry_for: float | None) -> Any:
+        """``_eval`` on a connection of the worker's own (a single server; ``_eval`` on a
+        cluster or through Sentinel, or if another call holds the connection).
+
+        The worker's claims and flushes come from one task, one at a time, so one
+        connection serves them, without the pool's lock and bookkeeping; the command is
+        packed by hiredis, and one ``asyncio.timeout`` bounds the call instead of
+        redis-py's per-read and per-write ones (a task per write). A failure, a timeout or
+        a cancel mid-call drops the connection: one whose reply may still be on its way is
+        never used again; the next call opens a new one.
+        """
+        if self._topology.kind != "single" or self._hot_busy:
+            return await self._eval(script, *args, retry_for=retry_for)
+        loop = asyncio.get_running_loop()
+        if self._hot_loop is not loop:  # a connection's streams belong to its loop
+            self._hot_loop, self._hot_conn = loop, None
+        argv = (self._keys, "" if self._clock is None else repr(self._clock()), self._maxlen)
+
+        async def call() -> Any:
+            conn = self._hot_conn
+            if conn is None:
+                pool = self._require().connection_pool
+                options = {**pool.connection_kwargs, "socket_timeout": None}
+                conn = pool.connection_class(**options)
+            elif self._redis is None:
+                self._require()  # closed
+            self._hot_conn = None  # taken: given back only once its reply has been read
+            self._hot_busy = True
+            try:
+                async with asyncio.timeout(self._socket_timeout):
+                    try:
+                        await conn.send_packed_command(
+                            _pack(
+                                conn, ("EVALSHA", script.sha, "1", self.events_key, *argv, *args)
+                            ),
+                            check_health=False,
+                        )
+                        reply = await conn.read_response()
+                    except NoScriptError:  # not run: a restarted server
+                        await conn.send_packed_command(
+                            _pack(
+                                conn, ("EVAL", script.source, "1", self.events_key, *argv, *args)
+                            ),
+                            check_health=False,
+                        )
+                        reply = await conn.read_response()
+            except ResponseError:
+                # An error reply: the exchange is complete and the connection still good.
+                self._hot_conn = conn
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            finally:
+                self._hot_busy = False
+            self._hot_conn = conn
+            return reply
+
+        return await self._retrying(call, retry_for)
+
+    async def _drop_hot(self) -> None:
+        """Fail the starts, finishes and claims still waiting for a script call, and close
+        the hot calls' connection (the store is closing)."""
+        writes, claims, self._writes, self._claims = self._writes, self._claims, [], []
+        for ask in claims:
+            self._fail(writes, ask, BackendUnavailable("the Redis store was closed"))
+        self._fail(writes, None, BackendUnavailable("the Redis store was closed"))
+        conn, self._hot_conn, self._hot_loop = self._hot_conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
     async def _write_items(
         self, batch: list[_Write]

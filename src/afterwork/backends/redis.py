@@ -60,7 +60,7 @@ from ._redis_scripts import (
     unreadable_job,
 )
 from ._redis_topology import parse_topology
-from ._redis_worker_path import WorkerPathMixin, _Write
+from ._redis_worker_path import WorkerPathMixin, _ClaimAsk, _Write
 from .base import (
     Clock,
     EventStream,
@@ -165,6 +165,7 @@ class RedisBackend(EnqueueMixin, WorkerPathMixin, PresenceMixin, LeasesMixin, Hi
         self._cancel_callbacks: list[Callable[[str], object]] = []
         # Starts and finishes waiting for the next script call (see _flush_writes).
         self._writes: list[_Write] = []
+        self._claims: list[_ClaimAsk] = []  # claims riding in the next one
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
@@ -263,6 +264,7 @@ class RedisBackend(EnqueueMixin, WorkerPathMixin, PresenceMixin, LeasesMixin, Hi
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._redis = self._blocking = None
+        await self._drop_hot()
         if self._enq_conn is not None:
             conn, self._enq_conn = self._enq_conn, None
             with contextlib.suppress(Exception):
