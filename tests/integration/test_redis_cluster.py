@@ -153,9 +153,12 @@ async def test_a_master_killed_mid_drain_fails_over_and_loses_nothing(
         aw.register(chaos_task.func, name="chaos")
     try:
         async with client, impatient:
+            fleet.spawn()
+            fleet.spawn()
+            # Both workers open their store before the kill: a worker still opening it gives
+            # up after its open retry (a start-up during an outage), which is not this test.
+            await until(lambda: workers_up(client, 2), 60, "both workers to open the store")
             ids = await enqueue(client, 80, 0.05)
-            fleet.spawn()
-            fleet.spawn()
             await until(
                 lambda: sum(r["ev"] == "end" for r in fleet.records()) >= 15, 60, "jobs to run"
             )
@@ -181,6 +184,10 @@ async def test_a_master_killed_mid_drain_fails_over_and_loses_nothing(
     finally:
         fleet.stop_all()
         gc.collect()
+
+
+async def workers_up(aw: Afterwork, count: int) -> bool:
+    return len(await aw.workers()) >= count
 
 
 @pytest.fixture
