@@ -34,7 +34,7 @@ from ..job import Job
 if TYPE_CHECKING:
     from .host import Host
 
-__all__ = ("START_AFTER", "LocalRecord", "WriteBehind", "WritesBehind")
+__all__ = ("START_AFTER", "LocalRecord", "WriteBehind", "WritesBehind", "local_changes")
 
 logger: logging.Logger = logging.getLogger("afterwork.fastapi._jobs")
 
@@ -285,6 +285,30 @@ class WriteBehind:
 
         for at in range(0, len(records), GENERIC_CONCURRENCY):  # within any pool's size
             await asyncio.gather(*(one(r) for r in records[at : at + GENERIC_CONCURRENCY]))
+
+
+def local_changes(
+    record: LocalRecord, *, now: float, exact: Callable[[float], float] = float
+) -> tuple[Job, life.Change | None]:
+    """What a store writes for ``record``: its job as ``start`` creates it (at
+    ``started_at``), and the change ``finish`` then writes (at ``finished_at``), or the
+    cancel request ``cancel`` writes (at ``now``) if it still runs; ``None`` if neither.
+
+    ``exact`` rounds a time as the store keeps it (so the change is computed from the job
+    exactly as stored, as the generic path computes it from the store's reply).
+    """
+    created = life.start_now(
+        record.new, worker=record.worker, now=exact(record.started_at), lease_ttl=record.lease_ttl
+    ).job
+    if record.outcome is not None and record.finished_at is not None:
+        token = record.token
+        ended = life.finish(
+            created, held=token, token=token, outcome=record.outcome, now=exact(record.finished_at)
+        )
+        return created, ended
+    if record.cancel_requested:
+        return created, life.cancel(created, now=exact(now))
+    return created, None
 
 
 def write_local_rows(tx: Any, records: Sequence[LocalRecord]) -> None:
