@@ -18,9 +18,9 @@ import pytest
 from afterwork import Afterwork, JobStatus
 from afterwork import _lifecycle as life
 from afterwork._engine.writebehind import LocalRecord, WritesBehind
-from afterwork.backends.base import EventHistory, JobEvent, Lease, NewJob, Outcome
+from afterwork.backends.base import EventHistory, Lease, NewJob, Outcome
 from afterwork.exceptions import BackendError
-from afterwork.job import Job, JobError
+from afterwork.job import Job, JobError, JobEvent
 from afterwork.testing import FakeClock
 
 from .conftest import AwFactory

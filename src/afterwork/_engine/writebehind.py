@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import _lifecycle as life
 from ..backends.base import Claim, Lease, NewJob, Outcome
@@ -309,32 +309,3 @@ def local_changes(
     if record.cancel_requested:
         return created, life.cancel(created, now=exact(now))
     return created, None
-
-
-def write_local_rows(tx: Any, records: Sequence[LocalRecord]) -> None:
-    """Helper for SQL stores: insert each record started, then end it, at its own times.
-
-    ``tx`` is the store's transaction object with ``now``, ``insert`` and ``apply``.
-    """
-    saved = tx.now
-    try:
-        for record in records:
-            tx.now = record.started_at
-            created = tx.insert(
-                record.new, worker=record.worker, token=record.token, lease_ttl=record.lease_ttl
-            )
-            if record.outcome is not None and record.finished_at is not None:
-                tx.now = record.finished_at
-                change = life.finish(
-                    created,
-                    held=record.token,
-                    token=record.token,
-                    outcome=record.outcome,
-                    now=record.finished_at,
-                )
-                tx.apply(created, change)
-            elif record.cancel_requested:
-                tx.now = saved
-                tx.apply(created, life.cancel(created, now=saved))
-    finally:
-        tx.now = saved
