@@ -429,9 +429,19 @@ def debounce(holder: Job, new: NewJob, now: float) -> Change:
 
 def start_now(new: NewJob, *, worker: str, now: float, lease_ttl: float) -> Change:
     """A new job created already claimed and started (work run in-process at once)."""
-    job = create(new if new.delay == 0.0 else replace(new, delay=0.0), now).job
-    job = claim(job, worker=worker, now=now, lease_ttl=lease_ttl).job
-    return Change(evolve(job, attempts=1, started_at=now), "started")
+    job = created_job(new if new.delay == 0.0 else replace(new, delay=0.0), now)
+    # ``claim`` then ``begin`` in one step (one record built, not three: a plain callable's
+    # job is started on the request path).
+    started = _move(
+        job,
+        JobStatus.RUNNING,
+        worker=worker,
+        lease_expires_at=now + lease_ttl,
+        cancel_requested=False,
+        attempts=1,
+        started_at=now,
+    )
+    return Change(started, "started")
 
 
 def promote(job: Job, now: float) -> Change | None:

@@ -36,6 +36,9 @@ INLINE_QUEUE = "inline"
 #: Sync callables run in worker threads; at most this many at once per process.
 THREADS = 40
 
+#: The options of every plain callable's job (built once: they are validated when built).
+_OPTIONS = TaskOptions(queue=INLINE_QUEUE)
+
 
 def _safe_repr(value: Any, limit: int = 200) -> str:
     try:
@@ -104,7 +107,7 @@ class InlineRunner:
         The arguments are stored as their ``repr`` (they stay in memory, need not be JSON).
         Returns the finished job, or ``None`` if its lease was lost.
         """
-        options = TaskOptions(queue=INLINE_QUEUE)
+        options = _OPTIONS
         new = self.plain_job(job_id, name, args, kwargs)
         lease_ttl = self.host.config.lease_ttl
         if self.behind.usable():
@@ -120,7 +123,7 @@ class InlineRunner:
     @staticmethod
     def plain_job(job_id: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewJob:
         """The job of a plain callable: its arguments recorded as their ``repr``."""
-        options = TaskOptions(queue=INLINE_QUEUE)
+        options = _OPTIONS
         return NewJob(
             id=job_id,
             task=name,

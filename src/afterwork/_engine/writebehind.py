@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import _lifecycle as life
 from ..backends.base import Claim, Lease, NewJob, Outcome
@@ -34,7 +34,7 @@ from ..job import Job
 if TYPE_CHECKING:
     from .host import Host
 
-__all__ = ("START_AFTER", "LocalRecord", "WriteBehind", "WritesBehind")
+__all__ = ("START_AFTER", "LocalRecord", "WriteBehind", "WritesBehind", "local_changes")
 
 logger: logging.Logger = logging.getLogger("afterwork.fastapi._jobs")
 
@@ -287,30 +287,25 @@ class WriteBehind:
             await asyncio.gather(*(one(r) for r in records[at : at + GENERIC_CONCURRENCY]))
 
 
-def write_local_rows(tx: Any, records: Sequence[LocalRecord]) -> None:
-    """Helper for SQL stores: insert each record started, then end it, at its own times.
+def local_changes(
+    record: LocalRecord, *, now: float, exact: Callable[[float], float] = float
+) -> tuple[Job, life.Change | None]:
+    """What a store writes for ``record``: its job as ``start`` creates it (at
+    ``started_at``), and the change ``finish`` then writes (at ``finished_at``), or the
+    cancel request ``cancel`` writes (at ``now``) if it still runs; ``None`` if neither.
 
-    ``tx`` is the store's transaction object with ``now``, ``insert`` and ``apply``.
+    ``exact`` rounds a time as the store keeps it (so the change is computed from the job
+    exactly as stored, as the generic path computes it from the store's reply).
     """
-    saved = tx.now
-    try:
-        for record in records:
-            tx.now = record.started_at
-            created = tx.insert(
-                record.new, worker=record.worker, token=record.token, lease_ttl=record.lease_ttl
-            )
-            if record.outcome is not None and record.finished_at is not None:
-                tx.now = record.finished_at
-                change = life.finish(
-                    created,
-                    held=record.token,
-                    token=record.token,
-                    outcome=record.outcome,
-                    now=record.finished_at,
-                )
-                tx.apply(created, change)
-            elif record.cancel_requested:
-                tx.now = saved
-                tx.apply(created, life.cancel(created, now=saved))
-    finally:
-        tx.now = saved
+    created = life.start_now(
+        record.new, worker=record.worker, now=exact(record.started_at), lease_ttl=record.lease_ttl
+    ).job
+    if record.outcome is not None and record.finished_at is not None:
+        token = record.token
+        ended = life.finish(
+            created, held=token, token=token, outcome=record.outcome, now=exact(record.finished_at)
+        )
+        return created, ended
+    if record.cancel_requested:
+        return created, life.cancel(created, now=exact(now))
+    return created, None

@@ -49,6 +49,7 @@ from ._pg_events import EventPump
 from ._pg_host import _RETRIES, _RETRYABLE
 from ._pg_leases import HistoryMixin, LeasesMixin
 from ._pg_listen import ListenMixin
+from ._pg_local import LocalWritesMixin
 from ._pg_rows import ACTIVE_SQL, COLS, Tx, load, load_one
 from ._pg_schema import SCHEMA_VERSION, check, migrate, not_migrated, quote_schema
 from ._pg_worker_path import WorkerPathMixin, _Pending
@@ -104,7 +105,9 @@ class _Failed(Exception):
     """Raised inside ``_transaction`` to remember whether the commit was sent."""
 
 
-class PostgresBackend(EnqueueMixin, WorkerPathMixin, ListenMixin, LeasesMixin, HistoryMixin):
+class PostgresBackend(
+    EnqueueMixin, WorkerPathMixin, LocalWritesMixin, ListenMixin, LeasesMixin, HistoryMixin
+):
     """Jobs in PostgreSQL (asyncpg), shared by every process that reaches the database.
 
     Args:

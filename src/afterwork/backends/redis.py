@@ -46,6 +46,7 @@ from ._redis_enqueue import EnqueueMixin
 from ._redis_events import StreamEvents, execute
 from ._redis_history import HistoryMixin
 from ._redis_leases import LeasesMixin
+from ._redis_local import LocalWritesMixin
 from ._redis_presence import PresenceMixin
 from ._redis_scripts import (
     FIELDS,
@@ -100,7 +101,9 @@ def _before_sending(exc: BaseException) -> bool:
 _CAS_TRIES = 5  # a compare-and-set that keeps losing a race gives up with an error
 
 
-class RedisBackend(EnqueueMixin, WorkerPathMixin, PresenceMixin, LeasesMixin, HistoryMixin):
+class RedisBackend(
+    EnqueueMixin, WorkerPathMixin, LocalWritesMixin, PresenceMixin, LeasesMixin, HistoryMixin
+):
     """Jobs in Redis, moved between states by Lua scripts.
 
     Args:

@@ -370,7 +370,7 @@ class SQLiteBackend(InspectorMixin, PauseMixin, PresenceMixin, LeasesMixin, Hist
     async def write_local(self, records: Sequence[LocalRecord]) -> None:
         """Write the jobs run in this process whose rows were kept back (``writebehind``),
         in one transaction, each at the times it really started and ended."""
-        from .._engine.writebehind import write_local_rows
+        from ._sqlite_local import write_local_rows
 
         # Not inline: nothing waits for it, and on the thread it runs beside the requests.
         await self._write(lambda tx: write_local_rows(tx, records))

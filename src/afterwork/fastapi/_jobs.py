@@ -7,7 +7,7 @@ import functools
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, overload
 
@@ -395,40 +395,61 @@ def _name(entry: _Plain | NewJob) -> str:
     return _describe(entry.func) if isinstance(entry, _Plain) else entry.task
 
 
-@dataclass(slots=True)
-class _Managers:
-    """The ``Jobs`` managers of one request (one, unless overrides made more)."""
+def _stacks(request: Request) -> tuple[contextlib.AsyncExitStack, contextlib.AsyncExitStack]:
+    """FastAPI's exit stacks of this request: the request's own (closed after the response
+    and its background tasks) and the route function's (closed before the response)."""
+    scope = request.scope
+    inner, function = scope.get("fastapi_inner_astack"), scope.get("fastapi_function_astack")
+    if not isinstance(inner, contextlib.AsyncExitStack) or not isinstance(
+        function, contextlib.AsyncExitStack
+    ):
+        raise RuntimeError(
+            "Jobs is a FastAPI dependency: use it in a route's parameters (FastAPI >= 0.121.2)"
+        )
+    return inner, function
 
-    managers: list[JobsManager]
 
+async def _jobs_dependency(request: Request, background: BackgroundTasks) -> JobsManager:
+    """The request's ``JobsManager``, with its two ends on FastAPI's exit stacks.
 
-async def _request_end() -> AsyncIterator[_Managers]:
-    held = _Managers([])
-    yield held
-    # Request scope: runs once the response and its background tasks are done.
-    for manager in held.managers:
-        await manager.finish_request()
-
-
-async def _jobs_dependency(
-    request: Request,
-    background: BackgroundTasks,
-    request_end: Annotated[_Managers, Depends(_request_end)],
-) -> AsyncIterator[JobsManager]:
+    A plain function rather than two generator dependencies (one per scope): FastAPI
+    enters each generator as a context manager with a cancel scope of its own, which cost
+    more than the rest of a request with a plain callable (docs/benchmarks.md, issue 18).
+    The ends run as the generators' would: when the route returned, before the response
+    (``store``: a failure to store is the request's own error); when the request is over,
+    after its background tasks (``finish_request``). Both are shielded from a cancelled
+    request, as FastAPI shields the teardowns of generator dependencies.
+    """
+    inner, function = _stacks(request)
     manager = JobsManager(get_afterwork(request), background)
     manager._managed = True
-    try:
-        yield manager
-    except BaseException:
-        # A route that raised stores nothing and runs nothing: no id left the request.
-        manager._pending.clear()
-        manager._new.clear()
-        raise
-    request_end.managers.append(manager)
-    # Runs when the route returned, before the response is sent (scope="function"): a
-    # failure to store is the request's own error.
-    await manager.store()
-    background.add_task(manager._mark_background_ran)
+
+    async def route_returned(
+        exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        if exc_type is not None:
+            # A route that raised stores nothing and runs nothing: no id left the request.
+            manager._pending.clear()
+            manager._new.clear()
+            return False
+        inner.push_async_callback(_request_over, manager)
+        if manager._new:  # registered tasks' jobs, stored before the response
+            with anyio.CancelScope(shield=True):
+                await manager.store()
+        background.add_task(manager._mark_background_ran)
+        return False
+
+    function.push_async_exit(route_returned)
+    return manager
+
+
+async def _request_over(manager: JobsManager) -> None:
+    # Request scope: runs once the response and its background tasks are done.
+    if not manager._pending and not manager._new:  # every task ran (the common case)
+        manager._over = True
+        return
+    with anyio.CancelScope(shield=True):
+        await manager.finish_request()
 
 
 #: Use as a route parameter: ``async def route(jobs: Jobs): jobs.add_task(...)``.
