@@ -97,12 +97,52 @@ async def test_a_version_1_store_is_migrated_on_open_and_keeps_its_jobs(
         await conn.close()
     assert await backend.schema_version() == 1
     async with Afterwork(url) as aw:
-        assert await backend.schema_version() == SCHEMA_VERSION == 3
+        assert await backend.schema_version() == SCHEMA_VERSION == 4
         assert await aw.get_job(job.id) is not None
         store = aw.backend
         assert isinstance(store, PostgresBackend)
         assert await store.acquire_lease("one", "me", ttl=10.0) is not None
         assert await store.read_history(since=0.0, until=1e12) == []
+
+
+async def test_a_version_3_store_loses_the_queue_and_task_indexes_and_still_lists_by_them(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url)
+    backend = from_url(url)
+    assert isinstance(backend, PostgresBackend)
+    await backend.open()
+    (job,) = await backend.enqueue([new("listed")])
+    await backend.aclose()
+    s = f'"{backend.schema}"'
+
+    async def indexes() -> set[str]:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'jobs'",
+                backend.schema,
+            )
+        finally:
+            await conn.close()
+        return {row[0] for row in rows}
+
+    fresh = await indexes()
+    assert not fresh & {"jobs_queue", "jobs_task"}  # a new store never makes them
+    conn = await asyncpg.connect(postgres_url)
+    try:  # back to version 3, with its two listing indexes
+        await conn.execute(f"CREATE INDEX jobs_queue ON {s}.jobs (queue, id)")
+        await conn.execute(f"CREATE INDEX jobs_task ON {s}.jobs (task, id)")
+        await conn.execute(f"UPDATE {s}.meta SET value = '3' WHERE name = 'schema_version'")
+    finally:
+        await conn.close()
+    assert await backend.schema_version() == 3
+    async with Afterwork(url) as aw:
+        assert await backend.schema_version() == SCHEMA_VERSION == 4
+        assert await indexes() == fresh
+        assert [j.id for j in await aw.list_jobs(task="listed")] == [job.id]
+        assert [j.id for j in await aw.list_jobs(queue="default", task="listed")] == [job.id]
+        assert await aw.list_jobs(task="other") == []
 
 
 async def test_a_store_migrated_by_a_newer_afterwork_is_refused(postgres_url: str) -> None:
