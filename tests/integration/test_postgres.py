@@ -238,6 +238,38 @@ async def test_concurrent_enqueues_share_one_commit_each_getting_its_own_jobs(
         assert await store.get(job.id) is not None
 
 
+async def test_an_enqueue_alone_is_written_on_its_callers_task_and_the_next_ones_after_it(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: list[asyncio.Task[Any] | None] = []
+    insert_now = store._insert_now
+
+    async def spied(groups: Any) -> Any:
+        writers.append(asyncio.current_task())
+        return await insert_now(groups)
+
+    monkeypatch.setattr(store, "_insert_now", spied)
+    for _ in range(3):  # one at a time: no task of its own per call
+        await store.enqueue([new()])
+    assert writers == [asyncio.current_task()] * 3
+    writers.clear()
+    # Calls made while a lone call's statement runs wait for it, then share one statement;
+    # the lone caller cancelled meanwhile takes none of them with it.
+    first = asyncio.ensure_future(store.enqueue([new()]))
+    while not writers:
+        await asyncio.sleep(0)
+    later = [new() for _ in range(5)]
+    waiting = asyncio.gather(*(store.enqueue([job]) for job in later))
+    await asyncio.sleep(0)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert [got.id for (got,) in await waiting] == [job.id for job in later]
+    assert len(writers) == 2 and writers[1] is not writers[0]
+    for job in later:
+        assert await store.get(job.id) is not None
+
+
 async def test_a_batch_is_one_transaction_with_its_events_in_the_jobs_order(
     store: PostgresBackend,
 ) -> None:

@@ -32,11 +32,20 @@ _OVERLAP_FROM = 32
 class EnqueueMixin(Host):
     """``enqueue`` and ``enqueue_in`` of :class:`~afterwork.backends.postgres.PostgresBackend`."""
 
+    #: An enqueue finding none being written leads: it writes on its own task if alone.
+    _leading: bool = False
+
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
         """Create ``jobs``; enqueues made in the same moment share one statement and commit.
 
         Each call returns after the commit that holds its jobs; one call's jobs are never
         split across statements (atomic). See :mod:`._pg_enqueue`.
+
+        A call that finds no enqueue being written lets the loop turn end (the calls made
+        in that turn queue behind it), then, if none came, writes its jobs on its own task:
+        no task to start and no future to resolve, a loop turn less per call one at a
+        time. Otherwise, and for the calls that come while a statement runs, one task
+        (:meth:`_flush_enqueues`) writes every waiting call in one statement.
         """
         if not jobs:
             return []
@@ -44,10 +53,26 @@ class EnqueueMixin(Host):
             return await self._write(partial(_insert_each, jobs))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Job]] = loop.create_future()
+        if not self._leading and not self._flushing():
+            self._leading = True
+            try:
+                await asyncio.sleep(0)  # the calls of this loop turn queue up meanwhile
+                if not self._enqueues:  # alone: written here
+                    (made,) = await self._insert_now([jobs])
+                    return made
+                self._enqueues.appendleft((jobs, future))  # first come, first written
+            finally:
+                self._leading = False
+                if self._enqueues and not self._flushing():
+                    self._enqueuer = loop.create_task(self._flush_enqueues())
+            return await future
         self._enqueues.append((jobs, future))
-        if self._enqueuer is None or self._enqueuer.done():
+        if not self._leading and not self._flushing():
             self._enqueuer = loop.create_task(self._flush_enqueues())
         return await future
+
+    def _flushing(self) -> bool:
+        return self._enqueuer is not None and not self._enqueuer.done()
 
     async def _flush_enqueues(self) -> None:
         """Write the enqueues waiting now in one statement, then those that came meanwhile."""
