@@ -242,10 +242,12 @@ async def test_an_enqueue_alone_is_written_on_its_callers_task_and_the_next_ones
     store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writers: list[asyncio.Task[Any] | None] = []
+    writing = asyncio.Event()
     insert_now = store._insert_now
 
     async def spied(groups: Any) -> Any:
         writers.append(asyncio.current_task())
+        writing.set()
         return await insert_now(groups)
 
     monkeypatch.setattr(store, "_insert_now", spied)
@@ -253,11 +255,11 @@ async def test_an_enqueue_alone_is_written_on_its_callers_task_and_the_next_ones
         await store.enqueue([new()])
     assert writers == [asyncio.current_task()] * 3
     writers.clear()
+    writing.clear()
     # Calls made while a lone call's statement runs wait for it, then share one statement;
     # the lone caller cancelled meanwhile takes none of them with it.
     first = asyncio.ensure_future(store.enqueue([new()]))
-    while not writers:
-        await asyncio.sleep(0)
+    await writing.wait()
     later = [new() for _ in range(5)]
     waiting = asyncio.gather(*(store.enqueue([job]) for job in later))
     await asyncio.sleep(0)
