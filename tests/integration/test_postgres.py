@@ -238,6 +238,44 @@ async def test_concurrent_enqueues_share_one_commit_each_getting_its_own_jobs(
         assert await store.get(job.id) is not None
 
 
+async def test_enqueues_one_after_another_reuse_one_pool_connection_given_back_on_close(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = store._pool
+    assert pool is not None
+    used: list[object] = []  # a pool hands out a new proxy object per acquire
+    insert_on = store._insert_on
+
+    async def spied(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        used.append(conn)
+        return await insert_on(conn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_insert_on", spied)
+    for _ in range(5):
+        await store.enqueue([new()])
+    assert len(used) == 5 and len({id(conn) for conn in used}) == 1  # kept, not re-acquired
+    # A statement that fails gives its connection back instead of keeping it.
+    with pytest.raises(BackendError):
+        await store.enqueue([NewJob(id=new_job_id(), task="t", timeout=-1.0)])
+    assert store._kept is None
+    await store.enqueue([new()])
+    assert used[-1] is not used[0] and store._kept is not None
+    with anyio.fail_after(1.0):  # the pool's close does not wait for the kept connection
+        await store.aclose()
+    assert store._kept is None and pool._closed
+
+
+async def test_a_pool_of_one_connection_keeps_none_for_enqueues(postgres_url: str) -> None:
+    store = from_url(schema_url(postgres_url, pool_size="1"))
+    assert isinstance(store, PostgresBackend)
+    await store.open()
+    try:
+        await store.enqueue([new()])
+        assert store._kept is None  # the only connection is free for the next caller
+    finally:
+        await store.aclose()
+
+
 async def test_an_enqueue_alone_is_written_on_its_callers_task_and_the_next_ones_after_it(
     store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
