@@ -2,13 +2,17 @@
 
     PYTHONPATH=src .venv/bin/python bench/pg_enqueue_profile.py [--batches 20] [--top 25]
     PYTHONPATH=src .venv/bin/python bench/pg_enqueue_profile.py --no-profile  # CPU per job only
+    PYTHONPATH=src .venv/bin/python bench/pg_enqueue_profile.py --single 2000  # one at a time
 
 Starts one private durable ``postgres`` (as bench/pg_bench.py does), opens an ``Afterwork``
 on it and enqueues ``--batches`` batches of ``--batch`` no-op jobs the way
 bench/peers/pg_afterwork.py does (``build_job`` per job, then ``enqueue_many``), after one
 warm-up batch. Prints the wall time, jobs/s and this process's CPU microseconds per job
 (``time.process_time``: load-independent), split into building the jobs and storing them,
-then (unless ``--no-profile``) cProfile's top functions by their own time.
+then (unless ``--no-profile``) cProfile's top functions by their own time. ``--single N``
+instead enqueues N jobs one at a time (``task.enqueue()``, each awaited), as scenario (a)'s
+first row does, and prints this process's and the server's CPU per job (the postmaster and
+its children, from ``/proc``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -25,6 +30,46 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.pg_server import PostgresServer  # noqa: E402
+
+
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds of ``postmaster`` and its live children (``/proc``)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def single(url: str, count: int, postmaster: int, profile: cProfile.Profile | None) -> None:
+    from afterwork import Afterwork
+
+    aw = Afterwork(url)
+
+    @aw.task(name="noop")
+    async def noop() -> None:
+        pass
+
+    async with aw:
+        for _ in range(100):  # warm
+            await noop.enqueue()
+        server0, cpu0, started = server_cpu(postmaster), time.process_time(), time.perf_counter()
+        if profile is not None:
+            profile.enable()
+        for _ in range(count):
+            await noop.enqueue()
+        if profile is not None:
+            profile.disable()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+        server = server_cpu(postmaster) - server0
+    print(f"{count} jobs one at a time in {wall:.3f} s: {count / wall:,.0f} jobs/s")
+    print(f"client / server CPU per job: {cpu / count * 1e6:.0f} / {server / count * 1e6:.0f} µs")
 
 
 async def run(url: str, batches: int, batch: int, profile: cProfile.Profile | None) -> None:
@@ -67,12 +112,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--single", type=int, default=0, help="N jobs one at a time instead")
     args = parser.parse_args()
     server = PostgresServer(durable=True)
     server.start()
     try:
         profile = None if args.no_profile else cProfile.Profile()
-        asyncio.run(run(server.url, args.batches, args.batch, profile))
+        if args.single:
+            assert server.process is not None
+            asyncio.run(single(server.url, args.single, server.process.pid, profile))
+        else:
+            asyncio.run(run(server.url, args.batches, args.batch, profile))
     finally:
         server.remove()
     if profile is not None:

@@ -43,8 +43,13 @@ class Notifier:
         with self._lock:
             self._version += 1
             waiters, self._waiters = self._waiters, []
+        if not waiters:
+            return
+        here = asyncio._get_running_loop()
         for loop, future in waiters:
-            if not loop.is_closed():
+            if loop is here:  # this thread runs it: no wake-up write to its self-pipe
+                loop.call_soon(_resolve, future)
+            elif not loop.is_closed():
                 loop.call_soon_threadsafe(_resolve, future)
 
     async def wait(self, ticket: int, timeout: float) -> bool:

@@ -97,12 +97,52 @@ async def test_a_version_1_store_is_migrated_on_open_and_keeps_its_jobs(
         await conn.close()
     assert await backend.schema_version() == 1
     async with Afterwork(url) as aw:
-        assert await backend.schema_version() == SCHEMA_VERSION == 3
+        assert await backend.schema_version() == SCHEMA_VERSION == 4
         assert await aw.get_job(job.id) is not None
         store = aw.backend
         assert isinstance(store, PostgresBackend)
         assert await store.acquire_lease("one", "me", ttl=10.0) is not None
         assert await store.read_history(since=0.0, until=1e12) == []
+
+
+async def test_a_version_3_store_loses_the_queue_and_task_indexes_and_still_lists_by_them(
+    postgres_url: str,
+) -> None:
+    url = schema_url(postgres_url)
+    backend = from_url(url)
+    assert isinstance(backend, PostgresBackend)
+    await backend.open()
+    (job,) = await backend.enqueue([new("listed")])
+    await backend.aclose()
+    s = f'"{backend.schema}"'
+
+    async def indexes() -> set[str]:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'jobs'",
+                backend.schema,
+            )
+        finally:
+            await conn.close()
+        return {row[0] for row in rows}
+
+    fresh = await indexes()
+    assert not fresh & {"jobs_queue", "jobs_task"}  # a new store never makes them
+    conn = await asyncpg.connect(postgres_url)
+    try:  # back to version 3, with its two listing indexes
+        await conn.execute(f"CREATE INDEX jobs_queue ON {s}.jobs (queue, id)")
+        await conn.execute(f"CREATE INDEX jobs_task ON {s}.jobs (task, id)")
+        await conn.execute(f"UPDATE {s}.meta SET value = '3' WHERE name = 'schema_version'")
+    finally:
+        await conn.close()
+    assert await backend.schema_version() == 3
+    async with Afterwork(url) as aw:
+        assert await backend.schema_version() == SCHEMA_VERSION == 4
+        assert await indexes() == fresh
+        assert [j.id for j in await aw.list_jobs(task="listed")] == [job.id]
+        assert [j.id for j in await aw.list_jobs(queue="default", task="listed")] == [job.id]
+        assert await aw.list_jobs(task="other") == []
 
 
 async def test_a_store_migrated_by_a_newer_afterwork_is_refused(postgres_url: str) -> None:
@@ -195,6 +235,78 @@ async def test_concurrent_enqueues_share_one_commit_each_getting_its_own_jobs(
     assert all(got.status is JobStatus.QUEUED for (got,) in returned)
     assert len(set(await transactions(store))) == 1  # one commit for the 64 callers
     for job in jobs:
+        assert await store.get(job.id) is not None
+
+
+async def test_enqueues_one_after_another_reuse_one_pool_connection_given_back_on_close(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = store._pool
+    assert pool is not None
+    used: list[object] = []  # a pool hands out a new proxy object per acquire
+    insert_on = store._insert_on
+
+    async def spied(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        used.append(conn)
+        return await insert_on(conn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_insert_on", spied)
+    for _ in range(5):
+        await store.enqueue([new()])
+    assert len(used) == 5 and len({id(conn) for conn in used}) == 1  # kept, not re-acquired
+    # A statement that fails gives its connection back instead of keeping it.
+    with pytest.raises(BackendError):
+        await store.enqueue([NewJob(id=new_job_id(), task="t", timeout=-1.0)])
+    assert store._kept is None
+    await store.enqueue([new()])
+    assert used[-1] is not used[0] and store._kept is not None
+    with anyio.fail_after(1.0):  # the pool's close does not wait for the kept connection
+        await store.aclose()
+    assert store._kept is None and pool._closed
+
+
+async def test_a_pool_of_one_connection_keeps_none_for_enqueues(postgres_url: str) -> None:
+    store = from_url(schema_url(postgres_url, pool_size="1"))
+    assert isinstance(store, PostgresBackend)
+    await store.open()
+    try:
+        await store.enqueue([new()])
+        assert store._kept is None  # the only connection is free for the next caller
+    finally:
+        await store.aclose()
+
+
+async def test_an_enqueue_alone_is_written_on_its_callers_task_and_the_next_ones_after_it(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: list[asyncio.Task[Any] | None] = []
+    writing = asyncio.Event()
+    insert_now = store._insert_now
+
+    async def spied(groups: Any) -> Any:
+        writers.append(asyncio.current_task())
+        writing.set()
+        return await insert_now(groups)
+
+    monkeypatch.setattr(store, "_insert_now", spied)
+    for _ in range(3):  # one at a time: no task of its own per call
+        await store.enqueue([new()])
+    assert writers == [asyncio.current_task()] * 3
+    writers.clear()
+    writing.clear()
+    # Calls made while a lone call's statement runs wait for it, then share one statement;
+    # the lone caller cancelled meanwhile takes none of them with it.
+    first = asyncio.ensure_future(store.enqueue([new()]))
+    await writing.wait()
+    later = [new() for _ in range(5)]
+    waiting = asyncio.gather(*(store.enqueue([job]) for job in later))
+    await asyncio.sleep(0)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert [got.id for (got,) in await waiting] == [job.id for job in later]
+    assert len(writers) == 2 and writers[1] is not writers[0]
+    for job in later:
         assert await store.get(job.id) is not None
 
 

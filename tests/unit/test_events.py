@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,24 @@ async def test_subscription_ends_when_the_backend_closes() -> None:
     # Closed: iteration ends instead of hanging.
     async with asyncio.timeout(5):
         assert [event async for event in stream] == []
+
+
+def test_the_postgres_event_pump_is_woken_once_per_newest_id_it_is_told() -> None:
+    from afterwork.backends._pg_events import EventPump
+
+    async def never(*args: object) -> Any:
+        raise AssertionError("not read in this test")
+
+    pump = EventPump(never, never, never, poll_interval=1.0, clock=lambda: 0.0)
+    ticket = pump._wake.ticket()
+    pump.poke(5)  # an enqueue's own statement told of event 5
+    assert pump._wake.ticket() != ticket
+    ticket = pump._wake.ticket()
+    pump.poke(5)  # its notification, back from the listener: nothing new, no wake-up
+    pump.poke(4)
+    assert pump._wake.ticket() == ticket
+    pump.poke(6)
+    assert pump._wake.ticket() != ticket
+    ticket = pump._wake.ticket()
+    pump.poke()  # ids unknown: always read
+    assert pump._wake.ticket() != ticket

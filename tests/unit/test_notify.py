@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 
-from afterwork._notify import Broadcaster, Subscription
+from afterwork._notify import Broadcaster, Notifier, Subscription
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +97,30 @@ async def test_a_replay_interrupted_by_a_timeout_is_loaded_again() -> None:
     assert await take(subscription, 2) == ["old", "live"]
     assert calls == 2
     await subscription.aclose()
+
+
+async def test_a_notifier_wakes_a_waiter_of_its_own_thread_without_a_cross_thread_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    def refused(*args: object) -> None:
+        raise AssertionError("call_soon_threadsafe from the loop's own thread")
+
+    notifier = Notifier()
+    ticket = notifier.ticket()
+    waiting = asyncio.ensure_future(notifier.wait(ticket, 5.0))
+    await asyncio.sleep(0)  # the waiter is registered
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "call_soon_threadsafe", refused)
+        notifier.notify()  # no write to the loop's self-pipe: its own thread runs it
+    assert await waiting is True
+
+
+async def test_a_notifier_wakes_a_waiter_from_another_thread() -> None:
+    notifier = Notifier()
+    ticket = notifier.ticket()
+    waiting = asyncio.ensure_future(notifier.wait(ticket, 5.0))
+    await asyncio.sleep(0)
+    await anyio.to_thread.run_sync(notifier.notify)
+    assert await waiting is True

@@ -4,7 +4,10 @@ import asyncio
 
 import pytest
 
-from afterwork.backends._pg_enqueue import while_sent
+from afterwork.backends import _pg_enqueue
+from afterwork.backends._pg_enqueue import params, while_sent
+from afterwork.backends.base import NewJob
+from afterwork.job import new_job_id
 
 pytestmark = pytest.mark.anyio
 
@@ -67,3 +70,23 @@ async def test_while_sent_cancelled_cancels_the_statement_and_keeps_its_error() 
 
     with pytest.raises(RuntimeError, match="statement failed"):
         await while_sent(failing(), lambda: 1)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        NewJob(id=new_job_id(), task="t"),
+        NewJob(
+            id=new_job_id(), task="t", queue="q", args=[1, "a"], kwargs={"x": [2]}, key="k",
+            priority=-3, max_attempts=4, delay=5.0, timeout=3.0, result_ttl=0.0,
+            headers={"h": "v"},
+        ),
+        NewJob(id=new_job_id(), task="t", delay=-1.0, result_ttl=60.0),
+    ],
+)  # fmt: skip
+def test_the_parameters_of_one_job_are_those_of_a_batch_of_it(job: NewJob) -> None:
+    one = params([job], 12.5)
+    assert one == _pg_enqueue._params_of_many([job], 12.5)
+    twice = _pg_enqueue._params_of_many([job, job], 12.5)
+    # a batch of the same job twice: each shared column comes as one element, as for one job
+    assert (one[0][1:8], one[0][9:11]) == (twice[0][1:8], twice[0][9:11])

@@ -68,3 +68,19 @@ def test_created_job_is_create_and_may_be_told() -> None:
     owner = object()
     told = created_job(new, 10.0, created_now=True, owner=owner)  # type: ignore[arg-type]
     assert told == job and told.created_now is True and told._owner is owner
+
+
+def test_maker_and_copier_set_inherited_and_unslotted_fields_too() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Labelled(Point):
+        label: str = "p"
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Plain:
+        x: int
+        y: int = 2
+
+    made = maker(Labelled, ("x", "label"))(1, "q")  # x from the base's slots, label its own
+    assert made == Labelled(x=1, label="q")
+    assert copier(Labelled, ("y",))(made, 9) == Labelled(x=1, y=9, label="q")
+    assert maker(Plain, ("x",))(4) == Plain(x=4)

@@ -122,7 +122,12 @@ def params(jobs: Sequence[NewJob], now: float) -> tuple[list[Any], list[str | No
     """The statement's parameters ``$1``–``$13``, and its ``$16``, for ``jobs``: column by
     column, the rows :func:`created` makes (no job is built for them: the store builds the
     jobs it returns while the statement runs)."""
+    if len(jobs) == 1:  # one at a time, the common call: no pass per column
+        return _params_of_one(jobs[0], now)
+    return _params_of_many(jobs, now)
 
+
+def _params_of_many(jobs: Sequence[NewJob], now: float) -> tuple[list[Any], list[str | None]]:
     def column(name: str) -> list[Any]:
         return list(map(attrgetter(name), jobs))  # one pass in C
 
@@ -139,6 +144,20 @@ def params(jobs: Sequence[NewJob], now: float) -> tuple[list[Any], list[str | No
                _same(column("max_attempts")), _nulls(column("key")), now, _same(run_at),
                _nulls(column("timeout")), _nulls(column("result_ttl"))]  # fmt: skip
     return columns, _nulls(headers)
+
+
+def _params_of_one(new: NewJob, now: float) -> tuple[list[Any], list[str | None]]:
+    """:func:`params` of one job (every column has one element, or none for a NULL)."""
+    delay = new.delay
+    key, timeout, result_ttl = new.key, new.timeout, new.result_ttl
+    columns = [[new.id], [new.task], [new.queue],
+               [JobStatus.SCHEDULED.value if delay > 0 else JobStatus.QUEUED.value],
+               [dumps(new.args) if new.args else "[]"],
+               [dumps(new.kwargs) if new.kwargs else "{}"], [new.priority],
+               [new.max_attempts], [] if key is None else [key], now,
+               [now + delay if delay > 0 else now], [] if timeout is None else [timeout],
+               [] if result_ttl is None else [result_ttl]]  # fmt: skip
+    return columns, [dumps(new.headers)] if new.headers else []
 
 
 def _same(column: list[T]) -> list[T]:

@@ -101,13 +101,17 @@ class EventPump:
 
         ``newest``: the highest id those commits wrote, when known. Every lower id has
         committed or never will (ids become visible in order), so while nobody listens the
-        cursor moves there without reading the table.
+        cursor moves there without reading the table. A ``newest`` already told of wakes
+        nobody: the wake-up of that earlier poke reads up to it (an enqueue pokes with the
+        id its own statement returned, then again when its notification comes back).
         """
         with self._hints:
             if newest is None:
                 self._unknown = True
+            elif newest <= self._hint:
+                return
             else:
-                self._hint = max(self._hint, newest)
+                self._hint = newest
         self._wake.notify()
 
     def _listening(self) -> bool:

@@ -360,6 +360,7 @@ class PostgresBackend(
         if enqueuer is not None and not enqueuer.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(enqueuer), 5.0)
+        await self._give_back_kept()  # the enqueue path's connection (``_pg_enqueue_path``)
         finisher = self._finisher
         if finisher is not None and not finisher.done():
             with contextlib.suppress(Exception):
