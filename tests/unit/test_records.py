@@ -4,8 +4,18 @@ import dataclasses
 
 import pytest
 
-from afterwork._lifecycle import NewJob, create, created_job, make_new_job
-from afterwork._records import copier, maker
+from afterwork._lifecycle import (
+    Claim,
+    Lease,
+    NewJob,
+    create,
+    created_job,
+    evolve,
+    job_from_values,
+    make_claim,
+    make_new_job,
+)
+from afterwork._records import copier, evolver, filler, maker
 from afterwork.job import Job, JobStatus
 
 
@@ -68,3 +78,42 @@ def test_created_job_is_create_and_may_be_told() -> None:
     owner = object()
     told = created_job(new, 10.0, created_now=True, owner=owner)  # type: ignore[arg-type]
     assert told == job and told.created_now is True and told._owner is owner
+
+
+def test_evolver_is_replace_for_the_class_and_its_subclasses() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Flagged(Point):
+        flag: bool = False
+
+    point = Point(x=1, y=5, tags=["a"])
+    evolve_point = evolver(Point)
+    copy = evolve_point(point, y=7)
+    assert copy == dataclasses.replace(point, y=7) and copy.tags is point.tags
+    assert evolve_point(point) == point and evolve_point(point) is not point
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.x = 3
+    with pytest.raises(TypeError):
+        evolve_point(point, z=1)
+    flagged = Flagged(x=1, flag=True)  # a subclass has slots of its own: ``replace``
+    assert evolve_point(flagged, y=9) == Flagged(x=1, y=9, flag=True)
+
+
+def test_filler_builds_from_every_field_in_order() -> None:
+    point = filler(Point)((1, 5, ["a"]))
+    assert point == Point(x=1, y=5, tags=["a"])
+    with pytest.raises(ValueError):
+        filler(Point)((1, 5))
+
+
+def test_the_jobs_fast_copies_are_the_dataclass_ones() -> None:
+    job = create(NewJob(id="j1", task="t", kwargs={"a": 1}), 1.0).job
+    changed = {"attempts": 2, "started_at": 3.0, "status": JobStatus.RUNNING}
+    assert evolve(job, **changed) == dataclasses.replace(job, **changed)
+    with pytest.raises(TypeError):
+        evolve(job, nope=1)
+    values = tuple(getattr(job, f.name) for f in dataclasses.fields(Job))
+    assert job_from_values(values) == job
+    with pytest.raises(TypeError):
+        job_from_values(values[:-1])
+    assert make_claim(job, "tok") == Claim(job, "tok")
+    assert make_claim(job, "tok").lease == Lease("j1", "tok")
