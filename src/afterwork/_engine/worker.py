@@ -142,6 +142,7 @@ class Worker:
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._slot_awaited = False  # someone holds _slot_freed: set and renew it on a free slot
+        self._for_room = False  # ... and only room to claim again is worth waking it for
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
         self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
@@ -259,13 +260,13 @@ class Worker:
         self._jobs_group = jobs
         while not self._stopping.is_set():
             await self._start_admitted()
-            room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
-            if room <= 0 or (self._buffer and room < self._claim_batch):
+            if not self._may_claim():
                 # Refill the buffer in batches, not one job per freed slot: a claim is a
                 # round trip (and a write) whatever its size, and under load claims of one
                 # or two jobs cost more than the jobs (docs/benchmarks.md, "--processes").
-                await self._wait_slot()
+                await self._wait_slot(for_room=True)
                 continue
+            room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
             at_limit = self._tasks_at_limit()
             busy = bool(self._runs or self._buffer)
             claims = await self._claim(room, at_limit)
@@ -697,16 +698,25 @@ class Worker:
 
     # -- waiting -------------------------------------------------------------------------
 
+    def _may_claim(self) -> bool:
+        """Whether the buffer has room for a claim (a batch of them, while jobs wait in it)."""
+        room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
+        return room > 0 and (not self._buffer or room >= self._claim_batch)
+
     def _notify_slot(self) -> None:
         if not self._slot_awaited:
             return  # nobody waits: no new Event per job (a worker's hot path)
+        if self._for_room and not self._may_claim():
+            return  # the claim loop would only wait again: a wake-up per job saved
         self._slot_awaited = False
         self._slot_freed.set()
         self._slot_freed = anyio.Event()
 
-    async def _wait_slot(self) -> None:
+    async def _wait_slot(self, *, for_room: bool = False) -> None:
+        """Wait until a job's slot is freed (``for_room``: until a claim has room)."""
         event = self._slot_freed
         self._slot_awaited = True
+        self._for_room = for_room
         with anyio.CancelScope() as scope:
             self._idle_scope = scope
             if self._stopping.is_set() and not self._runs:
