@@ -528,3 +528,53 @@ async def test_a_shielded_cleanup_in_a_job_ends_when_the_worker_is_cancelled(
             raise RuntimeError("the app crashed")
     assert crashed.group_contains(RuntimeError, match="the app crashed")
     assert cleanup == ["done"]
+
+
+async def test_jobs_admitted_together_are_begun_by_one_store_call(aw: Afterwork) -> None:
+    # A claim of ten fills ten free slots at once: one begin call marks all ten begun
+    # (a store call, a future and a wake-up per batch, not per job), and each runs once.
+    ran: list[int] = []
+    calls: list[int] = []
+    begin = aw.backend.begin
+
+    async def counting(leases):
+        calls.append(len(leases))
+        return await begin(leases)
+
+    aw.backend.begin = counting  # type: ignore[method-assign]
+
+    @aw.task
+    async def work(n: int) -> None:
+        ran.append(n)
+
+    for n in range(10):
+        await work.enqueue(n)
+    async with asyncio.timeout(WAIT):
+        assert await aw.drain(concurrency=10) == 10
+    assert sorted(ran) == list(range(10))
+    assert calls == [10]
+
+
+async def test_a_batch_begun_after_its_lease_was_lost_runs_only_the_jobs_still_held(
+    aw: Afterwork,
+) -> None:
+    # The store answers a batch's begin job by job: a job whose lease was taken over
+    # meanwhile is not run (and does not count as finished); the others run.
+    ran: list[int] = []
+    begin = aw.backend.begin
+
+    async def losing_one(leases):
+        begun = await begin(leases)
+        return [None if i == 0 else job for i, job in enumerate(begun)]
+
+    aw.backend.begin = losing_one  # type: ignore[method-assign]
+
+    @aw.task
+    async def work(n: int) -> None:
+        ran.append(n)
+
+    for n in range(3):
+        await work.enqueue(n)
+    async with asyncio.timeout(WAIT):
+        assert await aw.drain(concurrency=3) == 2
+    assert len(ran) == 2
