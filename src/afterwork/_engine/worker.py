@@ -9,7 +9,7 @@ import os
 import random
 import socket
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -130,9 +130,6 @@ class Worker:
         """Each running job's task (a plain asyncio task, joined as the job group would)
         and the scope around it that cancels it as the group would (shields respected)."""
         self._job_errors: list[BaseException] = []
-        self._to_begin: list[JobRun] = []
-        """Admitted runs that the next :meth:`_begin_batch` marks begun."""
-        self._begin_pending = False  # a _begin_batch task is made and has not started yet
         self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         """Makes a job's cancel scopes: the event loop's own class once running (``anyio.
         CancelScope()`` looks the loop's library up each time, twice per job)."""
@@ -401,22 +398,13 @@ class Worker:
     async def _start_admitted(self) -> None:
         """Start every buffered job the admission step lets through.
 
-        The jobs admitted within one loop turn (a flush of finishes frees several slots,
-        one job at a time) are begun together, by one store call in one task
-        (:meth:`_begin_batch`), which runs the first of them itself and starts a task for
-        each other: a store call, a future and a wake-up per batch rather than per job.
-        The task's first step comes a loop turn later, as a job's task's did, so the
-        starts still share the group commit of the finishes that freed their slots.
+        Async on purpose: a store call for the admitted claims as a batch belongs here
+        (today each started job marks itself begun, in :meth:`_begin`).
         """
         if not self._buffer or self._jobs_group is None or self._stopping.is_set():
             return  # the common case as a job ends: nothing buffered
-        admitted = self._admitted()
-        if not admitted:
-            return
-        self._to_begin.extend(self._register(claim) for claim in admitted)
-        if not self._begin_pending:
-            self._begin_pending = True
-            self._spawn(self._begin_batch, None, "afterwork begin")
+        for claim in self._admitted():
+            self._start(self._jobs_group, claim)
 
     async def _drop_buffered(self, lost: Collection[str], cancel: Collection[str]) -> None:
         """Take prefetched jobs out of the buffer: lost ones silently, cancelled ones ended."""
@@ -446,75 +434,33 @@ class Worker:
                     extra=log_extra("job_release_failed", claim.job, self.id),
                 )
 
-    def _register(self, claim: Claim) -> JobRun:
-        """A run for an admitted claim, holding its slot from now on."""
+    def _start(self, jobs: TaskGroup, claim: Claim) -> None:
+        new_scope = self._new_scope
         job = claim.job
-        run = JobRun(claim, self._new_scope(), on_recording=self._free_slot)
+        run = JobRun(claim, new_scope(), on_recording=self._free_slot)
         if job.recoveries > 0:
             self._solo = job.id
         self._runs[job.id] = run
         self._per_task[job.task] += 1
         self._slots += 1
         self._started += 1
-        return run
-
-    def _spawn(
-        self, body: Callable[[Any], Coroutine[Any, Any, None]], what: Any, name: str
-    ) -> None:
-        """Run ``body(what)`` in a job's task (one job's run, or a batch to begin).
-
-        A plain asyncio task, not one of the jobs' task group: an anyio task costs some
-        30 µs more to start and end (a wrapper coroutine, a task state in a weak
-        dictionary, a done callback), a fifth of a no-op job's CPU. :meth:`run` joins them
-        as the group would: waits for them, cancels them through their scope if it is
-        cancelled (a shielded cleanup still runs to its end), and a task's error stops it.
-        The task is named after its job (the loop watchdog blames it by that name).
-        """
-        scope = self._new_scope()
-        task = asyncio.get_running_loop().create_task(self._scoped(body, what, scope), name=name)
+        # A plain asyncio task, not one of ``jobs``: an anyio task costs some 30 µs more to
+        # start and end (a wrapper coroutine, a task state in a weak dictionary, a done
+        # callback), a fifth of a no-op job's CPU. ``run`` joins them as the group would:
+        # waits for them, cancels them through their scope if it is cancelled (a shielded
+        # cleanup still runs to its end), and a task's error stops it.
+        scope = new_scope()
+        task = asyncio.get_running_loop().create_task(
+            self._run_scoped(run, scope), name=JOB_TASK_PREFIX + job.id
+        )
         self._job_tasks[task] = scope
 
-    async def _begin_batch(self, _: None) -> None:
-        """Begin the runs admitted since this task was made, in one store call; run the
-        first one begun in this task, and start a task for each other."""
-        runs, self._to_begin = self._to_begin, []
-        self._begin_pending = False  # jobs admitted from now on go in the next batch
-        try:
-            begun = await self._begin_many(runs)
-        except BaseException:  # cancelled with the worker: none of them runs
-            for run in runs:
-                self._forget(run)
-            await self._after_run()
-            raise
-        if self._jobs_group is None:  # the worker failed meanwhile: none of them starts
-            begun = [False] * len(runs)
-        mine: JobRun | None = None
-        for run, ok in zip(runs, begun, strict=True):
-            if not ok:
-                self._forget(run)
-            elif mine is None:
-                mine = run
-            else:
-                self._spawn(self._run_one, run, JOB_TASK_PREFIX + run.job.id)
-        if not all(begun):
-            await self._after_run()
-        if mine is not None:
-            task = asyncio.current_task()
-            assert task is not None
-            task.set_name(JOB_TASK_PREFIX + mine.job.id)  # the watchdog blames it by name
-            await self._run_one(mine)
-
-    async def _scoped(
-        self,
-        body: Callable[[Any], Coroutine[Any, Any, None]],
-        what: Any,
-        scope: anyio.CancelScope,
-    ) -> None:
+    async def _run_scoped(self, run: JobRun, scope: anyio.CancelScope) -> None:
         # The task takes itself out of ``_job_tasks`` as it ends (rather than in a done
         # callback: one loop turn per job less); ``_join_jobs`` sweeps any that never ran.
         try:
             with scope:
-                await body(what)
+                await self._run_one(run)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # escaped _run_one: stop the worker, as its group would
@@ -547,9 +493,11 @@ class Worker:
                 self._job_done(task)
 
     async def _run_one(self, run: JobRun) -> None:
-        """Run a job begun in the store, then let its slot go."""
         job = run.job
         try:
+            if not await self._begin(run):
+                return
+            job = run.job
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "job %s (%s) started",
@@ -572,35 +520,22 @@ class Worker:
                 self._lost += 1
             self._finished += 1
         finally:
+            if self._solo == job.id:
+                self._solo = None
+            del self._runs[job.id]
+            self._per_task[job.task] -= 1
+            if self._per_task[job.task] <= 0:
+                del self._per_task[job.task]
             if run.thread_done is not None and not run.thread_done.is_set():
                 # A sync job timed out or was cancelled, but its thread still runs: keep
                 # its slot until it returns, so runaway threads cannot pile up. On
                 # shutdown we stop waiting for it.
-                self._forget(run, keep_slot=True)
                 await self._wait_overrun(run)
-                if not run.slot_freed:
-                    self._slots -= 1
-            else:
-                self._forget(run)
-            await self._after_run()
-
-    def _forget(self, run: JobRun, *, keep_slot: bool = False) -> None:
-        """A run is over: it no longer counts as running (nor holds its slot)."""
-        job = run.job
-        if self._solo == job.id:
-            self._solo = None
-        del self._runs[job.id]
-        self._per_task[job.task] -= 1
-        if self._per_task[job.task] <= 0:
-            del self._per_task[job.task]
-        if not keep_slot and not run.slot_freed:
-            self._slots -= 1
-
-    async def _after_run(self) -> None:
-        """Runs ended: start what their slots admit, and wake whoever waits for a slot."""
-        if self._buffer:
-            await self._start_admitted()
-        self._notify_slot()
+            if not run.slot_freed:
+                self._slots -= 1
+            if self._buffer:
+                await self._start_admitted()
+            self._notify_slot()
 
     async def _free_slot(self, run: JobRun) -> None:
         """The attempt is over and only its outcome's write is left: free its slot now.
@@ -640,36 +575,30 @@ class Worker:
                 extra=log_extra("job_thread_returned", job, self.id),
             )
 
-    async def _begin_many(self, runs: Sequence[JobRun]) -> list[bool]:
-        """Mark the attempts started in the store (one call) before any of their code runs.
+    async def _begin(self, run: JobRun) -> bool:
+        """Mark the attempt started in the store before any of its code runs.
 
         A job is charged for a worker's death only once this returned, so the mark must
-        be durable first. ``False`` for a run whose lease was lost meanwhile (nothing to
-        run), or all of them if the store failed (their leases will expire).
+        be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
         """
         try:
-            started = await self.host.backend.begin([run.claim.lease for run in runs])
+            (started,) = await self.host.backend.begin([run.claim.lease])
         except Exception:
-            for run in runs:
-                logger.warning(
-                    "job %s (%s) could not be started; it will be recovered when its lease expires",
-                    run.job.id,
-                    run.job.task,
-                    exc_info=True,
-                    extra=log_extra("job_begin_failed", run.job, self.id),
-                )
-                run.reason = LOST
-            return [False] * len(runs)
-        begun: list[bool] = []
-        for run, job in zip(runs, started, strict=True):
-            if job is None:
-                run.reason = LOST
-                self._lost += 1
-                begun.append(False)
-            else:
-                run.claim = make_claim(job, run.claim.token)
-                begun.append(True)
-        return begun
+            logger.warning(
+                "job %s (%s) could not be started; it will be recovered when its lease expires",
+                run.job.id,
+                run.job.task,
+                exc_info=True,
+                extra=log_extra("job_begin_failed", run.job, self.id),
+            )
+            run.reason = LOST
+            return False
+        if started is None:
+            run.reason = LOST
+            self._lost += 1
+            return False
+        run.claim = make_claim(started, run.claim.token)
+        return True
 
     async def _shutdown(self) -> None:
         if self._buffer:
