@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_filler_builds_from_every_field_in_order() -> None:
 
 def test_the_jobs_fast_copies_are_the_dataclass_ones() -> None:
     job = create(NewJob(id="j1", task="t", kwargs={"a": 1}), 1.0).job
-    changed = {"attempts": 2, "started_at": 3.0, "status": JobStatus.RUNNING}
+    changed: dict[str, Any] = {"attempts": 2, "started_at": 3.0, "status": JobStatus.RUNNING}
     assert evolve(job, **changed) == dataclasses.replace(job, **changed)
     with pytest.raises(TypeError):
         evolve(job, nope=1)
