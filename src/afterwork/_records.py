@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from types import MemberDescriptorType
 from typing import Any
 
-__all__ = ("maker",)
+__all__ = ("evolver", "filler", "maker")
 
 
 def maker(cls: type, names: Sequence[str]) -> Callable[..., Any]:
@@ -54,6 +54,53 @@ def copier(cls: type, names: Sequence[str]) -> Callable[..., Any]:
         value = item.name if item.name in names else f"source.{item.name}"
         lines.append(_put(scope, cls, item.name, value))
     return _finish(scope, lines, "copy")
+
+
+def evolver(cls: type) -> Callable[..., Any]:
+    """A function ``evolve(record, **changes)``: ``replace(record, **changes)`` for records
+    of exactly ``cls`` (a subclass, with slots of its own, goes through ``replace``).
+
+    Each field is a keyword-only parameter defaulting to a marker, so a call matches its
+    keywords in C and copies every slot unrolled: about 60 % of a loop over the slots, and
+    a third of ``replace``, for a 29-field record copied several times per job.
+    """
+    names = [item.name for item in dataclasses.fields(cls)]
+    signature = ", ".join(f"{name}=_unset" for name in names)
+    scope, lines = _start(cls, (), "evolve", ["source", "/", "*", signature])
+    lines.insert(1, "    if type(source) is not cls: return replace(source, **_given(locals()))")
+    scope.update(_unset=_UNSET, replace=dataclasses.replace, _given=_given)
+    for name in names:
+        lines.append(_put(scope, cls, name, f"source.{name} if {name} is _unset else {name}"))
+    return _finish(scope, lines, "evolve")
+
+
+def filler(cls: type) -> Callable[[Sequence[Any]], Any]:
+    """A function ``fill(values)`` that builds ``cls`` from all its fields' values, in
+    field order (``dataclasses.fields``), without the keyword ``__init__``."""
+    names = [item.name for item in dataclasses.fields(cls)]
+    scope, lines = _start(cls, (), "fill", ["values"])
+    lines.insert(1, f"    ({', '.join(names)},) = values")
+    for name in names:
+        lines.append(_put(scope, cls, name, name))
+    return _finish(scope, lines, "fill")
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _given(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in arguments.items()
+        if name not in ("source", "cls") and value is not _UNSET
+    }
 
 
 def _start(

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
-from afterwork._lifecycle import NewJob, create, created_job, make_new_job
-from afterwork._records import copier, maker
+from afterwork._lifecycle import (
+    Claim,
+    Lease,
+    NewJob,
+    create,
+    created_job,
+    evolve,
+    job_from_values,
+    make_claim,
+    make_new_job,
+)
+from afterwork._records import copier, evolver, filler, maker
 from afterwork.job import Job, JobStatus
 
 
@@ -84,3 +95,42 @@ def test_maker_and_copier_set_inherited_and_unslotted_fields_too() -> None:
     assert made == Labelled(x=1, label="q")
     assert copier(Labelled, ("y",))(made, 9) == Labelled(x=1, y=9, label="q")
     assert maker(Plain, ("x",))(4) == Plain(x=4)
+
+
+def test_evolver_is_replace_for_the_class_and_its_subclasses() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Flagged(Point):
+        flag: bool = False
+
+    point = Point(x=1, y=5, tags=["a"])
+    evolve_point = evolver(Point)
+    copy = evolve_point(point, y=7)
+    assert copy == dataclasses.replace(point, y=7) and copy.tags is point.tags
+    assert evolve_point(point) == point and evolve_point(point) is not point
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.x = 3
+    with pytest.raises(TypeError):
+        evolve_point(point, z=1)
+    flagged = Flagged(x=1, flag=True)  # a subclass has slots of its own: ``replace``
+    assert evolve_point(flagged, y=9) == Flagged(x=1, y=9, flag=True)
+
+
+def test_filler_builds_from_every_field_in_order() -> None:
+    point = filler(Point)((1, 5, ["a"]))
+    assert point == Point(x=1, y=5, tags=["a"])
+    with pytest.raises(ValueError):
+        filler(Point)((1, 5))
+
+
+def test_the_jobs_fast_copies_are_the_dataclass_ones() -> None:
+    job = create(NewJob(id="j1", task="t", kwargs={"a": 1}), 1.0).job
+    changed: dict[str, Any] = {"attempts": 2, "started_at": 3.0, "status": JobStatus.RUNNING}
+    assert evolve(job, **changed) == dataclasses.replace(job, **changed)
+    with pytest.raises(TypeError):
+        evolve(job, nope=1)
+    values = tuple(getattr(job, f.name) for f in dataclasses.fields(Job))
+    assert job_from_values(values) == job
+    with pytest.raises(TypeError):
+        job_from_values(values[:-1])
+    assert make_claim(job, "tok") == Claim(job, "tok")
+    assert make_claim(job, "tok").lease == Lease("j1", "tok")

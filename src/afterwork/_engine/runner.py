@@ -64,7 +64,7 @@ _PLAIN_RESULTS: frozenset[type] = frozenset((str, int, bool, float))
 _SUCCEEDED_NONE = Outcome.succeeded(None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class JobRun:
     """The state of one job while it runs in this process."""
 
@@ -260,7 +260,8 @@ class Runner:
             raise
         if stack is not None:
             attempt = await self._tear_down(run, stack, task, attempt, options)
-        await self._flush_progress(run)
+        if run._progress_task is not None or run._progress is not None:
+            await self._flush_progress(run)
         if attempt.outcome is None:  # the lease was lost: somebody else owns the job now
             logger.warning(
                 "job %s (%s) lost its lease; its outcome is discarded",
@@ -295,7 +296,10 @@ class Runner:
         job = run.job
         try:
             with run.scope:
-                result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
+                if timeout is None and inject is None and is_async:
+                    result = await func(*args, **kwargs)  # the common case: no closure
+                else:
+                    result = await self._call(run, func, is_async, args, kwargs, timeout, inject)
         except _Timeout as exc:
             seconds = timeout if exc.seconds is None else exc.seconds
             ended_by = TimeoutError(f"the job did not finish within its {seconds:g}s timeout")
@@ -432,9 +436,6 @@ class Runner:
         timeout: float | None,
         inject: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> Any:
-        if timeout is None and inject is None and is_async:
-            return await func(*args, **kwargs)  # the common case: no closure to build
-
         async def call() -> Any:
             # Dependencies are resolved inside the cancel scope and the timeout.
             full = kwargs if inject is None else {**kwargs, **await inject()}

@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..__about__ import __version__
 from .._flow import flow_limits, rate_limits
+from .._lifecycle import make_claim
 from ..backends.base import CancelWatch, Claim, Inspector, Outcome, WorkerInfo, WorkerPresence
 from ..job import JobError
 from .outage import Outage, reconnect_delay
@@ -129,12 +130,16 @@ class Worker:
         """Each running job's task (a plain asyncio task, joined as the job group would)
         and the scope around it that cancels it as the group would (shields respected)."""
         self._job_errors: list[BaseException] = []
+        self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
+        """Makes a job's cancel scopes: the event loop's own class once running (``anyio.
+        CancelScope()`` looks the loop's library up each time, twice per job)."""
         self._runs: dict[str, JobRun] = {}
         self._per_task: Counter[str] = Counter()
         self._solo: str | None = None  # a job that runs alone (see _admit)
         self._slots = 0  # jobs holding a slot (a timed-out sync job holds it until its thread ends)
         self._slot_freed = anyio.Event()
         self._slot_awaited = False  # someone holds _slot_freed: set and renew it on a free slot
+        self._for_room = False  # ... and only room to claim again is worth waking it for
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
         self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
@@ -195,6 +200,7 @@ class Worker:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> int:
         """Run until stopped (or, in burst mode, until nothing is due). Returns jobs run."""
         self.host.local_runs.attach(self)
+        self._new_scope = type(anyio.CancelScope())
         logger.info(
             "worker %s started (concurrency %d, queues %s)",
             self.id,
@@ -251,13 +257,13 @@ class Worker:
         self._jobs_group = jobs
         while not self._stopping.is_set():
             await self._start_admitted()
-            room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
-            if room <= 0 or (self._buffer and room < self._claim_batch):
+            if not self._may_claim():
                 # Refill the buffer in batches, not one job per freed slot: a claim is a
                 # round trip (and a write) whatever its size, and under load claims of one
                 # or two jobs cost more than the jobs (docs/benchmarks.md, "--processes").
-                await self._wait_slot()
+                await self._wait_slot(for_room=True)
                 continue
+            room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
             at_limit = self._tasks_at_limit()
             busy = bool(self._runs or self._buffer)
             claims = await self._claim(room, at_limit)
@@ -395,8 +401,8 @@ class Worker:
         Async on purpose: a store call for the admitted claims as a batch belongs here
         (today each started job marks itself begun, in :meth:`_begin`).
         """
-        if self._stopping.is_set() or self._jobs_group is None:
-            return
+        if not self._buffer or self._jobs_group is None or self._stopping.is_set():
+            return  # the common case as a job ends: nothing buffered
         for claim in self._admitted():
             self._start(self._jobs_group, claim)
 
@@ -429,11 +435,13 @@ class Worker:
                 )
 
     def _start(self, jobs: TaskGroup, claim: Claim) -> None:
-        run = JobRun(claim, on_recording=self._free_slot)
-        if claim.job.recoveries > 0:
-            self._solo = claim.job.id
-        self._runs[claim.job.id] = run
-        self._per_task[claim.job.task] += 1
+        new_scope = self._new_scope
+        job = claim.job
+        run = JobRun(claim, new_scope(), on_recording=self._free_slot)
+        if job.recoveries > 0:
+            self._solo = job.id
+        self._runs[job.id] = run
+        self._per_task[job.task] += 1
         self._slots += 1
         self._started += 1
         # A plain asyncio task, not one of ``jobs``: an anyio task costs some 30 µs more to
@@ -441,27 +449,38 @@ class Worker:
         # callback), a fifth of a no-op job's CPU. ``run`` joins them as the group would:
         # waits for them, cancels them through their scope if it is cancelled (a shielded
         # cleanup still runs to its end), and a task's error stops it.
-        scope = anyio.CancelScope()
+        scope = new_scope()
         task = asyncio.get_running_loop().create_task(
-            self._run_scoped(run, scope), name=f"{JOB_TASK_PREFIX}{claim.job.id}"
+            self._run_scoped(run, scope), name=JOB_TASK_PREFIX + job.id
         )
         self._job_tasks[task] = scope
-        task.add_done_callback(self._job_done)
 
     async def _run_scoped(self, run: JobRun, scope: anyio.CancelScope) -> None:
-        with scope:
-            await self._run_one(run)
+        # The task takes itself out of ``_job_tasks`` as it ends (rather than in a done
+        # callback: one loop turn per job less); ``_join_jobs`` sweeps any that never ran.
+        try:
+            with scope:
+                await self._run_one(run)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # escaped _run_one: stop the worker, as its group would
+            self._job_failed(exc)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise  # out of the loop too, as from any task
+        finally:
+            self._job_tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+
+    def _job_failed(self, exc: BaseException) -> None:
+        self._job_errors.append(exc)
+        if self._jobs_group is not None:
+            self._jobs_group.cancel_scope.cancel()
+            self._jobs_group = None  # no job starts any more
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
+        """A job's task that ended without taking itself out (cancelled before it ran)."""
         self._job_tasks.pop(task, None)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:  # escaped _run_one: stop the worker, as its task group would
-            self._job_errors.append(exc)
-            if self._jobs_group is not None:
-                self._jobs_group.cancel_scope.cancel()
-                self._jobs_group = None  # no job starts any more
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._job_failed(exc)
 
     async def _join_jobs(self, *, cancel: bool) -> None:
         """Wait for the jobs' tasks to end; ``cancel``: cancel them until they do."""
@@ -470,6 +489,8 @@ class Worker:
                 for scope in self._job_tasks.values():
                     scope.cancel()
             await asyncio.wait(set(self._job_tasks))
+            for task in [task for task in self._job_tasks if task.done()]:
+                self._job_done(task)
 
     async def _run_one(self, run: JobRun) -> None:
         job = run.job
@@ -512,7 +533,8 @@ class Worker:
                 await self._wait_overrun(run)
             if not run.slot_freed:
                 self._slots -= 1
-            await self._start_admitted()
+            if self._buffer:
+                await self._start_admitted()
             self._notify_slot()
 
     async def _free_slot(self, run: JobRun) -> None:
@@ -527,7 +549,8 @@ class Worker:
             return
         run.slot_freed = True
         self._slots -= 1
-        await self._start_admitted()
+        if self._buffer:
+            await self._start_admitted()
         self._notify_slot()
 
     async def _wait_overrun(self, run: JobRun) -> None:
@@ -574,7 +597,7 @@ class Worker:
             run.reason = LOST
             self._lost += 1
             return False
-        run.claim = Claim(started, run.claim.token)
+        run.claim = make_claim(started, run.claim.token)
         return True
 
     async def _shutdown(self) -> None:
@@ -604,16 +627,25 @@ class Worker:
 
     # -- waiting -------------------------------------------------------------------------
 
+    def _may_claim(self) -> bool:
+        """Whether the buffer has room for a claim (a batch of them, while jobs wait in it)."""
+        room = self.concurrency + self.prefetch - self._slots - len(self._buffer)
+        return room > 0 and (not self._buffer or room >= self._claim_batch)
+
     def _notify_slot(self) -> None:
         if not self._slot_awaited:
             return  # nobody waits: no new Event per job (a worker's hot path)
+        if self._for_room and not self._may_claim():
+            return  # the claim loop would only wait again: a wake-up per job saved
         self._slot_awaited = False
         self._slot_freed.set()
         self._slot_freed = anyio.Event()
 
-    async def _wait_slot(self) -> None:
+    async def _wait_slot(self, *, for_room: bool = False) -> None:
+        """Wait until a job's slot is freed (``for_room``: until a claim has room)."""
         event = self._slot_freed
         self._slot_awaited = True
+        self._for_room = for_room
         with anyio.CancelScope() as scope:
             self._idle_scope = scope
             if self._stopping.is_set() and not self._runs:
