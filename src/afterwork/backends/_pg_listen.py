@@ -80,6 +80,13 @@ class ListenMixin(Host):
             self._pump.poke(int(payload))
 
     def _cancelled(self, job_id: str) -> None:
+        if self._claiming:
+            # It may be a job of that claim, which its worker does not know it holds yet:
+            # the claim tells the worker again when it returns (``_redeliver_cancels``).
+            self._early_cancels[job_id] = None
+        self._deliver_cancel(job_id)
+
+    def _deliver_cancel(self, job_id: str) -> None:
         for callback in list(self._cancel_callbacks):
             try:
                 callback(job_id)
