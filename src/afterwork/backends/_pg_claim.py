@@ -27,7 +27,9 @@ __all__ = ("claim_begin_sql",)
 def claim_begin_sql(jobs: str, schema: str, where: str) -> str:
     """``$1`` worker, ``$2`` now, ``$3`` lease ttl, ``$4`` limit, ``$5`` jobs to begin,
     ``$6`` the events lock's name, ``$7`` the events channel; ``where``'s own parameters
-    from ``$8`` on. Rows: the job columns, ``token``, ``began``, ``newest`` (event id)."""
+    from ``$8`` on. Rows: the job columns, ``token``, ``began``, ``rn``, ``newest`` (event
+    id) and ``next_due`` (the earliest future ``run_at``); one row of nulls but for the
+    last two when nothing was claimed."""
     order = "ORDER BY priority DESC, due_ms, id"
     unpaused = f"queue <> ALL(ARRAY(SELECT queue FROM {schema}.paused))"
     pick = f"SELECT id, priority, due_ms, recoveries FROM {jobs} WHERE {where} AND {unpaused}"
@@ -67,5 +69,10 @@ def claim_begin_sql(jobs: str, schema: str, where: str) -> str:
         " quick AS MATERIALIZED (SELECT set_config('synchronous_commit',"
         " CASE WHEN EXISTS (SELECT 1 FROM up WHERE began)"
         " THEN current_setting('synchronous_commit') ELSE 'off' END, true) AS s)"
-        " SELECT up.*, top.id AS newest FROM up, top, told, quick ORDER BY up.rn"
+        # One row even when nothing was claimed: the newest event id, and when the next
+        # delayed job falls due (an idle worker waits for that, or a notification).
+        " SELECT u.*, top.id AS newest,"
+        f" (SELECT min(run_at) FROM {jobs} WHERE status = 'scheduled' AND run_at > $2)"
+        " AS next_due FROM top CROSS JOIN told CROSS JOIN quick LEFT JOIN up u ON true"
+        " ORDER BY u.rn"
     )

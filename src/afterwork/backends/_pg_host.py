@@ -53,6 +53,7 @@ class Host:
         _prebegun: dict[str, str]
         _claiming: int
         _early_cancels: dict[str, None]
+        _after_claim: tuple[int, frozenset[str] | None, float | None] | None
         _enqueues: deque[tuple[Sequence[NewJob], asyncio.Future[list[Job]]]]
         _enqueuer: asyncio.Task[None] | None
         _insert_sql: str

@@ -18,7 +18,7 @@ import asyncpg
 from .. import _lifecycle as life
 from ..exceptions import BackendError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
-from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
+from ._pg_batch import Batch, flush_sql, heartbeat_sql
 from ._pg_claim import claim_begin_sql
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_host import _RETRIES, _RETRYABLE, Host
@@ -34,6 +34,10 @@ _Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any]"]
 #: Most leases remembered for set-based finishes (beyond: the per-row path, same result).
 _HELD_MAX = 100_000
 _NCOLS = len(COLUMNS)
+
+
+def _queues_key(queues: Sequence[str] | None) -> frozenset[str] | None:
+    return None if queues is None else frozenset(queues)
 
 
 class WorkerPathMixin(Host):
@@ -117,6 +121,7 @@ class WorkerPathMixin(Host):
     ) -> list[Claim]:
         """Claim as :meth:`Backend.claim <afterwork.backends.base.Backend.claim>` does;
         ``begin``: how many of them the worker starts at once (see ``_pg_claim``)."""
+        self._after_claim = None
         if limit <= 0 or (queues is not None and not queues):
             return []
         excluded = list(exclude_tasks)
@@ -126,58 +131,65 @@ class WorkerPathMixin(Host):
             )
         self._flow_skipped = self._conc_skipped = False
         self._rate_next = None
-        # One statement (see ``_pg_batch`` and ``_pg_claim``): due rows picked, leased
-        # (the first ``begin`` of them begun) and returned.
-        first = 8 if begin > 0 else 5
+        # One statement (see ``_pg_claim``): due rows picked, leased (the first ``begin``
+        # of them begun) and returned.
         where = ["true"]
-        params: list[Any] = []
+        params: list[Any] = [
+            max(min(begin, limit), 0),
+            f"events:{self.schema}",
+            self._channel("events"),
+        ]
         if queues is not None:
             params.append(list(dict.fromkeys(queues)))
-            where.append(f"queue = ANY(${len(params) + first - 1}::text[])")
+            where.append(f"queue = ANY(${len(params) + 4}::text[])")
         if excluded:
             params.append(excluded)
-            where.append(f"NOT (task = ANY(${len(params) + first - 1}::text[]))")
-        if begin > 0:
-            sql = claim_begin_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
-            params = [
-                min(begin, limit),
-                f"events:{self.schema}",
-                self._channel("events"),
-                *params,
-            ]
-        else:
-            sql = claim_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
+            where.append(f"NOT (task = ANY(${len(params) + 4}::text[]))")
+        sql = claim_begin_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
         now = self.now()
 
         async def claim(conn: asyncpg.Connection) -> list[Any]:
             return list(await conn.fetch(sql, worker, now, lease_ttl, limit, *params))
 
+        # A notification after this ticket may be for a job the claim does not see.
+        ticket = self._work.ticket()
         self._claiming += 1
         try:
             rows = await self._statement(claim)
         finally:
             self._claiming -= 1
         claims: list[Claim] = []
-        began = 0
+        began = claimed = 0
         for row in rows:
             values = tuple(row)
+            if values[0] is None:
+                continue  # nothing claimed: the row of ``newest`` and ``next_due`` only
+            claimed += 1
             job, problems = load(values[:_NCOLS])
             token = values[_NCOLS]
             if problems:
                 await self._quarantine(job)
                 continue
             self._hold(token, job)
-            if begin > 0 and values[_NCOLS + 1]:
+            if values[_NCOLS + 1]:
                 # Begun by the claim: the worker still gets the claim, and its begin the
                 # begun job (``_handout``); a release before that takes the start back.
                 began += 1
                 self._prebegun[job.id] = token
                 job = replace(job, attempts=job.attempts - 1, started_at=None)
             claims.append(Claim(job, token))
-        if began:
-            self._pump.poke(int(rows[0]["newest"]))
+        last = rows[-1] if rows else None
+        if began and last is not None:
+            self._pump.poke(int(last["newest"]))
             if trim := self._count_events(began):
                 self._trim_later(trim)
+        # Fewer than asked: no job was due in these queues when the claim looked, so the
+        # worker's wait for work needs not look again (``wait_for_work``).
+        self._after_claim = (
+            (ticket, _queues_key(queues), last["next_due"])
+            if last is not None and claimed < limit and not excluded
+            else None
+        )
         self._redeliver_cancels(claims)
         claims.sort(key=lambda c: life.ready_order(c.job))
         return claims

@@ -197,6 +197,8 @@ class PostgresBackend(EnqueueMixin, WorkerPathMixin, ListenMixin, LeasesMixin, H
         """Job id → token of the jobs a claim began that the worker has not begun yet."""
         self._claiming = 0  # claims in flight
         self._early_cancels: dict[str, None] = {}  # cancels pushed while one was
+        #: After a claim that found fewer jobs than asked: its ticket, queues, next due time.
+        self._after_claim: tuple[int, frozenset[str] | None, float | None] | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._trim_owed = 0  # events to trim, owed to ``_trim_later``
         self._finisher: asyncio.Task[None] | None = None
