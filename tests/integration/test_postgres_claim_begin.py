@@ -8,6 +8,7 @@ flight reaches the worker once the claim is its own.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from afterwork import Afterwork, JobStatus
 from afterwork.backends.base import NewJob, Outcome
+from afterwork.backends._sqlite_rows import dumps
 from afterwork.backends.postgres import PostgresBackend
 from afterwork.job import JobError, new_job_id
 from afterwork.testing import FakeClock
@@ -215,3 +217,52 @@ async def test_a_cancel_pushed_while_the_claim_runs_stops_the_job_at_once(
 
         # Well before the next heartbeat (20 s): the worker was told again.
         await eventually(cancelled, timeout=10, interval=0.01)
+
+
+async def test_a_flushed_finish_stores_the_encoders_text_and_its_events_in_order(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, _ = store
+    result = {"b": 1, "a": [1.5, "é\u0000", None, True], "n": None}
+    jobs = await backend.enqueue([new(max_attempts=3), new(), new()])
+    claims = await backend.claim("w", queues=None, limit=3, lease_ttl=30.0)
+    assert all(job is not None for job in await backend.begin([c.lease for c in claims]))
+    error = JobError.from_message("E", "boom ☃")
+    done = await asyncio.gather(
+        backend.finish(claims[0].lease, Outcome.retry(error, delay=5.0)),
+        backend.finish(claims[1].lease, Outcome.succeeded(result)),
+        backend.finish(claims[2].lease, Outcome.succeeded(None)),
+    )
+    assert [d.status if d else None for d in done] == [
+        JobStatus.SCHEDULED,
+        JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+    ]
+    async with backend._conn() as conn:
+        rows = {
+            row["id"]: row
+            for row in await conn.fetch(
+                f"SELECT id, result, error, timeline, attempts FROM {backend._s}.jobs"
+            )
+        }
+        kinds = await conn.fetch(
+            f"SELECT kind, job_id, attempts FROM {backend._s}.events"
+            " WHERE kind <> 'enqueued' ORDER BY id"
+        )
+    assert rows[jobs[1].id]["result"] == dumps(result)
+    assert rows[jobs[2].id]["result"] is None and rows[jobs[0].id]["result"] is None
+    assert rows[jobs[0].id]["error"] == dumps(error.to_dict())
+    stored = [await backend.get(job.id) for job in jobs]
+    assert stored[1] is not None and stored[1].result == result
+    assert stored[0] is not None and stored[0].error == error
+    assert [[a.outcome for a in s.timeline] if s else None for s in stored] == [
+        ["retrying"],
+        ["succeeded"],
+        ["succeeded"],
+    ]
+    assert [(k["kind"], k["job_id"]) for k in kinds] == [
+        *(("started", job.id) for job in jobs),
+        ("retrying", jobs[0].id),
+        ("succeeded", jobs[1].id),
+        ("succeeded", jobs[2].id),
+    ]

@@ -18,9 +18,10 @@ import asyncpg
 from .. import _lifecycle as life
 from ..exceptions import BackendError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
-from ._pg_batch import Batch, flush_sql, heartbeat_sql
+from ._pg_batch import heartbeat_sql
 from ._pg_claim import claim_begin_sql
 from ._pg_flow import PgGroups, read_starts, stamp_start
+from ._pg_flush import Flush, flush_sql
 from ._pg_host import _RETRIES, _RETRYABLE, Host
 from ._pg_rows import COLS, Tx, load
 from ._pg_schema import COLUMNS
@@ -447,9 +448,9 @@ class WorkerPathMixin(Host):
 
     async def _flush(self, batch: list[_Pending]) -> list[Job | None]:
         """Apply a batch of begins and finishes: one statement when this process holds
-        every lease as it last wrote it (see ``_pg_batch``), else one transaction."""
+        every lease as it last wrote it (see ``_pg_flush``), else one transaction."""
         now = self.now()
-        group = Batch(now)
+        group = Flush()
         seen: set[str] = set()
         changes: list[life.Change] = []
         for lease, outcome, _ in batch:
@@ -462,13 +463,15 @@ class WorkerPathMixin(Host):
                     if outcome is None
                     else life.finish(job, held=token, token=token, outcome=outcome, now=now)
                 )
-            if change is None or change.event is None:
+            if change is None or change.event is None or change.message is not None:
                 return await self._flush_rows(batch)  # not held, twice, or begun already
             seen.add(lease.job_id)
             changes.append(change)
             (group.begin if outcome is None else group.finish)(lease.token, change)
         sql = flush_sql(self._s)
-        args = group.args(f"events:{self.schema}", self._channel("events"), self._channel("work"))
+        args = group.args(
+            now, f"events:{self.schema}", self._channel("events"), self._channel("work")
+        )
 
         async def flush(conn: asyncpg.Connection) -> Any:
             return await conn.fetchrow(sql, *args)
