@@ -18,7 +18,7 @@ import asyncpg
 from .. import _lifecycle as life
 from ..exceptions import BackendError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
-from ._pg_batch import heartbeat_sql
+from ._pg_batch import claim_sql, heartbeat_sql
 from ._pg_claim import claim_begin_sql
 from ._pg_flow import PgGroups, read_starts, stamp_start
 from ._pg_flush import Flush, flush_sql
@@ -132,21 +132,21 @@ class WorkerPathMixin(Host):
             )
         self._flow_skipped = self._conc_skipped = False
         self._rate_next = None
-        # One statement (see ``_pg_claim``): due rows picked, leased (the first ``begin``
-        # of them begun) and returned.
+        # One statement (see ``_pg_batch``, and ``_pg_claim`` when jobs start at once):
+        # due rows picked, leased (the first ``begin`` of them begun) and returned.
+        begin = max(min(begin, limit), 0)
         where = ["true"]
-        params: list[Any] = [
-            max(min(begin, limit), 0),
-            f"events:{self.schema}",
-            self._channel("events"),
-        ]
+        params: list[Any] = (
+            [begin, f"events:{self.schema}", self._channel("events")] if begin else []
+        )
         if queues is not None:
             params.append(list(dict.fromkeys(queues)))
             where.append(f"queue = ANY(${len(params) + 4}::text[])")
         if excluded:
             params.append(excluded)
             where.append(f"NOT (task = ANY(${len(params) + 4}::text[]))")
-        sql = claim_begin_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
+        make = claim_begin_sql if begin else claim_sql
+        sql = make(f"{self._s}.jobs", self._s, " AND ".join(where))
         now = self.now()
 
         async def claim(conn: asyncpg.Connection) -> list[Any]:
@@ -172,20 +172,20 @@ class WorkerPathMixin(Host):
                 await self._quarantine(job)
                 continue
             self._hold(token, job)
-            if values[_NCOLS + 1]:
+            if begin and values[_NCOLS + 1]:
                 # Begun by the claim: the worker still gets the claim, and its begin the
                 # begun job (``_handout``); a release before that takes the start back.
                 began += 1
                 self._prebegun[job.id] = token
                 job = replace(job, attempts=job.attempts - 1, started_at=None)
             claims.append(Claim(job, token))
-        last = rows[-1] if rows else None
+        last = rows[-1] if begin and rows else None
         if began and last is not None:
             self._pump.poke(int(last["newest"]))
             if trim := self._count_events(began):
                 self._trim_later(trim)
         # Fewer than asked: no job was due in these queues when the claim looked, so the
-        # worker's wait for work needs not look again (``wait_for_work``).
+        # idle worker's wait for work needs not look again (``wait_for_work``).
         self._after_claim = (
             (ticket, _queues_key(queues), last["next_due"])
             if last is not None and claimed < limit and not excluded
