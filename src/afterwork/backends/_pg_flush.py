@@ -8,9 +8,10 @@ estimate it plans an index join for), every other column of the finishes as one 
 (an array of arrays, matched to its id by position), and the events are built from the
 updated rows instead of being sent. asyncpg encodes an array element by element (an
 ``isinstance`` test against an abstract class each); one JSON text is one C encoder call.
-A stored JSON column (result, error, timeline) travels as a string holding its JSON text:
-nested as JSON, a ``\\u0000`` escape in it would make ``->>`` fail (PostgreSQL de-escapes
-every string of the element it reads).
+The rows are read as ``jsonb`` (parsed once, each field then found directly). A stored
+JSON column (result, error, timeline) travels as a string holding its JSON text, so it
+is stored exactly as the store's encoder made it (``jsonb`` would reorder and respace a
+nested object, and PostgreSQL refuses a nested ``\\u0000`` escape).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def flush_sql(schema: str) -> str:
         "WITH fr AS MATERIALIZED (SELECT e->>0 AS t, e->>1 AS s, (e->>2)::int AS a,"
         " (e->>3)::float8 AS ra, (e->>4)::float8 AS fa, e->>5 AS re, e->>6 AS er, e->>7 AS tl,"
         " (e->>8)::float8 AS ex, e->>9 AS k, n"
-        " FROM json_array_elements($3::json) WITH ORDINALITY AS x(e, n)),"
+        " FROM jsonb_array_elements($3::jsonb) WITH ORDINALITY AS x(e, n)),"
         f" f AS (UPDATE {jobs} j SET status = r.s, attempts = r.a, run_at = r.ra,"
         " finished_at = r.fa, result = r.re, error = r.er, timeline = r.tl, expires_at = r.ex,"
         " worker = NULL, lease_expires_at = NULL,"

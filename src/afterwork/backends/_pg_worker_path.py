@@ -237,6 +237,7 @@ class WorkerPathMixin(Host):
         """Remember the job this process holds the lease of, as it last wrote it."""
         if len(self._held) >= _HELD_MAX:
             self._held.clear()  # forgetting only costs the per-row path
+            self._prebegun.clear()
         self._held[job.id] = (token, job)
 
     def _holding(self, lease: Lease) -> Job | None:
