@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from afterwork import Afterwork, JobStatus
-from afterwork.backends.base import NewJob, Outcome
 from afterwork.backends._sqlite_rows import dumps
+from afterwork.backends.base import NewJob, Outcome
 from afterwork.backends.postgres import PostgresBackend
 from afterwork.job import JobError, new_job_id
 from afterwork.testing import FakeClock
