@@ -154,11 +154,7 @@ class WorkerPathMixin(Host):
 
         # A notification after this ticket may be for a job the claim does not see.
         ticket = self._work.ticket()
-        self._claiming += 1
-        try:
-            rows = await self._statement(claim)
-        finally:
-            self._claiming -= 1
+        rows = await self._claiming_statement(claim)
         claims: list[Claim] = []
         began = claimed = 0
         for row in rows:
@@ -194,6 +190,20 @@ class WorkerPathMixin(Host):
         self._redeliver_cancels(claims)
         claims.sort(key=lambda c: life.ready_order(c.job))
         return claims
+
+    async def _claiming_statement(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[list[Any]]]
+    ) -> list[Any]:
+        """A claim's statement, counted in flight (see ``_redeliver_cancels``)."""
+        self._claiming += 1
+        try:
+            return await self._statement(fn)
+        except BaseException:
+            if self._claiming == 1:
+                self._early_cancels = {}  # no claim of ours to tell them to
+            raise
+        finally:
+            self._claiming -= 1
 
     def _redeliver_cancels(self, claims: Sequence[Claim]) -> None:
         """Cancels pushed while a claim was in flight name jobs the worker did not know it
