@@ -19,7 +19,15 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..__about__ import __version__
 from .._flow import flow_limits, rate_limits
 from .._lifecycle import make_claim
-from ..backends.base import CancelWatch, Claim, Inspector, Outcome, WorkerInfo, WorkerPresence
+from ..backends.base import (
+    CancelWatch,
+    Claim,
+    ClaimBegins,
+    Inspector,
+    Outcome,
+    WorkerInfo,
+    WorkerPresence,
+)
 from ..job import JobError
 from .outage import Outage, reconnect_delay
 from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log_extra
@@ -141,6 +149,7 @@ class Worker:
         self._slot_awaited = False  # someone holds _slot_freed: set and renew it on a free slot
         self._for_room = False  # ... and only room to claim again is worth waking it for
         self._claim_failures = 0  # consecutive failed claims: the next try backs off
+        self._claim_begins = False  # the store's claim may begin the jobs started at once
         self._outage = Outage(self.id)  # one warning per store outage, not one per retry
         self._stopping = anyio.Event()
         self._idle_scope: anyio.CancelScope | None = None
@@ -209,6 +218,7 @@ class Worker:
             extra={"action": "worker_started", "worker": {"id": self.id}},
         )
         backend = self.host.backend
+        self._claim_begins = isinstance(backend, ClaimBegins)
         # Cancel requests made in other processes reach this worker at once where the
         # store can push them (the heartbeat reply covers every store).
         unwatch = (
@@ -289,9 +299,13 @@ class Worker:
     async def _claim(self, room: int, exclude: set[str]) -> list[Claim] | None:
         """Claim up to ``room`` jobs; ``None`` if the store failed (after a backoff)."""
         # ``rates`` only when a task has one: a store without rate limits is still served.
-        rates = {"rates": found} if (found := rate_limits(self.host.tasks)) else {}
+        rates: dict[str, Any] = {"rates": found} if (found := rate_limits(self.host.tasks)) else {}
+        backend = self.host.backend
+        if not self._buffer and self._solo is None and self._claim_begins:
+            # The jobs that will start at once may begin in the claim's own round trip.
+            rates["begin"] = self.concurrency - self._slots
         try:
-            claims = await self.host.backend.claim(
+            claims = await backend.claim(
                 self.id,
                 queues=self.queues,
                 limit=room,

@@ -50,6 +50,10 @@ class Host:
         _finishes: list[tuple[Lease, Outcome | None, asyncio.Future[Any]]]
         _finisher: asyncio.Task[None] | None
         _held: dict[str, tuple[str, Job]]
+        _prebegun: dict[str, str]
+        _claiming: int
+        _early_cancels: dict[str, None]
+        _after_claim: tuple[int, frozenset[str] | None, float | None] | None
         _enqueues: deque[tuple[Sequence[NewJob], asyncio.Future[list[Job]]]]
         _enqueuer: asyncio.Task[None] | None
         _insert_sql: str
@@ -90,6 +94,9 @@ class Host:
             raise NotImplementedError
 
         def _trim_later(self, batch: int) -> None:
+            raise NotImplementedError
+
+        def _deliver_cancel(self, job_id: str) -> None:
             raise NotImplementedError
 
         async def _paused(self, conn: asyncpg.Connection) -> list[str]:

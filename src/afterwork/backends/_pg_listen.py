@@ -80,6 +80,13 @@ class ListenMixin(Host):
             self._pump.poke(int(payload))
 
     def _cancelled(self, job_id: str) -> None:
+        if self._claiming:
+            # It may be a job of that claim, which its worker does not know it holds yet:
+            # the claim tells the worker again when it returns (``_redeliver_cancels``).
+            self._early_cancels[job_id] = None
+        self._deliver_cancel(job_id)
+
+    def _deliver_cancel(self, job_id: str) -> None:
         for callback in list(self._cancel_callbacks):
             try:
                 callback(job_id)
@@ -115,6 +122,19 @@ class ListenMixin(Host):
 
         return await self._read(due)
 
+    async def _wait_after_claim(self, queues: Sequence[str] | None, wait: float) -> bool:
+        """Wait without looking first when the claim just before (for these queues) found
+        fewer jobs than it asked for: nothing was due then, and a notification since its
+        ticket ends the wait. Until the next delayed job is due, or ``wait`` (a poll);
+        ``True``: return to the worker (it may claim), ``False``: look, as usual."""
+        after, self._after_claim = self._after_claim, None
+        if after is None or after[1] != (None if queues is None else frozenset(queues)):
+            return False
+        ticket, _, next_due = after
+        if next_due is not None:
+            wait = min(wait, max(float(next_due) - self.now(), 0.0))
+        return wait <= 0 or await self._work.wait(ticket, wait) or self._pool is None
+
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         """Return when work may be due, or after ``timeout`` seconds.
 
@@ -138,6 +158,8 @@ class ListenMixin(Host):
             await self._work.wait(self._work.ticket(), wait)
             return
         self._flow_wait = self._poll_interval / 2
+        if await self._wait_after_claim(queues, min(deadline - time.monotonic(), interval)):
+            return
         while True:
             ticket = self._work.ticket()
             try:

@@ -18,10 +18,13 @@ import asyncpg
 from .. import _lifecycle as life
 from ..exceptions import BackendError
 from ..job import TERMINAL_STATUSES, Job, JobStatus
-from ._pg_batch import Batch, claim_sql, flush_sql, heartbeat_sql
+from ._pg_batch import claim_sql, heartbeat_sql
+from ._pg_claim import claim_begin_sql
 from ._pg_flow import PgGroups, read_starts, stamp_start
+from ._pg_flush import Flush, flush_sql
 from ._pg_host import _RETRIES, _RETRYABLE, Host
 from ._pg_rows import COLS, Tx, load
+from ._pg_schema import COLUMNS
 from .base import Claim, FlowLimit, HeartbeatReply, Lease, NewJob, Outcome, RateLimit
 
 T = TypeVar("T")
@@ -31,6 +34,11 @@ _FINISH_BATCH = 256
 _Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any]"]
 #: Most leases remembered for set-based finishes (beyond: the per-row path, same result).
 _HELD_MAX = 100_000
+_NCOLS = len(COLUMNS)
+
+
+def _queues_key(queues: Sequence[str] | None) -> frozenset[str] | None:
+    return None if queues is None else frozenset(queues)
 
 
 class WorkerPathMixin(Host):
@@ -96,6 +104,10 @@ class WorkerPathMixin(Host):
             await tx.conn.executemany(f"UPDATE {tx.jobs} SET {assignments} WHERE id = $1", values)
         return claims
 
+    def claims_begin(self) -> bool:
+        """``claim`` takes ``begin=`` (:class:`~afterwork.backends.base.ClaimBegins`)."""
+        return True
+
     async def claim(
         self,
         worker: str,
@@ -106,7 +118,11 @@ class WorkerPathMixin(Host):
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
         rates: Mapping[str, RateLimit] | None = None,
+        begin: int = 0,
     ) -> list[Claim]:
+        """Claim as :meth:`Backend.claim <afterwork.backends.base.Backend.claim>` does;
+        ``begin``: how many of them the worker starts at once (see ``_pg_claim``)."""
+        self._after_claim = None
         if limit <= 0 or (queues is not None and not queues):
             return []
         excluded = list(exclude_tasks)
@@ -116,31 +132,91 @@ class WorkerPathMixin(Host):
             )
         self._flow_skipped = self._conc_skipped = False
         self._rate_next = None
-        # One statement (see ``_pg_batch``): due rows picked, leased and returned.
+        # One statement (see ``_pg_batch``, and ``_pg_claim`` when jobs start at once):
+        # due rows picked, leased (the first ``begin`` of them begun) and returned.
+        begin = max(min(begin, limit), 0)
         where = ["true"]
-        params: list[Any] = []
+        params: list[Any] = (
+            [begin, f"events:{self.schema}", self._channel("events")] if begin else []
+        )
         if queues is not None:
             params.append(list(dict.fromkeys(queues)))
             where.append(f"queue = ANY(${len(params) + 4}::text[])")
         if excluded:
             params.append(excluded)
             where.append(f"NOT (task = ANY(${len(params) + 4}::text[]))")
-        sql = claim_sql(f"{self._s}.jobs", self._s, " AND ".join(where))
+        make = claim_begin_sql if begin else claim_sql
+        sql = make(f"{self._s}.jobs", self._s, " AND ".join(where))
         now = self.now()
 
         async def claim(conn: asyncpg.Connection) -> list[Any]:
             return list(await conn.fetch(sql, worker, now, lease_ttl, limit, *params))
 
+        # A notification after this ticket may be for a job the claim does not see.
+        ticket = self._work.ticket()
+        rows = await self._claiming_statement(claim)
         claims: list[Claim] = []
-        for row in await self._statement(claim):
-            job, problems = load(tuple(row)[:-1])
+        began = claimed = 0
+        for row in rows:
+            values = tuple(row)
+            if values[0] is None:
+                continue  # nothing claimed: the row of ``newest`` and ``next_due`` only
+            claimed += 1
+            job, problems = load(values[:_NCOLS])
+            token = values[_NCOLS]
             if problems:
                 await self._quarantine(job)
                 continue
-            claims.append(Claim(job, row["token"]))
-            self._hold(row["token"], job)
+            self._hold(token, job)
+            if begin and values[_NCOLS + 1]:
+                # Begun by the claim: the worker still gets the claim, and its begin the
+                # begun job (``_handout``); a release before that takes the start back.
+                began += 1
+                self._prebegun[job.id] = token
+                job = replace(job, attempts=job.attempts - 1, started_at=None)
+            claims.append(Claim(job, token))
+        last = rows[-1] if begin and rows else None
+        if began and last is not None:
+            self._pump.poke(int(last["newest"]))
+            if trim := self._count_events(began):
+                self._trim_later(trim)
+        # Fewer than asked: no job was due in these queues when the claim looked, so the
+        # idle worker's wait for work needs not look again (``wait_for_work``).
+        self._after_claim = (
+            (ticket, _queues_key(queues), last["next_due"])
+            if last is not None and claimed < limit and not excluded
+            else None
+        )
+        self._redeliver_cancels(claims)
         claims.sort(key=lambda c: life.ready_order(c.job))
         return claims
+
+    async def _claiming_statement(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[list[Any]]]
+    ) -> list[Any]:
+        """A claim's statement, counted in flight (see ``_redeliver_cancels``)."""
+        self._claiming += 1
+        try:
+            return await self._statement(fn)
+        except BaseException:
+            if self._claiming == 1:
+                self._early_cancels = {}  # no claim of ours to tell them to
+            raise
+        finally:
+            self._claiming -= 1
+
+    def _redeliver_cancels(self, claims: Sequence[Claim]) -> None:
+        """Cancels pushed while a claim was in flight name jobs the worker did not know it
+        held yet: tell it again, once these claims are its own (after this loop turn)."""
+        if not self._early_cancels:
+            return
+        early = self._early_cancels
+        if not self._claiming:
+            self._early_cancels = {}
+        loop = asyncio.get_running_loop()
+        for claim in claims:
+            if claim.job.id in early:
+                loop.call_soon(self._deliver_cancel, claim.job.id)
 
     async def _statement(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """``fn`` (one write statement, in autocommit), retried on a deadlock or
@@ -171,6 +247,7 @@ class WorkerPathMixin(Host):
         """Remember the job this process holds the lease of, as it last wrote it."""
         if len(self._held) >= _HELD_MAX:
             self._held.clear()  # forgetting only costs the per-row path
+            self._prebegun.clear()
         self._held[job.id] = (token, job)
 
     def _holding(self, lease: Lease) -> Job | None:
@@ -253,10 +330,43 @@ class WorkerPathMixin(Host):
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
             return []
+        if self._prebegun:
+            begun = [self._handout(lease) for lease in leases]
+            if all(job is not None for job in begun):
+                return begun  # begun by their claim: no round trip
+            rest = [lease for lease, job in zip(leases, begun, strict=True) if job is None]
+            later = iter(await self.begin(rest))
+            return [job if job is not None else next(later) for job in begun]
         # Starts ride in the same group commit as finishes.
         if len(leases) == 1:
             return [await self._grouped(leases[0], None)]
         return list(await asyncio.gather(*(self._grouped(lease, None) for lease in leases)))
+
+    def _handout(self, lease: Lease) -> Job | None:
+        """The job its claim began, as that claim wrote it; ``None``: begin it here."""
+        if self._prebegun.get(lease.job_id) != lease.token:
+            return None
+        del self._prebegun[lease.job_id]
+        job = self._holding(lease)
+        return job if job is not None and job.started_at is not None else None
+
+    async def _unbegin(self, lease: Lease, outcome: Outcome) -> Job | None:
+        """Finish a job its claim began but the worker never started (released on a stop,
+        or cancelled in the buffer): as the claim left it, with no attempt counted, no
+        timeline entry, and no start time (its ``started`` event stays in the stream)."""
+        self._held.pop(lease.job_id, None)
+
+        async def unbegin(tx: Tx) -> Job | None:
+            job, held = await tx.held(lease.job_id)
+            if job is None or held != lease.token or job.started_at is None:
+                return None
+            claimed = replace(job, attempts=max(job.attempts - 1, 0), started_at=None)
+            change = life.finish(claimed, held=held, token=lease.token, outcome=outcome, now=tx.now)
+            if change is None:
+                return None
+            return await tx.save(job, change.job, kind=change.event, message=change.message)
+
+        return await self._write(unbegin)
 
     async def _begin_one(self, tx: Tx, lease: Lease) -> Job | None:
         job, held = await tx.held(lease.job_id)
@@ -285,6 +395,7 @@ class WorkerPathMixin(Host):
             job = self._holding(lease)
             if lease.job_id in lost:
                 self._held.pop(lease.job_id, None)
+                self._prebegun.pop(lease.job_id, None)
             elif job is not None:
                 self._held[job.id] = (lease.token, replace(job, lease_expires_at=until))
         cancel = frozenset(job_id for job_id, asked in renewed.items() if asked)
@@ -297,6 +408,9 @@ class WorkerPathMixin(Host):
             JobStatus.QUEUED,
         ):
             raise ValueError(f"not an outcome: {status!r}")
+        if self._prebegun.get(lease.job_id) == lease.token:
+            del self._prebegun[lease.job_id]
+            return await self._unbegin(lease, outcome)
         result: Job | None = await self._grouped(lease, outcome)
         if result is not None and self._flow_skipped:
             self._work.notify()  # a slot of a fleet limit is free: claim again
@@ -345,9 +459,9 @@ class WorkerPathMixin(Host):
 
     async def _flush(self, batch: list[_Pending]) -> list[Job | None]:
         """Apply a batch of begins and finishes: one statement when this process holds
-        every lease as it last wrote it (see ``_pg_batch``), else one transaction."""
+        every lease as it last wrote it (see ``_pg_flush``), else one transaction."""
         now = self.now()
-        group = Batch(now)
+        group = Flush()
         seen: set[str] = set()
         changes: list[life.Change] = []
         for lease, outcome, _ in batch:
@@ -360,13 +474,15 @@ class WorkerPathMixin(Host):
                     if outcome is None
                     else life.finish(job, held=token, token=token, outcome=outcome, now=now)
                 )
-            if change is None or change.event is None:
+            if change is None or change.event is None or change.message is not None:
                 return await self._flush_rows(batch)  # not held, twice, or begun already
             seen.add(lease.job_id)
             changes.append(change)
             (group.begin if outcome is None else group.finish)(lease.token, change)
         sql = flush_sql(self._s)
-        args = group.args(f"events:{self.schema}", self._channel("events"), self._channel("work"))
+        args = group.args(
+            now, f"events:{self.schema}", self._channel("events"), self._channel("work")
+        )
 
         async def flush(conn: asyncpg.Connection) -> Any:
             return await conn.fetchrow(sql, *args)

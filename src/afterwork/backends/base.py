@@ -272,6 +272,34 @@ class CancelWatch(Protocol):
 
 
 @runtime_checkable
+class ClaimBegins(Protocol):
+    """Optional: a store whose claim can also begin the jobs the worker starts at once.
+
+    ``begin`` is how many of the claimed jobs (the first, in ready order) the worker will
+    start at once; the store may begin them in the claim's own round trip. The claims
+    returned are still claims (not started): the worker's ``begin`` returns them begun,
+    and a claim released or cancelled before it leaves no attempt behind.
+    """
+
+    def claims_begin(self) -> bool:
+        """A marker: ``claim`` takes ``begin=``."""
+        ...
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_ttl: float,
+        exclude_tasks: Collection[str] = (),
+        limits: Mapping[str, FlowLimit] | None = None,
+        rates: Mapping[str, RateLimit] | None = None,
+        begin: int = 0,
+    ) -> list[Claim]: ...
+
+
+@runtime_checkable
 class QueuePause(Protocol):
     """Paused queues, kept in the store: every worker sharing it obeys, across restarts.
 

@@ -196,6 +196,12 @@ class PostgresBackend(
         self._finishes: list[_Pending] = []
         self._held: dict[str, tuple[str, Job]] = {}
         """Job id → (token, the job as this process last wrote it) for the leases it holds."""
+        self._prebegun: dict[str, str] = {}
+        """Job id → token of the jobs a claim began that the worker has not begun yet."""
+        self._claiming = 0  # claims in flight
+        self._early_cancels: dict[str, None] = {}  # cancels pushed while one was
+        #: After a claim that found fewer jobs than asked: its ticket, queues, next due time.
+        self._after_claim: tuple[int, frozenset[str] | None, float | None] | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._trim_owed = 0  # events to trim, owed to ``_trim_later``
         self._finisher: asyncio.Task[None] | None = None

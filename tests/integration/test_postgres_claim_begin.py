@@ -1,0 +1,268 @@
+"""A claim that also begins the jobs a worker starts at once (``backends/_pg_claim.py``).
+
+The worker still sees claims, then begun jobs from its ``begin``; what the store records
+must not depend on whether the claim began them: a claim released or cancelled before
+the worker's ``begin`` leaves no attempt, and a cancel pushed while the claim was in
+flight reaches the worker once the claim is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from afterwork import Afterwork, JobStatus
+from afterwork.backends._sqlite_rows import dumps
+from afterwork.backends.base import NewJob, Outcome
+from afterwork.backends.postgres import PostgresBackend
+from afterwork.job import JobError, new_job_id
+from afterwork.testing import FakeClock
+
+from ..waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+def new(**fields: Any) -> NewJob:
+    return NewJob(id=new_job_id(), task="t", **fields)
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, FakeClock]]:
+    clock = FakeClock()
+    aw = Afterwork(f"{postgres_url}?schema=c{uuid.uuid4().hex[:12]}", clock=clock)
+    async with aw:
+        assert isinstance(aw.backend, PostgresBackend)
+        yield aw.backend, clock
+
+
+async def started_events(backend: PostgresBackend) -> list[str]:
+    async with backend._conn() as conn:
+        rows = await conn.fetch(
+            f"SELECT job_id FROM {backend._s}.events WHERE kind = 'started' ORDER BY id"
+        )
+    return [row[0] for row in rows]
+
+
+async def test_a_claim_begins_the_first_jobs_and_the_worker_still_gets_claims(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, _ = store
+    jobs = await backend.enqueue([new(priority=3 - n) for n in range(3)])
+    claims = await backend.claim("w", queues=None, limit=3, lease_ttl=30.0, begin=2)
+    assert [c.job.id for c in claims] == [j.id for j in jobs]
+    assert all(c.job.attempts == 0 and c.job.started_at is None for c in claims)
+    stored = [await backend.get(j.id) for j in jobs]
+    assert [s.attempts if s else None for s in stored] == [1, 1, 0]
+    assert [s.started_at is not None if s else None for s in stored] == [True, True, False]
+    assert await started_events(backend) == [jobs[0].id, jobs[1].id]
+    begun = await backend.begin([c.lease for c in claims])
+    assert [b.attempts if b else None for b in begun] == [1, 1, 1]
+    assert all(b is not None and b.started_at is not None for b in begun)
+    # Beginning the begun ones again changes nothing; the third began in its own write.
+    assert await started_events(backend) == [j.id for j in jobs]
+    done = await backend.finish(claims[0].lease, Outcome.succeeded(1))
+    assert done is not None and done.attempts == 1
+    assert [a.outcome for a in done.timeline] == ["succeeded"]
+
+
+async def test_a_claim_released_before_its_begin_leaves_no_attempt(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, _ = store
+    (job,) = await backend.enqueue([new(max_attempts=2)])
+    (claim,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0, begin=5)
+    back = await backend.finish(claim.lease, Outcome.released())
+    assert back is not None and back.status is JobStatus.QUEUED
+    stored = await backend.get(job.id)
+    assert stored is not None and stored.status is JobStatus.QUEUED
+    assert stored.attempts == 0 and stored.started_at is None and stored.timeline == ()
+    assert stored.worker is None
+    # It is claimed and run as if it had never been.
+    (again,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0)
+    (begun,) = await backend.begin([again.lease])
+    assert begun is not None and begun.attempts == 1
+
+
+async def test_a_begun_claim_cancelled_before_its_begin_leaves_no_attempt(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, _ = store
+    (job,) = await backend.enqueue([new()])
+    (claim,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0, begin=1)
+    error = JobError.from_message("afterwork.Cancelled", "cancelled before it started")
+    done = await backend.finish(claim.lease, Outcome.cancelled(error))
+    assert done is not None and done.status is JobStatus.CANCELLED
+    stored = await backend.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELLED
+    assert stored.attempts == 0 and stored.started_at is None and stored.timeline == ()
+
+
+async def test_a_job_that_runs_alone_is_not_begun_by_the_claim(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, clock = store
+    first, second = await backend.enqueue([new(priority=1), new()])
+    (claim,) = await backend.claim("w", queues=None, limit=1, lease_ttl=10.0)
+    assert (await backend.begin([claim.lease]))[0] is not None
+    clock.advance(11)
+    (recovered,) = await backend.recover_expired(max_recoveries=3)
+    assert recovered.id == first.id and recovered.recoveries == 1
+    claims = await backend.claim("w2", queues=None, limit=5, lease_ttl=10.0, begin=5)
+    assert [c.job.id for c in claims] == [first.id, second.id]
+    for job in (first, second):
+        stored = await backend.get(job.id)
+        assert stored is not None and stored.status is JobStatus.RUNNING
+        assert stored.started_at is None  # the worker begins them as it admits them
+
+
+@pytest.fixture
+async def app(postgres_url: str) -> AsyncIterator[tuple[Afterwork, str]]:
+    url = f"{postgres_url}?schema=c{uuid.uuid4().hex[:12]}"
+    aw = Afterwork(url, lease_ttl=60.0, poll_interval=0.05)
+    async with aw:
+        yield aw, postgres_url
+
+
+class ClaimBlocked:
+    """Holds the ``paused`` table locked (every claim reads it) until released."""
+
+    def __init__(self, url: str, backend: PostgresBackend) -> None:
+        self.url, self.backend = url, backend
+        self.conn: asyncpg.Connection | None = None
+        self.tx: Any = None
+
+    async def __aenter__(self) -> ClaimBlocked:
+        self.conn = await asyncpg.connect(self.url)
+        self.tx = self.conn.transaction()
+        await self.tx.start()
+        await self.conn.execute(f"LOCK TABLE {self.backend._s}.paused IN ACCESS EXCLUSIVE MODE")
+        return self
+
+    async def waiting(self) -> bool:
+        """Whether a claim waits for the lock."""
+        assert self.conn is not None
+        async with self.backend._conn() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::regclass",
+                    f"{self.backend._s}.paused",
+                )
+            )
+
+    async def release(self) -> None:
+        if self.tx is not None:
+            await self.tx.commit()
+            self.tx = None
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+        assert self.conn is not None
+        await self.conn.close()
+
+
+async def test_a_worker_stopped_while_its_claim_runs_leaves_no_attempt(
+    app: tuple[Afterwork, str],
+) -> None:
+    aw, url = app
+    assert isinstance(aw.backend, PostgresBackend)
+
+    @aw.task
+    async def work() -> None:
+        raise AssertionError("a stopped worker starts nothing")
+
+    async with ClaimBlocked(url, aw.backend) as blocked:
+        async with aw.worker(concurrency=4) as worker:
+            job = await work.enqueue()
+            await eventually(blocked.waiting, timeout=10, interval=0.01)
+            worker.stop()
+            await blocked.release()
+    stored = await aw.get_job(job.id)
+    assert stored is not None and stored.status is JobStatus.QUEUED
+    assert stored.attempts == 0 and stored.timeline == () and stored.started_at is None
+
+
+async def test_a_cancel_pushed_while_the_claim_runs_stops_the_job_at_once(
+    app: tuple[Afterwork, str],
+) -> None:
+    aw, url = app
+    backend = aw.backend
+    assert isinstance(backend, PostgresBackend)
+
+    @aw.task
+    async def work() -> None:
+        await anyio.sleep_forever()
+
+    pushed = anyio.Event()
+    backend.watch_cancels(lambda _job_id: pushed.set())
+    async with ClaimBlocked(url, backend) as blocked, aw.worker(concurrency=4):
+        job = await work.enqueue()
+        await eventually(blocked.waiting, timeout=10, interval=0.01)
+        # As a cancel committed just after the claim, pushed before its reply is read.
+        async with backend._conn() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", backend._channel("cancel"), job.id)
+        with anyio.fail_after(10):
+            await pushed.wait()
+        await blocked.release()
+
+        async def cancelled() -> bool:
+            done = await aw.get_job(job.id)
+            return done is not None and done.status is JobStatus.CANCELLED
+
+        # Well before the next heartbeat (20 s): the worker was told again.
+        await eventually(cancelled, timeout=10, interval=0.01)
+
+
+async def test_a_flushed_finish_stores_the_encoders_text_and_its_events_in_order(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    backend, _ = store
+    result = {"b": 1, "a": [1.5, "é\u0000", None, True], "n": None}
+    jobs = await backend.enqueue([new(max_attempts=3), new(), new()])
+    claims = await backend.claim("w", queues=None, limit=3, lease_ttl=30.0)
+    assert all(job is not None for job in await backend.begin([c.lease for c in claims]))
+    error = JobError.from_message("E", "boom ☃")
+    done = await asyncio.gather(
+        backend.finish(claims[0].lease, Outcome.retry(error, delay=5.0)),
+        backend.finish(claims[1].lease, Outcome.succeeded(result)),
+        backend.finish(claims[2].lease, Outcome.succeeded(None)),
+    )
+    assert [d.status if d else None for d in done] == [
+        JobStatus.SCHEDULED,
+        JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+    ]
+    async with backend._conn() as conn:
+        rows = {
+            row["id"]: row
+            for row in await conn.fetch(
+                f"SELECT id, result, error, timeline, attempts FROM {backend._s}.jobs"
+            )
+        }
+        kinds = await conn.fetch(
+            f"SELECT kind, job_id, attempts FROM {backend._s}.events"
+            " WHERE kind <> 'enqueued' ORDER BY id"
+        )
+    assert rows[jobs[1].id]["result"] == dumps(result)
+    assert rows[jobs[2].id]["result"] is None and rows[jobs[0].id]["result"] is None
+    assert rows[jobs[0].id]["error"] == dumps(error.to_dict())
+    stored = [await backend.get(job.id) for job in jobs]
+    assert stored[1] is not None and stored[1].result == result
+    assert stored[0] is not None and stored[0].error == error
+    assert [[a.outcome for a in s.timeline] if s else None for s in stored] == [
+        ["retrying"],
+        ["succeeded"],
+        ["succeeded"],
+    ]
+    assert [(k["kind"], k["job_id"]) for k in kinds] == [
+        *(("started", job.id) for job in jobs),
+        ("retrying", jobs[0].id),
+        ("succeeded", jobs[1].id),
+        ("succeeded", jobs[2].id),
+    ]
