@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,9 +17,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from afterwork import Afterwork, JobStatus
-from afterwork._engine.writebehind import START_AFTER
+from afterwork import Afterwork, Job, JobStatus
+from afterwork import _lifecycle as life
+from afterwork._engine.inline import InlineRunner
+from afterwork._engine.writebehind import START_AFTER, started_job
 from afterwork.fastapi import Jobs
+from afterwork.job import new_job_id
 
 from ..waiting import eventually
 
@@ -133,3 +137,43 @@ async def test_an_unwritten_job_can_be_cancelled_from_its_process(tmp_path: Path
         done = await aw.wait_for_job(job_id, timeout=WAIT)
         # A thread cannot be stopped: the job is recorded as cancelled when it returns.
         assert done.status is JobStatus.CANCELLED
+
+
+def test_a_plain_job_starts_as_start_now_makes_it() -> None:
+    # The write-behind builds the started job in one record: the same job, field by field.
+    new = InlineRunner.plain_job("0" * 32, "tests:note", ("u", 3), {"k": [1, "x"]})
+    made = started_job(new, "web-1", 1_700_000_000.25, 30.0)
+    expected = life.start_now(new, worker="web-1", now=1_700_000_000.25, lease_ttl=30.0).job
+    for item in dataclasses.fields(Job):
+        assert getattr(made, item.name) == getattr(expected, item.name), item.name
+    assert made.args is not new.args and made.kwargs is not new.kwargs
+
+
+async def test_an_ended_unwritten_job_is_built_only_when_asked_for(tmp_path: Path) -> None:
+    aw = Afterwork(f"sqlite:///{tmp_path / 'jobs.db'}")
+    async with aw:
+        inline = aw.local_runs.inline
+        job_id = new_job_id()
+        # The request path's call: the run returns nothing, its outcome is kept as it is.
+        assert (
+            await inline.run(job_id, note, ("u1",), {}, name="n", is_async=False, returns=False)
+            is None
+        )
+        record = inline.behind.record(job_id)
+        assert record is not None and record.outcome is not None and record.ended is None
+        assert record.job.status is JobStatus.RUNNING  # the job as it ran
+        job = await aw.get_job(job_id)  # built now, from the record
+        assert job is not None and job.status is JobStatus.SUCCEEDED
+        assert job.result == "noted u1" and job.finished_at == record.finished_at
+        assert record.ended is not None
+        await aw.join(timeout=WAIT)
+        row = await aw.backend.get(job_id)
+        assert row is not None
+        for name in ("status", "result", "attempts", "worker", "error", "args"):
+            assert getattr(row, name) == getattr(job, name), name
+        assert [a.outcome for a in row.timeline] == [a.outcome for a in job.timeline]
+        # Asked for its result, the run builds the ended job and returns it, as before.
+        other = new_job_id()
+        done = await inline.run(other, note, ("u2",), {}, name="n", is_async=False)
+        assert done is not None and done.status is JobStatus.SUCCEEDED
+        assert done.result == "noted u2"

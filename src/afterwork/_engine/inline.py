@@ -8,17 +8,20 @@ else can run a plain callable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 
 from ..backends.base import Claim, Lease, NewJob, Outcome
-from ..job import Job, JobError
+from ..job import Job, JobError, JobStatus
 from ..task import TaskOptions
 from .runner import CANCEL, JobRun, Runner, apply_heartbeat
+from .runner import logger as _runner_logger
 from .worker import worker_id
 from .writebehind import WriteBehind
 
@@ -58,7 +61,20 @@ class _LocalRunner(Runner):
         ended = await self.behind.finish(run.claim.lease, outcome)
         if isinstance(ended, Lease):
             return await self.host.backend.finish(ended, outcome)
-        return ended
+        return None if ended is None else ended.current()
+
+    async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
+        # The hot path of a plain callable: it succeeded, its row is not written yet, and
+        # no line is logged for it. Its outcome is kept in memory as it is; the ended job
+        # is built only if asked for (``aw.get_job``), the row by the write-behind.
+        if (
+            outcome.status is JobStatus.SUCCEEDED
+            and not _runner_logger.isEnabledFor(logging.INFO)
+            and self.behind.end_now(run.claim.lease, outcome)
+        ):
+            run.recording = True
+            return None
+        return await super()._record(run, outcome, exc)
 
 
 class InlineRunner:
@@ -77,6 +93,7 @@ class InlineRunner:
             host, worker_id=self.id, limiter=anyio.CapacityLimiter(THREADS), rng=host.rng
         )
         self._runner.behind = self.behind
+        self._new_scope: Callable[[], anyio.CancelScope] | None = None
 
     def _written(self, job_id: str, token: str) -> None:
         """A running job's start was written with the store's own lease token."""
@@ -101,24 +118,49 @@ class InlineRunner:
         *,
         name: str,
         is_async: bool,
+        returns: bool = True,
     ) -> Job | None:
         """Record ``func(*args, **kwargs)`` as job ``job_id``, run it here, record its end.
 
         The arguments are stored as their ``repr`` (they stay in memory, need not be JSON).
-        Returns the finished job, or ``None`` if its lease was lost.
+        Returns the finished job, or ``None`` if its lease was lost; with ``returns=False``,
+        ``None`` (the request path: an ended job kept in memory is then built only if
+        asked for, ``aw.get_job``; most are only ever written).
         """
-        options = _OPTIONS
         new = self.plain_job(job_id, name, args, kwargs)
         lease_ttl = self.host.config.lease_ttl
         if self.behind.usable():
             claim = self.behind.begin(new, lease_ttl)  # its row is written later, in a group
         else:
             claim = await self.host.backend.start(new, self.id, lease_ttl=lease_ttl)
+        if not is_async:
+            # A sync callable runs in a worker thread, awaited as an async call (no timeout,
+            # nothing injected: the runner awaits it directly, within the job's scope). On
+            # a cancel the thread is abandoned, as the runner's own thread call does.
+            func = self._in_thread(func)
+        new_scope = self._new_scope
+        if new_scope is None:  # ``anyio.CancelScope()`` looks the library up each time
+            new_scope = self._new_scope = type(anyio.CancelScope())
+        runner, options = self._runner, _OPTIONS
 
         async def call(run: JobRun) -> Job | None:
-            return await self._runner.execute(run, func, args, kwargs, options, is_async=is_async)
+            return await runner.execute(run, func, args, kwargs, options, is_async=True)
 
-        return await self._supervised(JobRun(claim), call)
+        finished = await self._supervised(JobRun(claim, new_scope()), call)
+        if finished is None and returns:  # ended in memory (or its lease lost)
+            record = self.behind.record(job_id)
+            if record is not None and record.outcome is not None:
+                finished = record.current().bind(self.host)
+        return finished if returns else None
+
+    def _in_thread(self, func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        limiter = self._runner.limiter
+
+        async def in_thread(*args: Any, **kwargs: Any) -> Any:
+            call = functools.partial(func, *args, **kwargs)
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=limiter)
+
+        return in_thread
 
     @staticmethod
     def plain_job(job_id: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewJob:

@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .. import _lifecycle as life
+from .._records import maker
 from ..backends.base import Claim, Lease, NewJob, Outcome
-from ..job import Job
+from ..job import Job, JobStatus
 
 if TYPE_CHECKING:
     from .host import Host
@@ -61,7 +62,8 @@ class LocalRecord:
     lease_ttl: float
     started_at: float
     job: Job
-    """The job as it is now (running, or ended)."""
+    """The job as it ran (started, and asked to cancel if it was): :meth:`current` is the
+    job as it is now."""
     outcome: Outcome | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
@@ -69,6 +71,22 @@ class LocalRecord:
     """``loop.time()`` when it began (when its start is due to be written)."""
     writing: asyncio.Event | None = None
     """Set while the start of this running job is being written (its end waits for it)."""
+    ended: Job | None = None
+    """The ended job, once asked for (built on demand: most are only ever written)."""
+
+    def current(self) -> Job:
+        """The job as it is now: running, or ended with its ``outcome``."""
+        if self.outcome is None or self.finished_at is None:
+            return self.job
+        ended = self.ended
+        if ended is None:
+            token = self.token
+            change = life.finish(
+                self.job, held=token, token=token, outcome=self.outcome, now=self.finished_at
+            )
+            assert change is not None  # the record's own token, and its job running
+            ended = self.ended = change.job
+        return ended
 
 
 @runtime_checkable
@@ -118,7 +136,7 @@ class WriteBehind:
     def begin(self, new: NewJob, lease_ttl: float) -> Claim:
         """Start ``new`` here, unwritten: its claim, decided in memory."""
         now = self.host.backend.now()
-        job = life.start_now(new, worker=self.worker, now=now, lease_ttl=lease_ttl).job
+        job = started_job(new, self.worker, now, lease_ttl)
         token = os.urandom(16).hex()
         loop = self._loop or asyncio.get_running_loop()
         record = LocalRecord(new, self.worker, token, lease_ttl, now, job, began=loop.time())
@@ -128,10 +146,11 @@ class WriteBehind:
             self._timer = loop.call_later(START_AFTER, self._timer_fired)
         return Claim(job, token)
 
-    async def finish(self, lease: Lease, outcome: Outcome) -> Job | Lease | None:
+    async def finish(self, lease: Lease, outcome: Outcome) -> LocalRecord | Lease | None:
         """End a job started here: in memory if its row is not written yet (the flusher
-        writes it; the ended job is returned). If its row is written, the lease the store
-        holds is returned instead: the caller writes the outcome to the store with it."""
+        writes it; its record is returned, :meth:`LocalRecord.current` the ended job). If
+        its row is written, the lease the store holds is returned instead: the caller
+        writes the outcome to the store with it. ``None``: not ours to end (any more)."""
         while True:
             record = self._records.get(lease.job_id)
             if record is None:
@@ -140,24 +159,39 @@ class WriteBehind:
                 break
             await record.writing.wait()  # its start is being written: then to the store
             lease = Lease(lease.job_id, record.token)
-        if record.outcome is not None or record.token != lease.token:
-            return None
-        now = self.host.backend.now()
-        change = life.finish(
-            record.job, held=record.token, token=record.token, outcome=outcome, now=now
-        )
-        if change is None:  # pragma: no cover - the record is ours and running
-            return None
-        record.outcome, record.finished_at, record.job = outcome, now, change.job
-        self._poke()
-        return change.job
+        return record if self.end_now(lease, outcome) else None
+
+    def end_now(self, lease: Lease, outcome: Outcome) -> bool:
+        """End an unwritten job in memory, now, if ``lease`` holds it and its start is not
+        being written; ``False`` (nothing changed) otherwise.
+
+        Only the outcome and its time are kept: the ended job is built if asked for
+        (:meth:`get`), the row by the flusher.
+        """
+        record = self._records.get(lease.job_id)
+        if (
+            record is None
+            or record.writing is not None
+            or record.outcome is not None
+            or record.token != lease.token
+        ):
+            return False
+        record.outcome, record.finished_at = outcome, self.host.backend.now()
+        record.ended = None
+        if self._wake is not None:
+            self._wake.set()
+        return True
 
     # -- what the app asks ---------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         """The job as this process knows it, if its row is not written yet."""
         record = self._records.get(job_id)
-        return None if record is None else record.job
+        return None if record is None else record.current()
+
+    def record(self, job_id: str) -> LocalRecord | None:
+        """The record of a job run here whose row is not written yet."""
+        return self._records.get(job_id)
 
     def request_cancel(self, job_id: str) -> Job | None:
         """Mark an unwritten running job as asked to cancel (the caller stops its run)."""
@@ -167,7 +201,7 @@ class WriteBehind:
         if record.outcome is None:
             record.cancel_requested = True
             record.job = replace(record.job, cancel_requested=True)
-        return record.job
+        return record.current()
 
     @property
     def unwritten(self) -> int:
@@ -285,6 +319,41 @@ class WriteBehind:
 
         for at in range(0, len(records), GENERIC_CONCURRENCY):  # within any pool's size
             await asyncio.gather(*(one(r) for r in records[at : at + GENERIC_CONCURRENCY]))
+
+
+def started_job(new: NewJob, worker: str, now: float, lease_ttl: float) -> Job:
+    """The job ``life.start_now`` makes of ``new`` (no delay), built at once: created,
+    claimed and started in one record (``tests/unit/test_writebehind.py`` compares them)."""
+    if new.delay != 0.0:
+        return life.start_now(new, worker=worker, now=now, lease_ttl=lease_ttl).job
+    return _make_started(
+        new.id,
+        new.task,
+        new.queue,
+        JobStatus.RUNNING,
+        list(new.args),
+        dict(new.kwargs),
+        new.priority,
+        new.max_attempts,
+        new.key,
+        now,
+        now + 0.0,
+        new.timeout,
+        new.result_ttl,
+        dict(new.headers),
+        worker,
+        now + lease_ttl,
+        1,
+        now,
+    )
+
+
+_make_started: Callable[..., Job] = maker(
+    Job,
+    ("id", "task", "queue", "status", "args", "kwargs", "priority", "max_attempts", "key",
+     "created_at", "run_at", "timeout", "result_ttl", "headers", "worker", "lease_expires_at",
+     "attempts", "started_at"),
+)  # fmt: skip
 
 
 def local_changes(

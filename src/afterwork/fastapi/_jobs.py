@@ -18,7 +18,7 @@ from .._engine.dependencies import Dependency, dependencies_of, resolve
 from ..app import served_by
 from ..backends.base import NewJob
 from ..exceptions import BackendError, DependencyError
-from ..job import Job, new_job_id
+from ..job import new_job_id
 from ..task import Task
 
 if TYPE_CHECKING:
@@ -338,11 +338,17 @@ class JobsManager:
 
     async def _run_inline(
         self, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Job | None:
+    ) -> None:
         """Run a plain callable here and now, tracked as a job (see ``_engine/inline.py``)."""
         await self.aw.open()
-        return await self.aw.local_runs.inline.run(
-            job_id, func, args, kwargs, name=_describe(func), is_async=_is_async_callable(func)
+        await self.aw.local_runs.inline.run(
+            job_id,
+            func,
+            args,
+            kwargs,
+            name=_describe(func),
+            is_async=_is_async_callable(func),
+            returns=False,
         )
 
     async def finish_request(self) -> None:
