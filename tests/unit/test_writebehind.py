@@ -12,12 +12,13 @@ import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from afterwork import Afterwork, Job, JobStatus
+from afterwork import Afterwork, Job, JobCall, JobStatus
 from afterwork import _lifecycle as life
 from afterwork._engine.inline import InlineRunner
 from afterwork._engine.writebehind import START_AFTER, started_job
@@ -177,3 +178,26 @@ async def test_an_ended_unwritten_job_is_built_only_when_asked_for(tmp_path: Pat
         done = await inline.run(other, note, ("u2",), {}, name="n", is_async=False)
         assert done is not None and done.status is JobStatus.SUCCEEDED
         assert done.result == "noted u2"
+
+
+async def test_a_middleware_gets_a_plain_job_as_it_ended(tmp_path: Path) -> None:
+    aw = Afterwork(f"sqlite:///{tmp_path / 'jobs.db'}")
+    seen: list[tuple[str, JobStatus | None]] = []
+
+    @aw.middleware
+    async def watch(call: JobCall, call_next: Any) -> Any:
+        job = await call_next()
+        seen.append((call.kind, None if job is None else job.status))
+        return job
+
+    app = FastAPI(lifespan=aw.lifespan)
+
+    @app.post("/note/{user}")
+    async def route(user: str, jobs: Jobs) -> dict[str, str]:
+        return {"id": jobs.add_task(note, user).id}
+
+    async with app.router.lifespan_context(app), client(app) as http:
+        job_id = (await http.post("/note/u1")).json()["id"]
+        assert seen == [("attempt", JobStatus.SUCCEEDED)]
+        job = await aw.get_job(job_id)
+        assert job is not None and job.status is JobStatus.SUCCEEDED and job.result == "noted u1"

@@ -64,12 +64,14 @@ class _LocalRunner(Runner):
         return None if ended is None else ended.current()
 
     async def _record(self, run: JobRun, outcome: Outcome, exc: BaseException | None) -> Job | None:
-        # The hot path of a plain callable: it succeeded, its row is not written yet, and
-        # no line is logged for it. Its outcome is kept in memory as it is; the ended job
-        # is built only if asked for (``aw.get_job``), the row by the write-behind.
+        # The hot path of a plain callable: it succeeded, its row is not written yet, no
+        # line is logged for it and no middleware awaits the ended job. Its outcome is
+        # kept in memory as it is; the ended job is built only if asked for
+        # (``aw.get_job``), the row by the write-behind.
         if (
             outcome.status is JobStatus.SUCCEEDED
             and not _runner_logger.isEnabledFor(logging.INFO)
+            and not self.host.middleware_chain
             and self.behind.end_now(run.claim.lease, outcome)
         ):
             run.recording = True
