@@ -366,9 +366,7 @@ def local_changes(
     ``exact`` rounds a time as the store keeps it (so the change is computed from the job
     exactly as stored, as the generic path computes it from the store's reply).
     """
-    created = life.start_now(
-        record.new, worker=record.worker, now=exact(record.started_at), lease_ttl=record.lease_ttl
-    ).job
+    created = started_job(record.new, record.worker, exact(record.started_at), record.lease_ttl)
     if record.outcome is not None and record.finished_at is not None:
         token = record.token
         ended = life.finish(
