@@ -133,3 +133,39 @@ def test_a_dependency_adding_a_task_after_its_yield_runs_it() -> None:
     for job_id in ids:
         job = aw.run_sync(lambda job_id=job_id: aw.get_job(job_id))  # type: ignore[misc]
         assert job is not None and job.status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("last", ["job", "starlette", "none ran"])
+async def test_a_task_added_after_the_background_tasks_ran_says_so(last: str) -> None:
+    # The request's background tasks mark that they ran: by the run of the last of them
+    # when it is a job's, by a marker task otherwise; a task added later never runs.
+    from fastapi import BackgroundTasks
+
+    from afterwork.fastapi import JobsManager
+
+    aw = Afterwork("memory://")
+    async with aw:
+        background = BackgroundTasks()
+        manager = JobsManager(aw, background)
+        manager._managed = True
+        ran: list[str] = []
+        if last == "starlette":
+            manager.add_task(ran.append, "early")
+            background.add_task(ran.append, "starlette")
+        else:
+            background.add_task(ran.append, "starlette")
+            manager.add_task(ran.append, "early")
+        manager._mark_when_background_ran()  # the route returned
+        if last != "none ran":
+            await background()
+        late = manager.add_task(ran.append, "late").id
+        await manager.finish_request()
+        job = await aw.get_job(late)
+        assert job is not None and job.status is JobStatus.CANCELLED
+        assert job.error is not None and job.error.type == "afterwork.NeverRun"
+        if last == "none ran":
+            assert "background of its own" in job.error.message
+        else:
+            assert sorted(ran) == ["early", "starlette"]
+            assert "after the request's background tasks had run" in job.error.message

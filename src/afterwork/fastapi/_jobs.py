@@ -224,6 +224,8 @@ class JobsManager:
         self._managed = False  # the ``Jobs`` dependency stores ``_new`` before the response
         self._late_store = False  # a manager built by hand stores ``_new`` after it
         self._background_ran = False  # the request's background tasks ran to our marker
+        self._tail: tuple[object, str] | None = None  # the last task queued here, its id
+        self._marker_id: str | None = None  # an entry whose run is our marker (see below)
         self._over = False  # the request is over: nothing can be added
 
     async def store(self) -> None:
@@ -284,7 +286,20 @@ class JobsManager:
 
     def _queue(self, entry: _Plain | NewJob) -> None:
         self._pending[entry.id] = entry
-        self._background.add_task(self._run_entry, entry.id)
+        background = self._background
+        background.add_task(self._run_entry, entry.id)
+        self._tail = (background.tasks[-1], entry.id)
+
+    def _mark_when_background_ran(self) -> None:
+        """When the route returned: have the request's background tasks mark, once they all
+        ran, that they did. If the last of them is one of ours, its run is the mark (it
+        runs last, and nothing can stop the tasks between it and a marker after it);
+        otherwise a marker task is added."""
+        tasks, tail = self._background.tasks, self._tail
+        if tail is not None and tasks and tasks[-1] is tail[0] and tail[1] in self._pending:
+            self._marker_id = tail[1]
+        else:
+            self._background.add_task(self._mark_background_ran)
 
     async def _mark_background_ran(self) -> None:
         self._background_ran = True
@@ -299,6 +314,8 @@ class JobsManager:
     async def _run_entry(self, job_id: str) -> None:
         entry = self._pending.pop(job_id, None)
         if entry is None:
+            if job_id == self._marker_id:
+                self._background_ran = True
             return
         try:
             if isinstance(entry, _Plain):
@@ -316,6 +333,8 @@ class JobsManager:
                 entry.id,
                 extra={"action": "add_task_failed", "job": {"id": entry.id}},
             )
+        if job_id == self._marker_id:  # the request's last background task ran
+            self._background_ran = True
 
     def _with_dependencies(
         self, func: Callable[..., Any], plans: Mapping[str, Dependency]
@@ -442,7 +461,7 @@ async def _jobs_dependency(request: Request, background: BackgroundTasks) -> Job
         if manager._new:  # registered tasks' jobs, stored before the response
             with anyio.CancelScope(shield=True):
                 await manager.store()
-        background.add_task(manager._mark_background_ran)
+        manager._mark_when_background_ran()
         return False
 
     function.push_async_exit(route_returned)
