@@ -16,7 +16,15 @@ import asyncpg
 
 from ..exceptions import BackendError, BackendUnavailable, EnqueueError
 from ..job import Job
-from ._pg_enqueue import created, needs_transaction, params, settle, while_sent
+from ._pg_enqueue import (
+    created,
+    insert_one_statement,
+    needs_transaction,
+    one_params,
+    params,
+    settle,
+    while_sent,
+)
 from ._pg_host import _RETRIES, _RETRYABLE, Host
 from ._pg_psycopg import as_psycopg
 from ._pg_rows import Tx
@@ -168,6 +176,8 @@ class EnqueueMixin(Host):
         first; an id already stored (the retry of an enqueue whose reply was lost) fails
         it whole, and the statement with ``ON CONFLICT`` runs instead.
         """
+        if len(jobs) == 1:
+            return await self._insert_one_on(conn, jobs[0], now, alone=alone)
         columns, headers = params(jobs, now)
         keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
         args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
@@ -192,6 +202,29 @@ class EnqueueMixin(Host):
         if count and (batch := self._count_events(count)):
             await self._trim_events(conn, batch)
         return out, (None if newest is None else int(newest))
+
+    async def _insert_one_on(
+        self, conn: asyncpg.Connection, new: NewJob, now: float, *, alone: bool
+    ) -> tuple[list[Job | None], int | None]:
+        """:meth:`_insert_on` of one job: its own statement, with scalar parameters
+        (:func:`~._pg_enqueue.insert_one_statement`), the same row, event, notification,
+        conflicts and errors."""
+        args = (*one_params(new, now), f"events:{self.schema}", self._channel("work"))
+        newest: int | None = None
+        inserted = False
+        if alone and new.key is None:  # as a keyless batch: ``ON CONFLICT`` only if needed
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                newest = await conn.fetchval(insert_one_statement(self._s, conflicts=False), *args)
+                inserted = True
+        if not inserted:
+            newest = await conn.fetchval(insert_one_statement(self._s), *args)
+        (job,) = created((new,), now, self.job_owner)
+        if newest is None:  # not inserted: what it met
+            (met,) = await settle(conn, self._s, [job])
+            return [met], None
+        if batch := self._count_events(1):
+            await self._trim_events(conn, batch)
+        return [job], int(newest)
 
     async def _settle_missing(
         self, conn: asyncpg.Connection, made: list[Job], inserted: set[str]
