@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from afterwork import Afterwork, JobStatus
-from afterwork.backends import from_url
+from afterwork.backends import _pg_enqueue_path, from_url
 from afterwork.backends._pg_schema import SCHEMA_VERSION
 from afterwork.backends.base import NewJob
 from afterwork.backends.postgres import PostgresBackend
@@ -263,6 +263,31 @@ async def test_enqueues_one_after_another_reuse_one_pool_connection_given_back_o
     with anyio.fail_after(1.0):  # the pool's close does not wait for the kept connection
         await store.aclose()
     assert store._kept is None and pool._closed
+
+
+async def test_the_kept_connection_has_one_timer_for_a_run_and_goes_back_once_unused(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep_for = 60.0  # no timer fires by itself during the test, however slow the machine
+    monkeypatch.setattr(_pg_enqueue_path, "_KEEP_FOR", keep_for)
+    await store.enqueue([new()])
+    timer = store._letting_go
+    assert store._kept is not None and timer is not None
+    for _ in range(3):
+        await store.enqueue([new()])
+    assert store._letting_go is timer  # not set and cancelled again per statement
+    timer.cancel()
+    store._let_go()  # used within the last _KEEP_FOR: kept, looked at again then
+    assert store._kept is not None and store._letting_go is not None
+    assert store._letting_go.when() == pytest.approx(store._kept_at + keep_for)
+    store._letting_go.cancel()
+    store._kept_at -= keep_for  # unused for _KEEP_FOR: given back
+    store._let_go()
+    assert store._kept is None and store._letting_go is None
+    assert store._giving_back is not None
+    await store._giving_back
+    await store.enqueue([new()])  # taken from the pool again, kept again
+    assert store._kept is not None and store._letting_go is not None
 
 
 async def test_a_pool_of_one_connection_keeps_none_for_enqueues(postgres_url: str) -> None:

@@ -52,6 +52,8 @@ class EnqueueMixin(Host):
     #: The pool connection the enqueue statements keep between them, and its pool.
     _kept: tuple[asyncpg.Pool, Any] | None = None
     _letting_go: asyncio.TimerHandle | None = None
+    #: The loop's time when the kept connection was last handed back by a statement.
+    _kept_at: float = 0.0
     _giving_back: asyncio.Task[None] | None = None
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
@@ -71,7 +73,6 @@ class EnqueueMixin(Host):
         if needs_transaction(jobs):
             return await self._write(partial(_insert_each, jobs))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Job]] = loop.create_future()
         if not self._leading and not self._flushing():
             self._leading = True
             try:
@@ -79,12 +80,14 @@ class EnqueueMixin(Host):
                 if not self._enqueues:  # alone: written here
                     (made,) = await self._insert_now([jobs])
                     return made
+                future: asyncio.Future[list[Job]] = loop.create_future()
                 self._enqueues.appendleft((jobs, future))  # first come, first written
             finally:
                 self._leading = False
                 if self._enqueues and not self._flushing():
                     self._enqueuer = loop.create_task(self._flush_enqueues())
             return await future
+        future = loop.create_future()
         self._enqueues.append((jobs, future))
         if not self._leading and not self._flushing():
             self._enqueuer = loop.create_task(self._flush_enqueues())
@@ -132,7 +135,7 @@ class EnqueueMixin(Host):
 
     async def _insert_now(self, groups: Sequence[Sequence[NewJob]]) -> list[list[Job]]:
         """Create the jobs of ``groups`` in one statement (its own transaction)."""
-        flat = [new for jobs in groups for new in jobs]
+        flat = groups[0] if len(groups) == 1 else [new for jobs in groups for new in jobs]
         for attempt in range(_RETRIES):
             sent = False
             try:
@@ -152,6 +155,10 @@ class EnqueueMixin(Host):
         if newest is not None:
             self._pump.poke(newest)
             self._work.notify()
+        if (
+            len(groups) == 1 and len(made) == 1 and (job := made[0]) is not None
+        ):  # one job, made: the common call
+            return [[job]]
         out: list[list[Job]] = []
         start = 0
         for jobs in groups:
@@ -256,10 +263,7 @@ class EnqueueMixin(Host):
         time (the lone caller's or the group commit's), so one connection serves them.
         A connection that failed is never kept.
         """
-        kept, self._kept = self._kept, None
-        if self._letting_go is not None:
-            self._letting_go.cancel()
-            self._letting_go = None
+        kept, self._kept = self._kept, None  # its timer, if any, lets it be (``_let_go``)
         pool = self._pool
         if kept is not None and (kept[0] is not pool or kept[1].is_closed()):
             await _give_back(*kept)
@@ -289,16 +293,26 @@ class EnqueueMixin(Host):
             raise
         if self._pool is pool and self._pool_size > 1 and not conn.is_in_transaction():
             self._kept = (pool, conn)
-            self._letting_go = asyncio.get_running_loop().call_later(_KEEP_FOR, self._let_go)
+            loop = asyncio.get_running_loop()
+            self._kept_at = loop.time()
+            if self._letting_go is None:
+                self._letting_go = loop.call_at(self._kept_at + _KEEP_FOR, self._let_go)
         else:
             await _give_back(pool, conn)
 
     def _let_go(self) -> None:
-        """Give the kept connection back to the pool (in a task: this is a loop callback)."""
+        """Give the kept connection back to the pool if unused for :data:`_KEEP_FOR` (in a
+        task: this is a loop callback), else look again then. One timer for a run of
+        enqueues, not one set and cancelled per statement (each left in the loop's heap)."""
         self._letting_go = None
+        if self._kept is None:  # in use (its statement sets the timer again), or gone
+            return
+        loop = asyncio.get_running_loop()
+        if (due := self._kept_at + _KEEP_FOR) > loop.time():
+            self._letting_go = loop.call_at(due, self._let_go)
+            return
         kept, self._kept = self._kept, None
-        if kept is not None:
-            self._giving_back = asyncio.get_running_loop().create_task(_give_back(*kept))
+        self._giving_back = loop.create_task(_give_back(*kept))
 
     async def _give_back_kept(self) -> None:
         """Give the kept connection back now (the store is closing: the pool waits for it)."""
