@@ -14,15 +14,18 @@ local function fmt(x) return string.format('%.6f', x) end
 local NOW = fmt(now)
 now = tonumber(NOW)
 local MAXLEN = ARGV[3]
-local FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
-  'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error', 'progress',
-  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl', 'hdr'}
+local FIELDS -- the fields record() reads, built on its first call (most enqueues make none)
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local wake = false
 
 local function jkey(id) return P .. ':job:' .. id end
 
 local function record(id)
+  if not FIELDS then
+    FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
+      'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error',
+      'progress', 'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl', 'hdr'}
+  end
   return redis.call('HMGET', jkey(id), unpack(FIELDS))
 end
 
