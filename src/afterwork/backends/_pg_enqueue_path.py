@@ -45,7 +45,8 @@ class EnqueueMixin(Host):
 
     if TYPE_CHECKING:
         _pool_size: int
-        _acquire_timeout: float
+
+        async def _acquire(self, pool: asyncpg.Pool | None) -> asyncpg.Connection: ...
 
     #: An enqueue finding none being written leads: it writes on its own task if alone.
     _leading: bool = False
@@ -271,17 +272,7 @@ class EnqueueMixin(Host):
         if kept is not None:
             conn = kept[1]
         else:
-            if pool is None:
-                raise BackendError("the PostgreSQL backend is not open; use `async with aw:`")
-            try:
-                conn = await pool.acquire(timeout=self._acquire_timeout)
-            except TimeoutError as exc:
-                error = BackendUnavailable(
-                    f"no PostgreSQL connection was free within {self._acquire_timeout}s "
-                    f"(pool_size={self._pool_size})"
-                )
-                error.may_have_applied = False
-                raise error from exc
+            conn = await self._acquire(pool)
         try:
             yield conn
         except BaseException as exc:
