@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from afterwork import Afterwork, JobStatus
-from afterwork.backends import from_url
+from afterwork.backends import _pg_enqueue_path, from_url
 from afterwork.backends._pg_schema import SCHEMA_VERSION
 from afterwork.backends.base import NewJob
 from afterwork.backends.postgres import PostgresBackend
@@ -265,6 +265,31 @@ async def test_enqueues_one_after_another_reuse_one_pool_connection_given_back_o
     assert store._kept is None and pool._closed
 
 
+async def test_the_kept_connection_has_one_timer_for_a_run_and_goes_back_once_unused(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep_for = 60.0  # no timer fires by itself during the test, however slow the machine
+    monkeypatch.setattr(_pg_enqueue_path, "_KEEP_FOR", keep_for)
+    await store.enqueue([new()])
+    timer = store._letting_go
+    assert store._kept is not None and timer is not None
+    for _ in range(3):
+        await store.enqueue([new()])
+    assert store._letting_go is timer  # not set and cancelled again per statement
+    timer.cancel()
+    store._let_go()  # used within the last _KEEP_FOR: kept, looked at again then
+    assert store._kept is not None and store._letting_go is not None
+    assert store._letting_go.when() == pytest.approx(store._kept_at + keep_for)
+    store._letting_go.cancel()
+    store._kept_at -= keep_for  # unused for _KEEP_FOR: given back
+    store._let_go()
+    assert store._kept is None and store._letting_go is None
+    assert store._giving_back is not None
+    await store._giving_back
+    await store.enqueue([new()])  # taken from the pool again, kept again
+    assert store._kept is not None and store._letting_go is not None
+
+
 async def test_a_pool_of_one_connection_keeps_none_for_enqueues(postgres_url: str) -> None:
     store = from_url(schema_url(postgres_url, pool_size="1"))
     assert isinstance(store, PostgresBackend)
@@ -500,6 +525,137 @@ async def test_one_key_twice_in_a_shared_commit_makes_one_job(store: PostgresBac
     again = new()
     made = await store.enqueue([again, NewJob(id=new_job_id(), task="t", key="k"), again])
     assert [job.id for job in made] == [again.id, first.id, again.id]
+
+
+# -- one job: its own statement, scalar parameters --------------------------------------
+
+
+def _every_option(delay: float) -> NewJob:
+    return NewJob(
+        id=new_job_id(), task="every", queue="q1", args=[1, "a", None], kwargs={"é": "ü"},
+        priority=-3, max_attempts=4, key=f"k{uuid.uuid4().hex}", delay=delay, timeout=1.5,
+        result_ttl=30.0, headers={"a": "b", "c": "d"},
+    )  # fmt: skip
+
+
+def _spy_single(store: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids each single-job statement wrote (fails where there is none)."""
+    sent: list[str] = []
+    insert_one_on = store._insert_one_on
+
+    async def spied(conn: Any, job: NewJob, now: float, *, alone: bool) -> Any:
+        sent.append(job.id)
+        return await insert_one_on(conn, job, now, alone=alone)
+
+    monkeypatch.setattr(store, "_insert_one_on", spied)
+    return sent
+
+
+async def _rows(store: PostgresBackend, job_id: str) -> tuple[list[Any], list[Any]]:
+    """The stored row of ``job_id`` but for its id and times, and its events' columns."""
+    async with store._conn() as conn:
+        row = await conn.fetchrow(f"SELECT * FROM {store._s}.jobs WHERE id = $1", job_id)
+        events = await conn.fetch(
+            f"SELECT kind, task, queue, status, attempts, at = $2 AS at_created"
+            f" FROM {store._s}.events WHERE job_id = $1 ORDER BY id",
+            job_id,
+            row["created_at"],
+        )
+    times = ("id", "seq", "key", "created_at", "run_at", "due_ms")
+    stored = [value for name, value in row.items() if name not in times]
+    return [*stored, row["run_at"] - row["created_at"]], [tuple(e) for e in events]
+
+
+@pytest.mark.parametrize("delay", [0.0, 60.0])
+async def test_one_job_with_every_option_is_stored_as_the_batch_statement_stores_it(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch, delay: float
+) -> None:
+    sent = _spy_single(store, monkeypatch)
+    one, in_batch = _every_option(delay), _every_option(delay)
+    (made,) = await store.enqueue([one])
+    made_in_batch, _ = await store.enqueue([in_batch, new()])
+    assert sent == [one.id]  # the batch went through the batch statement
+    assert made.status is (JobStatus.SCHEDULED if delay else JobStatus.QUEUED)
+    stored = await store.get(one.id)
+    assert stored is not None and _stored(stored) == _stored(made)
+    assert await _rows(store, one.id) == await _rows(store, in_batch.id)
+    assert _stored(made)[1:8] == _stored(made_in_batch)[1:8]  # but for the id and key
+    assert _stored(made)[11:] == _stored(made_in_batch)[11:]  # timeout, result_ttl, headers
+    assert (made.key, made_in_batch.key) == (one.key, in_batch.key)
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+async def test_one_keyed_job_meeting_its_keys_holder_returns_the_holder(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch, postgres_url: str, transactional: bool
+) -> None:
+    sent = _spy_single(store, monkeypatch)
+    (held,) = await store.enqueue([NewJob(id=new_job_id(), task="t", key="k")])
+    second = NewJob(id=new_job_id(), task="t", key="k")
+    if transactional:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            async with conn.transaction():
+                (met,) = await store.enqueue_in(conn, [second])
+        finally:
+            await conn.close()
+    else:
+        (met,) = await store.enqueue([second])
+    assert sent == [held.id, second.id]
+    assert met.id == held.id and met.created_at == held.created_at
+    assert await store.get(second.id) is None
+    assert (await _rows(store, held.id))[1] == [("enqueued", "t", "default", "queued", 0, True)]
+    assert [row[1] for row in await _rows_of_events(store)] == [held.id]  # none for second
+
+
+async def test_one_keyless_job_whose_id_is_stored_returns_the_stored_job(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a key, the statement goes without ON CONFLICT first (as a keyless batch):
+    # the id already stored (a retried enqueue) fails it, the one with ON CONFLICT settles.
+    sent = _spy_single(store, monkeypatch)
+    job = new()
+    (stored,) = await store.enqueue([job])
+    (again,) = await store.enqueue([job])
+    assert sent == [job.id, job.id]
+    assert again == stored and again.created_at == stored.created_at
+    assert len((await _rows(store, job.id))[1]) == 1
+
+
+async def test_one_job_enqueued_in_a_transaction_is_written_and_announced_at_its_commit(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    sent = _spy_single(store, monkeypatch)
+    notes: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(postgres_url)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await listener.add_listener(store._channel("work"), lambda *a: notes.put_nowait(a[3]))
+        transaction = conn.transaction()
+        await transaction.start()
+        (gone,) = await store.enqueue_in(conn, [new()])
+        await transaction.rollback()
+        assert await store.get(gone.id) is None
+        assert (await _rows_of_events(store)) == []  # its event rolled back with it
+        async with conn.transaction():
+            (kept,) = await store.enqueue_in(conn, [_every_option(0.0)])
+            assert await store.get(kept.id) is None  # invisible until the commit
+        stored = await store.get(kept.id)
+        assert stored is not None and _stored(stored) == _stored(kept)
+        (event,) = await _rows_of_events(store)
+        with anyio.fail_after(10):
+            note = await notes.get()
+        assert (event[1], note) == (kept.id, str(event[0]))  # the rolled back one: no note
+        assert notes.empty()
+        assert sent == [gone.id, kept.id]
+    finally:
+        await conn.close()
+        await listener.close()
+
+
+async def _rows_of_events(store: PostgresBackend) -> list[tuple[Any, ...]]:
+    async with store._conn() as conn:
+        rows = await conn.fetch(f"SELECT id, job_id FROM {store._s}.events ORDER BY id")
+    return [tuple(row) for row in rows]
 
 
 async def test_an_enqueue_elsewhere_moves_an_idle_event_pump_and_wakes_a_listening_one(

@@ -80,6 +80,49 @@ async def test_one_bad_job_in_a_group_fails_only_its_caller(
         assert result[0].id == new.id
         stored = await aw.get_job(new.id)
         assert stored is not None and stored.status is JobStatus.QUEUED
+    # The bad job left nothing: not in the listing index, its record untouched.
+    assert await client.zscore(f"{prefix}:all", bad.id) is None
+    assert await client.get(f"{prefix}:job:{bad.id}") == b"not a hash"
+    assert all(job.id != bad.id for job in await aw.list_jobs())
+
+
+async def test_an_enqueue_writes_the_queue_set_only_for_a_queue_first_job(
+    opened: tuple[Afterwork, Any, aioredis.Redis],
+) -> None:
+    aw, noop, client = opened
+    prefix = aw.backend.prefix  # type: ignore[attr-defined]
+    await client.config_resetstat()
+    for n in range(5):
+        await noop.enqueue(n)
+    stats = await client.info("commandstats")
+    # The queue already waits a job (the fixture's): no queue-set write, and no separate
+    # "is this id new" read (the listing index's ZADD NX answers it).
+    assert "cmdstat_sadd" not in stats, stats.get("cmdstat_sadd")
+    assert "cmdstat_exists" not in stats, stats.get("cmdstat_exists")
+    other = await aw.enqueue_many([aw.build_job(noop, (9,), {}, {"queue": "other"})])
+    assert await client.sismember(f"{prefix}:queues", "other")
+    assert {row.queue: row.counts[JobStatus.QUEUED] for row in await aw.stats()} == {
+        "default": 6,
+        "other": 1,
+    }
+    assert [job.id for job in await aw.list_jobs(queue="other")] == [other[0].id]
+
+
+async def test_a_job_whose_record_expired_is_created_again_under_its_id(
+    opened: tuple[Afterwork, Any, aioredis.Redis],
+) -> None:
+    aw, noop, client = opened
+    prefix = aw.backend.prefix  # type: ignore[attr-defined]
+    new = aw.build_job(noop, (1,), {}, {})
+    await aw.enqueue_many([new])
+    await client.hset(f"{prefix}:job:{new.id}", "args", "[2]")
+    (again,) = await aw.enqueue_many([new])  # a repeated call: the stored job, not a new one
+    assert again.id == new.id and again.args == [2]
+    # The record gone (its safety-net EXPIRE), its id still in the listing index.
+    await client.delete(f"{prefix}:job:{new.id}")
+    await aw.enqueue_many([new])
+    stored = await aw.get_job(new.id)
+    assert stored is not None and stored.status is JobStatus.QUEUED and stored.args == [1]
 
 
 async def test_a_caller_cancelled_while_waiting_for_its_group_stores_nothing(

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from afterwork.backends import _pg_enqueue
-from afterwork.backends._pg_enqueue import params, while_sent
+from afterwork.backends._pg_enqueue import insert_one_statement, one_params, params, while_sent
 from afterwork.backends.base import NewJob
 from afterwork.job import new_job_id
 
@@ -90,3 +90,31 @@ def test_the_parameters_of_one_job_are_those_of_a_batch_of_it(job: NewJob) -> No
     twice = _pg_enqueue._params_of_many([job, job], 12.5)
     # a batch of the same job twice: each shared column comes as one element, as for one job
     assert (one[0][1:8], one[0][9:11]) == (twice[0][1:8], twice[0][9:11])
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        NewJob(id=new_job_id(), task="t"),
+        NewJob(
+            id=new_job_id(), task="t", queue="q", args=[1, "a"], kwargs={"x": [2]}, key="k",
+            priority=-3, max_attempts=4, delay=5.0, timeout=3.0, result_ttl=0.0,
+            headers={"h": "v"},
+        ),
+        NewJob(id=new_job_id(), task="t", delay=-1.0, result_ttl=60.0),
+    ],
+)  # fmt: skip
+def test_one_jobs_scalar_parameters_are_its_row_in_the_batch_statements(job: NewJob) -> None:
+    columns, headers = params([job], 12.5)
+    row = [
+        column if n == 9 else (column[0] if column else None) for n, column in enumerate(columns)
+    ]
+    assert one_params(job, 12.5) == (*row, headers[0] if headers else None)
+
+
+def test_one_jobs_statement_has_no_arrays_and_is_built_once_per_schema() -> None:
+    for conflicts in (True, False):
+        sql = insert_one_statement('"s"', conflicts=conflicts)
+        assert "unnest" not in sql and "[]" not in sql
+        assert ("ON CONFLICT DO NOTHING" in sql) is conflicts
+        assert insert_one_statement('"s"', conflicts=conflicts) is sql

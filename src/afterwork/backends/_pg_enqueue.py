@@ -20,6 +20,7 @@ it takes the store's transactional path (``Tx.insert``) instead.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,7 +34,16 @@ from .base import NewJob
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ("created", "insert_statement", "needs_transaction", "params", "settle", "while_sent")
+__all__ = (
+    "created",
+    "insert_one_statement",
+    "insert_statement",
+    "needs_transaction",
+    "one_params",
+    "params",
+    "settle",
+    "while_sent",
+)
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -100,6 +110,63 @@ WITH ins AS (
         if conflicts
         else "SELECT (SELECT count(*) FROM ins), note.newest FROM note"
     }"""
+
+
+@functools.cache
+def insert_one_statement(schema: str, *, conflicts: bool = True) -> str:
+    """:func:`insert_statement` for exactly one job (``schema`` quoted): its columns as
+    scalar parameters (no arrays for the driver to encode, no ``unnest`` on the server),
+    the same row, ``enqueued`` event, events lock and notification.
+
+    It returns one row, the id of the event appended (also the notification's payload), if
+    the job was inserted, else none (``ON CONFLICT DO NOTHING``: its key is held, or its id
+    exists; see :func:`settle`). ``conflicts=False`` leaves ``ON CONFLICT`` out, as
+    :func:`insert_statement` does: an id already stored then fails the statement.
+
+    Parameters: ``$1``–``$14`` the row (as :func:`one_params` makes them), ``$15`` the
+    events lock's key, ``$16`` the workers' channel. Built once per schema; asyncpg
+    prepares it once per connection (its statement cache).
+    """
+    return f"""
+WITH ins AS (
+    INSERT INTO {schema}.jobs (id, task, queue, status, args, kwargs, priority, max_attempts,
+                               key, created_at, run_at, timeout, result_ttl, headers)
+    VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::int,
+            $9::text, $10::float8, $11::float8, $12::float8, $13::float8, $14::text)
+    {"ON CONFLICT DO NOTHING" if conflicts else ""}
+    RETURNING id, task, queue, status
+), lock AS (
+    SELECT pg_advisory_xact_lock(hashtext($15::text)) AS held FROM ins
+), ev AS (
+    INSERT INTO {schema}.events (kind, job_id, task, queue, status, attempts, at)
+    SELECT 'enqueued', ins.id, ins.task, ins.queue, ins.status, 0, $10::float8
+    FROM ins CROSS JOIN lock
+    RETURNING id
+)
+SELECT ev.id, pg_notify($16::text, ev.id::text) FROM ev"""
+
+
+def one_params(new: NewJob, now: float) -> tuple[Any, ...]:
+    """The parameters ``$1``–``$14`` of :func:`insert_one_statement` for ``new``: the row
+    :func:`created` makes of it at ``now``."""
+    delay = new.delay
+    headers = new.headers
+    return (
+        new.id,
+        new.task,
+        new.queue,
+        JobStatus.SCHEDULED.value if delay > 0 else JobStatus.QUEUED.value,
+        dumps(new.args) if new.args else "[]",
+        dumps(new.kwargs) if new.kwargs else "{}",
+        new.priority,
+        new.max_attempts,
+        new.key,
+        now,
+        now + delay if delay > 0 else now,
+        new.timeout,
+        new.result_ttl,
+        dumps(headers) if headers else None,  # dump_headers
+    )
 
 
 def _one(column: str, number: int, kind: str) -> str:

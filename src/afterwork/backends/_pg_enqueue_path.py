@@ -16,7 +16,15 @@ import asyncpg
 
 from ..exceptions import BackendError, BackendUnavailable, EnqueueError
 from ..job import Job
-from ._pg_enqueue import created, needs_transaction, params, settle, while_sent
+from ._pg_enqueue import (
+    created,
+    insert_one_statement,
+    needs_transaction,
+    one_params,
+    params,
+    settle,
+    while_sent,
+)
 from ._pg_host import _RETRIES, _RETRYABLE, Host
 from ._pg_psycopg import as_psycopg
 from ._pg_rows import Tx
@@ -37,13 +45,16 @@ class EnqueueMixin(Host):
 
     if TYPE_CHECKING:
         _pool_size: int
-        _acquire_timeout: float
+
+        async def _acquire(self, pool: asyncpg.Pool | None) -> asyncpg.Connection: ...
 
     #: An enqueue finding none being written leads: it writes on its own task if alone.
     _leading: bool = False
     #: The pool connection the enqueue statements keep between them, and its pool.
     _kept: tuple[asyncpg.Pool, Any] | None = None
     _letting_go: asyncio.TimerHandle | None = None
+    #: The loop's time when the kept connection was last handed back by a statement.
+    _kept_at: float = 0.0
     _giving_back: asyncio.Task[None] | None = None
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Job]:
@@ -63,7 +74,6 @@ class EnqueueMixin(Host):
         if needs_transaction(jobs):
             return await self._write(partial(_insert_each, jobs))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Job]] = loop.create_future()
         if not self._leading and not self._flushing():
             self._leading = True
             try:
@@ -71,12 +81,14 @@ class EnqueueMixin(Host):
                 if not self._enqueues:  # alone: written here
                     (made,) = await self._insert_now([jobs])
                     return made
+                future: asyncio.Future[list[Job]] = loop.create_future()
                 self._enqueues.appendleft((jobs, future))  # first come, first written
             finally:
                 self._leading = False
                 if self._enqueues and not self._flushing():
                     self._enqueuer = loop.create_task(self._flush_enqueues())
             return await future
+        future = loop.create_future()
         self._enqueues.append((jobs, future))
         if not self._leading and not self._flushing():
             self._enqueuer = loop.create_task(self._flush_enqueues())
@@ -124,7 +136,7 @@ class EnqueueMixin(Host):
 
     async def _insert_now(self, groups: Sequence[Sequence[NewJob]]) -> list[list[Job]]:
         """Create the jobs of ``groups`` in one statement (its own transaction)."""
-        flat = [new for jobs in groups for new in jobs]
+        flat = groups[0] if len(groups) == 1 else [new for jobs in groups for new in jobs]
         for attempt in range(_RETRIES):
             sent = False
             try:
@@ -144,6 +156,10 @@ class EnqueueMixin(Host):
         if newest is not None:
             self._pump.poke(newest)
             self._work.notify()
+        if (
+            len(groups) == 1 and len(made) == 1 and (job := made[0]) is not None
+        ):  # one job, made: the common call
+            return [[job]]
         out: list[list[Job]] = []
         start = 0
         for jobs in groups:
@@ -168,6 +184,8 @@ class EnqueueMixin(Host):
         first; an id already stored (the retry of an enqueue whose reply was lost) fails
         it whole, and the statement with ``ON CONFLICT`` runs instead.
         """
+        if len(jobs) == 1:
+            return await self._insert_one_on(conn, jobs[0], now, alone=alone)
         columns, headers = params(jobs, now)
         keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
         args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
@@ -192,6 +210,29 @@ class EnqueueMixin(Host):
         if count and (batch := self._count_events(count)):
             await self._trim_events(conn, batch)
         return out, (None if newest is None else int(newest))
+
+    async def _insert_one_on(
+        self, conn: asyncpg.Connection, new: NewJob, now: float, *, alone: bool
+    ) -> tuple[list[Job | None], int | None]:
+        """:meth:`_insert_on` of one job: its own statement, with scalar parameters
+        (:func:`~._pg_enqueue.insert_one_statement`), the same row, event, notification,
+        conflicts and errors."""
+        args = (*one_params(new, now), f"events:{self.schema}", self._channel("work"))
+        newest: int | None = None
+        inserted = False
+        if alone and new.key is None:  # as a keyless batch: ``ON CONFLICT`` only if needed
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                newest = await conn.fetchval(insert_one_statement(self._s, conflicts=False), *args)
+                inserted = True
+        if not inserted:
+            newest = await conn.fetchval(insert_one_statement(self._s), *args)
+        (job,) = created((new,), now, self.job_owner)
+        if newest is None:  # not inserted: what it met
+            (met,) = await settle(conn, self._s, [job])
+            return [met], None
+        if batch := self._count_events(1):
+            await self._trim_events(conn, batch)
+        return [job], int(newest)
 
     async def _settle_missing(
         self, conn: asyncpg.Connection, made: list[Job], inserted: set[str]
@@ -223,10 +264,7 @@ class EnqueueMixin(Host):
         time (the lone caller's or the group commit's), so one connection serves them.
         A connection that failed is never kept.
         """
-        kept, self._kept = self._kept, None
-        if self._letting_go is not None:
-            self._letting_go.cancel()
-            self._letting_go = None
+        kept, self._kept = self._kept, None  # its timer, if any, lets it be (``_let_go``)
         pool = self._pool
         if kept is not None and (kept[0] is not pool or kept[1].is_closed()):
             await _give_back(*kept)
@@ -234,17 +272,7 @@ class EnqueueMixin(Host):
         if kept is not None:
             conn = kept[1]
         else:
-            if pool is None:
-                raise BackendError("the PostgreSQL backend is not open; use `async with aw:`")
-            try:
-                conn = await pool.acquire(timeout=self._acquire_timeout)
-            except TimeoutError as exc:
-                error = BackendUnavailable(
-                    f"no PostgreSQL connection was free within {self._acquire_timeout}s "
-                    f"(pool_size={self._pool_size})"
-                )
-                error.may_have_applied = False
-                raise error from exc
+            conn = await self._acquire(pool)
         try:
             yield conn
         except BaseException as exc:
@@ -256,16 +284,26 @@ class EnqueueMixin(Host):
             raise
         if self._pool is pool and self._pool_size > 1 and not conn.is_in_transaction():
             self._kept = (pool, conn)
-            self._letting_go = asyncio.get_running_loop().call_later(_KEEP_FOR, self._let_go)
+            loop = asyncio.get_running_loop()
+            self._kept_at = loop.time()
+            if self._letting_go is None:
+                self._letting_go = loop.call_at(self._kept_at + _KEEP_FOR, self._let_go)
         else:
             await _give_back(pool, conn)
 
     def _let_go(self) -> None:
-        """Give the kept connection back to the pool (in a task: this is a loop callback)."""
+        """Give the kept connection back to the pool if unused for :data:`_KEEP_FOR` (in a
+        task: this is a loop callback), else look again then. One timer for a run of
+        enqueues, not one set and cancelled per statement (each left in the loop's heap)."""
         self._letting_go = None
+        if self._kept is None:  # in use (its statement sets the timer again), or gone
+            return
+        loop = asyncio.get_running_loop()
+        if (due := self._kept_at + _KEEP_FOR) > loop.time():
+            self._letting_go = loop.call_at(due, self._let_go)
+            return
         kept, self._kept = self._kept, None
-        if kept is not None:
-            self._giving_back = asyncio.get_running_loop().create_task(_give_back(*kept))
+        self._giving_back = loop.create_task(_give_back(*kept))
 
     async def _give_back_kept(self) -> None:
         """Give the kept connection back now (the store is closing: the pool waits for it)."""

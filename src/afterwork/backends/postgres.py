@@ -407,13 +407,13 @@ class PostgresBackend(
         except asyncpg.PostgresError as exc:
             raise BackendError(f"PostgreSQL failed: {exc}") from exc
 
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool
+    async def _acquire(self, pool: asyncpg.Pool | None) -> asyncpg.Connection:
+        """A connection of ``pool``; a typed error if the store is closed or none is free
+        within ``acquire_timeout``."""
         if pool is None:
             raise BackendError("the PostgreSQL backend is not open; use `async with aw:`")
         try:
-            conn = await pool.acquire(timeout=self._acquire_timeout)
+            return await pool.acquire(timeout=self._acquire_timeout)
         except TimeoutError as exc:
             error = BackendUnavailable(
                 f"no PostgreSQL connection was free within {self._acquire_timeout}s "
@@ -421,6 +421,12 @@ class PostgresBackend(
             )
             error.may_have_applied = False
             raise error from exc
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        conn = await self._acquire(pool)
+        assert pool is not None  # else ``_acquire`` raised
         try:
             yield conn
         except _UNREACHABLE:

@@ -9,18 +9,23 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function fmt(x) return string.format('%.6f', x) end
-now = tonumber(fmt(now))
+-- Rounded to the microsecond once: a double holds such a time within far less than half a
+-- microsecond, so formatting the rounded value again gives the same text.
 local NOW = fmt(now)
+now = tonumber(NOW)
 local MAXLEN = ARGV[3]
-local FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
-  'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error', 'progress',
-  'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl', 'hdr'}
+local FIELDS -- the fields record() reads, built on its first call (most enqueues make none)
 local TERMINAL = {succeeded = true, failed = true, cancelled = true}
 local wake = false
 
 local function jkey(id) return P .. ':job:' .. id end
 
 local function record(id)
+  if not FIELDS then
+    FIELDS = {'id', 'task', 'queue', 'status', 'args', 'kwargs', 'prio', 'attempts', 'max',
+      'recov', 'key', 'created', 'run_at', 'started', 'finished', 'result', 'error',
+      'progress', 'pmsg', 'timeout', 'ttl', 'worker', 'lease', 'cancel', 'token', 'tl', 'hdr'}
+  end
   return redis.call('HMGET', jkey(id), unpack(FIELDS))
 end
 
@@ -130,28 +135,42 @@ local function create(i, debounce)
       end
     end
   end
-  if redis.call('EXISTS', jkey(id)) == 1 then return record(id) end
-  local status = 'queued'
-  local run_at = now
+  local status, run_at, at = 'queued', now, NOW
   if delay > 0 then
     status = 'scheduled'
-    run_at = tonumber(fmt(now + delay))
+    at = fmt(now + delay)
+    run_at = tonumber(at)
+  end
+  -- The listing index doubles as the "already created" check: an id already in it is a
+  -- job this call repeats (its reply lost), unless its record is gone (expired), in which
+  -- case the job is created again, as before. One command for a new id, not two.
+  local all = P .. ':all'
+  if redis.call('ZADD', all, 'NX', '0', id) == 0 and redis.call('EXISTS', jkey(id)) == 1 then
+    return record(id)
   end
   -- One HSET with the optional fields too (one command per job, not up to five).
   local h = {'id', id, 'task', task, 'queue', queue, 'status', status, 'args', args,
     'kwargs', kwargs, 'prio', prio, 'attempts', '0', 'max', max, 'recov', '0',
-    'created', NOW, 'run_at', fmt(run_at), 'cancel', '0'}
-  if key ~= '' then
-    h[#h + 1] = 'key'; h[#h + 1] = key
-    redis.call('SET', P .. ':key:' .. key, id)
-  end
+    'created', NOW, 'run_at', at, 'cancel', '0'}
+  if key ~= '' then h[#h + 1] = 'key'; h[#h + 1] = key end
   if timeout ~= '' then h[#h + 1] = 'timeout'; h[#h + 1] = timeout end
   if ttl ~= '' then h[#h + 1] = 'ttl'; h[#h + 1] = ttl end
   if headers ~= '' then h[#h + 1] = 'hdr'; h[#h + 1] = headers end
-  redis.call('HSET', jkey(id), unpack(h))
-  redis.call('ZADD', P .. ':all', 0, id)
-  redis.call('SADD', P .. ':queues', queue)
-  count(queue, false, status)
+  local res = redis.pcall('HSET', jkey(id), unpack(h))
+  if type(res) == 'table' and res.err then
+    -- The record could not be written (a key of another type in its place): undo the
+    -- index entry and fail with the write's own error, leaving nothing behind.
+    redis.call('ZREM', all, id)
+    error(res)
+  end
+  if key ~= '' then redis.call('SET', P .. ':key:' .. key, id) end
+  -- The queue set is written only when this job's status count of its queue goes from 0
+  -- to 1: a count above 0 was raised by a job of that queue, whose creation (here, or in
+  -- start.lua / local.lua, which always write it) put the queue in the set, and the set
+  -- never loses a name. One command less for all but a queue's first waiting job.
+  if redis.call('HINCRBY', P .. ':stats:' .. queue, status, '1') == 1 then
+    redis.call('SADD', P .. ':queues', queue)
+  end
   if status == 'queued' then ready(id, queue, prio, run_at) else delay_until(id, run_at) end
   emit('enqueued', id, task, queue, status, '0')
   return false
