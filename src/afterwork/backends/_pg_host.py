@@ -49,7 +49,9 @@ class Host:
         _rate_next: float | None
         _flow_wait: float
         _finishes: list[_Pending]
-        _finisher: asyncio.Task[None] | None
+        _finishers: set[asyncio.Task[None]]
+        _gathering: bool
+        _in_flight: set[str]
         _held: dict[str, tuple[str, Job]]
         _prebegun: dict[str, str]
         _claiming: int
