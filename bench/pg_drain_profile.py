@@ -2,7 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py [--jobs 10000] [--top 15]
     PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --latency 300
-    PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --jobs 1000 --task sleepy --concurrency 100
+    PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --task sleepy --concurrency 100
 
 The worker process runs in ``bench/.venv-pg`` (see bench/README.md), whose editable install
 is this tree's afterwork. ``--spy PATH-TO-py-spy`` also samples the worker (``spy.txt``);
