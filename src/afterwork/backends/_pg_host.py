@@ -49,9 +49,7 @@ class Host:
         _rate_next: float | None
         _flow_wait: float
         _finishes: list[_Pending]
-        _finishers: set[asyncio.Task[None]]
-        _gathering: bool
-        _in_flight: set[str]
+        _finisher: asyncio.Task[None] | None
         _held: dict[str, tuple[str, Job]]
         _prebegun: dict[str, str]
         _claiming: int

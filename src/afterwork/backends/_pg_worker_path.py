@@ -30,11 +30,6 @@ from .base import Claim, FlowLimit, HeartbeatReply, Lease, NewJob, Outcome, Rate
 T = TypeVar("T")
 
 _FINISH_BATCH = 256
-#: Flushes of begins and finishes in flight at once, each on its own pool connection.
-#: Event ids stay in commit order (the events lock, held to the commit).
-_FLUSHES = 2
-#: Entries queued behind a flush in flight before a second one goes out beside it.
-_SECOND_FLUSH = 64
 #: A begin (no outcome) or a finish waiting for the next group commit: its lease, outcome,
 #: and where its result goes (its own future, or its place in a ``begin`` of several).
 _Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any] | _Begins", int]
@@ -471,48 +466,18 @@ class WorkerPathMixin(Host):
         return await future
 
     def _kick_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A flush task gathers what this loop turn queues; a second one may start while
-        # one is in flight (its own pool connection), none while one is still gathering.
-        if self._gathering:
-            return
-        if not self._finishers or (
-            len(self._finishers) < _FLUSHES and len(self._finishes) >= _SECOND_FLUSH
-        ):
-            self._gathering = True
-            task = loop.create_task(self._flush_finishes())
-            self._finishers.add(task)
-            task.add_done_callback(self._finishers.discard)
-
-    def _take_batch(self) -> list[_Pending]:
-        """The next batch, leaving queued the entries of a job in the flush in flight
-        (taken when it returns): a lease's finish never overtakes its begin."""
-        pending = self._finishes
-        if not self._in_flight:
-            batch, self._finishes = pending[:_FINISH_BATCH], pending[_FINISH_BATCH:]
-            return batch
-        busy = self._in_flight
-        batch, kept = [], []
-        for entry in pending:
-            if entry[0].job_id in busy or len(batch) >= _FINISH_BATCH:
-                kept.append(entry)
-            else:
-                batch.append(entry)
-        self._finishes = kept
-        return batch
+        if self._finisher is None or self._finisher.done():
+            self._finisher = loop.create_task(self._flush_finishes())
 
     async def _flush_finishes(self) -> None:
         # One loop turn first: the jobs that end in this turn free their slots before their
         # finishes are queued, and the starts of the jobs that take them join this flush.
-        try:
-            await asyncio.sleep(0)
-        finally:
-            self._gathering = False
+        await asyncio.sleep(0)
         while self._finishes:
-            batch = self._take_batch()
-            if not batch:
-                return  # each waits for the flush in flight, which takes them when back
-            ids = {entry[0].job_id for entry in batch}
-            self._in_flight |= ids
+            batch, self._finishes = (
+                self._finishes[:_FINISH_BATCH],
+                self._finishes[_FINISH_BATCH:],
+            )
             try:
                 results = await self._retrying(partial(self._flush, batch))
             except Exception as exc:
@@ -521,8 +486,6 @@ class WorkerPathMixin(Host):
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            finally:
-                self._in_flight -= ids
             for (_, _, future, i), result in zip(batch, results, strict=True):
                 if isinstance(future, _Begins):
                     future.put(i, result)

@@ -204,9 +204,7 @@ class PostgresBackend(
         self._after_claim: tuple[int, frozenset[str] | None, float | None] | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._trim_owed = 0  # events to trim, owed to ``_trim_later``
-        self._finishers: set[asyncio.Task[None]] = set()  # the flushes of begins and finishes
-        self._gathering = False  # a flush task has not taken its batch yet
-        self._in_flight: set[str] = set()  # the job ids of the flushes in flight
+        self._finisher: asyncio.Task[None] | None = None
         #: Whether the server connection differs from the one the client was handed (a
         #: pooler such as PgBouncer sits in between): known once open.
         self.behind_pooler: bool = False
@@ -369,9 +367,10 @@ class PostgresBackend(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(enqueuer), 5.0)
         await self._give_back_kept()  # the enqueue path's connection (``_pg_enqueue_path``)
-        if finishers := list(self._finishers):
+        finisher = self._finisher
+        if finisher is not None and not finisher.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(asyncio.gather(*finishers)), 5.0)
+                await asyncio.wait_for(asyncio.shield(finisher), 5.0)
         trimming, self._trimming = self._trimming, None
         if trimming is not None:
             trimming.cancel()
