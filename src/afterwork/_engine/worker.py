@@ -34,7 +34,6 @@ from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log
 from .watchdog import JOB_TASK_PREFIX, LoopWatchdog
 
 if TYPE_CHECKING:
-    from ..job import Job
     from .host import Host
 
 __all__ = ("Worker", "WorkerStatistics")
@@ -55,19 +54,6 @@ class _Admission(enum.Enum):
     """Not yet; jobs behind it may start."""
     BLOCK = "block"
     """Not yet, and nothing behind it either."""
-
-
-class _BeginBatch:
-    """The jobs started before the first of them ran: begun by one store call, made by
-    whichever of their tasks runs first (:meth:`Worker._begin`)."""
-
-    __slots__ = ("done", "runs", "sent", "started")
-
-    def __init__(self) -> None:
-        self.runs: list[JobRun] = []
-        self.sent = False
-        self.started: list[Job | None] | None = None  # the store's answer, in ``runs`` order
-        self.done = asyncio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +138,6 @@ class Worker:
         """Each running job's task (a plain asyncio task, joined as the job group would)
         and the scope around it that cancels it as the group would (shields respected)."""
         self._job_errors: list[BaseException] = []
-        self._begins: _BeginBatch | None = None  # started jobs whose begin is not sent yet
         self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         """Makes a job's cancel scopes: the event loop's own class once running (``anyio.
         CancelScope()`` looks the loop's library up each time, twice per job)."""
@@ -427,8 +412,8 @@ class Worker:
     async def _start_admitted(self) -> None:
         """Start every buffered job the admission step lets through.
 
-        The jobs started before the first of them runs are begun by one store call
-        (:meth:`_begin`).
+        Async on purpose: a store call for the admitted claims as a batch belongs here
+        (today each started job marks itself begun, in :meth:`_begin`).
         """
         if not self._buffer or self._jobs_group is None or self._stopping.is_set():
             return  # the common case as a job ends: nothing buffered
@@ -467,12 +452,6 @@ class Worker:
         new_scope = self._new_scope
         job = claim.job
         run = JobRun(claim, new_scope(), on_recording=self._free_slot)
-        # The jobs started before the first of them runs are begun by one store call.
-        batch = self._begins
-        if batch is None:
-            batch = self._begins = _BeginBatch()
-        index = len(batch.runs)
-        batch.runs.append(run)
         if job.recoveries > 0:
             self._solo = job.id
         self._runs[job.id] = run
@@ -486,18 +465,16 @@ class Worker:
         # cleanup still runs to its end), and a task's error stops it.
         scope = new_scope()
         task = asyncio.get_running_loop().create_task(
-            self._run_scoped(run, scope, batch, index), name=JOB_TASK_PREFIX + job.id
+            self._run_scoped(run, scope), name=JOB_TASK_PREFIX + job.id
         )
         self._job_tasks[task] = scope
 
-    async def _run_scoped(
-        self, run: JobRun, scope: anyio.CancelScope, batch: _BeginBatch, index: int
-    ) -> None:
+    async def _run_scoped(self, run: JobRun, scope: anyio.CancelScope) -> None:
         # The task takes itself out of ``_job_tasks`` as it ends (rather than in a done
         # callback: one loop turn per job less); ``_join_jobs`` sweeps any that never ran.
         try:
             with scope:
-                await self._run_one(run, batch, index)
+                await self._run_one(run)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # escaped _run_one: stop the worker, as its group would
@@ -529,10 +506,10 @@ class Worker:
             for task in [task for task in self._job_tasks if task.done()]:
                 self._job_done(task)
 
-    async def _run_one(self, run: JobRun, batch: _BeginBatch, index: int) -> None:
+    async def _run_one(self, run: JobRun) -> None:
         job = run.job
         try:
-            if not await self._begin(run, batch, index):
+            if not await self._begin(run):
                 return
             job = run.job
             if logger.isEnabledFor(logging.DEBUG):
@@ -612,49 +589,30 @@ class Worker:
                 extra=log_extra("job_thread_returned", job, self.id),
             )
 
-    async def _begin(self, run: JobRun, batch: _BeginBatch, index: int) -> bool:
+    async def _begin(self, run: JobRun) -> bool:
         """Mark the attempt started in the store before any of its code runs.
 
         A job is charged for a worker's death only once this returned, so the mark must
         be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
-        The first job of ``batch`` to run begins them all in one store call (a future and
-        a store entry per batch, not per job); the others wait for its answer.
         """
-        if not batch.sent:
-            batch.sent = True
-            if self._begins is batch:
-                self._begins = None  # jobs started from now on: the next batch
-            try:
-                batch.started = await self._begin_store(batch.runs)
-            finally:
-                batch.done.set()
-        else:
-            await batch.done.wait()
-        if batch.started is None:  # the store failed (logged), or the call was cancelled
+        try:
+            (started,) = await self.host.backend.begin([run.claim.lease])
+        except Exception:
+            logger.warning(
+                "job %s (%s) could not be started; it will be recovered when its lease expires",
+                run.job.id,
+                run.job.task,
+                exc_info=True,
+                extra=log_extra("job_begin_failed", run.job, self.id),
+            )
             run.reason = LOST
             return False
-        started = batch.started[index]
         if started is None:
             run.reason = LOST
             self._lost += 1
             return False
         run.claim = make_claim(started, run.claim.token)
         return True
-
-    async def _begin_store(self, runs: Sequence[JobRun]) -> list[Job | None] | None:
-        """The store's ``begin`` of ``runs``; ``None`` (each logged) if it failed."""
-        try:
-            return await self.host.backend.begin([run.claim.lease for run in runs])
-        except Exception:
-            for run in runs:
-                logger.warning(
-                    "job %s (%s) could not be started; it will be recovered when its lease expires",
-                    run.job.id,
-                    run.job.task,
-                    exc_info=True,
-                    extra=log_extra("job_begin_failed", run.job, self.id),
-                )
-            return None
 
     async def _shutdown(self) -> None:
         if self._buffer:
