@@ -372,6 +372,10 @@ class WorkerPathMixin(Host):
         self._kick_flush(loop)
         return await future
 
+    def begins_together(self) -> bool:
+        """``begin`` of a list is one group-commit entry (``base.BeginsTogether``)."""
+        return True
+
     def _handout(self, lease: Lease) -> Job | None:
         """The job its claim began, as that claim wrote it; ``None``: begin it here."""
         if self._prebegun.get(lease.job_id) != lease.token:
