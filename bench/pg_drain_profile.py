@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py [--jobs 10000] [--top 15]
     PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --latency 300
+    PYTHONPATH=src .venv/bin/python bench/pg_drain_profile.py --task sleepy --concurrency 100
 
 The worker process runs in ``bench/.venv-pg`` (see bench/README.md), whose editable install
 is this tree's afterwork. ``--spy PATH-TO-py-spy`` also samples the worker (``spy.txt``);
@@ -53,6 +54,7 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=0)
+    parser.add_argument("--task", default="noop", help="noop, or sleepy (a 50 ms sleep)")
     parser.add_argument(
         "--python", type=Path, default=PEERS_PYTHON, help="the worker's Python (its afterwork)"
     )
@@ -85,7 +87,7 @@ async def main() -> None:
             return
         await peer.open()
         for _ in range(max(1, args.jobs // 1000)):
-            await peer.enqueue_batch("noop", min(args.jobs, 1000))
+            await peer.enqueue_batch(args.task, min(args.jobs, 1000))
         await peer.close()
         stats = await asyncpg.connect(url)
         await stats.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -68,6 +68,7 @@ EXPECTED_MODULES: dict[str, tuple[str, ...]] = {
     "afterwork.backends.base": (
         "TRUNCATED",
         "Backend",
+        "BeginsTogether",
         "CancelWatch",
         "ChannelMessage",
         "Channels",

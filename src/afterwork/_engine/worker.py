@@ -20,6 +20,7 @@ from ..__about__ import __version__
 from .._flow import flow_limits, rate_limits
 from .._lifecycle import make_claim
 from ..backends.base import (
+    BeginsTogether,
     CancelWatch,
     Claim,
     ClaimBegins,
@@ -34,6 +35,7 @@ from .runner import CANCEL, LOST, SHUTDOWN, JobRun, Runner, apply_heartbeat, log
 from .watchdog import JOB_TASK_PREFIX, LoopWatchdog
 
 if TYPE_CHECKING:
+    from ..job import Job
     from .host import Host
 
 __all__ = ("Worker", "WorkerStatistics")
@@ -54,6 +56,20 @@ class _Admission(enum.Enum):
     """Not yet; jobs behind it may start."""
     BLOCK = "block"
     """Not yet, and nothing behind it either."""
+
+
+class _BeginBatch:
+    """The jobs started before the first of them ran: begun by one store call, made by
+    whichever of their tasks runs first (:meth:`Worker._begin`)."""
+
+    __slots__ = ("done", "over", "runs", "sent", "started")
+
+    def __init__(self) -> None:
+        self.runs: list[JobRun] = []
+        self.sent = False
+        self.over = False  # the store call returned (or failed)
+        self.started: list[Job | None] | None = None  # the store's answer, in ``runs`` order
+        self.done: asyncio.Event | None = None  # made by the first to wait for the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +154,8 @@ class Worker:
         """Each running job's task (a plain asyncio task, joined as the job group would)
         and the scope around it that cancels it as the group would (shields respected)."""
         self._job_errors: list[BaseException] = []
+        self._begins: _BeginBatch | None = None  # started jobs whose begin is not sent yet
+        self._begins_together = False  # the store's begin of a list is one write
         self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         """Makes a job's cancel scopes: the event loop's own class once running (``anyio.
         CancelScope()`` looks the loop's library up each time, twice per job)."""
@@ -219,6 +237,7 @@ class Worker:
         )
         backend = self.host.backend
         self._claim_begins = isinstance(backend, ClaimBegins)
+        self._begins_together = isinstance(backend, BeginsTogether)
         # Cancel requests made in other processes reach this worker at once where the
         # store can push them (the heartbeat reply covers every store).
         unwatch = (
@@ -412,8 +431,8 @@ class Worker:
     async def _start_admitted(self) -> None:
         """Start every buffered job the admission step lets through.
 
-        Async on purpose: a store call for the admitted claims as a batch belongs here
-        (today each started job marks itself begun, in :meth:`_begin`).
+        The jobs started before the first of them runs are begun by one store call
+        (:meth:`_begin`).
         """
         if not self._buffer or self._jobs_group is None or self._stopping.is_set():
             return  # the common case as a job ends: nothing buffered
@@ -452,6 +471,16 @@ class Worker:
         new_scope = self._new_scope
         job = claim.job
         run = JobRun(claim, new_scope(), on_recording=self._free_slot)
+        # The jobs started before the first of them runs are begun by one store call,
+        # where the store's begin of a list is one write (else each begins itself).
+        batch: _BeginBatch | None = None
+        index = 0
+        if self._begins_together:
+            batch = self._begins
+            if batch is None:
+                batch = self._begins = _BeginBatch()
+            index = len(batch.runs)
+            batch.runs.append(run)
         if job.recoveries > 0:
             self._solo = job.id
         self._runs[job.id] = run
@@ -465,16 +494,18 @@ class Worker:
         # cleanup still runs to its end), and a task's error stops it.
         scope = new_scope()
         task = asyncio.get_running_loop().create_task(
-            self._run_scoped(run, scope), name=JOB_TASK_PREFIX + job.id
+            self._run_scoped(run, scope, batch, index), name=JOB_TASK_PREFIX + job.id
         )
         self._job_tasks[task] = scope
 
-    async def _run_scoped(self, run: JobRun, scope: anyio.CancelScope) -> None:
+    async def _run_scoped(
+        self, run: JobRun, scope: anyio.CancelScope, batch: _BeginBatch | None, index: int
+    ) -> None:
         # The task takes itself out of ``_job_tasks`` as it ends (rather than in a done
         # callback: one loop turn per job less); ``_join_jobs`` sweeps any that never ran.
         try:
             with scope:
-                await self._run_one(run)
+                await self._run_one(run, batch, index)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # escaped _run_one: stop the worker, as its group would
@@ -506,10 +537,10 @@ class Worker:
             for task in [task for task in self._job_tasks if task.done()]:
                 self._job_done(task)
 
-    async def _run_one(self, run: JobRun) -> None:
+    async def _run_one(self, run: JobRun, batch: _BeginBatch | None, index: int) -> None:
         job = run.job
         try:
-            if not await self._begin(run):
+            if not await self._begin(run, batch, index):
                 return
             job = run.job
             if logger.isEnabledFor(logging.DEBUG):
@@ -589,30 +620,57 @@ class Worker:
                 extra=log_extra("job_thread_returned", job, self.id),
             )
 
-    async def _begin(self, run: JobRun) -> bool:
+    async def _begin(self, run: JobRun, batch: _BeginBatch | None, index: int) -> bool:
         """Mark the attempt started in the store before any of its code runs.
 
         A job is charged for a worker's death only once this returned, so the mark must
         be durable first. ``False`` when the lease was lost meanwhile (nothing to run).
+        The first job of ``batch`` to run begins them all in one store call (a future and
+        a store entry per batch, not per job); the others wait for its answer.
         """
-        try:
-            (started,) = await self.host.backend.begin([run.claim.lease])
-        except Exception:
-            logger.warning(
-                "job %s (%s) could not be started; it will be recovered when its lease expires",
-                run.job.id,
-                run.job.task,
-                exc_info=True,
-                extra=log_extra("job_begin_failed", run.job, self.id),
-            )
+        if batch is None:
+            answer = await self._begin_store((run,))
+        elif not batch.sent:
+            batch.sent = True
+            if self._begins is batch:
+                self._begins = None  # jobs started from now on: the next batch
+            try:
+                batch.started = await self._begin_store(batch.runs)
+            finally:
+                batch.over = True
+                if batch.done is not None:
+                    batch.done.set()
+        elif not batch.over:
+            if batch.done is None:
+                batch.done = asyncio.Event()
+            await batch.done.wait()
+        if batch is not None:
+            answer = batch.started
+        if answer is None:  # the store failed (logged), or the call was cancelled
             run.reason = LOST
             return False
+        started = answer[index]
         if started is None:
             run.reason = LOST
             self._lost += 1
             return False
         run.claim = make_claim(started, run.claim.token)
         return True
+
+    async def _begin_store(self, runs: Sequence[JobRun]) -> list[Job | None] | None:
+        """The store's ``begin`` of ``runs``; ``None`` (each logged) if it failed."""
+        try:
+            return await self.host.backend.begin([run.claim.lease for run in runs])
+        except Exception:
+            for run in runs:
+                logger.warning(
+                    "job %s (%s) could not be started; it will be recovered when its lease expires",
+                    run.job.id,
+                    run.job.task,
+                    exc_info=True,
+                    extra=log_extra("job_begin_failed", run.job, self.id),
+                )
+            return None
 
     async def _shutdown(self) -> None:
         if self._buffer:

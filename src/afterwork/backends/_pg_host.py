@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from ..job import Job, JobOwner
     from ._pg_events import EventPump
     from ._pg_rows import Tx
-    from .base import Lease, NewJob, Outcome
+    from ._pg_worker_path import _Pending
+    from .base import NewJob
 
 __all__ = ("_RETRIES", "_RETRYABLE", "Host")
 
@@ -47,7 +48,7 @@ class Host:
         _conc_skipped: bool
         _rate_next: float | None
         _flow_wait: float
-        _finishes: list[tuple[Lease, Outcome | None, asyncio.Future[Any]]]
+        _finishes: list[_Pending]
         _finisher: asyncio.Task[None] | None
         _held: dict[str, tuple[str, Job]]
         _prebegun: dict[str, str]

@@ -30,11 +30,36 @@ from .base import Claim, FlowLimit, HeartbeatReply, Lease, NewJob, Outcome, Rate
 T = TypeVar("T")
 
 _FINISH_BATCH = 256
-#: A begin (no outcome) or a finish waiting for the next group commit.
-_Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any]"]
+#: A begin (no outcome) or a finish waiting for the next group commit: its lease, outcome,
+#: and where its result goes (its own future, or its place in a ``begin`` of several).
+_Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any] | _Begins", int]
 #: Most leases remembered for set-based finishes (beyond: the per-row path, same result).
 _HELD_MAX = 100_000
 _NCOLS = len(COLUMNS)
+
+
+class _Begins:
+    """One ``begin`` of several leases, as one group-commit entry: one future for the
+    list, each lease's result put in its place (no task nor future per lease)."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, future: asyncio.Future[list[Job | None]], n: int) -> None:
+        self.future = future
+        self.results: list[Job | None] = [None] * n
+        self.left = n
+
+    def put(self, i: int, result: Job | None) -> None:
+        self.results[i] = result
+        self.left -= 1
+        if not self.left and not self.future.done():
+            self.future.set_result(self.results)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
 
 
 def _queues_key(queues: Sequence[str] | None) -> frozenset[str] | None:
@@ -340,7 +365,16 @@ class WorkerPathMixin(Host):
         # Starts ride in the same group commit as finishes.
         if len(leases) == 1:
             return [await self._grouped(leases[0], None)]
-        return list(await asyncio.gather(*(self._grouped(lease, None) for lease in leases)))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Job | None]] = loop.create_future()
+        sink = _Begins(future, len(leases))
+        self._finishes += [(lease, None, sink, i) for i, lease in enumerate(leases)]
+        self._kick_flush(loop)
+        return await future
+
+    def begins_together(self) -> bool:
+        """``begin`` of a list is one group-commit entry (``base.BeginsTogether``)."""
+        return True
 
     def _handout(self, lease: Lease) -> Job | None:
         """The job its claim began, as that claim wrote it; ``None``: begin it here."""
@@ -431,10 +465,13 @@ class WorkerPathMixin(Host):
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._finishes.append((lease, outcome, future))
+        self._finishes.append((lease, outcome, future, 0))
+        self._kick_flush(loop)
+        return await future
+
+    def _kick_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._finisher is None or self._finisher.done():
             self._finisher = loop.create_task(self._flush_finishes())
-        return await future
 
     async def _flush_finishes(self) -> None:
         # One loop turn first: the jobs that end in this turn free their slots before their
@@ -448,13 +485,15 @@ class WorkerPathMixin(Host):
             try:
                 results = await self._retrying(partial(self._flush, batch))
             except Exception as exc:
-                for lease, _, future in batch:
+                for lease, _, future, _ in batch:
                     self._held.pop(lease.job_id, None)  # it may have applied: read it back
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():
+            for (_, _, future, i), result in zip(batch, results, strict=True):
+                if isinstance(future, _Begins):
+                    future.put(i, result)
+                elif not future.done():
                     future.set_result(result)
 
     async def _flush(self, batch: list[_Pending]) -> list[Job | None]:
@@ -464,7 +503,7 @@ class WorkerPathMixin(Host):
         group = Flush()
         seen: set[str] = set()
         changes: list[life.Change] = []
-        for lease, outcome, _ in batch:
+        for lease, outcome, _, _ in batch:
             job = self._holding(lease)
             change = None
             if job is not None and lease.job_id not in seen:
@@ -492,7 +531,8 @@ class WorkerPathMixin(Host):
         asked = set(row["asked"] or ())  # begun jobs whose cancel was asked meanwhile
         results: list[Job | None] = []
         again: list[_Pending] = []
-        for (lease, outcome, future), change in zip(batch, changes, strict=True):
+        for entry, change in zip(batch, changes, strict=True):
+            lease, outcome = entry[0], entry[1]
             if outcome is not None:
                 self._held.pop(lease.job_id, None)
                 results.append(change.job if lease.job_id in finished else None)
@@ -505,13 +545,13 @@ class WorkerPathMixin(Host):
             else:
                 # Lost, or begun by an earlier try whose reply was lost: read the row.
                 self._held.pop(lease.job_id, None)
-                again.append((lease, outcome, future))
+                again.append(entry)
                 results.append(None)
         if again:
             redone = iter(await self._flush_rows(again))
             results = [
                 next(redone) if outcome is None and lease.job_id not in begun else result
-                for (lease, outcome, _), result in zip(batch, results, strict=True)
+                for (lease, outcome, _, _), result in zip(batch, results, strict=True)
             ]
         newest = row["newest"]
         if newest is not None:
@@ -527,7 +567,7 @@ class WorkerPathMixin(Host):
 
         async def run(tx: Tx) -> list[Job | None]:
             results: list[Job | None] = []
-            for lease, outcome, _ in batch:
+            for lease, outcome, _, _ in batch:
                 if outcome is None:
                     results.append(await self._begin_one(tx, lease))
                 else:
@@ -535,7 +575,7 @@ class WorkerPathMixin(Host):
             return results
 
         results = await self._write(run)
-        for (lease, outcome, _), job in zip(batch, results, strict=True):
+        for (lease, outcome, _, _), job in zip(batch, results, strict=True):
             if outcome is None and job is not None:
                 self._hold(lease.token, job)
             else:

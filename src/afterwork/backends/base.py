@@ -36,6 +36,7 @@ from ..job import Job, JobEvent, JobStatus
 __all__ = (
     "TRUNCATED",
     "Backend",
+    "BeginsTogether",
     "CancelWatch",
     "ChannelMessage",
     "Channels",
@@ -268,6 +269,17 @@ class CancelWatch(Protocol):
 
     def watch_cancels(self, callback: Callable[[str], object]) -> Callable[[], None]:
         """Call ``callback(job_id)`` on each cancel request; return a function to stop."""
+        ...
+
+
+@runtime_checkable
+class BeginsTogether(Protocol):
+    """Optional: a store whose ``begin`` of several leases costs less than as many
+    ``begin`` calls of one. The worker then begins the jobs it starts before the first of
+    them runs with one call; other stores get a call per job."""
+
+    def begins_together(self) -> bool:
+        """A marker: ``begin`` takes a list as one write."""
         ...
 
 
