@@ -303,3 +303,27 @@ async def _refuse_all_writes(aw: Afterwork, backend_name: str) -> Any:
             await conn.execute(f"DROP TRIGGER refuse ON {s}.jobs")
 
     return restore
+
+
+@pytest.mark.parametrize("backend_name", ["redis", "redis-cluster"], indirect=True)
+async def test_one_redis_server_takes_a_group_on_the_worker_paths_own_connection(
+    make_aw: AwFactory, backend_name: str, clock: FakeClock
+) -> None:
+    """On one server the group's call goes on the worker path's connection (packed by
+    hiredis, one timeout); a cluster keeps the client's own path. The same rows either way."""
+    aw = make_aw()
+    async with aw:
+        backend: Any = aw.backend
+        assert backend._hot_conn is None
+        records = [local(plain(n), Outcome.succeeded(n), at=clock()) for n in range(3)]
+        await backend.write_local(records)
+        assert (backend._hot_conn is not None) is (backend_name == "redis")
+        backend._hot_busy = True  # the worker's call holds it: the client's own path
+        try:
+            more = [local(plain(n), Outcome.succeeded(n), at=clock()) for n in range(3)]
+            await backend.write_local(more)
+        finally:
+            backend._hot_busy = False
+        for record in records + more:
+            job = await backend.get(record.new.id)
+            assert job is not None and job.status is JobStatus.SUCCEEDED

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_json
 
 from ._redis_scripts import (
+    OWNED,
     SCRIPTS,
     Script,
     Timelines,
-    change_item,
     fmt,
+    hash_fields,
     job_args,
     remember_timeline,
 )
@@ -35,6 +36,24 @@ if TYPE_CHECKING:
 __all__ = ("LocalWritesMixin",)
 
 
+def _change(owned: tuple[str, ...], change: Any, at: float) -> dict[str, Any]:
+    """``change_item``'s entry, less its ``id`` and ``expect`` (this script's check is its
+    own), built in one pass: 6.5 µs a record instead of 10.5."""
+    set_: dict[str, str] = {}
+    del_: list[str] = []
+    for name, value in hash_fields(change.job, owned).items():
+        if value is None:
+            del_.append(name)
+        else:
+            set_[name] = value
+    entry: dict[str, Any] = {"set": set_, "del": del_, "at": f"{at:.6f}"}
+    if change.event is not None:
+        entry["event"] = change.event
+    if change.message is not None:
+        entry["message"] = change.message
+    return entry
+
+
 class LocalWritesMixin:
     """``write_local`` of :class:`~afterwork.backends.redis.RedisBackend`."""
 
@@ -44,9 +63,7 @@ class LocalWritesMixin:
 
         def now(self) -> float: ...
 
-        async def _eval(
-            self, script: Script, *args: str, retry_for: float | None = None, replay: int = -1
-        ) -> Any: ...
+        async def _eval_hot(self, script: Script, *args: str, retry_for: float | None) -> Any: ...
 
         def _parse(self, record: list[Any], job_id: str | None = None) -> Job: ...
 
@@ -71,17 +88,17 @@ class LocalWritesMixin:
             }
             if change is not None:
                 if record.outcome is not None and record.finished_at is not None:
-                    entry = change_item("finish", change, expect={}, done=record.token)
-                    at = record.finished_at
+                    entry = _change(OWNED["finish"], change, record.finished_at)
+                    entry["done"] = record.token
                 else:
-                    entry = change_item("cancel", change, expect={}, cancelpub=True)
-                    at = now
-                del entry["expect"], entry["id"]
-                entry["at"] = f"{at:.6f}"
+                    entry = _change(OWNED["cancel"], change, now)
+                    entry["cancelpub"] = True
                 remember_timeline(self._timelines, entry["set"].get("tl"), change.job.timeline)
                 item["change"] = entry
             items.append(item)
-        reply = await self._eval(SCRIPTS["local"], to_json(items).decode())
+        # On the worker path's own connection, packed by hiredis (``_eval`` on a cluster or
+        # through Sentinel, or while the worker's call holds that connection).
+        reply = await self._eval_hot(SCRIPTS["local"], to_json(items).decode(), retry_for=None)
         for record, stored in zip(records, reply, strict=True):
             if stored != 0:  # still running: this process holds its lease
                 self._held[record.new.id] = (record.token, self._parse(stored))
