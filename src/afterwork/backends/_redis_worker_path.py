@@ -483,7 +483,7 @@ class WorkerPathMixin:
                         reply = await conn.read_response()
             except ResponseError:
                 # An error reply: the exchange is complete and the connection still good.
-                self._hot_conn = conn
+                await self._give_back_hot(conn)
                 raise
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -491,10 +491,19 @@ class WorkerPathMixin:
                 raise
             finally:
                 self._hot_busy = False
-            self._hot_conn = conn
+            await self._give_back_hot(conn)
             return reply
 
         return await self._retrying(call, retry_for)
+
+    async def _give_back_hot(self, conn: Any) -> None:
+        """Keep ``conn`` for the next hot call, or close it if another call (a retry that
+        overlapped one, while the store was away) already gave one back."""
+        if self._hot_conn is None:
+            self._hot_conn = conn
+            return
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
 
     async def _drop_hot(self) -> None:
         """Fail the starts, finishes and claims still waiting for a script call, and close
