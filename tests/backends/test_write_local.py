@@ -327,3 +327,31 @@ async def test_one_redis_server_takes_a_group_on_the_worker_paths_own_connection
         for record in records + more:
             job = await backend.get(record.new.id)
             assert job is not None and job.status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        *(outcome for _, outcome in OUTCOMES if outcome is not None),
+        Outcome.succeeded(),
+        Outcome.cancelled(),
+    ],
+)
+def test_redis_encodes_an_ended_record_as_the_change_local_changes_computes(
+    outcome: Outcome,
+) -> None:
+    """The usual record (ran from its start, ended for good) is encoded directly, without
+    building its jobs: the same entry and timeline as from ``local_changes``' change."""
+    from afterwork._engine.writebehind import local_changes
+    from afterwork.backends._redis_local import _change, _ended_entry
+    from afterwork.backends._redis_scripts import OWNED, fmt
+
+    record = local(plain(1), outcome, at=1_700_000_000.1234567, end=1_700_000_000.3456789)
+    assert record.finished_at is not None
+    _, change = local_changes(record, now=1_700_000_001.0, exact=fmt)
+    assert change is not None
+    expected = _change(OWNED["finish"], change, record.finished_at)
+    entry, timeline = _ended_entry(record, record.finished_at)
+    assert entry == expected
+    assert list(entry["set"]) == list(expected["set"])
+    assert timeline == change.job.timeline

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
+from ..job import JobAttempt, JobStatus
 from ._redis_scripts import (
     OWNED,
     SCRIPTS,
@@ -54,6 +55,59 @@ def _change(owned: tuple[str, ...], change: Any, at: float) -> dict[str, Any]:
     return entry
 
 
+_ENDED = frozenset((JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED))
+
+
+def _ended_entry(record: LocalRecord, finished_at: float) -> tuple[dict[str, Any], Any]:
+    """The finish entry of a record that ran here from its start (no delay) and ended for
+    good, and its timeline: what ``_change(OWNED["finish"], ...)`` makes of
+    ``local_changes``' change, encoded directly from the outcome (no ``Job`` built twice,
+    no encoder per field). ``tests/backends/test_write_local.py`` compares the two."""
+    outcome = record.outcome
+    assert outcome is not None
+    status = outcome.status
+    error = None if status is JobStatus.SUCCEEDED else outcome.error
+    started, ended, worker = fmt(record.started_at), fmt(finished_at), record.worker
+    timeline = (
+        JobAttempt(
+            number=1,
+            started_at=started,
+            ended_at=ended,
+            worker=worker,
+            outcome=status.value,
+            error=error,
+        ),
+    )
+    error_dict = None if error is None else error.to_dict()
+    set_: dict[str, str] = {"status": status.value}
+    del_: list[str] = []
+    result = outcome.result if status is JobStatus.SUCCEEDED else None
+    if result is None:
+        del_.append("result")
+    else:
+        set_["result"] = to_json(result).decode()
+    if error_dict is None:
+        del_.append("error")
+    else:
+        set_["error"] = to_json(error_dict).decode()
+    set_["finished"] = f"{finished_at:.6f}"  # what ``fmt`` kept, written as it writes it
+    set_["run_at"] = f"{record.started_at:.6f}"
+    set_["attempts"] = "1"
+    del_ += ("worker", "lease")
+    set_["cancel"] = "0"
+    attempt = {
+        "number": 1,
+        "started_at": started,
+        "ended_at": ended,
+        "worker": worker,
+        "outcome": status.value,
+        "error": error_dict,
+    }  # ``JobAttempt.to_dict``
+    set_["tl"] = to_json([attempt]).decode()
+    entry = {"set": set_, "del": del_, "at": set_["finished"], "event": status.value}
+    return entry, timeline
+
+
 class LocalWritesMixin:
     """``write_local`` of :class:`~afterwork.backends.redis.RedisBackend`."""
 
@@ -78,7 +132,6 @@ class LocalWritesMixin:
         now = self.now()
         items: list[dict[str, Any]] = []
         for record in records:
-            _, change = local_changes(record, now=now, exact=fmt)
             item: dict[str, Any] = {
                 "job": job_args(record.new),
                 "worker": record.worker,
@@ -86,6 +139,20 @@ class LocalWritesMixin:
                 "ttl": repr(float(record.lease_ttl)),
                 "at": f"{record.started_at:.6f}",
             }
+            finished_at = record.finished_at
+            if (
+                finished_at is not None
+                and record.outcome is not None
+                and record.outcome.status in _ENDED
+                and record.new.delay == 0.0
+            ):  # the usual case, encoded directly
+                entry, timeline = _ended_entry(record, finished_at)
+                entry["done"] = record.token
+                remember_timeline(self._timelines, entry["set"]["tl"], timeline)
+                item["change"] = entry
+                items.append(item)
+                continue
+            _, change = local_changes(record, now=now, exact=fmt)
             if change is not None:
                 if record.outcome is not None and record.finished_at is not None:
                     entry = _change(OWNED["finish"], change, record.finished_at)
