@@ -3,7 +3,8 @@
 A group of records is one script call (``lua/local.lua``): each job created running as
 ``start`` creates it, at the time it started, then ended as ``finish`` ends it (or asked to
 cancel as ``cancel`` asks), at its own time, with the events of both in order. The changes
-are computed here by :mod:`afterwork._lifecycle` (``local_changes``), as for any finish.
+are computed here by :mod:`afterwork._lifecycle` (``local_changes``), as for any finish;
+a record that ended for good (the usual one) has the same entry encoded from its outcome.
 
 The script is atomic, and checks every record before its first write. A repeat after a lost
 reply writes nothing twice: a job already stored is not created again, and its change is
