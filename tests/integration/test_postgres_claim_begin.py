@@ -72,6 +72,23 @@ async def test_a_claim_begins_the_first_jobs_and_the_worker_still_gets_claims(
     assert [a.outcome for a in done.timeline] == ["succeeded"]
 
 
+async def test_a_begin_of_jobs_its_claim_did_not_begin_while_others_wait_begun(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    # A busy worker holds jobs its claim began (buffered) while it begins others in the
+    # usual write: that begin must not wait for, nor loop over, the ones begun ahead.
+    backend, _ = store
+    jobs = await backend.enqueue([new(priority=1 - n) for n in range(2)])
+    first, second = await backend.claim("w", queues=None, limit=2, lease_ttl=30.0, begin=1)
+    with anyio.fail_after(5):
+        (begun,) = await backend.begin([second.lease])
+    assert begun is not None and begun.id == jobs[1].id and begun.attempts == 1
+    with anyio.fail_after(5):
+        (ahead,) = await backend.begin([first.lease])
+    assert ahead is not None and ahead.id == jobs[0].id and ahead.attempts == 1
+    assert await started_events(backend) == [jobs[0].id, jobs[1].id]
+
+
 async def test_a_claim_released_before_its_begin_leaves_no_attempt(
     store: tuple[PostgresBackend, FakeClock],
 ) -> None:
