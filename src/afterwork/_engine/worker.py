@@ -156,7 +156,6 @@ class Worker:
         self._job_errors: list[BaseException] = []
         self._begins: _BeginBatch | None = None  # started jobs whose begin is not sent yet
         self._begins_together = False  # the store's begin of a list is one write
-        self._begin_cap = concurrency  # jobs per begin call at most
         self._new_scope: Callable[[], anyio.CancelScope] = anyio.CancelScope
         """Makes a job's cancel scopes: the event loop's own class once running (``anyio.
         CancelScope()`` looks the loop's library up each time, twice per job)."""
@@ -239,10 +238,6 @@ class Worker:
         backend = self.host.backend
         self._claim_begins = isinstance(backend, ClaimBegins)
         self._begins_together = isinstance(backend, BeginsTogether)
-        groups = getattr(backend, "begin_groups", 1) if self._begins_together else 1
-        # At most this many jobs per begin call: a store with several calls in flight
-        # runs one group's jobs while it begins another's.
-        self._begin_cap = max(1, -(-self.concurrency // max(1, groups)))
         # Cancel requests made in other processes reach this worker at once where the
         # store can push them (the heartbeat reply covers every store).
         unwatch = (
@@ -482,7 +477,7 @@ class Worker:
         index = 0
         if self._begins_together:
             batch = self._begins
-            if batch is None or len(batch.runs) >= self._begin_cap:
+            if batch is None:
                 batch = self._begins = _BeginBatch()
             index = len(batch.runs)
             batch.runs.append(run)

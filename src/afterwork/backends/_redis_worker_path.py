@@ -1,6 +1,6 @@
 """The Redis store's worker path: start, claim, begin, heartbeat, finish (starts, finishes
-and a claim issued together share one script call, up to two such calls in flight on one
-connection), progress and the recovery of expired leases.
+and a claim issued together share one script call), progress and the recovery of expired
+leases.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import _lifecycle as life
@@ -49,9 +48,6 @@ __all__ = ("WorkerPathMixin",)
 logger: logging.Logger = logging.getLogger("afterwork.backends.redis")
 
 _FINISH_BATCH = 256
-_DEPTH = 2
-"""Script calls of the flusher in flight together on one server's hot connection (see
-``_flush_writes``): one batch's call runs in Redis while the jobs another call began run."""
 
 
 @dataclass
@@ -71,23 +67,6 @@ class _ClaimAsk:
     script: Script
     args: list[str]
     future: asyncio.Future[Any]
-
-
-@dataclass
-class _Line:
-    """The hot calls' connection and its calls in flight (pipelined: each call writes its
-    command once the call before it has written its own, and reads its reply once the call
-    before it has read its own, so replies are read in the order the commands went out).
-
-    A failure, a timeout or a cancel mid-call marks the line broken and drops its
-    connection: every call still on it fails as a lost connection (retried or not, as
-    each call's own policy says); the next call opens a new line."""
-
-    conn: Any
-    sent: asyncio.Future[None] | None = None  # the last call's command is written
-    read: asyncio.Future[None] | None = None  # the last call's reply is read
-    calls: int = 0  # in flight
-    broken: bool = False
 
 
 _CYCLES: dict[str, Script] = {}
@@ -156,7 +135,6 @@ class WorkerPathMixin:
         _redis: Any
         events_key: str
         _flusher: asyncio.Task[None] | None
-        _hot_calls: set[asyncio.Task[None]]
         _timelines: Timelines
         _wake: Notifier
         _subscribed: asyncio.Event
@@ -185,19 +163,11 @@ class WorkerPathMixin:
             on_retry: Callable[[], None] | None = None,
         ) -> Any: ...
 
-    # The connection of the worker's hot calls (see _eval_hot): the flusher's calls share
-    # it, up to ``_DEPTH`` in flight; ``_hot_busy`` (a call in flight) sends any other
-    # caller to the pool.
-    _hot_line: _Line | None = None
+    # The connection of the worker's hot calls (see _eval_hot): one, as one task (the
+    # flusher) makes them all; ``_hot_busy`` sends any other caller to the pool.
+    _hot_conn: Any = None
     _hot_loop: asyncio.AbstractEventLoop | None = None
     _hot_busy: bool = False
-    _claiming = False  # a flusher's call carrying a claim is in flight
-
-    @property
-    def _hot_conn(self) -> Any:
-        """The hot calls' connection, ``None`` before the first call and once dropped."""
-        line = self._hot_line
-        return None if line is None or line.broken else line.conn
 
     async def start(self, job: NewJob, worker: str, *, lease_ttl: float) -> Claim:
         token = os.urandom(16).hex()
@@ -324,24 +294,13 @@ class WorkerPathMixin:
         begun: list[Job | None] = await future
         return begun
 
-    def begins_together(self) -> bool:
-        """``begin`` of a list is one write in one script call (``base.BeginsTogether``)."""
-        return True
-
-    @property
-    def begin_groups(self) -> int:
-        """Groups the worker begins its jobs in: each group's call in flight on its own,
-        the jobs of one running while Redis runs the other's (one server only)."""
-        return _DEPTH if self._topology.kind == "single" else 1
-
     def _kick_writes(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_writes())
 
     async def _flush_writes(self) -> None:
         """Send the pending starts and finishes, a batch per script call (group commit),
-        and a pending claim with them; on one server, a second call goes out while one is
-        in flight (up to ``_DEPTH``), pipelined on the hot connection.
+        and a pending claim with them.
 
         Each write is still fenced by its own token, and a repeat of an applied one writes
         nothing (a start finds the attempt started, a finish returns its record): safe to
@@ -349,83 +308,33 @@ class WorkerPathMixin:
         otherwise. A claim is never retried (a lost reply must not claim twice; the worker
         loop claims again): if the call that carried one fails, the claim fails and the
         writes are sent again alone.
-
-        Calls in flight together never depend on each other: a job is begun only once its
-        claim's reply is read, and finished only once its start's reply is read, so its
-        finish is never in a call sent before its start's was answered; one server runs a
-        connection's commands in the order sent.
         """
         # One loop turn first: the jobs that end in this turn free their slots before their
         # finishes are queued, and the starts of the jobs that take them, and the claim that
         # refills the buffer, join this batch.
         await asyncio.sleep(0)
-        depth = _DEPTH if self._topology.kind == "single" else 1
-        calls = self._hot_calls
-        loop = asyncio.get_running_loop()
         while self._writes or self._claims:
-            if len(calls) >= depth:
-                await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            if depth > 1:
-                batch, rest = self._one_group(self._writes)
-                self._writes = rest
-            else:
-                batch = self._writes[:_FINISH_BATCH]
-                del self._writes[:_FINISH_BATCH]
+            batch = self._writes[:_FINISH_BATCH]
+            del self._writes[:_FINISH_BATCH]
             ask: _ClaimAsk | None = None
-            # One claim in flight at a time: the jobs of a claim whose caller left are
-            # handed back before the next claim runs.
-            while ask is None and self._claims and not self._claiming:
+            while ask is None and self._claims:
                 ask = self._claims.pop(0)
                 if ask.future.done():  # its caller was cancelled: claim nothing for it
                     ask = None
-            if not batch and ask is None:
-                if self._claims:  # behind the claim in flight
-                    await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                where, computed, reply, claimed = await self._send(batch, ask)
+            except Exception as exc:
+                self._fail(batch, ask, exc)
                 continue
-            task = loop.create_task(self._call(batch, ask))
-            calls.add(task)
-            task.add_done_callback(calls.discard)
-            if ask is not None:
-                self._claiming = True
-                task.add_done_callback(self._claimed)
-
-    def _claimed(self, task: asyncio.Task[None]) -> None:
-        self._claiming = False
-
-    @staticmethod
-    def _one_group(writes: list[_Write]) -> tuple[list[_Write], list[_Write]]:
-        """The writes for the next call: the finishes (up to ``_FINISH_BATCH``) and one
-        group of starts, so that each group's jobs run as soon as its own call returns;
-        and the rest."""
-        batch: list[_Write] = []
-        rest: list[_Write] = []
-        begins = False
-        for write in writes:
-            if len(batch) >= _FINISH_BATCH or (write.outcome is None and begins):
-                rest.append(write)
-                continue
-            begins = begins or write.outcome is None
-            batch.append(write)
-        return batch, rest
-
-    async def _call(self, batch: list[_Write], ask: _ClaimAsk | None) -> None:
-        """One script call for ``batch`` and ``ask``, its replies handed to their callers."""
-        try:
-            where, computed, reply, claimed = await self._send(batch, ask)
-        except Exception as exc:
-            self._fail(batch, ask, exc)
-            return
-        except asyncio.CancelledError:  # the store is closing
-            self._fail(batch, ask, BackendUnavailable("the Redis store was closed"))
-            raise
-        self._settle(batch, where, computed, reply)
-        if ask is not None and claimed is not None:
-            if not ask.future.done():
-                ask.future.set_result(claimed)
-            elif ask.future.cancelled():
-                self._hand_back(claimed)
-                self._kick_writes()
+            except asyncio.CancelledError:  # the store is closing
+                self._fail(batch, ask, BackendUnavailable("the Redis store was closed"))
+                raise
+            self._settle(batch, where, computed, reply)
+            if ask is not None and claimed is not None:
+                if not ask.future.done():
+                    ask.future.set_result(claimed)
+                elif ask.future.cancelled():
+                    self._hand_back(claimed)
 
     async def _send(
         self, batch: list[_Write], ask: _ClaimAsk | None
@@ -495,14 +404,12 @@ class WorkerPathMixin:
 
     async def _apply_hot(self, items: list[dict[str, Any]], retry_for: float | None) -> Any:
         """``_apply`` on the hot calls' connection."""
-        return await self._eval_hot(
-            SCRIPTS["apply"], to_json(items).decode(), retry_for=retry_for, pipelined=True
-        )
+        return await self._eval_hot(SCRIPTS["apply"], to_json(items).decode(), retry_for=retry_for)
 
     async def _claim_now(self, ask: _ClaimAsk) -> Any:
         """The claim alone (no write is pending)."""
         # Never retried: a lost reply must not claim twice; the worker loop retries.
-        return await self._eval_hot(ask.script, *ask.args, retry_for=0.0, pipelined=True)
+        return await self._eval_hot(ask.script, *ask.args, retry_for=0.0)
 
     async def _apply_and_claim(
         self, items: list[dict[str, Any]], ask: _ClaimAsk, retry_for: float | None
@@ -516,7 +423,7 @@ class WorkerPathMixin:
         script = _cycle(ask.script)
         try:
             applied, claimed = await self._eval_hot(
-                script, to_json(items).decode(), *ask.args, retry_for=0.0, pipelined=True
+                script, to_json(items).decode(), *ask.args, retry_for=0.0
             )
         except BackendUnavailable as exc:
             if not ask.future.done():
@@ -528,90 +435,75 @@ class WorkerPathMixin:
             return applied, None
         return applied, claimed
 
-    async def _eval_hot(
-        self, script: Script, *args: str, retry_for: float | None, pipelined: bool = False
-    ) -> Any:
+    async def _eval_hot(self, script: Script, *args: str, retry_for: float | None) -> Any:
         """``_eval`` on a connection of the worker's own (a single server; ``_eval`` on a
-        cluster or through Sentinel, or if other calls hold the connection).
+        cluster or through Sentinel, or if another call holds the connection).
 
-        The worker's claims and flushes come from one task, up to ``_DEPTH`` calls in
-        flight (``pipelined``: a flusher's call), so one connection serves them, without
-        the pool's lock and bookkeeping; any other caller takes it only while no call is
-        in flight. The command is packed by hiredis, and one ``asyncio.timeout`` bounds the
-        call instead of redis-py's per-read and per-write ones (a task per write). A
-        failure, a timeout or a cancel mid-call drops the connection, and fails every call
-        in flight on it as a lost connection (see :class:`_Line`): one whose reply may
-        still be on its way is never used again; the next call opens a new one.
+        The worker's claims and flushes come from one task, one at a time, so one
+        connection serves them, without the pool's lock and bookkeeping; the command is
+        packed by hiredis, and one ``asyncio.timeout`` bounds the call instead of
+        redis-py's per-read and per-write ones (a task per write). A failure, a timeout or
+        a cancel mid-call drops the connection: one whose reply may still be on its way is
+        never used again; the next call opens a new one.
         """
-        if self._topology.kind != "single":
-            return await self._eval(script, *args, retry_for=retry_for)
-        line = self._hot_line
-        held = 0 if line is None or line.broken else line.calls
-        if (self._hot_busy and not pipelined) or held >= _DEPTH:
+        if self._topology.kind != "single" or self._hot_busy:
             return await self._eval(script, *args, retry_for=retry_for)
         loop = asyncio.get_running_loop()
         if self._hot_loop is not loop:  # a connection's streams belong to its loop
-            self._hot_loop, self._hot_line = loop, None
+            self._hot_loop, self._hot_conn = loop, None
         argv = (self._keys, "" if self._clock is None else repr(self._clock()), self._maxlen)
 
         async def call() -> Any:
-            async with asyncio.timeout(self._socket_timeout):
-                try:
-                    return await self._on_line(
-                        ("EVALSHA", script.sha, "1", self.events_key, *argv, *args)
-                    )
-                except NoScriptError:  # not run: a restarted server
-                    return await self._on_line(
-                        ("EVAL", script.source, "1", self.events_key, *argv, *args)
-                    )
+            conn = self._hot_conn
+            if conn is None:
+                pool = self._require().connection_pool
+                options = {**pool.connection_kwargs, "socket_timeout": None}
+                conn = pool.connection_class(**options)
+            elif self._redis is None:
+                self._require()  # closed
+            self._hot_conn = None  # taken: given back only once its reply has been read
+            self._hot_busy = True
+            try:
+                async with asyncio.timeout(self._socket_timeout):
+                    try:
+                        await conn.send_packed_command(
+                            _pack(
+                                conn, ("EVALSHA", script.sha, "1", self.events_key, *argv, *args)
+                            ),
+                            check_health=False,
+                        )
+                        reply = await conn.read_response()
+                    except NoScriptError:  # not run: a restarted server
+                        await conn.send_packed_command(
+                            _pack(
+                                conn, ("EVAL", script.source, "1", self.events_key, *argv, *args)
+                            ),
+                            check_health=False,
+                        )
+                        reply = await conn.read_response()
+            except ResponseError:
+                # An error reply: the exchange is complete and the connection still good.
+                await self._give_back_hot(conn)
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            finally:
+                self._hot_busy = False
+            await self._give_back_hot(conn)
+            return reply
 
         return await self._retrying(call, retry_for)
 
-    async def _on_line(self, command: tuple[str, ...]) -> Any:
-        """Send ``command`` on the hot calls' line, after the calls before it, and read its
-        reply, after theirs (a new line if there is none, or it was dropped)."""
-        line = self._hot_line
-        if line is None or line.broken:
-            pool = self._require().connection_pool
-            options = {**pool.connection_kwargs, "socket_timeout": None}
-            line = self._hot_line = _Line(pool.connection_class(**options))
-        elif self._redis is None:
-            self._require()  # closed
-        conn = line.conn
-        loop = asyncio.get_running_loop()
-        before_sent, before_read = line.sent, line.read
-        sent = line.sent = loop.create_future()
-        read = line.read = loop.create_future()
-        line.calls += 1
-        self._hot_busy = True
-        try:
-            if before_sent is not None and not before_sent.done():
-                await asyncio.shield(before_sent)
-            if line.broken:
-                raise RedisConnectionError(
-                    "Error connecting to Redis: the connection was dropped before this call"
-                )
-            await conn.send_packed_command(_pack(conn, command), check_health=False)
-            sent.set_result(None)
-            if before_read is not None and not before_read.done():
-                await asyncio.shield(before_read)
-            if line.broken:
-                raise RedisConnectionError("the connection was dropped before this reply")
-            return await conn.read_response()
-        except ResponseError:
-            raise  # an error reply: the exchange is complete and the connection still good
-        except BaseException:
-            if not line.broken:
-                line.broken = True
-                with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
-            raise
-        finally:
-            for future in (sent, read):
-                if not future.done():
-                    future.set_result(None)
-            line.calls -= 1
-            self._hot_busy = bool(self._hot_line is not None and self._hot_line.calls)
+    async def _give_back_hot(self, conn: Any) -> None:
+        """Keep ``conn`` for the next hot call, or close it if another call (a retry that
+        overlapped one, while the store was away) already gave one back."""
+        if self._hot_conn is None:
+            self._hot_conn = conn
+            return
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
 
     async def _drop_hot(self) -> None:
         """Fail the starts, finishes and claims still waiting for a script call, and close
@@ -620,11 +512,10 @@ class WorkerPathMixin:
         for ask in claims:
             self._fail(writes, ask, BackendUnavailable("the Redis store was closed"))
         self._fail(writes, None, BackendUnavailable("the Redis store was closed"))
-        line, self._hot_line, self._hot_loop = self._hot_line, None, None
-        if line is not None and not line.broken:
-            line.broken = True
+        conn, self._hot_conn, self._hot_loop = self._hot_conn, None, None
+        if conn is not None:
             with contextlib.suppress(Exception):
-                await line.conn.disconnect()
+                await conn.disconnect()
 
     async def _write_items(
         self, batch: list[_Write]

@@ -174,7 +174,6 @@ class RedisBackend(
         self._held: dict[str, tuple[str, Job]] = {}
         self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
-        self._hot_calls: set[asyncio.Task[None]] = set()  # its script calls in flight
         # Concurrent enqueues waiting for the next script call (see enqueue).
         self._enq_loop: asyncio.AbstractEventLoop | None = None
         self._enq_busy = False
@@ -256,7 +255,6 @@ class RedisBackend(
         for channel in list(self._channels):
             channel.close()
         tasks = {t for t in (self._listener, self._flusher) if t is not None and not t.done()}
-        tasks.update(t for t in self._hot_calls if not t.done())
         for task in tasks:
             task.cancel()
         if tasks:
