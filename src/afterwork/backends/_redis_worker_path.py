@@ -1,6 +1,15 @@
 """The Redis store's worker path: start, claim, begin, heartbeat, finish (starts, finishes
 and a claim issued together share one script call), progress and the recovery of expired
 leases.
+
+A claim may also begin the jobs the worker starts at once (``claim(begin=n)``, the optional
+:class:`~afterwork.backends.base.ClaimBegins` protocol): the claim script begins the first
+``n`` it claims (``begin_claimed`` in ``lua/common.lua``: the attempt counted, the start
+stamped, the ``started`` event; a rate-limited job's start logged), so an idle worker's
+job starts after one round trip, not two. The worker still gets claims; its ``begin``
+returns the begun jobs without a write, and a claim released or cancelled before that
+``begin`` is taken back to the job as it was claimed: no attempt, no timeline entry, no
+start time (``_write_items``).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from ._redis_scripts import (
     Timelines,
     change_item,
     fmt,
+    hash_fields,
     job_args,
     parse_job,
     record_fields,
@@ -70,6 +80,12 @@ class _ClaimAsk:
 
 
 _CYCLES: dict[str, Script] = {}
+
+
+def _unbegun(job: Job) -> Job:
+    """A job its claim began, as the claim alone would have left it (``life.claim``): what
+    the worker is handed, and what a release before it runs finishes."""
+    return life.evolve(job, attempts=max(job.attempts - 1, 0), started_at=None)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -139,6 +155,9 @@ class WorkerPathMixin:
         _wake: Notifier
         _subscribed: asyncio.Event
         _cancel_callbacks: list[Callable[[str], object]]
+        _prebegun: dict[str, str]
+        _claiming: int
+        _early_cancels: dict[str, None]
         _connect_timeout: float
         _finish_retry_for: float
 
@@ -178,6 +197,10 @@ class WorkerPathMixin:
         self._held[claim.job.id] = (token, claim.job)
         return claim
 
+    def claims_begin(self) -> bool:
+        """``claim`` takes ``begin=`` (:class:`~afterwork.backends.base.ClaimBegins`)."""
+        return True
+
     async def claim(
         self,
         worker: str,
@@ -188,7 +211,11 @@ class WorkerPathMixin:
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
         rates: Mapping[str, RateLimit] | None = None,
+        begin: int = 0,
     ) -> list[Claim]:
+        """Claim as :meth:`Backend.claim <afterwork.backends.base.Backend.claim>` does;
+        ``begin``: how many of them the worker starts at once (begun by the claim's own
+        script call, see the module's docstring)."""
         if limit <= 0:
             return []
         if self._cancel_callbacks and not self._subscribed.is_set():
@@ -216,6 +243,7 @@ class WorkerPathMixin:
                 repr(float(lease_ttl)),
                 str(limit),
                 os.urandom(8).hex() + "-",
+                str(max(min(begin, limit), 0)),
                 str(len(names)),
                 *names,
                 *(flow or exclude_tasks),
@@ -224,7 +252,15 @@ class WorkerPathMixin:
         )
         self._claims.append(ask)
         self._kick_writes()
-        reply = await ask.future
+        self._claiming += 1
+        try:
+            reply = await ask.future
+        except BaseException:
+            if self._claiming == 1:
+                self._early_cancels = {}  # no claim of ours to tell them to
+            raise
+        finally:
+            self._claiming -= 1
         skipped, records = reply[0], reply[1]
         self._skipped = bool(skipped)
         next_at = reply[2] if len(reply) > 2 else b""
@@ -237,9 +273,38 @@ class WorkerPathMixin:
             except MalformedRecord as exc:
                 await self._quarantine_claimed(record, str(exc))
                 continue
-            self._held[claim.job.id] = (claim.token, claim.job)
+            job = claim.job
+            self._held[job.id] = (claim.token, job)
+            if job.started_at is not None:
+                # Begun by the claim (a claimed record has no start): the worker still
+                # gets the claim, and its begin the begun job (``_handout``).
+                self._prebegun[job.id] = claim.token
+                claim = Claim(_unbegun(job), claim.token)
             claims.append(claim)
+        self._redeliver_cancels(claims)
         return claims
+
+    def _cancel_pushed(self, job_id: str) -> None:
+        """A cancel request from the channel: tell the worker (see ``_redeliver_cancels``)."""
+        if self._claiming:
+            # It may be a job of that claim, which its worker does not know it holds yet:
+            # the claim tells the worker again when it returns.
+            self._early_cancels[job_id] = None
+        for callback in list(self._cancel_callbacks):
+            callback(job_id)
+
+    def _redeliver_cancels(self, claims: Sequence[Claim]) -> None:
+        """Cancels pushed while a claim was in flight name jobs the worker did not know it
+        held yet: tell it again, once these claims are its own (after this loop turn)."""
+        if not self._early_cancels:
+            return
+        early = self._early_cancels
+        if not self._claiming:
+            self._early_cancels = {}
+        loop = asyncio.get_running_loop()
+        for claim in claims:
+            if claim.job.id in early:
+                loop.call_soon(self._cancel_pushed, claim.job.id)
 
     async def _quarantine_claimed(self, record: list[Any], reason: str) -> None:
         logger.error(
@@ -286,6 +351,13 @@ class WorkerPathMixin:
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
             return []
+        if self._prebegun:
+            handed = [self._handout(lease) for lease in leases]
+            if all(job is not None for job in handed):
+                return handed  # begun by their claim: no write
+            rest = [lease for lease, job in zip(leases, handed, strict=True) if job is None]
+            later = iter(await self.begin(rest))
+            return [job if job is not None else next(later) for job in handed]
         # Starts ride in the same script call as the finishes and starts asked for in the
         # same loop turn: a slot freed by a finish is usually taken by a start at once.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -293,6 +365,16 @@ class WorkerPathMixin:
         self._kick_writes()
         begun: list[Job | None] = await future
         return begun
+
+    def _handout(self, lease: Lease) -> Job | None:
+        """The job its claim began, as that claim wrote it; ``None``: begin it here."""
+        if self._prebegun.get(lease.job_id) != lease.token:
+            return None
+        del self._prebegun[lease.job_id]
+        held = self._held.get(lease.job_id)
+        if held is None or held[0] != lease.token or held[1].started_at is None:
+            return None
+        return held[1]
 
     def _kick_writes(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -375,6 +457,7 @@ class WorkerPathMixin:
             if write.outcome is not None:
                 finished = True
                 self._held.pop(write.leases[0].job_id, None)
+                self._prebegun.pop(write.leases[0].job_id, None)
             if not write.future.done():
                 write.future.set_result(result if write.outcome is None else result[0])
         if finished:
@@ -391,6 +474,8 @@ class WorkerPathMixin:
                 continue  # recovered when its lease expires, and quarantined then
             token = record[TOKEN]
             self._held[job.id] = (token, job)
+            if job.started_at is not None:  # begun by that claim: taken back unstarted
+                self._prebegun[job.id] = token
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.add_done_callback(_retrieve)
             self._writes.append(_Write([Lease(job.id, token)], Outcome.released(), future))
@@ -547,6 +632,13 @@ class WorkerPathMixin:
                         self._timelines, items[-1]["set"].get("tl"), change.job.timeline
                     )
                 else:
+                    unbegin = (
+                        self._prebegun.get(lease.job_id) == lease.token
+                        and job.started_at is not None
+                    )
+                    began = job
+                    if unbegin:
+                        job = _unbegun(job)  # as its claim would have left it (see below)
                     change = life.finish(
                         job, held=token, token=lease.token, outcome=write.outcome, now=now
                     )
@@ -554,6 +646,14 @@ class WorkerPathMixin:
                         continue
                     expect = {"status": "running", "token": lease.token}
                     items.append(change_item("finish", change, expect=expect, done=lease.token))
+                    if unbegin:
+                        # Begun by its claim, never run (released on a stop, cancelled in
+                        # the buffer): finished as claimed, so no attempt is left; the
+                        # start is taken back, from its rate group's log too.
+                        item = items[-1]
+                        item["expect"].update(hash_fields(began, ("started",)))
+                        item["del"].append("started")
+                        item["unstart"] = f"{began.id}:{began.attempts}"
                     remember_timeline(
                         self._timelines, items[-1]["set"].get("tl"), change.job.timeline
                     )
@@ -570,6 +670,7 @@ class WorkerPathMixin:
         lost, cancel = await self._eval(SCRIPTS["heartbeat"], *args)
         for job_id in lost:
             self._held.pop(job_id, None)
+            self._prebegun.pop(job_id, None)
         return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:

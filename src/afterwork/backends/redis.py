@@ -172,6 +172,11 @@ class RedisBackend(
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
+        # Jobs a claim began that the worker has not begun yet (job id: lease token); a
+        # release or cancel before then takes the start back (``claim(begin=n)``).
+        self._prebegun: dict[str, str] = {}
+        self._claiming = 0  # claims in flight
+        self._early_cancels: dict[str, None] = {}  # cancels pushed while one was
         self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
         # Concurrent enqueues waiting for the next script call (see enqueue).
@@ -510,8 +515,7 @@ class RedisBackend(
                     if message is None:
                         continue
                     if message["channel"] == cancel:
-                        for callback in list(self._cancel_callbacks):
-                            callback(str(message["data"]))
+                        self._cancel_pushed(str(message["data"]))
                     else:
                         self._wake.notify()
             except Exception as exc:
