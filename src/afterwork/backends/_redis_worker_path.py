@@ -58,6 +58,9 @@ __all__ = ("WorkerPathMixin",)
 logger: logging.Logger = logging.getLogger("afterwork.backends.redis")
 
 _FINISH_BATCH = 256
+#: A lease this close to its end (s; the client's clock may differ a little from Redis's)
+#: is not trusted to hold: the ``begin`` of a job its claim began is then written, fenced.
+_HANDOUT_MARGIN = 1.0
 
 
 @dataclass
@@ -355,9 +358,13 @@ class WorkerPathMixin:
             handed = [self._handout(lease) for lease in leases]
             if all(job is not None for job in handed):
                 return handed  # begun by their claim: no write
-            rest = [lease for lease, job in zip(leases, handed, strict=True) if job is None]
-            later = iter(await self.begin(rest))
-            return [job if job is not None else next(later) for job in handed]
+            if any(job is not None for job in handed):
+                rest = [lease for lease, job in zip(leases, handed, strict=True) if job is None]
+                later = iter(await self._begin_written(rest))
+                return [job if job is not None else next(later) for job in handed]
+        return await self._begin_written(leases)
+
+    async def _begin_written(self, leases: Sequence[Lease]) -> list[Job | None]:
         # Starts ride in the same script call as the finishes and starts asked for in the
         # same loop turn: a slot freed by a finish is usually taken by a start at once.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -373,6 +380,11 @@ class WorkerPathMixin:
         del self._prebegun[lease.job_id]
         held = self._held.get(lease.job_id)
         if held is None or held[0] != lease.token or held[1].started_at is None:
+            return None
+        # Only while its lease surely holds (else recovered meanwhile, maybe): otherwise
+        # the begin is written, fenced by the token, as any begin.
+        expires = held[1].lease_expires_at
+        if expires is None or self.now() >= expires - _HANDOUT_MARGIN:
             return None
         return held[1]
 
@@ -456,8 +468,10 @@ class WorkerPathMixin:
         for write, result in zip(batch, results, strict=True):
             if write.outcome is not None:
                 finished = True
-                self._held.pop(write.leases[0].job_id, None)
-                self._prebegun.pop(write.leases[0].job_id, None)
+                lease = write.leases[0]
+                self._held.pop(lease.job_id, None)
+                if self._prebegun.get(lease.job_id) == lease.token:
+                    del self._prebegun[lease.job_id]
             if not write.future.done():
                 write.future.set_result(result if write.outcome is None else result[0])
         if finished:
@@ -670,7 +684,10 @@ class WorkerPathMixin:
         lost, cancel = await self._eval(SCRIPTS["heartbeat"], *args)
         for job_id in lost:
             self._held.pop(job_id, None)
-            self._prebegun.pop(job_id, None)
+        if self._prebegun and lost:
+            for lease in leases:
+                if lease.job_id in lost and self._prebegun.get(lease.job_id) == lease.token:
+                    del self._prebegun[lease.job_id]
         return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:
