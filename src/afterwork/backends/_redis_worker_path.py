@@ -454,7 +454,6 @@ class WorkerPathMixin:
     ) -> None:
         """Answer the starts and finishes of ``batch`` from ``apply.lua``'s reply."""
         results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
-        finished = False
         for (b, i), record, change in zip(where, reply, computed, strict=True):
             if record == 0:
                 continue
@@ -467,15 +466,16 @@ class WorkerPathMixin:
                 self._held[job.id] = (batch[b].leases[i].token, job)
         for write, result in zip(batch, results, strict=True):
             if write.outcome is not None:
-                finished = True
                 lease = write.leases[0]
                 self._held.pop(lease.job_id, None)
                 if self._prebegun.get(lease.job_id) == lease.token:
                     del self._prebegun[lease.job_id]
             if not write.future.done():
                 write.future.set_result(result if write.outcome is None else result[0])
-        if finished:
-            self._wake.notify()
+        # No wake-up for a finish as such: a waiting worker has nothing new to claim (it
+        # would claim nothing, then look again); ``finish`` wakes it when there may be (a
+        # job back in a queue, a place under a fleet-wide limit), and a job made ready by
+        # any write is announced on the wake-up channel (``publish_wake``).
 
     def _hand_back(self, reply: Any) -> None:
         """The jobs of a claim whose caller was cancelled while it ran: released, in the
