@@ -161,6 +161,7 @@ class WorkerPathMixin:
         _prebegun: dict[str, str]
         _claiming: int
         _early_cancels: dict[str, None]
+        _after_claim: tuple[int, frozenset[str] | None, float | None] | None
         _connect_timeout: float
         _finish_retry_for: float
 
@@ -219,6 +220,7 @@ class WorkerPathMixin:
         """Claim as :meth:`Backend.claim <afterwork.backends.base.Backend.claim>` does;
         ``begin``: how many of them the worker starts at once (begun by the claim's own
         script call, see the module's docstring)."""
+        self._after_claim = None
         if limit <= 0:
             return []
         if self._cancel_callbacks and not self._subscribed.is_set():
@@ -253,6 +255,8 @@ class WorkerPathMixin:
             ],
             asyncio.get_running_loop().create_future(),
         )
+        # A wake-up after this ticket may be for a job the claim does not see.
+        ticket = self._wake.ticket()
         self._claims.append(ask)
         self._kick_writes()
         self._claiming += 1
@@ -269,6 +273,11 @@ class WorkerPathMixin:
         next_at = reply[2] if len(reply) > 2 else b""
         next_at = next_at.decode() if isinstance(next_at, bytes) else str(next_at)
         self._rate_next = float(next_at) if next_at else None
+        if len(records) < limit and not skipped and len(reply) > 3:
+            # Fewer than asked, none passed over: nothing else was due in these queues when
+            # the claim looked, so the idle worker's wait for work needs not look again.
+            due = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+            self._after_claim = (ticket, frozenset(names) or None, float(due) if due else None)
         claims: list[Claim] = []
         for record in records:
             try:

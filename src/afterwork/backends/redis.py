@@ -177,6 +177,9 @@ class RedisBackend(
         self._prebegun: dict[str, str] = {}
         self._claiming = 0  # claims in flight
         self._early_cancels: dict[str, None] = {}  # cancels pushed while one was
+        # After a claim that found fewer jobs than it asked for: its ticket, its queues and
+        # when the next delayed job falls due (``wait_for_work`` then needs not look).
+        self._after_claim: tuple[int, frozenset[str] | None, float | None] | None = None
         self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
         # Concurrent enqueues waiting for the next script call (see enqueue).
@@ -397,10 +400,18 @@ class RedisBackend(
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         self._ensure_listener()
         ticket = self._wake.ticket()
-        # If the last claim passed over jobs of tasks at their concurrency limit, checking
-        # again would find them and spin: wait for a finish or a new job instead (the next
-        # claim clears the flag).
-        if not self._skipped:
+        after, self._after_claim = self._after_claim, None
+        if after is not None and after[1] == (frozenset(queues) if queues else None):
+            # The claim just before found these queues empty (and passed nothing over):
+            # wait from its ticket (a job enqueued since has woken it) until the next
+            # delayed job it saw falls due, without looking again.
+            ticket, _, next_due = after
+            if next_due is not None:
+                timeout = min(timeout, max(next_due - self.now(), 0.0))
+        elif not self._skipped:
+            # Look first, unless the last claim passed over jobs of tasks at their
+            # concurrency limit: checking again would find them and spin, so then wait for
+            # a finish or a new job instead (the next claim clears the flag).
             names = list(queues or ())
             try:
                 due = float(await self._eval(SCRIPTS["peek"], str(len(names)), *names))

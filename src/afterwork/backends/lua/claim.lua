@@ -87,4 +87,6 @@ end
 for i = 1, begins(claimed, nbegin) do begin_claimed(claimed[i][1], claimed[i][2]) end
 local out = {}
 for i, c in ipairs(claimed) do out[i] = record(c[1]) end
-return {skipped, out}
+-- Fewer than asked: when the next delayed job falls due (an idle worker waits for that, or
+-- a wake-up, without looking again).
+return {skipped, out, '', #claimed < limit and next_due() or ''}

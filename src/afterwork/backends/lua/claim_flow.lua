@@ -238,4 +238,4 @@ end
 -- for its group's log: begin_claimed).
 for i = 1, begins(picked, nbegin) do begin_claimed(picked[i][1], picked[i][2]) end
 for i, c in ipairs(picked) do out[i] = record(c[1]) end
-return {skipped, out, rate_next and fmt(rate_next) or ''}
+return {skipped, out, rate_next and fmt(rate_next) or '', #picked < limit and next_due() or ''}

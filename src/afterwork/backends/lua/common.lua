@@ -180,6 +180,13 @@ local function publish_wake()
   if wake then redis.call('PUBLISH', P .. ':wake', '1') end
 end
 
+-- When the next delayed job falls due (its run_at), or '' if none waits.
+local function next_due()
+  local first = redis.call('ZRANGE', P .. ':delayed', 0, 0, 'WITHSCORES')
+  if #first == 0 then return '' end
+  return first[2]
+end
+
 -- A claim that begins (claim.lua, claim_flow.lua: a worker's `claim(begin=n)`, the jobs it
 -- starts at once). `claimed` lists this claim's jobs in claim order as {id, queue, recov};
 -- the first `n` begin, unless one of them must run alone (a job recovered from a dead
