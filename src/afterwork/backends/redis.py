@@ -6,8 +6,9 @@ workers never read-then-write. Time is the Redis server's ``TIME`` unless a cloc
 injected (tests), in which case each script gets ``now`` as an argument.
 
 Idle workers wait on a pub/sub wake-up channel (plus a check of the delayed set, so a
-scheduled job wakes them at its time); cancel requests reach the owning worker on a
-second channel. Events go to a capped stream, so every process sees every change and a
+scheduled job wakes them at its time: made by the claim just before the wait, when it
+found fewer jobs than it asked for); cancel requests reach the owning worker on a second
+channel. Events go to a capped stream, so every process sees every change and a
 reader can resume from ``JobEvent.id``.
 """
 
