@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.redis_server import RedisServer  # noqa: E402
 
+from bench.envs import afterwork_python  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 PEERS = {  # name: (module, environment)
     "Taskiq": ("taskiq", ".venv"),
@@ -84,10 +86,13 @@ SUITE_ROWS = {"redis": ROWS, "costs": COST_ROWS, "distance": DISTANCE_ROWS, "dra
 def command(system: str, url: str, out: Path, suite: str = "redis") -> list[str]:
     if system == "afterwork" and suite == "redis":
         script = ROOT / "bench" / "redis_bench.py"
-        return [sys.executable, str(script), "--runs", "1", "--url", url, "--json", str(out)]
+        return [afterwork_python(), str(script), "--runs", "1", "--url", url, "--json", str(out)]
     module, env = PEERS.get(system, ("afterwork", ""))
-    python = ROOT / "bench" / env / "bin" / "python" if env else Path(sys.executable)
-    base = [str(python), "-m", f"bench.peers.{module}_bench", url, "--json", str(out)]
+    if env:
+        python = str(ROOT / "bench" / env / "bin" / "python")
+    else:
+        python = afterwork_python() if system == "afterwork" else sys.executable
+    base = [python, "-m", f"bench.peers.{module}_bench", url, "--json", str(out)]
     if suite == "costs":
         return [*base, "--scenarios", "costs"]
     if suite in ("distance", "drain"):
@@ -110,7 +115,11 @@ def start_delay(url: str, delay_ms: float) -> tuple[subprocess.Popen[str], str, 
 
 
 def afterwork_version() -> str:
-    return f"{version('afterwork')} (redis-py {version('redis')}, hiredis {version('hiredis')})"
+    where = "bench/.venv" if afterwork_python() != sys.executable else "the project's environment"
+    return (
+        f"{version('afterwork')} (redis-py {version('redis')}, hiredis {version('hiredis')};"
+        f" run from {where})"
+    )
 
 
 def run_once(

@@ -35,6 +35,7 @@ from tests.pg_server import PostgresServer  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 from afterwork import Afterwork  # noqa: E402
+from bench.envs import afterwork_python  # noqa: E402
 
 APP = """
 from afterwork import Afterwork
@@ -78,7 +79,7 @@ def spawn_worker(src: Path, folder: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(folder)])}
     env.pop("AFTERWORK_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "afterwork", "worker", "app:aw"],
+        [afterwork_python(), "-m", "afterwork", "worker", "app:aw"],
         cwd=folder,
         env=env,
         stderr=subprocess.DEVNULL,

@@ -40,6 +40,31 @@ async def store(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, FakeC
         yield aw.backend, clock
 
 
+async def started_events(backend: PostgresBackend) -> list[str]:
+    async with backend._conn() as conn:
+        rows = await conn.fetch(
+            f"SELECT job_id FROM {backend._s}.events WHERE kind = 'started' ORDER BY id"
+        )
+    return [row[0] for row in rows]
+
+
+async def test_a_begin_of_jobs_its_claim_did_not_begin_while_others_wait_begun(
+    store: tuple[PostgresBackend, FakeClock],
+) -> None:
+    # A busy worker holds jobs its claim began (buffered) while it begins others in the
+    # usual write: that begin must not wait for, nor loop over, the ones begun ahead.
+    backend, _ = store
+    jobs = await backend.enqueue([new(priority=1 - n) for n in range(2)])
+    first, second = await backend.claim("w", queues=None, limit=2, lease_ttl=30.0, begin=1)
+    with anyio.fail_after(5):
+        (begun,) = await backend.begin([second.lease])
+    assert begun is not None and begun.id == jobs[1].id and begun.attempts == 1
+    with anyio.fail_after(5):
+        (ahead,) = await backend.begin([first.lease])
+    assert ahead is not None and ahead.id == jobs[0].id and ahead.attempts == 1
+    assert await started_events(backend) == [jobs[0].id, jobs[1].id]
+
+
 @pytest.fixture
 async def app(postgres_url: str) -> AsyncIterator[tuple[Afterwork, str]]:
     url = f"{postgres_url}?schema=c{uuid.uuid4().hex[:12]}"
@@ -104,6 +129,46 @@ async def test_a_worker_stopped_while_its_claim_runs_leaves_no_attempt(
     stored = await aw.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.QUEUED
     assert stored.attempts == 0 and stored.timeline == () and stored.started_at is None
+
+
+async def test_a_worker_starts_others_while_a_job_its_claim_began_is_held_back(
+    app: tuple[Afterwork, str],
+) -> None:
+    # The idle worker's claim begins its first jobs in ready order; one held back at its
+    # task's local_concurrency stays begun in the buffer while the others start.
+    aw, _ = app
+    release = anyio.Event()
+    ran: list[str] = []
+
+    @aw.task(local_concurrency=1, priority=5)
+    async def single(n: int) -> None:
+        ran.append(f"single{n}")
+        await release.wait()
+
+    @aw.task
+    async def quick(n: int) -> None:
+        ran.append(f"quick{n}")
+
+    await single.enqueue(1)
+    await single.enqueue(2)
+    jobs = [await quick.enqueue(n) for n in range(10)]
+
+    async def quick_done() -> bool:
+        done = [await aw.get_job(job.id) for job in jobs]
+        return all(j is not None and j.status is JobStatus.SUCCEEDED for j in done)
+
+    async with aw.worker(concurrency=10):
+        await eventually(quick_done, timeout=10, interval=0.02)
+        assert ran.count("single2") == 0  # still held back behind single1
+        release.set()
+
+        async def all_ran() -> bool:
+            return "single2" in ran
+
+        await eventually(all_ran, timeout=10, interval=0.02)
+    for job in jobs:
+        stored = await aw.get_job(job.id)
+        assert stored is not None and stored.attempts == 1
 
 
 async def test_a_cancel_pushed_while_the_claim_runs_stops_the_job_at_once(

@@ -369,13 +369,13 @@ class WorkerPathMixin(Host):
             begun = [self._handout(lease) for lease in leases]
             if all(job is not None for job in begun):
                 return begun  # begun by their claim: no round trip
-            if any(job is not None for job in begun):
-                rest = [lease for lease, job in zip(leases, begun, strict=True) if job is None]
-                later = iter(await self._begin_grouped(rest))
-                return [job if job is not None else next(later) for job in begun]
-        return await self._begin_grouped(leases)
+            rest = [lease for lease, job in zip(leases, begun, strict=True) if job is None]
+            later = iter(await self._begin_here(rest))
+            return [job if job is not None else next(later) for job in begun]
+        return await self._begin_here(leases)
 
-    async def _begin_grouped(self, leases: Sequence[Lease]) -> list[Job | None]:
+    async def _begin_here(self, leases: Sequence[Lease]) -> list[Job | None]:
+        """Begin ``leases`` (none begun by its claim) in the next group commit."""
         # Starts ride in the same group commit as finishes.
         if len(leases) == 1:
             return [await self._grouped(leases[0], None)]
