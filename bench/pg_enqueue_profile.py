@@ -9,7 +9,8 @@ on it and enqueues ``--batches`` batches of ``--batch`` no-op jobs the way
 bench/peers/pg_afterwork.py does (``build_job`` per job, then ``enqueue_many``), after one
 warm-up batch. Prints the wall time, jobs/s and this process's CPU microseconds per job
 (``time.process_time``: load-independent), split into building the jobs and storing them,
-then (unless ``--no-profile``) cProfile's top functions by their own time. ``--single N``
+and the server's (the postmaster and its children, from ``/proc``), then (unless
+``--no-profile``) cProfile's top functions by their own time. ``--single N``
 instead enqueues N jobs one at a time (``task.enqueue()``, each awaited), as scenario (a)'s
 first row does, and prints this process's and the server's CPU per job (the postmaster and
 its children, from ``/proc``).
@@ -72,7 +73,9 @@ async def single(url: str, count: int, postmaster: int, profile: cProfile.Profil
     print(f"client / server CPU per job: {cpu / count * 1e6:.0f} / {server / count * 1e6:.0f} µs")
 
 
-async def run(url: str, batches: int, batch: int, profile: cProfile.Profile | None) -> None:
+async def run(
+    url: str, batches: int, batch: int, postmaster: int, profile: cProfile.Profile | None
+) -> None:
     from afterwork import Afterwork
 
     aw = Afterwork(url)
@@ -84,7 +87,7 @@ async def run(url: str, batches: int, batch: int, profile: cProfile.Profile | No
     async with aw:
         await aw.enqueue_many([aw.build_job(noop, (), {}, {}) for _ in range(batch)])  # warm
         build_cpu = store_cpu = 0.0
-        started = time.perf_counter()
+        server0, started = server_cpu(postmaster), time.perf_counter()
         if profile is not None:
             profile.enable()
         for _ in range(batches):
@@ -98,11 +101,13 @@ async def run(url: str, batches: int, batch: int, profile: cProfile.Profile | No
         if profile is not None:
             profile.disable()
         wall = time.perf_counter() - started
+        server = server_cpu(postmaster) - server0
     count = batches * batch
     print(f"{count} jobs in {wall:.3f} s: {count / wall:,.0f} jobs/s")
     print(
         f"client CPU per job: {(build_cpu + store_cpu) / count * 1e6:.1f} µs"
-        f" (build_job {build_cpu / count * 1e6:.1f}, enqueue_many {store_cpu / count * 1e6:.1f})"
+        f" (build_job {build_cpu / count * 1e6:.1f}, enqueue_many {store_cpu / count * 1e6:.1f});"
+        f" server CPU per job: {server / count * 1e6:.1f} µs"
     )
 
 
@@ -118,11 +123,11 @@ def main() -> None:
     server.start()
     try:
         profile = None if args.no_profile else cProfile.Profile()
+        assert server.process is not None
         if args.single:
-            assert server.process is not None
             asyncio.run(single(server.url, args.single, server.process.pid, profile))
         else:
-            asyncio.run(run(server.url, args.batches, args.batch, profile))
+            asyncio.run(run(server.url, args.batches, args.batch, server.process.pid, profile))
     finally:
         server.remove()
     if profile is not None:

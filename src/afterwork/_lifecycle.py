@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._records import evolver, filler, maker
+from ._records import evolver, filler, lister, maker
 from .job import (
     MAX_TIMELINE,
     TERMINAL_STATUSES,
@@ -49,6 +49,7 @@ __all__ = (
     "claim",
     "create",
     "created_job",
+    "created_jobs",
     "debounce",
     "evolve",
     "finish",
@@ -392,6 +393,43 @@ _make_created: Callable[..., Job] = maker(
     ("id", "task", "queue", "status", "args", "kwargs", "priority", "max_attempts", "key",
      "created_at", "run_at", "timeout", "result_ttl", "headers", "created_now", "_owner"),
 )  # fmt: skip
+
+
+def created_jobs(
+    news: Sequence[NewJob],
+    now: float,
+    *,
+    created_now: bool | None = None,
+    owner: JobOwner | None = None,
+) -> list[Job]:
+    """``[created_job(new, now, created_now=…, owner=…) for new in news]``, in one loop at
+    about half the cost per job (a batch enqueue returns one job per job it stores)."""
+    return _make_created_all(news, now, created_now, owner)
+
+
+_make_created_all: Callable[..., list[Job]] = lister(
+    Job,
+    {
+        "id": "item.id",
+        "task": "item.task",
+        "queue": "item.queue",
+        "status": "scheduled if item.delay > 0 else queued",
+        "args": "list(item.args)",
+        "kwargs": "dict(item.kwargs)",
+        "priority": "item.priority",
+        "max_attempts": "item.max_attempts",
+        "key": "item.key",
+        "created_at": "now",
+        "run_at": "now + (item.delay if item.delay > 0 else 0.0)",  # as ``created_job``
+        "timeout": "item.timeout",
+        "result_ttl": "item.result_ttl",
+        "headers": "dict(item.headers)",
+        "created_now": "created_now",
+        "_owner": "owner",
+    },
+    ("now", "created_now", "owner"),
+    {"queued": JobStatus.QUEUED, "scheduled": JobStatus.SCHEDULED},
+)
 
 
 def debounce(holder: Job, new: NewJob, now: float) -> Change:

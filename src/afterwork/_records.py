@@ -16,11 +16,11 @@ class: about 60 % of its cost per field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MemberDescriptorType
 from typing import Any
 
-__all__ = ("evolver", "filler", "maker")
+__all__ = ("evolver", "filler", "lister", "maker")
 
 
 def maker(cls: type, names: Sequence[str]) -> Callable[..., Any]:
@@ -44,6 +44,49 @@ def maker(cls: type, names: Sequence[str]) -> Callable[..., Any]:
             raise TypeError(f"{cls.__name__}.{item.name} has no default: pass it")
         lines.append(_put(scope, cls, item.name, value))
     return _finish(scope, lines, "make")
+
+
+def lister(
+    cls: type, values: Mapping[str, str], arguments: Sequence[str], scope: Mapping[str, Any]
+) -> Callable[..., list[Any]]:
+    """A function ``make_all(items, *arguments)``: one ``cls`` per item of ``items``, each
+    field in ``values`` set to its expression (over ``item``, ``arguments`` and the names
+    of ``scope``), every other field to its default.
+
+    One loop in one function, each slot set unrolled: about half of a :func:`maker` call
+    per record, whose call and keywords cost as much as the record (a batch enqueue makes
+    one record per job). ``cls`` must be a dataclass as :func:`maker` requires, whose
+    fields are all slots of its own.
+    """
+    made, _ = _start(cls, list(values), "make", ())
+    made.update(scope)
+    lines = [
+        f"def make_all(items, {', '.join(arguments)}):",
+        "    out = []",
+        "    append = out.append",
+        "    for item in items:",
+        "        record = new(cls)",
+    ]
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            value = values[field.name]
+        elif field.default is not dataclasses.MISSING:
+            made[f"default_{field.name}"] = field.default
+            value = f"default_{field.name}"
+        elif field.default_factory is not dataclasses.MISSING:
+            made[f"factory_{field.name}"] = field.default_factory
+            value = f"factory_{field.name}()"
+        else:
+            raise TypeError(f"{cls.__name__}.{field.name} has no default: give its value")
+        slot = cls.__dict__.get(field.name)
+        if not isinstance(slot, MemberDescriptorType):
+            raise TypeError(f"{cls.__name__}.{field.name} is not a slot of its own")
+        made[f"set_{field.name}"] = slot.__set__
+        lines.append(f"        set_{field.name}(record, {value})")
+    lines += ["        append(record)", "    return out"]
+    exec("\n".join(lines), made)  # the source is built from the class's own fields
+    make_all: Callable[..., list[Any]] = made["make_all"]
+    return make_all
 
 
 def copier(cls: type, names: Sequence[str]) -> Callable[..., Any]:

@@ -32,10 +32,11 @@ from ._engine import dependencies
 from ._engine.local import LocalRuns
 from ._engine.scheduler import Scheduler
 from ._engine.services import ServiceInstance, ServiceSupervisor
-from ._flow import check_flow_key, keyed
+from ._flow import check_flow_key, flow_keys, keyed
 from ._lifecycle import RateLimit, make_new_job
 from ._location import store_location
 from ._middleware import JobCall, Middleware, run_through
+from ._records import maker
 from ._settings import Settings
 from ._signature import encode_payload
 from ._task_names import MAIN_PREFIX, default_task_name, main_task_problem, unknown_task_message
@@ -64,6 +65,18 @@ T = TypeVar("T")
 M = TypeVar("M", bound=Middleware)
 
 DEFAULT_URL = "sqlite:///./afterwork.db"
+
+#: What ``build_job`` puts in every job of a task enqueued without options (see
+#: ``Afterwork._plan_of``): the task's options, name and codec (the plan holds while they
+#: are the task's), then its queue, priority, max_attempts, timeout and result_ttl.
+_JobPlan = tuple[
+    TaskOptions, str, _signature.ArgumentCodec, str, int, int, float | None, float | None
+]
+#: ``NewJob`` of such a task's job, by position (no key, no delay, no headers).
+_make_planned: Callable[..., NewJob] = maker(
+    NewJob,
+    ("id", "task", "queue", "args", "kwargs", "priority", "max_attempts", "timeout", "result_ttl"),
+)
 
 
 class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
@@ -128,6 +141,9 @@ class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._middleware: list[Middleware] = list(middleware)
         self._close_hooks: list[Callable[[], Awaitable[None]]] = []  # e.g. History.close
+        #: Per task whose jobs need no per-call checks beyond its arguments: what
+        #: ``build_job`` copies into each of them (see ``_plan_of``).
+        self._job_plans: dict[Task[Any, Any], _JobPlan] = {}
         self._local_runs = LocalRuns(self)
         self._open = False
         self._reconnecting = False
@@ -485,6 +501,18 @@ class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
         options: dict[str, Any],
     ) -> NewJob:
         """A validated :class:`NewJob` for ``task`` (raises :class:`EnqueueError`)."""
+        if not options and (plan := self._job_plans.get(task)) is not None:
+            opts, name, codec, queue, priority, max_attempts, timeout, result_ttl = plan
+            if opts is task.opts and name is task.name and codec is task.codec:
+                # What the general path below does for such a task, without the checks
+                # it passed once already (a batch's enqueue builds one job per call).
+                json_args, json_kwargs = codec.encode(args, kwargs)
+                if json_args or json_kwargs:
+                    encode_payload([json_args, json_kwargs], self.config.max_payload, task=name)
+                return _make_planned(
+                    new_job_id(), name, queue, json_args, json_kwargs, priority, max_attempts,
+                    timeout, result_ttl,
+                )  # fmt: skip
         if task.owner is not self:
             raise EnqueueError(f"{task.name} is registered with another Afterwork instance")
         if options:
@@ -505,6 +533,8 @@ class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
                     task=task.name,
                 )
             delay = max(delay, opts.debounce)
+        if not options:
+            self._plan_of(task)
         return make_new_job(
             id=new_job_id(),
             task=task.name,
@@ -519,6 +549,25 @@ class Afterwork(SchedulesAndServices, ProcessRuntime, JobCalls, FlowControl):
             result_ttl=opts.result_ttl,
             debounce=opts.debounce is not None,
         )
+
+    def _plan_of(self, task: Task[Any, Any]) -> None:
+        """Remember what every job of ``task`` enqueued without options shares, if nothing
+        but its arguments needs checking per call: a task of this instance, not of
+        ``__main__`` (whether it may run depends on the moment), without a limit's key
+        argument (moved among the arguments), not debounced (a key is required), and an
+        empty call within ``max_payload``. Kept while the task keeps its options."""
+        opts = task.opts
+        if (
+            task.owner is self
+            and not task.name.startswith(MAIN_PREFIX)
+            and not flow_keys(task)
+            and opts.debounce is None
+            and self.config.max_payload >= len("[[],{}]")
+        ):
+            self._job_plans[task] = (
+                opts, task.name, task.codec, opts.queue, opts.priority, opts.retries + 1,
+                opts.timeout, opts.result_ttl,
+            )  # fmt: skip
 
     def _runs_here(self) -> bool:
         """Whether jobs enqueued now run in this process: a ``memory://`` store, or a worker

@@ -4,8 +4,17 @@ import asyncio
 
 import pytest
 
-from afterwork.backends import _pg_enqueue
-from afterwork.backends._pg_enqueue import insert_one_statement, one_params, params, while_sent
+from afterwork.backends._pg_enqueue import (
+    KEY,
+    MANY,
+    NULL,
+    ONE,
+    insert_one_statement,
+    insert_statement,
+    one_params,
+    params,
+    while_sent,
+)
 from afterwork.backends.base import NewJob
 from afterwork.job import new_job_id
 
@@ -72,44 +81,49 @@ async def test_while_sent_cancelled_cancels_the_statement_and_keeps_its_error() 
         await while_sent(failing(), lambda: 1)
 
 
-@pytest.mark.parametrize(
-    "job",
-    [
-        NewJob(id=new_job_id(), task="t"),
-        NewJob(
-            id=new_job_id(), task="t", queue="q", args=[1, "a"], kwargs={"x": [2]}, key="k",
-            priority=-3, max_attempts=4, delay=5.0, timeout=3.0, result_ttl=0.0,
-            headers={"h": "v"},
-        ),
-        NewJob(id=new_job_id(), task="t", delay=-1.0, result_ttl=60.0),
-    ],
-)  # fmt: skip
-def test_the_parameters_of_one_job_are_those_of_a_batch_of_it(job: NewJob) -> None:
-    one = params([job], 12.5)
-    assert one == _pg_enqueue._params_of_many([job], 12.5)
-    twice = _pg_enqueue._params_of_many([job, job], 12.5)
-    # a batch of the same job twice: each shared column comes as one element, as for one job
-    assert (one[0][1:8], one[0][9:11]) == (twice[0][1:8], twice[0][9:11])
+_JOBS = [
+    NewJob(id=new_job_id(), task="t"),
+    NewJob(
+        id=new_job_id(), task="t", queue="q", args=[1, "a"], kwargs={"x": [2]}, key="k",
+        priority=-3, max_attempts=4, delay=5.0, timeout=3.0, result_ttl=0.0,
+        headers={"h": "v"},
+    ),
+    NewJob(id=new_job_id(), task="t", delay=-1.0, result_ttl=60.0),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "job",
-    [
-        NewJob(id=new_job_id(), task="t"),
-        NewJob(
-            id=new_job_id(), task="t", queue="q", args=[1, "a"], kwargs={"x": [2]}, key="k",
-            priority=-3, max_attempts=4, delay=5.0, timeout=3.0, result_ttl=0.0,
-            headers={"h": "v"},
-        ),
-        NewJob(id=new_job_id(), task="t", delay=-1.0, result_ttl=60.0),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("job", _JOBS)
+def test_a_batch_of_one_job_repeated_sends_only_its_ids_as_an_array(job: NewJob) -> None:
+    shape, values = params([job, job, job], 12.5)
+    assert MANY not in shape  # every column shared (or all NULL): one value, or none
+    assert not any(isinstance(value, list) for value in values)
+    sql = insert_statement('"s"', shape)
+    assert sql.count("[]") == 1 and "$1::text[]" in sql  # the ids alone
+    assert "CASE" not in sql  # no choice per row and column
+
+
+def test_a_column_that_differs_between_jobs_comes_as_an_array() -> None:
+    first, second, third = _JOBS
+    shape, values = params([first, second, third], 12.5)
+    # task shared; queue, status, args, kwargs, priority, max_attempts, key, run_at,
+    # timeout, result_ttl, headers differ
+    assert shape == (ONE, *[MANY] * 11)
+    assert values[0] == "t" and values[1] == ["default", "q", "default"]
+    shape, values = params([first, third], 12.5)
+    # timeout and headers all NULL, key too; result_ttl one NULL, one not
+    assert shape[KEY] == NULL and shape[-3:] == (NULL, MANY, NULL)
+    assert values[-1] == [None, 60.0]
+    sql = insert_statement('"s"', shape)
+    assert "NULL::text" in sql and sql.count("[]") == 1 + shape.count(MANY)
+    assert insert_statement('"s"', shape) is sql  # built once per shape
+
+
+@pytest.mark.parametrize("job", _JOBS)
 def test_one_jobs_scalar_parameters_are_its_row_in_the_batch_statements(job: NewJob) -> None:
-    columns, headers = params([job], 12.5)
-    row = [
-        column if n == 9 else (column[0] if column else None) for n, column in enumerate(columns)
-    ]
-    assert one_params(job, 12.5) == (*row, headers[0] if headers else None)
+    shape, values = params([job, job], 12.5)
+    given = iter(values)
+    row = [None if how == NULL else next(given) for how in shape]
+    assert one_params(job, 12.5) == (job.id, *row[: KEY + 1], 12.5, *row[KEY + 1 :])
 
 
 def test_one_jobs_statement_has_no_arrays_and_is_built_once_per_schema() -> None:

@@ -11,12 +11,13 @@ from afterwork._lifecycle import (
     NewJob,
     create,
     created_job,
+    created_jobs,
     evolve,
     job_from_values,
     make_claim,
     make_new_job,
 )
-from afterwork._records import copier, evolver, filler, maker
+from afterwork._records import copier, evolver, filler, lister, maker
 from afterwork.job import Job, JobStatus
 
 
@@ -134,3 +135,42 @@ def test_the_jobs_fast_copies_are_the_dataclass_ones() -> None:
         job_from_values(values[:-1])
     assert make_claim(job, "tok") == Claim(job, "tok")
     assert make_claim(job, "tok").lease == Lease("j1", "tok")
+
+
+def test_lister_builds_one_record_per_item_with_defaults_and_fresh_factories() -> None:
+    make_all = lister(Point, {"x": "item * scale"}, ("scale",), {})
+    first, second = make_all([1, 2], 10)
+    assert (first, second) == (Point(x=10), Point(x=20))
+    assert first.tags is not second.tags  # a factory is called per record
+    assert make_all([], 1) == []
+    with pytest.raises(TypeError):
+        lister(Point, {"z": "item"}, (), {})
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Plain:
+        x: int
+
+    with pytest.raises(TypeError):  # no slots to set
+        lister(Plain, {"x": "item"}, (), {})
+
+
+@pytest.mark.parametrize("owner", [None, object()])
+def test_created_jobs_is_created_job_for_each(owner: Any) -> None:
+    news = [
+        NewJob(id="a", task="t"),
+        NewJob(
+            id="b", task="u", queue="q", args=[1], kwargs={"k": [2]}, priority=-3,
+            max_attempts=4, key="k", delay=5.0, timeout=3.0, result_ttl=0.0,
+            headers={"h": "v"},
+        ),
+        NewJob(id="c", task="t", delay=-1.0),
+    ]  # fmt: skip
+    told = {} if owner is None else {"created_now": True, "owner": owner}
+    made = created_jobs(news, 10.0, **told)
+    each = [created_job(new, 10.0, **told) for new in news]
+    assert made == each
+    for job, one, new in zip(made, each, news, strict=True):
+        assert (job.created_now, job._owner) == (one.created_now, one._owner)
+        assert (job.status, job.run_at) == (one.status, one.run_at)
+        assert job.args is not new.args and job.kwargs is not new.kwargs  # copies
+        assert job.headers is not new.headers

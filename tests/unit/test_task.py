@@ -275,3 +275,61 @@ def test_task_options_outside_the_limits_are_refused(options: dict[str, Any]) ->
     aw = Afterwork("memory://")
     with pytest.raises(ValueError):
         aw.task(**options)
+
+
+def test_a_task_without_options_builds_its_later_jobs_from_a_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import afterwork.app
+
+    aw = Afterwork("memory://")
+
+    @aw.task(queue="q", priority=3, retries=2, timeout=5.0, result_ttl=60.0)
+    async def work(n: int = 0) -> None: ...
+
+    first = aw.build_job(work, (1,), {}, {})
+    # Later jobs skip the checks the first passed (the limits' keys, the options).
+    monkeypatch.setattr(afterwork.app, "keyed", None)
+    monkeypatch.setattr(afterwork.app, "check_options", None)
+    later = aw.build_job(work, (2,), {}, {})
+    empty = aw.build_job(work, (), {}, {})
+    assert later.id > first.id
+    assert dataclasses.replace(later, id=first.id, args=[1]) == first
+    assert (empty.args, empty.kwargs) == ([], {})
+    with pytest.raises(EnqueueError, match="'n'"):  # the arguments are still checked
+        aw.build_job(work, ("x",), {}, {})
+
+
+def test_a_plan_holds_while_the_task_keeps_its_options() -> None:
+    aw = Afterwork("memory://")
+
+    @aw.task(queue="q")
+    async def work() -> None: ...
+
+    assert aw.build_job(work, (), {}, {}).queue == "q"
+    work.opts = dataclasses.replace(work.opts, queue="other", priority=7)
+    job = aw.build_job(work, (), {}, {})
+    assert (job.queue, job.priority) == ("other", 7)
+    assert aw.build_job(work, (), {}, {"queue": "x"}).queue == "x"  # options: no plan
+
+
+def test_tasks_with_per_call_checks_have_no_plan() -> None:
+    aw = Afterwork("memory://", max_payload=40)
+
+    @aw.task(debounce=1.0)
+    async def debounced() -> None: ...
+
+    @aw.task(concurrency=1, concurrency_key="customer")
+    async def limited(customer: int) -> None: ...
+
+    @aw.task
+    async def plain(text: str) -> None: ...
+
+    for _ in range(2):  # a second call too: it must check again
+        with pytest.raises(EnqueueError, match="debounced"):
+            aw.build_job(debounced, (), {}, {})
+        assert aw.build_job(limited, (7,), {}, {}).kwargs == {"customer": 7}
+        assert aw.build_job(plain, ("x",), {}, {}).args == ["x"]
+        with pytest.raises(PayloadTooLarge):  # the plan's jobs too
+            aw.build_job(plain, ("x" * 50,), {}, {})
+    assert set(aw._job_plans) == {plain}

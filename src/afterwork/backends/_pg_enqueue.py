@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     import asyncpg
 
 __all__ = (
+    "KEY",
+    "MANY",
+    "NULL",
+    "ONE",
     "created",
     "insert_one_statement",
     "insert_statement",
@@ -49,8 +53,30 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-def insert_statement(schema: str, *, conflicts: bool = True) -> str:
-    """The one statement that enqueues a batch (``schema`` quoted).
+#: How a column of a batch comes (see :func:`params`): an array of one value per job, one
+#: value every job shares, or NULL for every job.
+MANY, ONE, NULL = 0, 1, 2
+
+#: The batch's columns after ``id`` (``created_at`` is the store's now): (name, SQL type).
+_COLUMNS = (("task", "text"), ("queue", "text"), ("status", "text"), ("args", "text"),
+            ("kwargs", "text"), ("priority", "bigint"), ("max_attempts", "int"),
+            ("key", "text"), ("run_at", "float8"), ("timeout", "float8"),
+            ("result_ttl", "float8"), ("headers", "text"))  # fmt: skip
+#: The index of the keys' column in a shape (see :func:`params`).
+KEY = 7
+
+
+@functools.cache
+def insert_statement(schema: str, shape: tuple[int, ...], *, conflicts: bool = True) -> str:
+    """The one statement that enqueues a batch (``schema`` quoted) whose columns come as
+    ``shape`` says (one of :data:`MANY`, :data:`ONE`, :data:`NULL` per column after ``id``,
+    as :func:`params` finds them). Built once per shape; asyncpg prepares it once per
+    connection (its statement cache).
+
+    A column every job shares is one scalar parameter and a column of NULLs none at all:
+    the driver encodes, and the server decodes, one array (the ids) for a batch of one
+    task's jobs, and the row takes those values as constants instead of choosing, per row
+    and column, between an array's one element and its row's.
 
     ``conflicts=False`` leaves out ``ON CONFLICT DO NOTHING`` (each row's speculative
     insertion costs the server about a twentieth of the statement): for a batch without
@@ -61,48 +87,48 @@ def insert_statement(schema: str, *, conflicts: bool = True) -> str:
     It returns the ids of the jobs inserted, each with the id of the last event appended
     (also the payload of the notification: see ``EventPump.poke``).
 
-    Parameters: ``$1``–``$9``, ``$11``–``$13`` and ``$16`` are the batch's columns as arrays,
-    ``$10`` the store's now, ``$14`` the events lock's key, ``$15`` the workers' channel.
-    A ``NOT NULL`` column whose value is the same for every job may come as one element
-    (see :func:`params`); a column of NULLs as an empty array (``unnest`` pads it).
+    Parameters: ``$1`` the ids (an array), ``$2`` the store's now, ``$3`` the events
+    lock's key, ``$4`` the workers' channel, then each column that is not :data:`NULL`, in
+    order: an array for :data:`MANY`, a scalar for :data:`ONE`.
     """
-    task, queue, status = (
-        _one("task", 2, "text"),
-        _one("queue", 3, "text"),
-        _one("status", 4, "text"),
-    )
-    args, kwargs, run_at = (
-        _one("args", 5, "text"),
-        _one("kwargs", 6, "text"),
-        _one("run_at", 11, "float8"),
-    )
-    priority, max_attempts = _one("priority", 7, "bigint"), _one("max_attempts", 8, "int")
+    values: list[str] = []
+    arrays, names = ["$1::text[]"], ["id"]
+    number = 4
+    for (column, kind), how in zip(_COLUMNS, shape, strict=True):
+        if how == NULL:
+            values.append(f"NULL::{kind}")
+            continue
+        number += 1
+        if how == ONE:
+            values.append(f"${number}::{kind}")
+        else:
+            values.append(f"n.{column}")
+            arrays.append(f"${number}::{kind}[]")
+            names.append(column)
+    task, queue, status, args, kwargs, priority, max_attempts = values[:7]
+    key, run_at, timeout, result_ttl, headers = values[7:]
     return f"""
 WITH ins AS (
     INSERT INTO {schema}.jobs (id, task, queue, status, args, kwargs, priority, max_attempts,
                                key, created_at, run_at, timeout, result_ttl, headers)
     SELECT n.id, {task}, {queue}, {status}, {args}, {kwargs}, {priority}, {max_attempts},
-           n.key, $10::float8, {run_at}, n.timeout, n.result_ttl, n.headers
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::bigint[], $8::int[], $9::text[], $11::float8[], $12::float8[],
-                $13::float8[], $16::text[])
-         WITH ORDINALITY AS n(id, task, queue, status, args, kwargs, priority, max_attempts,
-                              key, run_at, timeout, result_ttl, headers, ord)
+           {key}, $2::float8, {run_at}, {timeout}, {result_ttl}, {headers}
+    FROM unnest({", ".join(arrays)}) WITH ORDINALITY AS n({", ".join(names)}, ord)
     ORDER BY n.ord
     {"ON CONFLICT DO NOTHING" if conflicts else ""}
     RETURNING seq, id, task, queue, status
 ), lock AS (
-    SELECT pg_advisory_xact_lock(hashtext($14::text)) AS held
+    SELECT pg_advisory_xact_lock(hashtext($3::text)) AS held
     FROM (SELECT count(*) AS inserted FROM ins) AS c
     WHERE c.inserted > 0
 ), ev AS (
     INSERT INTO {schema}.events (kind, job_id, task, queue, status, attempts, at)
-    SELECT 'enqueued', ins.id, ins.task, ins.queue, ins.status, 0, $10::float8
+    SELECT 'enqueued', ins.id, ins.task, ins.queue, ins.status, 0, $2::float8
     FROM ins CROSS JOIN lock
     ORDER BY ins.seq
     RETURNING id
 ), note AS (
-    SELECT m.newest, pg_notify($15::text, m.newest::text) AS work
+    SELECT m.newest, pg_notify($4::text, m.newest::text) AS work
     FROM (SELECT max(id) AS newest FROM ev) AS m CROSS JOIN lock
 )
 {
@@ -169,73 +195,59 @@ def one_params(new: NewJob, now: float) -> tuple[Any, ...]:
     )
 
 
-def _one(column: str, number: int, kind: str) -> str:
-    """Column ``column`` of the row: the one element of ``$number`` when it has one, so
-    that a value every job of the batch shares is sent (and decoded) once."""
-    array = f"${number}::{kind}[]"
-    return f"CASE WHEN cardinality({array}) = 1 THEN ({array})[1] ELSE n.{column} END"
-
-
 def created(jobs: Sequence[NewJob], now: float, owner: JobOwner | None = None) -> list[Job]:
     """The jobs ``jobs`` become when created at ``now`` (queued, or scheduled); with
     ``owner``, as an enqueue returns them (``created_now``, attached to ``owner``)."""
-    make = life.created_job
     if owner is None:
-        return [make(new, now) for new in jobs]
-    return [make(new, now, created_now=True, owner=owner) for new in jobs]
+        return life.created_jobs(jobs, now)
+    return life.created_jobs(jobs, now, created_now=True, owner=owner)
 
 
-def params(jobs: Sequence[NewJob], now: float) -> tuple[list[Any], list[str | None]]:
-    """The statement's parameters ``$1``–``$13``, and its ``$16``, for ``jobs``: column by
-    column, the rows :func:`created` makes (no job is built for them: the store builds the
-    jobs it returns while the statement runs)."""
-    if len(jobs) == 1:  # one at a time, the common call: no pass per column
-        return _params_of_one(jobs[0], now)
-    return _params_of_many(jobs, now)
+def params(jobs: Sequence[NewJob], now: float) -> tuple[tuple[int, ...], list[Any]]:
+    """The shape of ``jobs``' batch (see :func:`insert_statement`) and its parameters after
+    ``$4``: column by column, the rows :func:`created` makes (no job is built for them:
+    the store builds the jobs it returns while the statement runs)."""
 
-
-def _params_of_many(jobs: Sequence[NewJob], now: float) -> tuple[list[Any], list[str | None]]:
     def column(name: str) -> list[Any]:
         return list(map(attrgetter(name), jobs))  # one pass in C
 
+    # A column of one value stands for every job's (a shared one: see below). The
+    # passes in Python run only for the columns that hold something to compute.
     delays = column("delay")
     queued, scheduled = JobStatus.QUEUED.value, JobStatus.SCHEDULED.value
-    # As ``life.create``: scheduled and due after its delay, else queued and due now.
-    statuses = [scheduled if delay > 0 else queued for delay in delays]
-    run_at = [now + delay if delay > 0 else now for delay in delays]
-    args = [dumps(value) if value else "[]" for value in column("args")]
-    kwargs = [dumps(value) if value else "{}" for value in column("kwargs")]
-    headers = [dumps(value) if value else None for value in column("headers")]  # dump_headers
-    columns = [column("id"), _same(column("task")), _same(column("queue")), _same(statuses),
-               _same(args), _same(kwargs), _same(column("priority")),
-               _same(column("max_attempts")), _nulls(column("key")), now, _same(run_at),
-               _nulls(column("timeout")), _nulls(column("result_ttl"))]  # fmt: skip
-    return columns, _nulls(headers)
-
-
-def _params_of_one(new: NewJob, now: float) -> tuple[list[Any], list[str | None]]:
-    """:func:`params` of one job (every column has one element, or none for a NULL)."""
-    delay = new.delay
-    key, timeout, result_ttl = new.key, new.timeout, new.result_ttl
-    columns = [[new.id], [new.task], [new.queue],
-               [JobStatus.SCHEDULED.value if delay > 0 else JobStatus.QUEUED.value],
-               [dumps(new.args) if new.args else "[]"],
-               [dumps(new.kwargs) if new.kwargs else "{}"], [new.priority],
-               [new.max_attempts], [] if key is None else [key], now,
-               [now + delay if delay > 0 else now], [] if timeout is None else [timeout],
-               [] if result_ttl is None else [result_ttl]]  # fmt: skip
-    return columns, [dumps(new.headers)] if new.headers else []
-
-
-def _same(column: list[T]) -> list[T]:
-    """``column``, or its first element alone if every job has that value (see ``_one``)."""
-    return column[:1] if column and column.count(column[0]) == len(column) else column
-
-
-def _nulls(column: list[T | None]) -> list[T | None]:
-    """``column``, or an empty array if it holds only NULLs: ``unnest`` of several arrays
-    pads the shorter ones with NULLs (and the driver need not encode a thousand)."""
-    return [] if column.count(None) == len(column) else column
+    statuses: list[str] = [queued]
+    run_at: list[float] = [now]
+    if max(delays) > 0:
+        # As ``life.create``: scheduled and due after its delay, else queued and due now.
+        statuses = [scheduled if delay > 0 else queued for delay in delays]
+        run_at = [now + delay if delay > 0 else now for delay in delays]
+    args: list[str] = ["[]"]
+    if any(given := column("args")):
+        args = [dumps(value) if value else "[]" for value in given]
+    kwargs: list[str] = ["{}"]
+    if any(given := column("kwargs")):
+        kwargs = [dumps(value) if value else "{}" for value in given]
+    headers: list[str | None] = [None]
+    if any(given := column("headers")):
+        headers = [dumps(value) if value else None for value in given]  # dump_headers
+    every: tuple[list[Any], ...] = (
+        column("task"), column("queue"), statuses, args, kwargs, column("priority"),
+        column("max_attempts"), column("key"), run_at, column("timeout"),
+        column("result_ttl"), headers,
+    )  # fmt: skip
+    shape: list[int] = []
+    values: list[Any] = []
+    for values_of in every:
+        first = values_of[0]
+        if values_of.count(first) != len(values_of):
+            shape.append(MANY)
+            values.append(values_of)
+        elif first is None:
+            shape.append(NULL)
+        else:
+            shape.append(ONE)
+            values.append(first)
+    return tuple(shape), values
 
 
 async def while_sent(statement: Awaitable[T], work: Callable[[], U]) -> tuple[T, U]:

@@ -10,6 +10,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -17,8 +18,11 @@ import asyncpg
 from ..exceptions import BackendError, BackendUnavailable, EnqueueError
 from ..job import Job
 from ._pg_enqueue import (
+    KEY,
+    NULL,
     created,
     insert_one_statement,
+    insert_statement,
     needs_transaction,
     one_params,
     params,
@@ -186,9 +190,10 @@ class EnqueueMixin(Host):
         """
         if len(jobs) == 1:
             return await self._insert_one_on(conn, jobs[0], now, alone=alone)
-        columns, headers = params(jobs, now)
-        keyless = alone and not columns[8]  # the keys' column: empty if every key is NULL
-        args = (*columns, f"events:{self.schema}", self._channel("work"), headers)
+        shape, columns = params(jobs, now)
+        keyless = alone and shape[KEY] == NULL
+        args = (list(map(attrgetter("id"), jobs)), now, f"events:{self.schema}",
+                self._channel("work"), *columns)  # fmt: skip
         make = partial(created, jobs, now, self.job_owner)
 
         async def send(sql: str) -> tuple[list[asyncpg.Record], list[Job]]:
@@ -199,12 +204,12 @@ class EnqueueMixin(Host):
         rows: list[asyncpg.Record] | None = None
         if keyless:
             with contextlib.suppress(asyncpg.UniqueViolationError):
-                rows, made = await send(self._insert_new_sql)
+                rows, made = await send(insert_statement(self._s, shape, conflicts=False))
         if rows is not None:  # every job was inserted: one row, (how many, newest event)
             out: list[Job | None] = list(made)
             count, newest = int(rows[0][0]), rows[0][1]
         else:
-            rows, made = await send(self._insert_sql)
+            rows, made = await send(insert_statement(self._s, shape))
             out, count = await self._settle_missing(conn, made, {row[0] for row in rows})
             newest = rows[0][1] if rows else None
         if count and (batch := self._count_events(count)):

@@ -57,8 +57,6 @@ class Host:
         _after_claim: tuple[int, frozenset[str] | None, float | None] | None
         _enqueues: deque[tuple[Sequence[NewJob], asyncio.Future[list[Job]]]]
         _enqueuer: asyncio.Task[None] | None
-        _insert_sql: str
-        _insert_new_sql: str
         _store_id: str | None
 
         def now(self) -> float:

@@ -41,9 +41,6 @@ from .. import _lifecycle as life
 from .._notify import Notifier
 from ..exceptions import BackendError, BackendUnavailable, ConfigurationError, EnqueueError
 from ..job import Job, JobOwner, JobStatus
-from ._pg_enqueue import (
-    insert_statement,
-)
 from ._pg_enqueue_path import EnqueueMixin, _PendingEnqueue
 from ._pg_events import EventPump
 from ._pg_host import _RETRIES, _RETRYABLE
@@ -214,8 +211,6 @@ class PostgresBackend(
         #: bound), made while the statement runs, instead of copied after it.
         self.job_owner: JobOwner | None = None
         self._enqueuer: asyncio.Task[None] | None = None
-        self._insert_sql = insert_statement(self._s)
-        self._insert_new_sql = insert_statement(self._s, conflicts=False)
         self._pump = EventPump(
             self._fetch_events,
             self._fetch_event_range,
