@@ -5,6 +5,11 @@ random sequences of enqueue / claim / begin / heartbeat / progress / finish (eve
 / lease expiry and recovery / cancel / manual retry / purge, with clock jumps. The model is
 a dict of records moved only by :mod:`afterwork._lifecycle`; after every step the store
 must hold the same records, refuse the same stale tokens and publish the same events.
+
+A store whose claim can begin (``ClaimBegins``) also claims with ``begin=n``: the model
+claims, then begins the first ``n`` (none when one of them must run alone) at once; the
+lease's ``begin`` then changes nothing, and a finish before it finishes the job as the
+claim alone left it (no attempt, no timeline entry).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from hypothesis.stateful import (
 
 from afterwork import _lifecycle as life
 from afterwork.backends import from_url
-from afterwork.backends.base import EventStream, FlowLimit, Lease, NewJob, Outcome, Store
+from afterwork.backends.base import (
+    ClaimBegins,
+    EventStream,
+    FlowLimit,
+    Lease,
+    NewJob,
+    Outcome,
+    Store,
+)
 from afterwork.job import TERMINAL_STATUSES, Job, JobError, JobEvent, JobStatus, new_job_id
 from afterwork.testing import FakeClock
 
@@ -70,6 +83,8 @@ class Model:
         self.jobs: dict[str, Job] = {}
         self.tokens: dict[str, str] = {}
         self.events: list[tuple[str, str]] = []
+        #: Jobs a claim began whose lease's ``begin`` has not come yet (job id: token).
+        self.prebegun: dict[str, str] = {}
 
     def apply(self, change: life.Change | None, token: str | None = None) -> Job | None:
         if change is None:
@@ -122,6 +137,13 @@ class Model:
 
     def held(self, job_id: str) -> tuple[Job | None, str | None]:
         return self.jobs.get(job_id), self.tokens.get(job_id)
+
+    def handed_out(self, lease: Lease) -> bool:
+        """The lease's ``begin`` or finish came: was its job begun by its claim?"""
+        if self.prebegun.get(lease.job_id) != lease.token:
+            return False
+        del self.prebegun[lease.job_id]
+        return True
 
 
 class _Lives(RuleBasedStateMachine):
@@ -223,6 +245,32 @@ class _Lives(RuleBasedStateMachine):
             self.model.apply(change, token=claim.token)
             self.leases.append(claim.lease)
 
+    @precondition(lambda self: isinstance(self.store, ClaimBegins))
+    @rule(limit=st.integers(1, 3), begin=st.integers(0, 3), worker=st.sampled_from(["w1", "w2"]))
+    def claim_and_begin(self, limit: int, begin: int, worker: str) -> None:
+        now = self.clock()
+        expected = self.model.due(now, limit)
+        claims = self.run(
+            self.store.claim(  # type: ignore[call-arg]
+                worker, queues=None, limit=limit, lease_ttl=LEASE_TTL, begin=begin
+            )
+        )
+        assert [c.job.id for c in claims] == [j.id for j in expected]
+        # The first ``begin`` start at once, unless one of them must run alone.
+        begun = min(begin, len(expected))
+        if any(job.recoveries > 0 for job in expected[:begun]):
+            begun = 0
+        for i, (claim, job) in enumerate(zip(claims, expected, strict=True)):
+            change = life.claim(job, worker=worker, now=now, lease_ttl=LEASE_TTL)
+            claimed = self.model.apply(change, token=claim.token)
+            assert claimed is not None
+            # Handed out as a claim, begun or not.
+            assert (claim.job.attempts, claim.job.started_at) == (claimed.attempts, None)
+            self.leases.append(claim.lease)
+            if i < begun:
+                self.model.apply(life.begin(claimed, held=claim.token, token=claim.token, now=now))
+                self.model.prebegun[job.id] = claim.token
+
     def _pick(self, data: st.DataObject) -> Lease:
         return data.draw(st.sampled_from(self.leases), label="lease")
 
@@ -231,6 +279,7 @@ class _Lives(RuleBasedStateMachine):
     def begin(self, data: st.DataObject) -> None:
         lease = self._pick(data)
         (got,) = self.run(self.store.begin([lease]))
+        self.model.handed_out(lease)  # begun by its claim: life.begin changes nothing
         job, held = self.model.held(lease.job_id)
         if job is None:  # purged
             assert got is None
@@ -251,7 +300,9 @@ class _Lives(RuleBasedStateMachine):
             job, held=held, token=lease.token, now=self.clock(), lease_ttl=LEASE_TTL
         )
         assert (lease.job_id in reply.lost) == (renewed is None)
-        if renewed is not None:
+        if renewed is None:
+            self.model.handed_out(lease)  # lost: a store forgets its claim began it
+        else:
             self.model.jobs[renewed.id] = renewed
             assert (lease.job_id in reply.cancel) == renewed.cancel_requested
 
@@ -288,8 +339,12 @@ class _Lives(RuleBasedStateMachine):
         got = self.run(self.store.finish(lease, outcome))
         job, held = self.model.held(lease.job_id)
         if job is None:  # purged
+            self.model.handed_out(lease)
             assert got is None
             return
+        if self.model.handed_out(lease) and held == lease.token and job.started_at is not None:
+            # Begun by its claim, never run: finished as the claim alone left it.
+            job = life.evolve(job, attempts=job.attempts - 1, started_at=None)
         change = life.finish(job, held=held, token=lease.token, outcome=outcome, now=self.clock())
         want = self.model.apply(change)
         assert (got is None) == (want is None), (got, want)

@@ -1,9 +1,7 @@
-"""A claim that also begins the jobs a worker starts at once (``backends/_pg_claim.py``).
-
-The worker still sees claims, then begun jobs from its ``begin``; what the store records
-must not depend on whether the claim began them: a claim released or cancelled before
-the worker's ``begin`` leaves no attempt, and a cancel pushed while the claim was in
-flight reaches the worker once the claim is its own.
+"""A claim that also begins the jobs a worker starts at once (``backends/_pg_claim.py``),
+on PostgreSQL: a worker stopped while its claim runs leaves no attempt, and a cancel pushed
+while the claim was in flight reaches the worker once the claim is its own. What every
+store whose claim begins must do is in ``tests/backends/test_claim_begin.py``.
 """
 
 from __future__ import annotations
@@ -50,28 +48,6 @@ async def started_events(backend: PostgresBackend) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def test_a_claim_begins_the_first_jobs_and_the_worker_still_gets_claims(
-    store: tuple[PostgresBackend, FakeClock],
-) -> None:
-    backend, _ = store
-    jobs = await backend.enqueue([new(priority=3 - n) for n in range(3)])
-    claims = await backend.claim("w", queues=None, limit=3, lease_ttl=30.0, begin=2)
-    assert [c.job.id for c in claims] == [j.id for j in jobs]
-    assert all(c.job.attempts == 0 and c.job.started_at is None for c in claims)
-    stored = [await backend.get(j.id) for j in jobs]
-    assert [s.attempts if s else None for s in stored] == [1, 1, 0]
-    assert [s.started_at is not None if s else None for s in stored] == [True, True, False]
-    assert await started_events(backend) == [jobs[0].id, jobs[1].id]
-    begun = await backend.begin([c.lease for c in claims])
-    assert [b.attempts if b else None for b in begun] == [1, 1, 1]
-    assert all(b is not None and b.started_at is not None for b in begun)
-    # Beginning the begun ones again changes nothing; the third began in its own write.
-    assert await started_events(backend) == [j.id for j in jobs]
-    done = await backend.finish(claims[0].lease, Outcome.succeeded(1))
-    assert done is not None and done.attempts == 1
-    assert [a.outcome for a in done.timeline] == ["succeeded"]
-
-
 async def test_a_begin_of_jobs_its_claim_did_not_begin_while_others_wait_begun(
     store: tuple[PostgresBackend, FakeClock],
 ) -> None:
@@ -87,56 +63,6 @@ async def test_a_begin_of_jobs_its_claim_did_not_begin_while_others_wait_begun(
         (ahead,) = await backend.begin([first.lease])
     assert ahead is not None and ahead.id == jobs[0].id and ahead.attempts == 1
     assert await started_events(backend) == [jobs[0].id, jobs[1].id]
-
-
-async def test_a_claim_released_before_its_begin_leaves_no_attempt(
-    store: tuple[PostgresBackend, FakeClock],
-) -> None:
-    backend, _ = store
-    (job,) = await backend.enqueue([new(max_attempts=2)])
-    (claim,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0, begin=5)
-    back = await backend.finish(claim.lease, Outcome.released())
-    assert back is not None and back.status is JobStatus.QUEUED
-    stored = await backend.get(job.id)
-    assert stored is not None and stored.status is JobStatus.QUEUED
-    assert stored.attempts == 0 and stored.started_at is None and stored.timeline == ()
-    assert stored.worker is None
-    # It is claimed and run as if it had never been.
-    (again,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0)
-    (begun,) = await backend.begin([again.lease])
-    assert begun is not None and begun.attempts == 1
-
-
-async def test_a_begun_claim_cancelled_before_its_begin_leaves_no_attempt(
-    store: tuple[PostgresBackend, FakeClock],
-) -> None:
-    backend, _ = store
-    (job,) = await backend.enqueue([new()])
-    (claim,) = await backend.claim("w", queues=None, limit=5, lease_ttl=30.0, begin=1)
-    error = JobError.from_message("afterwork.Cancelled", "cancelled before it started")
-    done = await backend.finish(claim.lease, Outcome.cancelled(error))
-    assert done is not None and done.status is JobStatus.CANCELLED
-    stored = await backend.get(job.id)
-    assert stored is not None and stored.status is JobStatus.CANCELLED
-    assert stored.attempts == 0 and stored.started_at is None and stored.timeline == ()
-
-
-async def test_a_job_that_runs_alone_is_not_begun_by_the_claim(
-    store: tuple[PostgresBackend, FakeClock],
-) -> None:
-    backend, clock = store
-    first, second = await backend.enqueue([new(priority=1), new()])
-    (claim,) = await backend.claim("w", queues=None, limit=1, lease_ttl=10.0)
-    assert (await backend.begin([claim.lease]))[0] is not None
-    clock.advance(11)
-    (recovered,) = await backend.recover_expired(max_recoveries=3)
-    assert recovered.id == first.id and recovered.recoveries == 1
-    claims = await backend.claim("w2", queues=None, limit=5, lease_ttl=10.0, begin=5)
-    assert [c.job.id for c in claims] == [first.id, second.id]
-    for job in (first, second):
-        stored = await backend.get(job.id)
-        assert stored is not None and stored.status is JobStatus.RUNNING
-        assert stored.started_at is None  # the worker begins them as it admits them
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ _Pending = tuple[Lease, Outcome | None, "asyncio.Future[Any] | _Begins", int]
 #: Most leases remembered for set-based finishes (beyond: the per-row path, same result).
 _HELD_MAX = 100_000
 _NCOLS = len(COLUMNS)
+#: A lease this close to its end (s; clocks of client and server may differ a little) is
+#: not trusted to hold: the ``begin`` of a job its claim began is then written, fenced.
+_HANDOUT_MARGIN = 1.0
 
 
 class _Begins:
@@ -60,6 +63,13 @@ class _Begins:
 
     def set_exception(self, exc: BaseException) -> None:
         self.future.set_exception(exc)
+
+
+def _surely_held(job: Job, now: float) -> bool:
+    """Whether the lease ``job`` was last written under cannot have expired by ``now``:
+    only then may a ``begin`` hand out what the claim began without a (fenced) write."""
+    expires = job.lease_expires_at
+    return expires is not None and now < expires - _HANDOUT_MARGIN
 
 
 def _queues_key(queues: Sequence[str] | None) -> frozenset[str] | None:
@@ -386,7 +396,9 @@ class WorkerPathMixin(Host):
             return None
         del self._prebegun[lease.job_id]
         job = self._holding(lease)
-        return job if job is not None and job.started_at is not None else None
+        if job is None or job.started_at is None or not _surely_held(job, self.now()):
+            return None
+        return job
 
     async def _unbegin(self, lease: Lease, outcome: Outcome) -> Job | None:
         """Finish a job its claim began but the worker never started (released on a stop,
@@ -433,7 +445,8 @@ class WorkerPathMixin(Host):
             job = self._holding(lease)
             if lease.job_id in lost:
                 self._held.pop(lease.job_id, None)
-                self._prebegun.pop(lease.job_id, None)
+                if self._prebegun.get(lease.job_id) == lease.token:
+                    del self._prebegun[lease.job_id]
             elif job is not None:
                 self._held[job.id] = (lease.token, replace(job, lease_expires_at=until))
         cancel = frozenset(job_id for job_id, asked in renewed.items() if asked)

@@ -1,6 +1,15 @@
 """The Redis store's worker path: start, claim, begin, heartbeat, finish (starts, finishes
 and a claim issued together share one script call), progress and the recovery of expired
 leases.
+
+A claim may also begin the jobs the worker starts at once (``claim(begin=n)``, the optional
+:class:`~afterwork.backends.base.ClaimBegins` protocol): the claim script begins the first
+``n`` it claims (``begin_claimed`` in ``lua/common.lua``: the attempt counted, the start
+stamped, the ``started`` event; a rate-limited job's start logged), so an idle worker's
+job starts after one round trip, not two. The worker still gets claims; its ``begin``
+returns the begun jobs without a write, and a claim released or cancelled before that
+``begin`` is taken back to the job as it was claimed: no attempt, no timeline entry, no
+start time (``_write_items``).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from ._redis_scripts import (
     Timelines,
     change_item,
     fmt,
+    hash_fields,
     job_args,
     parse_job,
     record_fields,
@@ -48,6 +58,9 @@ __all__ = ("WorkerPathMixin",)
 logger: logging.Logger = logging.getLogger("afterwork.backends.redis")
 
 _FINISH_BATCH = 256
+#: A lease this close to its end (s; the client's clock may differ a little from Redis's)
+#: is not trusted to hold: the ``begin`` of a job its claim began is then written, fenced.
+_HANDOUT_MARGIN = 1.0
 
 
 @dataclass
@@ -70,6 +83,12 @@ class _ClaimAsk:
 
 
 _CYCLES: dict[str, Script] = {}
+
+
+def _unbegun(job: Job) -> Job:
+    """A job its claim began, as the claim alone would have left it (``life.claim``): what
+    the worker is handed, and what a release before it runs finishes."""
+    return life.evolve(job, attempts=max(job.attempts - 1, 0), started_at=None)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -139,6 +158,10 @@ class WorkerPathMixin:
         _wake: Notifier
         _subscribed: asyncio.Event
         _cancel_callbacks: list[Callable[[str], object]]
+        _prebegun: dict[str, str]
+        _claiming: int
+        _early_cancels: dict[str, None]
+        _after_claim: tuple[int, frozenset[str] | None, float | None] | None
         _connect_timeout: float
         _finish_retry_for: float
 
@@ -178,6 +201,10 @@ class WorkerPathMixin:
         self._held[claim.job.id] = (token, claim.job)
         return claim
 
+    def claims_begin(self) -> bool:
+        """``claim`` takes ``begin=`` (:class:`~afterwork.backends.base.ClaimBegins`)."""
+        return True
+
     async def claim(
         self,
         worker: str,
@@ -188,7 +215,12 @@ class WorkerPathMixin:
         exclude_tasks: Collection[str] = (),
         limits: Mapping[str, FlowLimit] | None = None,
         rates: Mapping[str, RateLimit] | None = None,
+        begin: int = 0,
     ) -> list[Claim]:
+        """Claim as :meth:`Backend.claim <afterwork.backends.base.Backend.claim>` does;
+        ``begin``: how many of them the worker starts at once (begun by the claim's own
+        script call, see the module's docstring)."""
+        self._after_claim = None
         if limit <= 0:
             return []
         if self._cancel_callbacks and not self._subscribed.is_set():
@@ -216,20 +248,36 @@ class WorkerPathMixin:
                 repr(float(lease_ttl)),
                 str(limit),
                 os.urandom(8).hex() + "-",
+                str(max(min(begin, limit), 0)),
                 str(len(names)),
                 *names,
                 *(flow or exclude_tasks),
             ],
             asyncio.get_running_loop().create_future(),
         )
+        # A wake-up after this ticket may be for a job the claim does not see.
+        ticket = self._wake.ticket()
         self._claims.append(ask)
         self._kick_writes()
-        reply = await ask.future
+        self._claiming += 1
+        try:
+            reply = await ask.future
+        except BaseException:
+            if self._claiming == 1:
+                self._early_cancels = {}  # no claim of ours to tell them to
+            raise
+        finally:
+            self._claiming -= 1
         skipped, records = reply[0], reply[1]
         self._skipped = bool(skipped)
         next_at = reply[2] if len(reply) > 2 else b""
         next_at = next_at.decode() if isinstance(next_at, bytes) else str(next_at)
         self._rate_next = float(next_at) if next_at else None
+        if len(records) < limit and not skipped and len(reply) > 3:
+            # Fewer than asked, none passed over: nothing else was due in these queues when
+            # the claim looked, so the idle worker's wait for work needs not look again.
+            due = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+            self._after_claim = (ticket, frozenset(names) or None, float(due) if due else None)
         claims: list[Claim] = []
         for record in records:
             try:
@@ -237,9 +285,38 @@ class WorkerPathMixin:
             except MalformedRecord as exc:
                 await self._quarantine_claimed(record, str(exc))
                 continue
-            self._held[claim.job.id] = (claim.token, claim.job)
+            job = claim.job
+            self._held[job.id] = (claim.token, job)
+            if job.started_at is not None:
+                # Begun by the claim (a claimed record has no start): the worker still
+                # gets the claim, and its begin the begun job (``_handout``).
+                self._prebegun[job.id] = claim.token
+                claim = Claim(_unbegun(job), claim.token)
             claims.append(claim)
+        self._redeliver_cancels(claims)
         return claims
+
+    def _cancel_pushed(self, job_id: str) -> None:
+        """A cancel request from the channel: tell the worker (see ``_redeliver_cancels``)."""
+        if self._claiming:
+            # It may be a job of that claim, which its worker does not know it holds yet:
+            # the claim tells the worker again when it returns.
+            self._early_cancels[job_id] = None
+        for callback in list(self._cancel_callbacks):
+            callback(job_id)
+
+    def _redeliver_cancels(self, claims: Sequence[Claim]) -> None:
+        """Cancels pushed while a claim was in flight name jobs the worker did not know it
+        held yet: tell it again, once these claims are its own (after this loop turn)."""
+        if not self._early_cancels:
+            return
+        early = self._early_cancels
+        if not self._claiming:
+            self._early_cancels = {}
+        loop = asyncio.get_running_loop()
+        for claim in claims:
+            if claim.job.id in early:
+                loop.call_soon(self._cancel_pushed, claim.job.id)
 
     async def _quarantine_claimed(self, record: list[Any], reason: str) -> None:
         logger.error(
@@ -286,6 +363,17 @@ class WorkerPathMixin:
     async def begin(self, leases: Sequence[Lease]) -> list[Job | None]:
         if not leases:
             return []
+        if self._prebegun:
+            handed = [self._handout(lease) for lease in leases]
+            if all(job is not None for job in handed):
+                return handed  # begun by their claim: no write
+            if any(job is not None for job in handed):
+                rest = [lease for lease, job in zip(leases, handed, strict=True) if job is None]
+                later = iter(await self._begin_written(rest))
+                return [job if job is not None else next(later) for job in handed]
+        return await self._begin_written(leases)
+
+    async def _begin_written(self, leases: Sequence[Lease]) -> list[Job | None]:
         # Starts ride in the same script call as the finishes and starts asked for in the
         # same loop turn: a slot freed by a finish is usually taken by a start at once.
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -293,6 +381,21 @@ class WorkerPathMixin:
         self._kick_writes()
         begun: list[Job | None] = await future
         return begun
+
+    def _handout(self, lease: Lease) -> Job | None:
+        """The job its claim began, as that claim wrote it; ``None``: begin it here."""
+        if self._prebegun.get(lease.job_id) != lease.token:
+            return None
+        del self._prebegun[lease.job_id]
+        held = self._held.get(lease.job_id)
+        if held is None or held[0] != lease.token or held[1].started_at is None:
+            return None
+        # Only while its lease surely holds (else recovered meanwhile, maybe): otherwise
+        # the begin is written, fenced by the token, as any begin.
+        expires = held[1].lease_expires_at
+        if expires is None or self.now() >= expires - _HANDOUT_MARGIN:
+            return None
+        return held[1]
 
     def _kick_writes(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -360,7 +463,6 @@ class WorkerPathMixin:
     ) -> None:
         """Answer the starts and finishes of ``batch`` from ``apply.lua``'s reply."""
         results: list[list[Job | None]] = [[None] * len(w.leases) for w in batch]
-        finished = False
         for (b, i), record, change in zip(where, reply, computed, strict=True):
             if record == 0:
                 continue
@@ -373,12 +475,16 @@ class WorkerPathMixin:
                 self._held[job.id] = (batch[b].leases[i].token, job)
         for write, result in zip(batch, results, strict=True):
             if write.outcome is not None:
-                finished = True
-                self._held.pop(write.leases[0].job_id, None)
+                lease = write.leases[0]
+                self._held.pop(lease.job_id, None)
+                if self._prebegun.get(lease.job_id) == lease.token:
+                    del self._prebegun[lease.job_id]
             if not write.future.done():
                 write.future.set_result(result if write.outcome is None else result[0])
-        if finished:
-            self._wake.notify()
+        # No wake-up for a finish as such: a waiting worker has nothing new to claim (it
+        # would claim nothing, then look again); ``finish`` wakes it when there may be (a
+        # job back in a queue, a place under a fleet-wide limit), and a job made ready by
+        # any write is announced on the wake-up channel (``publish_wake``).
 
     def _hand_back(self, reply: Any) -> None:
         """The jobs of a claim whose caller was cancelled while it ran: released, in the
@@ -391,6 +497,8 @@ class WorkerPathMixin:
                 continue  # recovered when its lease expires, and quarantined then
             token = record[TOKEN]
             self._held[job.id] = (token, job)
+            if job.started_at is not None:  # begun by that claim: taken back unstarted
+                self._prebegun[job.id] = token
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.add_done_callback(_retrieve)
             self._writes.append(_Write([Lease(job.id, token)], Outcome.released(), future))
@@ -547,6 +655,13 @@ class WorkerPathMixin:
                         self._timelines, items[-1]["set"].get("tl"), change.job.timeline
                     )
                 else:
+                    unbegin = (
+                        self._prebegun.get(lease.job_id) == lease.token
+                        and job.started_at is not None
+                    )
+                    began = job
+                    if unbegin:
+                        job = _unbegun(job)  # as its claim would have left it (see below)
                     change = life.finish(
                         job, held=token, token=lease.token, outcome=write.outcome, now=now
                     )
@@ -554,6 +669,14 @@ class WorkerPathMixin:
                         continue
                     expect = {"status": "running", "token": lease.token}
                     items.append(change_item("finish", change, expect=expect, done=lease.token))
+                    if unbegin:
+                        # Begun by its claim, never run (released on a stop, cancelled in
+                        # the buffer): finished as claimed, so no attempt is left; the
+                        # start is taken back, from its rate group's log too.
+                        item = items[-1]
+                        item["expect"].update(hash_fields(began, ("started",)))
+                        item["del"].append("started")
+                        item["unstart"] = f"{began.id}:{began.attempts}"
                     remember_timeline(
                         self._timelines, items[-1]["set"].get("tl"), change.job.timeline
                     )
@@ -570,6 +693,10 @@ class WorkerPathMixin:
         lost, cancel = await self._eval(SCRIPTS["heartbeat"], *args)
         for job_id in lost:
             self._held.pop(job_id, None)
+        if self._prebegun and lost:
+            for lease in leases:
+                if lease.job_id in lost and self._prebegun.get(lease.job_id) == lease.token:
+                    del self._prebegun[lease.job_id]
         return HeartbeatReply(lost=frozenset(lost), cancel=frozenset(cancel))
 
     async def finish(self, lease: Lease, outcome: Outcome) -> Job | None:

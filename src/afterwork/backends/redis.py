@@ -6,8 +6,9 @@ workers never read-then-write. Time is the Redis server's ``TIME`` unless a cloc
 injected (tests), in which case each script gets ``now`` as an argument.
 
 Idle workers wait on a pub/sub wake-up channel (plus a check of the delayed set, so a
-scheduled job wakes them at its time); cancel requests reach the owning worker on a
-second channel. Events go to a capped stream, so every process sees every change and a
+scheduled job wakes them at its time: made by the claim just before the wait, when it
+found fewer jobs than it asked for); cancel requests reach the owning worker on a second
+channel. Events go to a capped stream, so every process sees every change and a
 reader can resume from ``JobEvent.id``.
 """
 
@@ -172,6 +173,14 @@ class RedisBackend(
         # Jobs this process holds a lease on, as it last saw them: finish and begin compute
         # their change from these (nothing the transitions read changes while a lease holds).
         self._held: dict[str, tuple[str, Job]] = {}
+        # Jobs a claim began that the worker has not begun yet (job id: lease token); a
+        # release or cancel before then takes the start back (``claim(begin=n)``).
+        self._prebegun: dict[str, str] = {}
+        self._claiming = 0  # claims in flight
+        self._early_cancels: dict[str, None] = {}  # cancels pushed while one was
+        # After a claim that found fewer jobs than it asked for: its ticket, its queues and
+        # when the next delayed job falls due (``wait_for_work`` then needs not look).
+        self._after_claim: tuple[int, frozenset[str] | None, float | None] | None = None
         self._timelines: Timelines = {}  # decoded timelines by stored text (parse_job)
         self._flusher: asyncio.Task[None] | None = None
         # Concurrent enqueues waiting for the next script call (see enqueue).
@@ -392,10 +401,18 @@ class RedisBackend(
     async def wait_for_work(self, queues: Sequence[str] | None, timeout: float) -> None:
         self._ensure_listener()
         ticket = self._wake.ticket()
-        # If the last claim passed over jobs of tasks at their concurrency limit, checking
-        # again would find them and spin: wait for a finish or a new job instead (the next
-        # claim clears the flag).
-        if not self._skipped:
+        after, self._after_claim = self._after_claim, None
+        if after is not None and after[1] == (frozenset(queues) if queues else None):
+            # The claim just before found these queues empty (and passed nothing over):
+            # wait from its ticket (a job enqueued since has woken it) until the next
+            # delayed job it saw falls due, without looking again.
+            ticket, _, next_due = after
+            if next_due is not None:
+                timeout = min(timeout, max(next_due - self.now(), 0.0))
+        elif not self._skipped:
+            # Look first, unless the last claim passed over jobs of tasks at their
+            # concurrency limit: checking again would find them and spin, so then wait for
+            # a finish or a new job instead (the next claim clears the flag).
             names = list(queues or ())
             try:
                 due = float(await self._eval(SCRIPTS["peek"], str(len(names)), *names))
@@ -510,8 +527,7 @@ class RedisBackend(
                     if message is None:
                         continue
                     if message["channel"] == cancel:
-                        for callback in list(self._cancel_callbacks):
-                            callback(str(message["data"]))
+                        self._cancel_pushed(str(message["data"]))
                     else:
                         self._wake.notify()
             except Exception as exc:

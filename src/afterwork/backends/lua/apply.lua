@@ -6,7 +6,8 @@
 -- A change: {id, expect = {field = value ("" = absent)}, set = {field = value}, del = {field},
 -- token = new lease token?, done = token? (a finish: a repeat of the same finish returns the
 -- record), keyfree = key? (the key must not be held by another unfinished job),
--- cancelpub = bool (tell the worker), event = kind?, message = text?}
+-- cancelpub = bool (tell the worker), event = kind?, message = text?, unstart = member?
+-- (a start its claim began and the worker never ran: taken out of its rate group's log)}
 local changes = cjson.decode(ARGV[4])
 local out = {}
 
@@ -61,10 +62,12 @@ local function apply(c)
   if c.done then redis.call('HSET', k, 'done_token', c.done) end
   if c.cancelpub then redis.call('PUBLISH', P .. ':cancel', id) end
   -- A rate-limited job (claim_flow.lua): its begun attempt's start joins the group's log;
-  -- a job that stops running without starting leaves the pending set.
+  -- a job that stops running without starting leaves the pending set (and the log, if its
+  -- claim began it: begin_claimed in common.lua).
   local rate = redis.call('HMGET', k, 'rgrp', 'rper', 'started')
   if rate[1] and (rate[3] or new ~= 'running') then
     redis.call('SREM', P .. ':rpend:' .. rate[1], id)
+    if c.unstart then redis.call('ZREM', P .. ':starts:' .. rate[1], c.unstart) end
     if rate[3] and c.set.started then
       local zkey = P .. ':starts:' .. rate[1]
       redis.call('ZADD', zkey, rate[3], id .. ':' .. (g[8] or '0')) -- one per attempt

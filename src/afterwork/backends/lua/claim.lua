@@ -1,9 +1,11 @@
--- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix,
--- ARGV[8] number of queues (0: all), the queues, then the excluded tasks.
+-- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix, ARGV[8] how
+-- many of the claimed jobs begin here (see begin_claimed in common.lua),
+-- ARGV[9] number of queues (0: all), the queues, then the excluded tasks.
 local worker, ttl, limit, base = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local nq = tonumber(ARGV[8])
+local nbegin = tonumber(ARGV[8])
+local nq = tonumber(ARGV[9])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[8 + i] end
+for i = 1, nq do queues[i] = ARGV[9 + i] end
 if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
 -- Paused queues (P:paused) start nothing.
 local open_queues = {}
@@ -14,7 +16,7 @@ for _, queue in ipairs(queues) do
 end
 queues = open_queues
 local excluded = {}
-for i = 9 + nq, #ARGV do excluded[ARGV[i]] = true end
+for i = 10 + nq, #ARGV do excluded[ARGV[i]] = true end
 
 -- Promote due delayed jobs (retries included) to their ready queues.
 local due = redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', NOW, 'LIMIT', 0, 1000)
@@ -44,7 +46,7 @@ for _, queue in ipairs(queues) do
     for k = 1, #page, 2 do
       local id = page[k]
       scanned = scanned + 1
-      local f = fields(id, 'status', 'task')
+      local f = fields(id, 'status', 'task', 'recov')
       if f == nil then
         quarantine(id, qkey)
       elseif f[1] ~= 'queued' then
@@ -55,7 +57,7 @@ for _, queue in ipairs(queues) do
       else
         offset = offset + 1
         if found < limit then
-          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue}
+          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue, f[3]}
           found = found + 1
         end
       end
@@ -68,7 +70,7 @@ table.sort(candidates, function(a, b)
 end)
 
 local lease = fmt(now + ttl)
-local out = {}
+local claimed = {}
 for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = c[2]
@@ -80,6 +82,11 @@ for i = 1, math.min(limit, #candidates) do
     'lease', lease, 'cancel', '0', 'token', base .. i)
   redis.call('ZADD', P .. ':leases', lease, id)
   count(c[4], 'queued', 'running')
-  out[#out + 1] = record(id)
+  claimed[i] = {id, c[4], c[5]}
 end
-return {skipped, out}
+for i = 1, begins(claimed, nbegin) do begin_claimed(claimed[i][1], claimed[i][2]) end
+local out = {}
+for i, c in ipairs(claimed) do out[i] = record(c[1]) end
+-- Fewer than asked: when the next delayed job falls due (an idle worker waits for that, or
+-- a wake-up, without looking again).
+return {skipped, out, '', #claimed < limit and next_due() or ''}

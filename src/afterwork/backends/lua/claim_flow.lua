@@ -1,7 +1,8 @@
 -- claim.lua with fleet-wide flow limits (afterwork._lifecycle.FlowLimit): a job whose group
 -- already has `limit` running jobs is passed over, and the jobs behind it may be claimed.
--- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix,
--- ARGV[8] number of queues (0: all), the queues, then the number of excluded tasks and
+-- ARGV[4] worker, ARGV[5] lease ttl, ARGV[6] limit, ARGV[7] token prefix, ARGV[8] how
+-- many of the claimed jobs begin here (see begin_claimed in common.lua),
+-- ARGV[9] number of queues (0: all), the queues, then the number of excluded tasks and
 -- those tasks, then the number of limited tasks and triples (task, limit, key argument or
 -- "") of them, then quads (task, limit, per, key argument or "") of the rate-limited tasks
 -- (afterwork._lifecycle.RateLimit).
@@ -9,9 +10,10 @@
 -- whoever claimed them (a claim without limits, an in-process start), once per run: a
 -- dead worker's jobs count until their leases are recovered, and not after.
 local worker, ttl, limit, base = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local nq = tonumber(ARGV[8])
+local nbegin = tonumber(ARGV[8])
+local nq = tonumber(ARGV[9])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[8 + i] end
+for i = 1, nq do queues[i] = ARGV[9 + i] end
 if nq == 0 then queues = redis.call('SMEMBERS', P .. ':queues') end
 -- Paused queues (P:paused) start nothing.
 local open_queues = {}
@@ -21,16 +23,16 @@ for _, queue in ipairs(queues) do
   end
 end
 queues = open_queues
-local ne = tonumber(ARGV[9 + nq])
+local ne = tonumber(ARGV[10 + nq])
 local excluded = {}
-for i = 10 + nq, 9 + nq + ne do excluded[ARGV[i]] = true end
-local nl = tonumber(ARGV[10 + nq + ne])
+for i = 11 + nq, 10 + nq + ne do excluded[ARGV[i]] = true end
+local nl = tonumber(ARGV[11 + nq + ne])
 local limits = {}
-for i = 11 + nq + ne, 10 + nq + ne + 3 * nl, 3 do
+for i = 12 + nq + ne, 11 + nq + ne + 3 * nl, 3 do
   limits[ARGV[i]] = {tonumber(ARGV[i + 1]), ARGV[i + 2]}
 end
 local rates = {}
-for i = 11 + nq + ne + 3 * nl, #ARGV, 4 do
+for i = 12 + nq + ne + 3 * nl, #ARGV, 4 do
   rates[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]}
 end
 
@@ -156,7 +158,7 @@ for _, queue in ipairs(queues) do
     for k = 1, #page, 2 do
       local id = page[k]
       scanned = scanned + 1
-      local f = fields(id, 'status', 'task')
+      local f = fields(id, 'status', 'task', 'recov')
       if f == nil then
         quarantine(id, qkey)
       elseif f[1] ~= 'queued' then
@@ -177,7 +179,7 @@ for _, queue in ipairs(queues) do
         elseif found < limit then
           if g ~= nil then taken[g] = (taken[g] or 0) + 1 end
           if rg ~= nil then rtaken[rg] = (rtaken[rg] or 0) + 1 end
-          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue, g, f[2], rg}
+          candidates[#candidates + 1] = {tonumber(page[k + 1]), id, qkey, queue, g, f[2], rg, f[3]}
           found = found + 1
         end
       end
@@ -199,18 +201,19 @@ end
 
 local lease = fmt(now + ttl)
 local out = {}
+local picked = {} -- {id, queue, recov} in claim order
 local claimed = {}
 local rclaimed = {}
 local starts = {}
 for i = 1, #candidates do
-  if #out >= limit then break end
+  if #picked >= limit then break end
   local c = candidates[i]
   local id, g, rg = c[2], c[5], c[7]
   local cap = g ~= nil and limits[c[6]][1]
   -- The same group may be reached through several queues: count it across them.
   if rg ~= nil and rate_full(rg, rates[c[6]], rclaimed[rg] or 0) then
     skipped = skipped + 1
-  elseif g == nil or total + #out < cap or running(g) + (claimed[g] or 0) < cap then
+  elseif g == nil or total + #picked < cap or running(g) + (claimed[g] or 0) < cap then
     if rg ~= nil then
       rclaimed[rg] = (rclaimed[rg] or 0) + 1
       starts[#starts + 1] = {rg, rates[c[6]][2], id}
@@ -222,7 +225,7 @@ for i = 1, #candidates do
     redis.call('ZADD', P .. ':leases', lease, id)
     count(c[4], 'queued', 'running')
     if g ~= nil then claimed[g] = (claimed[g] or 0) + 1 end
-    out[#out + 1] = record(id)
+    picked[#picked + 1] = {id, c[4], c[8]}
   end
 end
 -- This claim's jobs join their groups' pending sets (after the decisions above, which
@@ -231,4 +234,8 @@ for _, s in ipairs(starts) do
   redis.call('SADD', P .. ':rpend:' .. s[1], s[3])
   redis.call('HSET', jkey(s[3]), 'rgrp', s[1], 'rper', fmt(s[2]))
 end
-return {skipped, out, rate_next and fmt(rate_next) or ''}
+-- The first `nbegin` begin here (a begun rate-limited job's start leaves the pending set
+-- for its group's log: begin_claimed).
+for i = 1, begins(picked, nbegin) do begin_claimed(picked[i][1], picked[i][2]) end
+for i, c in ipairs(picked) do out[i] = record(c[1]) end
+return {skipped, out, rate_next and fmt(rate_next) or '', #picked < limit and next_due() or ''}

@@ -179,3 +179,40 @@ end
 local function publish_wake()
   if wake then redis.call('PUBLISH', P .. ':wake', '1') end
 end
+
+-- When the next delayed job falls due (its run_at), or '' if none waits.
+local function next_due()
+  local first = redis.call('ZRANGE', P .. ':delayed', 0, 0, 'WITHSCORES')
+  if #first == 0 then return '' end
+  return first[2]
+end
+
+-- A claim that begins (claim.lua, claim_flow.lua: a worker's `claim(begin=n)`, the jobs it
+-- starts at once). `claimed` lists this claim's jobs in claim order as {id, queue, recov};
+-- the first `n` begin, unless one of them must run alone (a job recovered from a dead
+-- worker: the worker admits it alone, and begins it itself). Returns how many begin.
+local function begins(claimed, n)
+  if n > #claimed then n = #claimed end
+  for i = 1, n do
+    if (tonumber(claimed[i][3]) or 0) > 0 then return 0 end
+  end
+  return n
+end
+
+-- afterwork._lifecycle.begin on a job just claimed, written as apply.lua writes the change
+-- it computes (a begin item): the attempt counted, its start stamped now, its 'started'
+-- event; a rate-limited job's start joins its group's log (its `rgrp` stays, so a release
+-- before the worker runs it can take that start back: apply.lua's `unstart`).
+local function begin_claimed(id, queue)
+  local k = jkey(id)
+  local f = redis.call('HMGET', k, 'attempts', 'task', 'progress', 'rgrp', 'rper')
+  local attempts = tostring((tonumber(f[1]) or 0) + 1)
+  redis.call('HSET', k, 'attempts', attempts, 'started', NOW)
+  if f[4] then
+    redis.call('SREM', P .. ':rpend:' .. f[4], id)
+    local zkey = P .. ':starts:' .. f[4]
+    redis.call('ZADD', zkey, NOW, id .. ':' .. attempts) -- one per attempt
+    redis.call('PEXPIRE', zkey, math.ceil(tonumber(f[5]) * 1000) + 1000)
+  end
+  emit('started', id, f[2], queue, 'running', attempts, f[3])
+end
