@@ -32,12 +32,13 @@ sys.path.insert(0, str(ROOT))
 from tests.redis_server import RedisServer  # noqa: E402
 
 from afterwork import Afterwork, JobStatus  # noqa: E402
+from bench.envs import afterwork_python  # noqa: E402
 
 N_NOOP, N_SLEEP, N_LATENCY = 10_000, 1_000, 300
 
 
 def start_worker(url: str, concurrency: int | None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "afterwork", "worker", "bench.redis_app:aw"]
+    command = [afterwork_python(), "-m", "afterwork", "worker", "bench.redis_app:aw"]
     if concurrency:
         command += ["--concurrency", str(concurrency)]
     env = {**os.environ, "AFTERWORK_URL": url}

@@ -86,7 +86,9 @@ SUITE_ROWS = {"redis": ROWS, "costs": COST_ROWS, "distance": DISTANCE_ROWS, "dra
 def command(system: str, url: str, out: Path, suite: str = "redis") -> list[str]:
     if system == "afterwork" and suite == "redis":
         script = ROOT / "bench" / "redis_bench.py"
-        return [afterwork_python(), str(script), "--runs", "1", "--url", url, "--json", str(out)]
+        # The driver needs the project's environment (tests/); its worker runs from
+        # afterwork_python() (redis_bench.start_worker).
+        return [sys.executable, str(script), "--runs", "1", "--url", url, "--json", str(out)]
     module, env = PEERS.get(system, ("afterwork", ""))
     if env:
         python = str(ROOT / "bench" / env / "bin" / "python")
